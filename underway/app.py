@@ -1,0 +1,400 @@
+"""Underway: the task registry, the caller's API and the embedded workers' lifecycle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from ._util import new_id, parse_duration
+from .callbacks import CallbackDispatcher
+from .errors import (
+    IdempotencyConflict,
+    JobActive,
+    JobFinished,
+    JobNotFound,
+    TaskNotFound,
+)
+from .executors import Executor, create_executor
+from .handle import JobHandle
+from .job import MAX_OUTPUT_BYTES, TERMINAL, Event, JobRecord, State
+from .stores import Page, Store, open_store
+from .tasks import Task, make_settings
+from .worker import Worker
+
+F = TypeVar("F", bound=Callable[..., Any])
+ProgressCallback = Callable[[JobRecord], None]
+
+
+class Underway:
+    """One job system: tasks, a store, and (once started) embedded workers.
+
+    `Underway()` uses the SQLite file `./underway.db`; `Underway("redis://host/0")`
+    shares jobs between machines; `Underway("memory://")` keeps them in memory.
+    The store is opened on first use, so a module can declare `uw = Underway()` and
+    its tasks at import time and a command line can still choose another store.
+    """
+
+    def __init__(
+        self,
+        store: str | Store | None = None,
+        *,
+        workers: int = 4,
+        lease: str | float = 30.0,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
+        name: str = "underway",
+    ) -> None:
+        self.store_url = store
+        self.name = name
+        self.workers = workers
+        self.lease = parse_duration(lease) or 30.0
+        self.max_output_bytes = max_output_bytes
+        self.tasks: dict[str, Task] = {}
+        self._store: Store | None = None
+        self._executors: dict[str, Executor] = {}
+        self._worker: Worker | None = None
+        self._lock = threading.RLock()
+        self._callbacks: CallbackDispatcher | None = None
+
+    # -- configuration ---------------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = open_store(self.store_url)
+        return self._store
+
+    def configure(self, *, store: str | Store | None = None, workers: int | None = None) -> None:
+        """Choose another store or worker count before first use (the CLI does this)."""
+        with self._lock:
+            if store is not None:
+                if self._store is not None:
+                    raise RuntimeError("the store is already open; configure before first use")
+                self.store_url = store
+            if workers is not None:
+                self.workers = workers
+
+    # -- tasks -----------------------------------------------------------------------
+    @overload
+    def task(self, func: F) -> Task: ...
+
+    @overload
+    def task(
+        self,
+        func: None = None,
+        *,
+        name: str | None = None,
+        executor: str = "thread",
+        timeout: str | float | None = None,
+        retries: int = 0,
+        retry_backoff: str | float = 1.0,
+        concurrency: int | None = None,
+        keep_for: str | float = "1d",
+        queue: str = "default",
+        priority: int = 0,
+        cancel_grace: str | float = 5.0,
+    ) -> Callable[[F], Task]: ...
+
+    def task(
+        self,
+        func: F | None = None,
+        *,
+        name: str | None = None,
+        executor: str = "thread",
+        timeout: str | float | None = None,
+        retries: int = 0,
+        retry_backoff: str | float = 1.0,
+        concurrency: int | None = None,
+        keep_for: str | float = "1d",
+        queue: str = "default",
+        priority: int = 0,
+        cancel_grace: str | float = 5.0,
+    ) -> Task | Callable[[F], Task]:
+        """Register a function as a task: `@uw.task` or `@uw.task(executor="process", ...)`."""
+
+        def register(fn: F) -> Task:
+            settings = make_settings(
+                executor=executor,
+                timeout=timeout,
+                retries=retries,
+                retry_backoff=retry_backoff,
+                concurrency=concurrency,
+                keep_for=keep_for,
+                queue=queue,
+                priority=priority,
+                cancel_grace=cancel_grace,
+            )
+            task_name = name or fn.__name__
+            task = Task(fn, name=task_name, settings=settings, app=self)
+            self.tasks[task_name] = task
+            return task
+
+        if func is not None:
+            return register(func)
+        return register
+
+    def get_task(self, name: str) -> Task:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise TaskNotFound(name, list(self.tasks)) from None
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.tasks)
+
+    @property
+    def concurrency_limits(self) -> dict[str, int]:
+        return {
+            t.name: t.settings.concurrency
+            for t in self.tasks.values()
+            if t.settings.concurrency is not None
+        }
+
+    def executor_for(self, kind: str) -> Executor:
+        with self._lock:
+            executor = self._executors.get(kind)
+            if executor is None:
+                size = self.workers if kind == "thread" else max(1, min(self.workers, 4))
+                executor = create_executor(kind, size=size)
+                executor.start()
+                self._executors[kind] = executor
+            return executor
+
+    # -- submitting ------------------------------------------------------------------
+    def submit(
+        self,
+        task: str | Task,
+        /,
+        *,
+        idempotency_key: str | None = None,
+        supersede: str | None = None,
+        owner: str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        every: float = 1.0,
+        on_done: ProgressCallback | None = None,
+        **params: Any,
+    ) -> JobHandle:
+        """Queue a job of `task` with keyword parameters; returns its handle.
+
+        `on_progress(record)` is called every `every` seconds while the job runs and
+        `on_done(record)` once when it ends, both in a thread of the caller's process.
+        """
+        record = self.enqueue(
+            task,
+            params,
+            idempotency_key=idempotency_key,
+            supersede=supersede,
+            owner=owner,
+            priority=priority,
+            delay=delay,
+        )
+        handle = JobHandle(self, record)
+        if on_progress is not None or on_done is not None:
+            self._callback_dispatcher().watch(handle.id, on_progress, every, on_done)
+        return handle
+
+    def enqueue(
+        self,
+        task: str | Task,
+        params: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        supersede: str | None = None,
+        owner: str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> JobRecord:
+        """Validate `params` and store a queued job; the lower-level twin of `submit`."""
+        t = task if isinstance(task, Task) else self.get_task(task)
+        checked = t.check(params)
+        now = time.time()
+        settings = t.settings
+        stored_meta = dict(meta or {})
+        key = None
+        if idempotency_key is not None:
+            key = f"{owner or ''}\x00{idempotency_key}"
+            stored_meta["params_hash"] = _params_hash(t.name, checked)
+        record = JobRecord(
+            id=new_id(),
+            task=t.name,
+            params=checked,
+            max_attempts=settings.retries + 1,
+            created_at=now,
+            run_at=now + (delay or 0.0),
+            owner=owner,
+            queue=settings.queue,
+            priority=settings.priority if priority is None else priority,
+            timeout=settings.timeout,
+            keep_for=settings.keep_for,
+            idempotency_key=key,
+            supersede_key=f"{owner or ''}\x00{supersede}" if supersede is not None else None,
+            meta=stored_meta,
+        )
+        stored, created = self.store.enqueue(record)
+        if not created and stored.meta.get("params_hash") != stored_meta.get("params_hash"):
+            raise IdempotencyConflict(
+                f"idempotency key {idempotency_key!r} was used for job {stored.id} with other "
+                "parameters",
+                [{"field": None, "message": "same key, different parameters", "type": "conflict"}],
+            )
+        return stored
+
+    # -- reading ---------------------------------------------------------------------
+    def get(self, job_id: str, *, owner: str | None = None) -> JobRecord:
+        """The job's current record; JobNotFound when unknown (or another owner's)."""
+        record = self.store.get(job_id)
+        if record is None or (owner is not None and record.owner != owner):
+            raise JobNotFound(job_id)
+        return record
+
+    def job(self, job_id: str, *, owner: str | None = None) -> JobHandle:
+        return JobHandle(self, self.get(job_id, owner=owner))
+
+    def list_jobs(
+        self,
+        *,
+        task: str | None = None,
+        state: State | str | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        return self.store.list_jobs(
+            task=task,
+            state=State(state) if state is not None else None,
+            owner=owner,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    def output(
+        self, job_id: str, *, after: int = 0, limit: int = 1000, owner: str | None = None
+    ) -> list[Any]:
+        self.get(job_id, owner=owner)
+        return self.store.output(job_id, after, limit)
+
+    def events(
+        self, job_id: str, *, after: int = 0, timeout: float = 0.0, owner: str | None = None
+    ) -> list[Event]:
+        """Events after `after`; waits up to `timeout` seconds for the first one."""
+        self.get(job_id, owner=owner)
+        if timeout <= 0:
+            return self.store.events(job_id, after)
+        return self.store.wait_events(job_id, after, timeout)
+
+    def wait(
+        self, job_id: str, *, timeout: float | None = None, owner: str | None = None
+    ) -> JobRecord:
+        """Block until the job is finished; its final record. TimeoutError past `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        notifier = self.store.notifier
+        while True:
+            seen = notifier.version(job_id)
+            record = self.get(job_id, owner=owner)
+            if record.state in TERMINAL:
+                return record
+            left = 1.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
+            notifier.wait(job_id, seen, min(left, 1.0))
+
+    # -- changing --------------------------------------------------------------------
+    def cancel(self, job_id: str, *, owner: str | None = None) -> JobRecord:
+        """Ask a job to stop. Queued jobs are cancelled at once; running ones are told to
+        stop (and stopped hard after the task's grace period where the executor can).
+        Cancelling a cancelled job is a no-op; a succeeded or failed one is JobFinished."""
+        record = self.get(job_id, owner=owner)
+        if record.state in (State.SUCCEEDED, State.FAILED):
+            raise JobFinished(f"job {job_id} already {record.state.value}", record)
+        updated = self.store.request_cancel(job_id, time.time())
+        if updated is None:
+            raise JobNotFound(job_id)
+        if self._worker is not None:
+            self._worker.signal_cancel(job_id)
+        return self.store.get(job_id) or updated
+
+    def delete(self, job_id: str, *, owner: str | None = None) -> None:
+        """Remove a finished job with its output; JobActive while it is queued or running."""
+        record = self.get(job_id, owner=owner)
+        if record.state not in TERMINAL:
+            raise JobActive(f"job {job_id} is {record.state.value}; cancel it first", record)
+        self.store.delete(job_id)
+
+    def purge(self, *, older_than: float | None = None) -> int:
+        """Delete expired jobs now (or every finished job older than `older_than` seconds)."""
+        now = time.time()
+        before = None if older_than is None else now - older_than
+        return self.store.purge(now, finished_before=before)
+
+    # -- embedded workers ------------------------------------------------------------
+    def start(self, workers: int | None = None, **options: Any) -> Worker:
+        """Run workers inside this process (threads); idempotent."""
+        with self._lock:
+            if self._worker is None:
+                self._worker = Worker(
+                    self, concurrency=workers or self.workers, lease=self.lease, **options
+                )
+                self._worker.start()
+            return self._worker
+
+    def stop(self, *, drain: float = 30.0) -> None:
+        """Stop the embedded workers: running jobs get `drain` seconds to finish, then are
+        handed back to the queue; then executors and callbacks stop."""
+        with self._lock:
+            worker, self._worker = self._worker, None
+            callbacks, self._callbacks = self._callbacks, None
+            executors, self._executors = dict(self._executors), {}
+        if worker is not None:
+            worker.stop(drain=drain)
+        for executor in executors.values():
+            executor.shutdown(wait=True)
+        if callbacks is not None:
+            callbacks.stop()
+
+    def close(self) -> None:
+        self.stop()
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    def __enter__(self) -> Underway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- web -----------------------------------------------------------------------
+    def asgi(self, **options: Any) -> Any:
+        """The HTTP API as a Starlette app: `app.mount("/jobs", uw.asgi())`.
+
+        Options go to `underway.http.starlette.create_app` (auth, limits). Needs the
+        `server` extra."""
+        try:
+            from .http.starlette import create_app
+        except ImportError as exc:
+            from .errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"the HTTP API needs its extra: pip install 'underway[server]' ({exc})"
+            ) from None
+        return create_app(self, **options)
+
+    def _callback_dispatcher(self) -> CallbackDispatcher:
+        with self._lock:
+            if self._callbacks is None:
+                self._callbacks = CallbackDispatcher(self)
+            return self._callbacks
+
+
+def _params_hash(task: str, params: dict[str, Any]) -> str:
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{task}\x00{canonical}".encode()).hexdigest()

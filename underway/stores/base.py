@@ -1,0 +1,238 @@
+"""The store seam: where jobs, their events and their output live.
+
+A store owns atomic claiming (one job, one worker), leases, cancel flags,
+idempotency keys, expiry and waiting for change. Every store passes the contract
+suite in `tests/contract/`. Nothing outside `stores/` knows a table or key name.
+
+All methods are synchronous and thread-safe. Times are epoch seconds (floats).
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..job import ErrorInfo, Event, EventKind, JobRecord, Progress, State
+
+Listener = Callable[[], None]
+WORK = "\x00work"  # Notifier key for "a job may be ready to claim"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Page:
+    jobs: list[JobRecord]
+    next_cursor: str | None
+
+
+class Notifier:
+    """In-process wake-ups keyed by job id (or WORK).
+
+    Waiters block on a condition; listeners (e.g. an asyncio loop's
+    `call_soon_threadsafe`) are called from the notifying thread and must be quick.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._versions: dict[str, int] = {}
+        self._listeners: dict[str, set[Listener]] = {}
+        self._all = 0
+
+    def version(self, key: str) -> int:
+        with self._cond:
+            return self._versions.get(key, 0) + self._all
+
+    def notify(self, *keys: str) -> None:
+        with self._cond:
+            for key in keys:
+                self._versions[key] = self._versions.get(key, 0) + 1
+            self._cond.notify_all()
+            called = [fn for key in keys for fn in self._listeners.get(key, ())]
+        for fn in called:
+            fn()
+
+    def notify_everything(self) -> None:
+        """Something changed that another process wrote: wake every waiter."""
+        with self._cond:
+            self._all += 1
+            self._cond.notify_all()
+            called = [fn for fns in self._listeners.values() for fn in fns]
+        for fn in called:
+            fn()
+
+    def wait(self, key: str, seen: int, timeout: float | None) -> int:
+        """Block until `key`'s version differs from `seen` or `timeout` passes."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._versions.get(key, 0) + self._all != seen, timeout=timeout
+            )
+            return self._versions.get(key, 0) + self._all
+
+    def subscribe(self, key: str, fn: Listener) -> Callable[[], None]:
+        with self._cond:
+            self._listeners.setdefault(key, set()).add(fn)
+
+        def unsubscribe() -> None:
+            with self._cond:
+                fns = self._listeners.get(key)
+                if fns is not None:
+                    fns.discard(fn)
+                    if not fns:
+                        del self._listeners[key]
+
+        return unsubscribe
+
+    def forget(self, key: str) -> None:
+        with self._cond:
+            self._versions.pop(key, None)
+
+
+class Store(ABC):
+    """The interface every store implements. See the module docstring."""
+
+    url: str
+    notifier: Notifier
+
+    # -- submission ------------------------------------------------------------------
+    @abstractmethod
+    def enqueue(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        """Insert a queued job and its first `state` event.
+
+        When `record.idempotency_key` names a job that still exists, nothing is
+        inserted and `(that job, False)` is returned. When `record.supersede_key` is
+        set, every active job with the same key is asked to cancel first.
+        Returns `(record, True)` for a new job.
+        """
+
+    @abstractmethod
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job, with `position` filled in while queued; None when unknown."""
+
+    @abstractmethod
+    def list_jobs(
+        self,
+        *,
+        task: str | None = None,
+        state: State | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Newest first; `cursor` is the `next_cursor` of the previous page."""
+
+    @abstractmethod
+    def count(self, *, state: State | None = None) -> int:
+        """How many jobs (in `state`) the store holds."""
+
+    # -- workers ---------------------------------------------------------------------
+    @abstractmethod
+    def claim(
+        self,
+        *,
+        worker: str,
+        tasks: Collection[str],
+        limits: Mapping[str, int],
+        lease: float,
+        now: float,
+        max_jobs: int = 1,
+    ) -> list[JobRecord]:
+        """Atomically move up to `max_jobs` due, queued jobs of `tasks` to running.
+
+        Order: priority, then id (oldest first). A task named in `limits` never has
+        more than that many jobs running at once, counted across all workers. Each
+        claimed job gets `attempt + 1`, `started_at`, `worker` and a lease until
+        `now + lease`, and a `state` event.
+        """
+
+    @abstractmethod
+    def renew(self, *, worker: str, job_ids: Collection[str], lease: float, now: float) -> set[str]:
+        """Extend the leases `worker` holds; return the ids among them with a cancel request."""
+
+    @abstractmethod
+    def save_progress(self, job_id: str, progress: Progress, now: float) -> None:
+        """Store the latest progress snapshot and append a `progress` event."""
+
+    @abstractmethod
+    def append(self, job_id: str, items: Sequence[tuple[EventKind, str]], now: float) -> None:
+        """Append `output`/`log` items (serialised JSON) in order; counts output items."""
+
+    @abstractmethod
+    def finish(
+        self,
+        job_id: str,
+        *,
+        worker: str | None,
+        state: State,
+        result: Any,
+        error: ErrorInfo | None,
+        now: float,
+        keep_for: float,
+    ) -> JobRecord | None:
+        """Move a running job (held by `worker`, or anyone's when None) to a terminal state.
+
+        Appends `state` and `done` events. Returns the final record, or None when the
+        job was not running under that worker (already finished, lost, deleted).
+        """
+
+    @abstractmethod
+    def retry(
+        self, job_id: str, *, worker: str, run_at: float, error: ErrorInfo, now: float
+    ) -> bool:
+        """Send a running job back to the queue, due at `run_at`, after a failed attempt."""
+
+    # -- callers ---------------------------------------------------------------------
+    @abstractmethod
+    def request_cancel(self, job_id: str, now: float) -> JobRecord | None:
+        """Queued: cancelled at once. Running: flag set. Terminal: unchanged. None if unknown."""
+
+    @abstractmethod
+    def delete(self, job_id: str) -> bool:
+        """Remove a job with its events and output (callers check the state first)."""
+
+    @abstractmethod
+    def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        """The job's events with `seq > after`, in order, without waiting."""
+
+    @abstractmethod
+    def output(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Any]:
+        """Output items with index >= after (0-based), as Python values, in order."""
+
+    def wait_events(self, job_id: str, after: int, timeout: float) -> list[Event]:
+        """The events after `after`, waiting up to `timeout` seconds for one to come."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.notifier.version(job_id)
+            found = self.events(job_id, after)
+            if found:
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return []
+            self.notifier.wait(job_id, seen, min(left, self.poll_interval))
+
+    # -- housekeeping ----------------------------------------------------------------
+    @abstractmethod
+    def recover_lost(self, now: float) -> list[JobRecord]:
+        """Running jobs whose lease ran out: requeued while attempts remain, else failed
+        with `WorkerLost` (cancelled when a cancel was requested). Returns them, updated."""
+
+    @abstractmethod
+    def purge(self, now: float, *, finished_before: float | None = None) -> int:
+        """Delete finished jobs whose `expires_at` has passed (or that finished before
+        `finished_before`), with their events, output and idempotency keys."""
+
+    poll_interval: float = 0.25  # how often waiters look for changes made elsewhere
+
+    def wait_for_work(self, seen: int, timeout: float) -> int:
+        """Block until new work may be there (or `timeout`); returns the new version."""
+        return self.notifier.wait(WORK, seen, min(timeout, self.poll_interval))
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable when the store cannot be reached."""
+
+    def close(self) -> None:
+        """Release connections and background threads."""

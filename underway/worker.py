@@ -1,0 +1,329 @@
+"""The worker: claim -> run on an executor -> flush progress and output -> finish.
+
+Two threads per worker. The dispatcher claims jobs while slots are free and sleeps
+on the store's wake-up otherwise. The monitor flushes progress snapshots and output
+a few times a second, renews leases, delivers cancel requests, enforces timeouts
+and grace periods, and runs the janitor (lost jobs, expired jobs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ._util import new_id
+from .errors import UnderwayError
+from .executors.base import Executor, Outcome
+from .job import ErrorInfo, Job, JobRecord, Progress, State
+
+if TYPE_CHECKING:
+    from .app import Underway
+    from .tasks import Task
+
+log = logging.getLogger("underway.worker")
+
+
+@dataclass(kw_only=True)
+class _Running:
+    job: Job
+    record: JobRecord
+    task: Task
+    executor: Executor
+    started: float  # monotonic
+    flushed_version: int = 0
+    rate_origin: tuple[float, float] | None = None  # (monotonic, current) for the ETA
+    stop_at: float | None = None  # monotonic time after which the job is stopped hard
+    killed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Worker:
+    """Runs jobs of the app's tasks. Embedded by `Underway.start()` or run on its own."""
+
+    def __init__(
+        self,
+        app: Underway,
+        *,
+        concurrency: int = 4,
+        lease: float = 30.0,
+        flush_interval: float = 0.2,
+        idle_poll: float = 0.5,
+        janitor_interval: float = 5.0,
+        name: str | None = None,
+    ) -> None:
+        self.app = app
+        self.store = app.store
+        self.concurrency = concurrency
+        self.lease = lease
+        self.flush_interval = flush_interval
+        self.idle_poll = idle_poll
+        self.janitor_interval = janitor_interval
+        self.id = name or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-6:]}"
+        self._running: dict[str, _Running] = {}
+        self._lock = threading.Lock()
+        self._slot_free = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        for target, label in ((self._dispatch, "dispatch"), (self._monitor, "monitor")):
+            thread = threading.Thread(target=target, name=f"underway-{label}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, *, drain: float = 30.0) -> None:
+        """Stop claiming; give running jobs up to `drain` seconds, then hand them back."""
+        self._stopping.set()
+        self.store.notifier.notify_everything()
+        deadline = time.monotonic() + drain
+        with self._lock:
+            while self._running and time.monotonic() < deadline:
+                self._slot_free.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            leftover = list(self._running.values())
+        for entry in leftover:
+            entry.job.request_cancel("shutdown")
+        grace = time.monotonic() + max((e.task.settings.cancel_grace for e in leftover), default=0)
+        with self._lock:
+            while self._running and time.monotonic() < grace:
+                self._slot_free.wait(0.05)
+            leftover = list(self._running.values())
+        for entry in leftover:
+            if not entry.executor.kill(entry.job.id):
+                self._abandon(entry)
+        with self._lock:
+            end = time.monotonic() + 5.0
+            while self._running and time.monotonic() < end:
+                self._slot_free.wait(0.05)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._flush_all()
+
+    @property
+    def running_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._running)
+
+    def signal_cancel(self, job_id: str) -> bool:
+        """Deliver a cancel request to a job this worker runs (same process, no round trip)."""
+        with self._lock:
+            entry = self._running.get(job_id)
+        if entry is None:
+            return False
+        self._begin_stop(entry, "cancel")
+        return True
+
+    # -- dispatcher ------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        notifier = self.store.notifier
+        while not self._stopping.is_set():
+            with self._lock:
+                free = self.concurrency - len(self._running)
+                if free <= 0:
+                    self._slot_free.wait(self.idle_poll)
+                    continue
+            seen = notifier.version("\x00work")
+            try:
+                records = self.store.claim(
+                    worker=self.id,
+                    tasks=self.app.task_names,
+                    limits=self.app.concurrency_limits,
+                    lease=self.lease,
+                    now=time.time(),
+                    max_jobs=free,
+                )
+            except UnderwayError as exc:
+                log.warning("claim failed: %s", exc)
+                self._stopping.wait(1.0)
+                continue
+            except Exception:
+                log.exception("claim failed")
+                self._stopping.wait(1.0)
+                continue
+            if not records:
+                self.store.wait_for_work(seen, self.idle_poll)
+                continue
+            for record in records:
+                self._start(record)
+
+    def _start(self, record: JobRecord) -> None:
+        task = self.app.get_task(record.task)
+        executor = self.app.executor_for(task.settings.executor)
+        job = Job(record, max_output_bytes=self.app.max_output_bytes)
+        entry = _Running(
+            job=job, record=record, task=task, executor=executor, started=time.monotonic()
+        )
+        with self._lock:
+            self._running[record.id] = entry
+        if record.cancel_requested:
+            self._begin_stop(entry, "cancel")
+        try:
+            executor.run(job, task, lambda outcome: self._finished(entry, outcome))
+        except Exception as exc:  # the executor could not start it: fail, don't lose it
+            log.exception("executor %s could not start job %s", executor.name, record.id)
+            from .executors.base import failure
+
+            self._finished(entry, failure(exc, type_name="ExecutorError"))
+
+    # -- monitor ---------------------------------------------------------------------
+    def _monitor(self) -> None:
+        renew_every = min(self.lease / 3.0, 1.0)
+        next_renew = next_janitor = time.monotonic()
+        while not self._stopping.wait(self.flush_interval):
+            now = time.monotonic()
+            try:
+                self._flush_all()
+                if now >= next_renew:
+                    next_renew = now + renew_every
+                    self._renew()
+                self._enforce_deadlines(now)
+                if now >= next_janitor:
+                    next_janitor = now + self.janitor_interval * (0.5 + random.random())
+                    self.janitor()
+            except UnderwayError as exc:
+                log.warning("worker upkeep failed: %s", exc)
+            except Exception:
+                log.exception("worker upkeep failed")
+
+    def _flush_all(self) -> None:
+        with self._lock:
+            entries = list(self._running.values())
+        for entry in entries:
+            self._flush(entry)
+
+    def _flush(self, entry: _Running) -> None:
+        with entry.lock:
+            now = time.time()
+            items = entry.job.take_outbox()
+            if items:
+                self.store.append(entry.job.id, items, now)
+            version, current, total, message = entry.job.snapshot()
+            if version != entry.flushed_version:
+                entry.flushed_version = version
+                self.store.save_progress(
+                    entry.job.id, self._with_eta(entry, current, total, message), now
+                )
+
+    def _with_eta(
+        self, entry: _Running, current: float | None, total: float | None, message: str | None
+    ) -> Progress:
+        eta = None
+        mono = time.monotonic()
+        if current is not None:
+            if entry.rate_origin is None or current < entry.rate_origin[1]:
+                entry.rate_origin = (mono, current)
+            else:
+                t0, c0 = entry.rate_origin
+                if total is not None and current > c0 and mono > t0:
+                    rate = (current - c0) / (mono - t0)
+                    eta = round(max(0.0, (total - current) / rate), 1)
+        return Progress(current=current, total=total, message=message, eta_s=eta)
+
+    def _renew(self) -> None:
+        ids = self.running_ids
+        if not ids:
+            return
+        cancelled = self.store.renew(worker=self.id, job_ids=ids, lease=self.lease, now=time.time())
+        for job_id in cancelled:
+            self.signal_cancel(job_id)
+
+    def _begin_stop(self, entry: _Running, reason: str) -> None:
+        if entry.stop_at is None:
+            entry.stop_at = time.monotonic() + entry.task.settings.cancel_grace
+        entry.job.request_cancel(reason)
+
+    def _enforce_deadlines(self, now: float) -> None:
+        with self._lock:
+            entries = list(self._running.values())
+        for entry in entries:
+            timeout = entry.task.settings.timeout
+            if timeout is not None and now - entry.started > timeout:
+                self._begin_stop(entry, "timeout")
+            if entry.stop_at is not None and now > entry.stop_at and not entry.killed:
+                entry.killed = True
+                if not entry.executor.kill(entry.job.id):
+                    self._abandon(entry)
+
+    def _abandon(self, entry: _Running) -> None:
+        """The job ignored its stop request and cannot be killed: finish it without it."""
+        log.warning("job %s did not stop within its grace period; giving up on it", entry.job.id)
+        self._finished(entry, Outcome(state=State.CANCELLED))
+
+    def janitor(self) -> None:
+        now = time.time()
+        for record in self.store.recover_lost(now):
+            log.warning("job %s lost its worker; now %s", record.id, record.state.value)
+        self.store.purge(now)
+
+    # -- the end of a job ------------------------------------------------------------
+    def _finished(self, entry: _Running, outcome: Outcome) -> None:
+        job_id = entry.job.id
+        with self._lock:
+            if self._running.get(job_id) is not entry:
+                return  # already given up on (abandoned): its late outcome is discarded
+            self._running.pop(job_id)
+            self._slot_free.notify_all()
+        try:
+            self._flush(entry)
+            self._record_outcome(entry, self._interpret(entry, outcome))
+        except Exception:
+            log.exception("could not record the end of job %s", job_id)
+
+    def _interpret(self, entry: _Running, outcome: Outcome) -> Outcome:
+        reason = entry.job.stop_reason
+        if outcome.state is State.CANCELLED or (reason and outcome.state is State.FAILED):
+            if reason == "timeout":
+                return Outcome(
+                    state=State.FAILED,
+                    error=ErrorInfo(
+                        type="Timeout",
+                        message=f"the job ran longer than its timeout of "
+                        f"{entry.task.settings.timeout:g}s",
+                    ),
+                )
+            if reason == "shutdown":
+                return Outcome(state=State.QUEUED)  # hand it back
+            if outcome.state is State.CANCELLED or reason == "cancel":
+                return Outcome(
+                    state=State.CANCELLED,
+                    error=ErrorInfo(type="Cancelled", message="the job was cancelled"),
+                )
+        return outcome
+
+    def _record_outcome(self, entry: _Running, outcome: Outcome) -> None:
+        record = entry.record
+        now = time.time()
+        settings = entry.task.settings
+        if outcome.state is State.QUEUED:
+            error = ErrorInfo(type="Shutdown", message="the worker stopped; job handed back")
+            self.store.retry(record.id, worker=self.id, run_at=now, error=error, now=now)
+            return
+        if (
+            outcome.state is State.FAILED
+            and outcome.error is not None
+            and outcome.error.type != "Timeout"
+            and record.attempt < record.max_attempts
+        ):
+            delay = min(
+                settings.retry_backoff * 2 ** (record.attempt - 1), settings.retry_backoff_max
+            )
+            delay *= 0.75 + random.random() / 2  # jitter, so retries of a burst spread out
+            if self.store.retry(
+                record.id, worker=self.id, run_at=now + delay, error=outcome.error, now=now
+            ):
+                return
+        self.store.finish(
+            record.id,
+            worker=self.id,
+            state=outcome.state,
+            result=outcome.result,
+            error=outcome.error,
+            now=now,
+            keep_for=settings.keep_for,
+        )
