@@ -1,9 +1,11 @@
 """The worker: claim -> run on an executor -> flush progress and output -> finish.
 
-Two threads per worker. The dispatcher claims jobs while slots are free and sleeps
-on the store's wake-up otherwise. The monitor flushes progress snapshots and output
-a few times a second, renews leases, delivers cancel requests, enforces timeouts
-and grace periods, and runs the janitor (lost jobs, expired jobs).
+A worker has `concurrency` slot threads and one monitor thread. Each slot claims a
+job, runs it through its task's executor (thread jobs run on the slot's own thread;
+process and subprocess jobs block the slot while a child runs them), records the
+outcome, and claims the next; idle slots sleep on the store's wake-up. The monitor
+flushes progress snapshots and output a few times a second, renews leases, delivers
+cancel requests, enforces timeouts and grace periods, and runs the janitor.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import TYPE_CHECKING
 
 from ._util import new_id
 from .errors import UnderwayError
-from .executors.base import Executor, Outcome
+from .executors.base import Executor, Outcome, failure
 from .job import ErrorInfo, Job, JobRecord, Progress, State
+from .stores.base import WORK
 
 if TYPE_CHECKING:
     from .app import Underway
@@ -38,9 +41,16 @@ class _Running:
     started: float  # monotonic
     flushed_version: int = 0
     rate_origin: tuple[float, float] | None = None  # (monotonic, current) for the ETA
+    slot: _Slot
     stop_at: float | None = None  # monotonic time after which the job is stopped hard
     killed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(kw_only=True)
+class _Slot:
+    number: int
+    retired: bool = False  # its thread is stuck in an abandoned job and exits after it
 
 
 class Worker:
@@ -73,10 +83,18 @@ class Worker:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
-        for target, label in ((self._dispatch, "dispatch"), (self._monitor, "monitor")):
-            thread = threading.Thread(target=target, name=f"underway-{label}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        for number in range(self.concurrency):
+            self._start_slot(_Slot(number=number))
+        monitor = threading.Thread(target=self._monitor, name="underway-monitor", daemon=True)
+        monitor.start()
+        self._threads.append(monitor)
+
+    def _start_slot(self, slot: _Slot) -> None:
+        thread = threading.Thread(
+            target=self._slot_loop, args=(slot,), name=f"underway-slot-{slot.number}", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
 
     def stop(self, *, drain: float = 30.0) -> None:
         """Stop claiming; give running jobs up to `drain` seconds, then hand them back."""
@@ -119,16 +137,11 @@ class Worker:
         self._begin_stop(entry, "cancel")
         return True
 
-    # -- dispatcher ------------------------------------------------------------------
-    def _dispatch(self) -> None:
+    # -- slots ---------------------------------------------------------------------
+    def _slot_loop(self, slot: _Slot) -> None:
         notifier = self.store.notifier
-        while not self._stopping.is_set():
-            with self._lock:
-                free = self.concurrency - len(self._running)
-                if free <= 0:
-                    self._slot_free.wait(self.idle_poll)
-                    continue
-            seen = notifier.version("\x00work")
+        while not self._stopping.is_set() and not slot.retired:
+            seen = notifier.version(WORK)
             try:
                 records = self.store.claim(
                     worker=self.id,
@@ -136,7 +149,7 @@ class Worker:
                     limits=self.app.concurrency_limits,
                     lease=self.lease,
                     now=time.time(),
-                    max_jobs=free,
+                    max_jobs=1,
                 )
             except UnderwayError as exc:
                 log.warning("claim failed: %s", exc)
@@ -146,30 +159,33 @@ class Worker:
                 log.exception("claim failed")
                 self._stopping.wait(1.0)
                 continue
-            if not records:
+            if records:
+                self._run(records[0], slot)
+            else:
                 self.store.wait_for_work(seen, self.idle_poll)
-                continue
-            for record in records:
-                self._start(record)
 
-    def _start(self, record: JobRecord) -> None:
+    def _run(self, record: JobRecord, slot: _Slot) -> None:
         task = self.app.get_task(record.task)
         executor = self.app.executor_for(task.settings.executor)
         job = Job(record, max_output_bytes=self.app.max_output_bytes)
         entry = _Running(
-            job=job, record=record, task=task, executor=executor, started=time.monotonic()
+            job=job,
+            record=record,
+            task=task,
+            executor=executor,
+            started=time.monotonic(),
+            slot=slot,
         )
         with self._lock:
             self._running[record.id] = entry
         if record.cancel_requested:
             self._begin_stop(entry, "cancel")
         try:
-            executor.run(job, task, lambda outcome: self._finished(entry, outcome))
-        except Exception as exc:  # the executor could not start it: fail, don't lose it
-            log.exception("executor %s could not start job %s", executor.name, record.id)
-            from .executors.base import failure
-
-            self._finished(entry, failure(exc, type_name="ExecutorError"))
+            outcome = executor.call(job, task)
+        except Exception as exc:  # the executor failed, not the task: fail, don't lose it
+            log.exception("executor %s could not run job %s", executor.name, record.id)
+            outcome = failure(exc, type_name="ExecutorError")
+        self._finished(entry, outcome)
 
     # -- monitor ---------------------------------------------------------------------
     def _monitor(self) -> None:
@@ -251,9 +267,15 @@ class Worker:
                     self._abandon(entry)
 
     def _abandon(self, entry: _Running) -> None:
-        """The job ignored its stop request and cannot be killed: finish it without it."""
+        """The job ignored its stop request and cannot be killed: finish it without it.
+
+        Its slot's thread stays busy until the task returns, so a new slot takes its
+        place and the old thread exits afterwards."""
         log.warning("job %s did not stop within its grace period; giving up on it", entry.job.id)
+        entry.slot.retired = True
         self._finished(entry, Outcome(state=State.CANCELLED))
+        if not self._stopping.is_set():
+            self._start_slot(_Slot(number=entry.slot.number))
 
     def janitor(self) -> None:
         now = time.time()

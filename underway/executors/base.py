@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -60,6 +61,19 @@ class Executor(ABC):
     @abstractmethod
     def run(self, job: Job, task: Task, done: Done) -> None:
         """Start running `task` for `job`; report the end through `done`."""
+
+    def call(self, job: Job, task: Task) -> Outcome:
+        """Run the job and wait for its end; the worker calls this from one of its slots."""
+        finished = threading.Event()
+        outcomes: list[Outcome] = []
+
+        def done(outcome: Outcome) -> None:
+            outcomes.append(outcome)
+            finished.set()
+
+        self.run(job, task, done)
+        finished.wait()
+        return outcomes[0]
 
     def kill(self, job_id: str) -> bool:
         """Stop a job that ignored its cancel request. True when `done` will still be

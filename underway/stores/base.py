@@ -30,52 +30,73 @@ class Page:
 class Notifier:
     """In-process wake-ups keyed by job id (or WORK).
 
-    Waiters block on a condition; listeners (e.g. an asyncio loop's
+    A waiter sleeps on an event of its own, registered under its key, so a change to
+    one job wakes only those waiting for that job. Listeners (e.g. an asyncio loop's
     `call_soon_threadsafe`) are called from the notifying thread and must be quick.
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._versions: dict[str, int] = {}
+        self._waiters: dict[str, list[threading.Event]] = {}
         self._listeners: dict[str, set[Listener]] = {}
         self._all = 0
 
     def version(self, key: str) -> int:
-        with self._cond:
-            return self._versions.get(key, 0) + self._all
+        return self._versions.get(key, 0) + self._all
 
     def notify(self, *keys: str) -> None:
-        with self._cond:
+        woken: list[threading.Event] = []
+        called: list[Listener] = []
+        with self._lock:
             for key in keys:
                 self._versions[key] = self._versions.get(key, 0) + 1
-            self._cond.notify_all()
-            called = [fn for key in keys for fn in self._listeners.get(key, ())]
+                waiters = self._waiters.pop(key, None)
+                if waiters:
+                    woken.extend(waiters)
+                listeners = self._listeners.get(key)
+                if listeners:
+                    called.extend(listeners)
+        for event in woken:
+            event.set()
         for fn in called:
             fn()
 
     def notify_everything(self) -> None:
         """Something changed that another process wrote: wake every waiter."""
-        with self._cond:
+        with self._lock:
             self._all += 1
-            self._cond.notify_all()
+            woken = [e for events in self._waiters.values() for e in events]
+            self._waiters.clear()
             called = [fn for fns in self._listeners.values() for fn in fns]
+        for event in woken:
+            event.set()
         for fn in called:
             fn()
 
     def wait(self, key: str, seen: int, timeout: float | None) -> int:
         """Block until `key`'s version differs from `seen` or `timeout` passes."""
-        with self._cond:
-            self._cond.wait_for(
-                lambda: self._versions.get(key, 0) + self._all != seen, timeout=timeout
-            )
-            return self._versions.get(key, 0) + self._all
+        event = threading.Event()
+        with self._lock:
+            current = self._versions.get(key, 0) + self._all
+            if current != seen:
+                return current
+            self._waiters.setdefault(key, []).append(event)
+        if not event.wait(timeout):
+            with self._lock:
+                waiters = self._waiters.get(key)
+                if waiters is not None and event in waiters:
+                    waiters.remove(event)
+                    if not waiters:
+                        del self._waiters[key]
+        return self._versions.get(key, 0) + self._all
 
     def subscribe(self, key: str, fn: Listener) -> Callable[[], None]:
-        with self._cond:
+        with self._lock:
             self._listeners.setdefault(key, set()).add(fn)
 
         def unsubscribe() -> None:
-            with self._cond:
+            with self._lock:
                 fns = self._listeners.get(key)
                 if fns is not None:
                     fns.discard(fn)
@@ -85,7 +106,7 @@ class Notifier:
         return unsubscribe
 
     def forget(self, key: str) -> None:
-        with self._cond:
+        with self._lock:
             self._versions.pop(key, None)
 
 

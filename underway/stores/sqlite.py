@@ -55,12 +55,11 @@ MIGRATIONS: dict[int, str] = {
         lease_until      REAL,
         meta             TEXT
     );
-    CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (queue, priority, id) WHERE state = 'queued';
-    CREATE INDEX IF NOT EXISTS jobs_running ON jobs (task, lease_until) WHERE state = 'running';
+    CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (priority, id) WHERE state = 'queued';
+    CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_until) WHERE state = 'running';
     CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
-    CREATE INDEX IF NOT EXISTS jobs_by_task ON jobs (task, id);
-    CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
-    CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, id);
+    -- Few indexes on purpose: every one costs each claim and finish. Lists walk the
+    -- primary key newest first; queued and running jobs have partial indexes of their own.
     CREATE INDEX IF NOT EXISTS jobs_supersede ON jobs (supersede_key)
         WHERE supersede_key IS NOT NULL;
     CREATE TABLE IF NOT EXISTS events (
@@ -73,6 +72,31 @@ MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (job_id, seq)
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS events_output ON events (job_id, idx) WHERE idx IS NOT NULL;
+    -- State changes write their own events, inside the statement that makes them, so a
+    -- claim or a finish is one statement. Each such UPDATE raises event_seq by 1 (to a
+    -- non-terminal state) or by 2 (to a terminal one: a state event, then done).
+    CREATE TRIGGER IF NOT EXISTS jobs_queued_event AFTER INSERT ON jobs BEGIN
+        INSERT INTO events (job_id, seq, kind, idx, data, at)
+        VALUES (NEW.id, NEW.event_seq, 'state', NULL, '{"state":"queued"}', NEW.created_at);
+    END;
+    CREATE TRIGGER IF NOT EXISTS jobs_state_event AFTER UPDATE OF state ON jobs
+    WHEN NEW.state != OLD.state AND NEW.state IN ('queued', 'running') BEGIN
+        INSERT INTO events (job_id, seq, kind, idx, data, at)
+        VALUES (NEW.id, NEW.event_seq, 'state', NULL,
+                json_object('state', NEW.state, 'attempt', NEW.attempt),
+                (julianday('now') - 2440587.5) * 86400.0);
+    END;
+    CREATE TRIGGER IF NOT EXISTS jobs_done_event AFTER UPDATE OF state ON jobs
+    WHEN NEW.state != OLD.state AND NEW.state IN ('succeeded', 'failed', 'cancelled') BEGIN
+        INSERT INTO events (job_id, seq, kind, idx, data, at)
+        VALUES (NEW.id, NEW.event_seq - 1, 'state', NULL, json_object('state', NEW.state),
+                NEW.finished_at);
+        INSERT INTO events (job_id, seq, kind, idx, data, at)
+        VALUES (NEW.id, NEW.event_seq, 'done', NULL,
+                json_object('state', NEW.state, 'result', json(coalesce(NEW.result, 'null')),
+                            'error', json(coalesce(NEW.error, 'null'))),
+                NEW.finished_at);
+    END;
     """,
 }
 
@@ -81,7 +105,31 @@ _COLUMNS = (
     "attempt, max_attempts, created_at, started_at, finished_at, expires_at, run_at, timeout, "
     "keep_for, output_count, owner, idempotency_key, supersede_key, worker, lease_until, meta"
 )
+_CLAIM_SET = (
+    "state = 'running', attempt = attempt + 1, started_at = ?, worker = ?, lease_until = ?, "
+    "cancel_requested = 0, event_seq = event_seq + 1"
+)
+_REQUEUE_SET = (
+    "state = 'queued', run_at = ?, error = ?, worker = NULL, lease_until = NULL, "
+    "event_seq = event_seq + 1"
+)
 _STATES = {s.value: s for s in State}
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a script into statements (trigger bodies hold semicolons of their own)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        if line.strip().startswith("--"):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+    if buffer.strip():
+        yield buffer.strip()
+
+
 _KINDS = {k.value: k for k in EventKind}
 
 
@@ -208,9 +256,8 @@ class SQLiteStore(Store):
                         f"underway understands ({SCHEMA_VERSION}); upgrade underway"
                     )
                 for target in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in MIGRATIONS[target].split(";"):
-                        if statement.strip():
-                            db.execute(statement)
+                    for statement in _statements(MIGRATIONS[target]):
+                        db.execute(statement)
                     db.execute(f"PRAGMA user_version = {target}")
         except sqlite3.DatabaseError as exc:
             raise ConfigurationError(f"cannot open job store {self.path}: {exc}") from None
@@ -256,9 +303,6 @@ class SQLiteStore(Store):
             "INSERT INTO events (job_id, seq, kind, idx, data, at) VALUES (?, ?, ?, ?, ?, ?)", rows
         )
 
-    def _state_event(self, state: State, **extra: Any) -> tuple[EventKind, str]:
-        return (EventKind.STATE, dumps({"state": state.value, **extra}))
-
     def _finish_locked(
         self,
         db: sqlite3.Connection,
@@ -271,62 +315,62 @@ class SQLiteStore(Store):
         where: str,
         args: tuple[Any, ...],
     ) -> JobRecord | None:
-        error_json = dumps(error.to_dict()) if error else None
-        result_json = dumps(result) if result is not None else None
         row = db.execute(
             "UPDATE jobs SET state = ?, result = ?, error = ?, finished_at = ?, "
-            f"expires_at = ? + coalesce(?, keep_for), worker = NULL, lease_until = NULL "
-            f"WHERE id = ? AND {where} RETURNING {_COLUMNS}",
-            (state.value, result_json, error_json, now, now, keep_for, job_id, *args),
-        ).fetchone()
-        if row is None:
-            return None
-        done = dumps(
-            {"state": state.value, "result": result, "error": error.to_dict() if error else None}
-        )
-        self._events_insert(db, job_id, [self._state_event(state), (EventKind.DONE, done)], now)
-        return _row_to_record(row)
+            "expires_at = ? + coalesce(?, keep_for), worker = NULL, lease_until = NULL, "
+            f"event_seq = event_seq + 2 WHERE id = ? AND {where} RETURNING {_COLUMNS}",
+            (
+                state.value,
+                dumps(result) if result is not None else None,
+                dumps(error.to_dict()) if error else None,
+                now,
+                now,
+                keep_for,
+                job_id,
+                *args,
+            ),
+        ).fetchall()  # fetch to the end: that completes (commits) the statement
+        return _row_to_record(row[0]) if row else None
 
     # -- submission ------------------------------------------------------------------
     def enqueue(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        values = (
+            record.id,
+            record.task,
+            record.queue,
+            record.priority,
+            dumps(record.params),
+            record.max_attempts,
+            record.created_at,
+            record.run_at,
+            record.timeout,
+            record.keep_for,
+            record.owner,
+            record.idempotency_key,
+            record.supersede_key,
+            dumps(record.meta) if record.meta else None,
+        )
+        insert = (
+            "INSERT INTO jobs (id, task, queue, priority, state, params, max_attempts, "
+            "created_at, run_at, timeout, keep_for, owner, idempotency_key, supersede_key, meta, "
+            "event_seq) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
+        )
         superseded: list[str] = []
-        with self._write() as db:
-            if record.idempotency_key is not None:
-                row = db.execute(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?",
-                    (record.idempotency_key,),
-                ).fetchone()
-                if row is not None:
-                    return _row_to_record(row), False
-            if record.supersede_key is not None:
-                superseded = self._supersede(db, record.supersede_key, record.created_at)
-            db.execute(
-                f"INSERT INTO jobs ({_COLUMNS}, event_seq) VALUES "
-                "(?, ?, ?, ?, ?, ?, NULL, NULL, NULL, 0, 0, ?, ?, NULL, NULL, NULL, ?, ?, ?, 0, "
-                "?, ?, ?, NULL, NULL, ?, 1)",
-                (
-                    record.id,
-                    record.task,
-                    record.queue,
-                    record.priority,
-                    State.QUEUED.value,
-                    dumps(record.params),
-                    record.max_attempts,
-                    record.created_at,
-                    record.run_at,
-                    record.timeout,
-                    record.keep_for,
-                    record.owner,
-                    record.idempotency_key,
-                    record.supersede_key,
-                    dumps(record.meta) if record.meta else None,
-                ),
-            )
-            db.execute(
-                "INSERT INTO events (job_id, seq, kind, idx, data, at) VALUES (?, 1, 'state', "
-                "NULL, ?, ?)",
-                (record.id, '{"state":"queued"}', record.created_at),
-            )
+        if record.idempotency_key is None and record.supersede_key is None:
+            with self._lock:  # one statement: its own transaction
+                self._db.execute(insert, values)
+        else:
+            with self._write() as db:
+                if record.idempotency_key is not None:
+                    row = db.execute(
+                        f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?",
+                        (record.idempotency_key,),
+                    ).fetchone()
+                    if row is not None:
+                        return _row_to_record(row), False
+                if record.supersede_key is not None:
+                    superseded = self._supersede(db, record.supersede_key, record.created_at)
+                db.execute(insert, values)
         self.notifier.notify(WORK, *superseded)
         return record, True
 
@@ -411,29 +455,53 @@ class SQLiteStore(Store):
     ) -> list[JobRecord]:
         if not tasks or max_jobs <= 0:
             return []
+        if not limits:
+            marks = ",".join("?" * len(tasks))
+            with self._lock:  # one statement, so one atomic transaction
+                rows = self._db.execute(
+                    f"UPDATE jobs SET {_CLAIM_SET} WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_ready WHERE "
+                    f"state = 'queued' AND run_at <= ? AND task IN ({marks}) "
+                    f"ORDER BY priority, id LIMIT ?) RETURNING {_COLUMNS}",
+                    (now, worker, now + lease, now, *tasks, max_jobs),
+                ).fetchall()
+            claimed = sorted((_row_to_record(r) for r in rows), key=lambda r: (r.priority, r.id))
+        else:
+            claimed = self._claim_limited(worker, tasks, limits, lease, now, max_jobs)
+        if claimed:
+            self.notifier.notify(*(r.id for r in claimed))
+        return claimed
+
+    def _claim_limited(
+        self,
+        worker: str,
+        tasks: Collection[str],
+        limits: Mapping[str, int],
+        lease: float,
+        now: float,
+        max_jobs: int,
+    ) -> list[JobRecord]:
         claimed: list[JobRecord] = []
         with self._write() as db:
             allowed = set(tasks)
             room: dict[str, int] = {}
-            if limits:
-                running = dict(
-                    db.execute(
-                        "SELECT task, count(*) FROM jobs WHERE state = 'running' AND task IN "
-                        f"({','.join('?' * len(limits))}) GROUP BY task",
-                        list(limits),
-                    ).fetchall()
-                )
-                for name, cap in limits.items():
-                    room[name] = cap - running.get(name, 0)
-                    if room[name] <= 0:
-                        allowed.discard(name)
+            running = dict(
+                db.execute(
+                    "SELECT task, count(*) FROM jobs WHERE state = 'running' AND task IN "
+                    f"({','.join('?' * len(limits))}) GROUP BY task",
+                    list(limits),
+                ).fetchall()
+            )
+            for name, cap in limits.items():
+                room[name] = cap - running.get(name, 0)
+                if room[name] <= 0:
+                    allowed.discard(name)
             if not allowed:
                 return []
-            marks = ",".join("?" * len(allowed))
             rows = db.execute(
-                f"SELECT id, task FROM jobs WHERE state = 'queued' AND run_at <= ? AND task IN "
-                f"({marks}) ORDER BY priority, id LIMIT ?",
-                (now, *allowed, max_jobs * 4 if room else max_jobs),
+                "SELECT id, task FROM jobs INDEXED BY jobs_ready WHERE state = 'queued' AND run_at <= ? "
+                f"AND task IN "
+                f"({','.join('?' * len(allowed))}) ORDER BY priority, id LIMIT ?",
+                (now, *allowed, max_jobs * 4),
             ).fetchall()
             for job_id, task in rows:
                 if len(claimed) >= max_jobs:
@@ -443,18 +511,10 @@ class SQLiteStore(Store):
                         continue
                     room[task] -= 1
                 row = db.execute(
-                    "UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = ?, "
-                    "worker = ?, lease_until = ?, cancel_requested = 0 WHERE id = ? "
-                    f"RETURNING {_COLUMNS}",
+                    f"UPDATE jobs SET {_CLAIM_SET} WHERE id = ? RETURNING {_COLUMNS}",
                     (now, worker, now + lease, job_id),
                 ).fetchone()
-                record = _row_to_record(row)
-                self._events_insert(
-                    db, job_id, [self._state_event(State.RUNNING, attempt=record.attempt)], now
-                )
-                claimed.append(record)
-        if claimed:
-            self.notifier.notify(*(r.id for r in claimed))
+                claimed.append(_row_to_record(row))
         return claimed
 
     def renew(self, *, worker: str, job_ids: Collection[str], lease: float, now: float) -> set[str]:
@@ -500,9 +560,9 @@ class SQLiteStore(Store):
     ) -> JobRecord | None:
         where = "state = 'running'" if worker is None else "state = 'running' AND worker = ?"
         args: tuple[Any, ...] = () if worker is None else (worker,)
-        with self._write() as db:
+        with self._lock:  # one statement: its own transaction
             record = self._finish_locked(
-                db, job_id, state, result, error, now, keep_for, where, args
+                self._db, job_id, state, result, error, now, keep_for, where, args
             )
         if record is not None:
             self.notifier.notify(job_id, WORK)
@@ -511,22 +571,11 @@ class SQLiteStore(Store):
     def retry(
         self, job_id: str, *, worker: str, run_at: float, error: ErrorInfo, now: float
     ) -> bool:
-        with self._write() as db:
-            changed = db.execute(
-                "UPDATE jobs SET state = 'queued', run_at = ?, worker = NULL, lease_until = NULL, "
-                "error = ? WHERE id = ? AND state = 'running' AND worker = ?",
+        with self._lock:
+            changed = self._db.execute(
+                f"UPDATE jobs SET {_REQUEUE_SET} WHERE id = ? AND state = 'running' AND worker = ?",
                 (run_at, dumps(error.to_dict()), job_id, worker),
             ).rowcount
-            if changed:
-                self._events_insert(
-                    db,
-                    job_id,
-                    [
-                        (EventKind.LOG, dumps(f"attempt failed: {error.type}: {error.message}")),
-                        self._state_event(State.QUEUED, retry_at=run_at),
-                    ],
-                    now,
-                )
         if changed:
             self.notifier.notify(job_id, WORK)
         return bool(changed)
@@ -607,18 +656,8 @@ class SQLiteStore(Store):
                     )  # fmt: skip
                 elif record.attempt < record.max_attempts:
                     db.execute(
-                        "UPDATE jobs SET state = 'queued', worker = NULL, lease_until = NULL, "
-                        "run_at = ?, error = ? WHERE id = ?",
+                        f"UPDATE jobs SET {_REQUEUE_SET} WHERE id = ?",
                         (now, dumps(lost.to_dict()), record.id),
-                    )
-                    self._events_insert(
-                        db,
-                        record.id,
-                        [
-                            (EventKind.LOG, dumps(f"{lost.message}; requeued")),
-                            self._state_event(State.QUEUED),
-                        ],
-                        now,
                     )
                     done = record.evolve(state=State.QUEUED, worker=None, error=lost)
                 else:

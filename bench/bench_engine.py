@@ -1,0 +1,196 @@
+"""Engine benchmarks: throughput, progress() cost, latency, and a large store.
+
+Run by hand: `python bench/bench_engine.py [--jobs 20000] [--only throughput,...]`.
+Each figure is printed with a ratio to a baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import timeit
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from underway import Job, State, Underway  # noqa: E402
+from underway.job import JobRecord  # noqa: E402
+
+
+def noop() -> None:
+    return None
+
+
+def bench_throughput(n: int, folder: str) -> None:
+    with ThreadPoolExecutor(2) as pool:
+        start = time.perf_counter()
+        futures = [pool.submit(noop) for _ in range(n)]
+        wait(futures)
+        base = n / (time.perf_counter() - start)
+
+    uw = Underway(f"sqlite:///{folder}/throughput.db", workers=2)
+    uw.task(name="noop")(noop)
+    uw.store  # open (and create) the file outside the timing
+    uw.start()
+    start = time.perf_counter()
+    handles = [uw.submit("noop") for _ in range(n)]
+    submitted = time.perf_counter() - start
+    for handle in handles:
+        assert uw.wait(handle.id, timeout=300).state is State.SUCCEEDED
+    elapsed = time.perf_counter() - start
+    uw.close()
+    rate = n / elapsed
+    print(
+        f"throughput: {rate:,.0f} jobs/s end to end ({n:,} no-op jobs, 2 thread workers, "
+        f"SQLite file; submit alone {n / submitted:,.0f}/s); ThreadPoolExecutor {base:,.0f}/s; "
+        f"ratio {rate / base:.3f}; goal >= 5,000 jobs/s"
+    )
+
+
+def bench_progress() -> None:
+    job = Job(JobRecord(id="x", task="t", params={}))
+
+    class Plain:
+        def progress(self, current: float, total: float | None = None) -> None:
+            pass
+
+    plain = Plain()
+    n = 2_000_000
+    base = min(timeit.repeat(lambda: plain.progress(1, 10), number=n, repeat=3)) / n
+    cost = min(timeit.repeat(lambda: job.progress(1, 10), number=n, repeat=3)) / n
+    print(
+        f"progress(): {cost * 1e9:.0f} ns per call; bare method call {base * 1e9:.0f} ns; "
+        f"ratio {cost / base:.2f}; goal <= 1 us and <= 10x"
+    )
+
+    # Store writes per second for a job calling progress() in a tight loop.
+    with tempfile.TemporaryDirectory() as folder:
+        uw = Underway(f"sqlite:///{folder}/p.db", workers=1)
+        stop = threading.Event()
+
+        @uw.task
+        def spin(job: Job) -> int:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                job.progress(i, total=10**9)
+            return i
+
+        uw.start()
+        handle = uw.submit("spin")
+        deadline = time.monotonic() + 5
+        while handle.state is not State.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        first = len(uw.store.events(handle.id))
+        time.sleep(3.0)
+        writes = len(uw.store.events(handle.id)) - first
+        stop.set()
+        calls = handle.wait(10)
+        seconds = time.monotonic() - t0
+        uw.close()
+    print(
+        f"progress store writes: {writes / 3.0:.1f}/s while the task called progress() "
+        f"{calls / seconds:,.0f} times/s; goal <= 10/s"
+    )
+
+
+def bench_latency(folder: str, n: int = 2000) -> None:
+    uw = Underway(f"sqlite:///{folder}/latency.db", workers=2)
+    uw.task(name="noop")(noop)
+    uw.start()
+    for _ in range(50):  # warm up
+        uw.submit("noop").wait(5)
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        uw.submit("noop").wait(5)
+        samples.append(time.perf_counter() - t)
+    uw.close()
+    with ThreadPoolExecutor(1) as pool:
+        base = []
+        for _ in range(n):
+            t = time.perf_counter()
+            pool.submit(noop).result()
+            base.append(time.perf_counter() - t)
+    p50 = statistics.median(samples)
+    p99 = statistics.quantiles(samples, n=100)[98]
+    b50 = statistics.median(base)
+    print(
+        f"latency submit->done: p50 {p50 * 1e3:.3f} ms, p99 {p99 * 1e3:.3f} ms; "
+        f"ThreadPoolExecutor round trip p50 {b50 * 1e3:.3f} ms; ratio {p50 / b50:.1f}; "
+        f"goal p50 <= 0.5 ms"
+    )
+
+
+def bench_large_store(folder: str, n: int = 100_000) -> None:
+    uw = Underway(f"sqlite:///{folder}/large.db", workers=2)
+    uw.task(name="noop")(noop)
+    uw.start()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    mid_rss = 0
+    last = None
+    for i in range(n):
+        last = uw.submit("noop")
+        if i == n // 2:
+            gc.collect()
+            mid_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert last is not None
+    uw.wait(last.id, timeout=600)
+    while uw.store.count(state=State.SUCCEEDED) < n:
+        time.sleep(0.05)
+    fill = time.perf_counter() - start
+    gc.collect()
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    some_id = uw.list_jobs(limit=1, cursor=last.id).jobs[0].id
+    reps = 200
+    t = time.perf_counter()
+    for _ in range(reps):
+        uw.list_jobs(limit=50)
+    list_ms = (time.perf_counter() - t) / reps * 1e3
+    t = time.perf_counter()
+    for _ in range(reps):
+        uw.get(some_id)
+    get_ms = (time.perf_counter() - t) / reps * 1e3
+    t = time.perf_counter()
+    for _ in range(reps):
+        uw.list_jobs(limit=50, task="noop", state="succeeded")
+    filtered_ms = (time.perf_counter() - t) / reps * 1e3
+    uw.close()
+    print(
+        f"large store: {n:,} jobs run in {fill:.1f}s; list newest 50: {list_ms:.2f} ms, "
+        f"filtered list: {filtered_ms:.2f} ms, get by id: {get_ms:.3f} ms (goal < 5 ms); "
+        f"max RSS {rss0 / 1024:.0f} MB at start, {mid_rss / 1024:.0f} MB at half, "
+        f"{rss1 / 1024:.0f} MB at the end"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--only", default="throughput,progress,latency,large")
+    args = parser.parse_args()
+    which = set(args.only.split(","))
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus")
+    with tempfile.TemporaryDirectory() as folder:
+        if "throughput" in which:
+            bench_throughput(args.jobs, folder)
+        if "progress" in which:
+            bench_progress()
+        if "latency" in which:
+            bench_latency(folder)
+        if "large" in which:
+            bench_large_store(folder)
+
+
+if __name__ == "__main__":
+    main()
