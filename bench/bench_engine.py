@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from underway import Job, State, Underway  # noqa: E402
-from underway.job import JobRecord  # noqa: E402
+from underway import Job, State, Underway
+from underway.job import JobRecord
 
 
 def noop() -> None:
@@ -38,7 +38,7 @@ def bench_throughput(n: int, folder: str) -> None:
 
     uw = Underway(f"sqlite:///{folder}/throughput.db", workers=2)
     uw.task(name="noop")(noop)
-    uw.store  # open (and create) the file outside the timing
+    uw.store.count()  # open (and create) the file outside the timing
     uw.start()
     start = time.perf_counter()
     handles = [uw.submit("noop") for _ in range(n)]

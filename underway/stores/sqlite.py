@@ -459,8 +459,9 @@ class SQLiteStore(Store):
             marks = ",".join("?" * len(tasks))
             with self._lock:  # one statement, so one atomic transaction
                 rows = self._db.execute(
-                    f"UPDATE jobs SET {_CLAIM_SET} WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_ready WHERE "
-                    f"state = 'queued' AND run_at <= ? AND task IN ({marks}) "
+                    f"UPDATE jobs SET {_CLAIM_SET} WHERE id IN (SELECT id FROM jobs "
+                    f"INDEXED BY jobs_ready WHERE state = 'queued' AND run_at <= ? "
+                    f"AND task IN ({marks}) "
                     f"ORDER BY priority, id LIMIT ?) RETURNING {_COLUMNS}",
                     (now, worker, now + lease, now, *tasks, max_jobs),
                 ).fetchall()
@@ -498,8 +499,8 @@ class SQLiteStore(Store):
             if not allowed:
                 return []
             rows = db.execute(
-                "SELECT id, task FROM jobs INDEXED BY jobs_ready WHERE state = 'queued' AND run_at <= ? "
-                f"AND task IN "
+                "SELECT id, task FROM jobs INDEXED BY jobs_ready "
+                "WHERE state = 'queued' AND run_at <= ? AND task IN "
                 f"({','.join('?' * len(allowed))}) ORDER BY priority, id LIMIT ?",
                 (now, *allowed, max_jobs * 4),
             ).fetchall()

@@ -1,0 +1,114 @@
+"""No-op jobs end to end on Redis, with 1, 2 and 4 worker processes.
+
+    python bench/bench_redis.py [--jobs 20000] [--procs 1,2,4] [--slots 4]
+
+Starts its own redis-server on a free port. For each worker count: the worker
+processes (`tests.integration.redis_worker_app`) start idle, this process submits
+the jobs one by one, and the clock stops when all have succeeded. Prints jobs/s,
+Redis commands per job (from `INFO commandstats`, commands inside scripts included)
+and client round trips per job (`total_reads_processed`), next to a bare redis-py
+LPUSH + BRPOP round trip measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+
+from tests.integration.redis_worker_app import build_app  # noqa: E402
+from tests.support.redis_server import RedisServer  # noqa: E402
+from underway import State  # noqa: E402
+
+
+def counters(client: redis.Redis[str]) -> tuple[int, int]:
+    """(commands, client reads) so far, not counting this call."""
+    stats = client.info("commandstats")
+    commands = sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+    reads = int(client.info("stats")["total_reads_processed"])
+    return commands, reads
+
+
+def bare_round_trips(client: redis.Redis[str], n: int) -> float:
+    """LPUSH + BRPOP pairs per second: the floor of one hand-off through Redis."""
+    started = time.perf_counter()
+    for i in range(n):
+        client.lpush("bench:bare", i)
+        client.brpop(["bench:bare"], timeout=1)
+    return n / (time.perf_counter() - started)
+
+
+def run(url: str, procs: int, jobs: int, slots: int) -> tuple[float, float, float, float]:
+    client: redis.Redis[str] = redis.Redis.from_url(url, decode_responses=True)
+    client.flushdb()
+    argv = [sys.executable, "-m", "tests.integration.redis_worker_app", url,
+            "--workers", str(slots), "--janitor", "5"]  # fmt: skip
+    workers = [
+        subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(procs)
+    ]
+    try:
+        for proc in workers:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        uw = build_app(url)
+        store = uw.store
+        uw.enqueue("noop", {})  # warm up connections and script caches
+        while store.count(state=State.SUCCEEDED) < 1:
+            time.sleep(0.01)
+        commands0, reads0 = counters(client)
+        started = time.perf_counter()
+        for _ in range(jobs):
+            uw.enqueue("noop", {})
+        submitted = time.perf_counter() - started
+        polls = 1
+        while store.count(state=State.SUCCEEDED) < jobs + 1:
+            polls += 1
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - started
+        commands1, reads1 = counters(client)
+        uw.close()
+    finally:
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers:
+            proc.wait(timeout=30)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        client.close()
+    # The completion polls above cost a command and a round trip each; not the jobs'.
+    return (
+        jobs / elapsed,
+        jobs / submitted,
+        (commands1 - commands0 - polls) / jobs,
+        max(0.0, (reads1 - reads0 - polls) / jobs),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--procs", default="1,2,4")
+    parser.add_argument("--slots", type=int, default=4, help="worker slots per process")
+    args = parser.parse_args()
+    with RedisServer() as server:
+        client: redis.Redis[str] = redis.Redis.from_url(server.url, decode_responses=True)
+        bare = bare_round_trips(client, 20_000)
+        client.close()
+        print(f"baseline: bare redis-py LPUSH+BRPOP round trip: {bare:,.0f}/s")
+        print(f"{'procs':>5} {'jobs/s':>9} {'submit/s':>9} {'cmds/job':>9} {'trips/job':>9} "
+              f"{'vs bare':>8}")  # fmt: skip
+        for procs in (int(p) for p in args.procs.split(",")):
+            rate, submit_rate, commands, trips = run(server.url, procs, args.jobs, args.slots)
+            print(f"{procs:>5} {rate:>9,.0f} {submit_rate:>9,.0f} {commands:>9.1f} {trips:>9.1f} "
+                  f"{rate / bare:>8.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

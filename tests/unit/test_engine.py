@@ -1,0 +1,524 @@
+"""The engine in one process: tasks of every kind, progress, output, cancel, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.wait import wait_for
+from underway import (
+    EventKind,
+    IdempotencyConflict,
+    Job,
+    JobActive,
+    JobCancelled,
+    JobFailed,
+    JobFinished,
+    JobNotFound,
+    State,
+    TaskNotFound,
+    Underway,
+    ValidationError,
+)
+
+
+def test_sync_task_result_and_params_are_validated(uw: Underway) -> None:
+    @uw.task
+    def add(a: int, b: int = 2) -> int:
+        return a + b
+
+    uw.start(2)
+    handle = uw.submit("add", a="40")  # coerced by the schema
+    assert handle.wait(10) == 42
+    record = handle.refresh()
+    assert record.state is State.SUCCEEDED
+    assert record.params == {"a": 40, "b": 2}
+    assert record.attempt == 1
+    assert record.started_at is not None and record.finished_at is not None
+    assert record.expires_at == pytest.approx(record.finished_at + 86400)
+
+
+def test_generator_task_streams_each_item_and_returns_them(uw: Underway) -> None:
+    @uw.task
+    def count(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    uw.start()
+    handle = uw.submit("count", n=5)
+    assert handle.wait(10) == [0, 1, 2, 3, 4]
+    assert handle.output() == [0, 1, 2, 3, 4]
+    assert handle.refresh().output_count == 5
+
+
+def test_async_task_runs_on_an_event_loop(uw: Underway) -> None:
+    @uw.task
+    async def slow_echo(text: str) -> str:
+        await asyncio.sleep(0)
+        return text.upper()
+
+    uw.start()
+    assert uw.submit("slow_echo", text="hi").wait(10) == "HI"
+
+
+def test_unknown_task_names_the_known_ones(uw: Underway) -> None:
+    @uw.task
+    def known() -> None:
+        pass
+
+    with pytest.raises(TaskNotFound) as info:
+        uw.submit("unknown")
+    assert "known" in str(info.value)
+
+
+def test_bad_parameters_list_each_field(uw: Underway) -> None:
+    @uw.task
+    def needs(a: int, b: list[str]) -> None:
+        pass
+
+    with pytest.raises(ValidationError) as info:
+        uw.submit("needs", a="x", c=1)
+    fields = {e["field"] for e in info.value.errors}
+    assert fields == {"a", "b", "c"}
+    assert uw.list_jobs().jobs == []  # nothing was queued
+
+
+def test_unknown_job_id(uw: Underway) -> None:
+    for call in (uw.get, uw.cancel, uw.delete, lambda i: uw.wait(i, timeout=1)):
+        with pytest.raises(JobNotFound):
+            call("nope")
+
+
+def test_events_are_ordered_with_progress_output_and_log(uw: Underway) -> None:
+    @uw.task
+    def work(job: Job) -> str:
+        job.progress(0, total=3, message="start")
+        for i in range(3):
+            job.emit({"i": i})
+            job.log(f"line {i}")
+        job.progress(3)
+        return "ok"
+
+    uw.start()
+    handle = uw.submit("work")
+    events = list(handle.events(timeout=10))
+    kinds = [e.kind for e in events]
+    assert kinds[0] is EventKind.STATE and events[0].data == {"state": "queued"}
+    assert kinds[-1] is EventKind.DONE and events[-1].data["result"] == "ok"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    outputs = [e.data for e in events if e.kind is EventKind.OUTPUT]
+    assert outputs == [{"index": i, "item": {"i": i}} for i in range(3)]
+    logs = [e.data for e in events if e.kind is EventKind.LOG]
+    assert logs == ["line 0", "line 1", "line 2"]
+    final = handle.refresh().progress
+    assert (final.current, final.total, final.message, final.percent) == (3, 3, "start", 100.0)
+
+
+def test_output_is_lossless_under_a_flood(uw: Underway) -> None:
+    @uw.task
+    def flood(job: Job, n: int) -> int:
+        for i in range(n):
+            job.emit(i)
+        return n
+
+    uw.start()
+    handle = uw.submit("flood", n=20_000)
+    assert handle.wait(30) == 20_000
+    items = []
+    while len(items) < 20_000:
+        page = handle.output(after=len(items), limit=5000)
+        assert page
+        items.extend(page)
+    assert items == list(range(20_000))
+
+
+def test_progress_is_cheap_and_written_a_few_times_a_second(uw: Underway) -> None:
+    release = threading.Event()
+
+    @uw.task
+    def spin(job: Job) -> int:
+        calls = 0
+        while not release.is_set():
+            calls += 1
+            job.progress(calls, total=10**12)
+        return calls
+
+    worker = uw.start(1)
+    handle = uw.submit("spin")
+    wait_for(lambda: handle.refresh().progress.current, what="first progress flush")
+    seen_at = handle.refresh().progress.current or 0
+    # Wait (by the store's own clock) for ~1 s of flushes to accumulate.
+    first = [e for e in uw.events(handle.id) if e.kind is EventKind.PROGRESS]
+    wait_for(
+        lambda: (
+            [e for e in uw.events(handle.id) if e.kind is EventKind.PROGRESS][-1].at
+            >= first[0].at + 1.0
+        ),
+        what="a second of progress flushes",
+    )
+    release.set()
+    calls = handle.wait(10)
+    progress_events = [e for e in uw.events(handle.id) if e.kind is EventKind.PROGRESS]
+    span = progress_events[-1].at - progress_events[0].at
+    assert calls > 100_000 and calls > seen_at
+    # At most one write per flush interval (0.2 s) plus the final flush.
+    assert len(progress_events) <= span / worker.flush_interval + 3
+    assert handle.refresh().progress.eta_s is not None or calls >= 10**12
+
+
+def test_eta_comes_from_the_rate(uw: Underway) -> None:
+    step = threading.Event()
+    go_on = threading.Event()
+
+    @uw.task
+    def steady(job: Job) -> None:
+        job.progress(0, total=100)
+        job.wait_cancelled(0.3)
+        job.progress(10)
+        step.set()
+        go_on.wait(10)
+
+    uw.start(1)
+    handle = uw.submit("steady")
+    step.wait(10)
+    progress = wait_for(
+        lambda: (p := handle.refresh().progress).current == 10 and p, what="progress 10"
+    )
+    go_on.set()
+    assert progress.eta_s is not None
+    # 10 units took ~0.3 s, so 90 more take ~2.7 s.
+    assert 1.0 < progress.eta_s < 10.0
+
+
+def test_cancel_queued_job_is_immediate(uw: Underway) -> None:
+    @uw.task
+    def never() -> None:
+        pass
+
+    handle = uw.submit("never")  # no workers: it stays queued
+    record = handle.cancel()
+    assert record.state is State.CANCELLED
+    with pytest.raises(JobCancelled):
+        handle.wait(1)
+    assert handle.cancel().state is State.CANCELLED  # idempotent
+
+
+def test_cancel_running_cooperative_job(uw: Underway) -> None:
+    started = threading.Event()
+
+    @uw.task
+    def loop(job: Job) -> None:
+        started.set()
+        while True:
+            job.check_cancelled()
+            job.wait_cancelled(1)
+
+    uw.start()
+    handle = uw.submit("loop")
+    assert started.wait(10)
+    assert handle.cancel().cancel_requested
+    with pytest.raises(JobCancelled):
+        handle.wait(10)
+    assert handle.refresh().error is not None
+    assert handle.refresh().error.type == "Cancelled"  # type: ignore[union-attr]
+
+
+def test_thread_job_that_ignores_cancel_is_given_up_after_grace(uw: Underway) -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    @uw.task(cancel_grace=0.3)
+    def stubborn() -> str:
+        started.set()
+        release.wait(30)
+        return "too late"
+
+    @uw.task
+    def quick() -> str:
+        return "ran"
+
+    uw.start(1)
+    handle = uw.submit("stubborn")
+    assert started.wait(10)
+    handle.cancel()
+    with pytest.raises(JobCancelled):
+        handle.wait(10)
+    # The stuck thread's slot was replaced: the next job runs on the one-slot worker.
+    assert uw.submit("quick").wait(10) == "ran"
+    release.set()
+    assert handle.refresh().state is State.CANCELLED  # its late result is discarded
+
+
+def test_cancel_of_finished_job(uw: Underway) -> None:
+    @uw.task
+    def fine() -> int:
+        return 1
+
+    uw.start()
+    handle = uw.submit("fine")
+    handle.wait(10)
+    with pytest.raises(JobFinished):
+        handle.cancel()
+
+
+def test_delete(uw: Underway) -> None:
+    @uw.task
+    def emits(job: Job) -> None:
+        job.emit("x")
+
+    handle = uw.submit("emits")
+    with pytest.raises(JobActive):
+        handle.delete()
+    uw.start()
+    handle.wait(10)
+    handle.delete()
+    with pytest.raises(JobNotFound):
+        handle.refresh()
+    assert uw.store.events(handle.id) == []
+
+
+def test_timeout_fails_the_job(uw: Underway) -> None:
+    @uw.task(timeout=0.3)
+    def sleepy(job: Job) -> None:
+        job.wait_cancelled(30)
+        job.check_cancelled()
+
+    uw.start()
+    with pytest.raises(JobFailed) as info:
+        uw.submit("sleepy").wait(10)
+    assert info.value.record.error is not None
+    assert info.value.record.error.type == "Timeout"
+
+
+def test_retries_with_backoff_then_success(uw: Underway) -> None:
+    @uw.task(retries=2, retry_backoff=0.05)
+    def flaky(job: Job) -> int:
+        if job.attempt < 3:
+            raise RuntimeError(f"attempt {job.attempt} failed")
+        return job.attempt
+
+    uw.start()
+    handle = uw.submit("flaky")
+    assert handle.wait(20) == 3
+    record = handle.refresh()
+    assert (record.attempt, record.max_attempts) == (3, 3)
+    states = [e.data["state"] for e in uw.events(handle.id) if e.kind is EventKind.STATE]
+    assert states == ["queued", "running", "queued", "running", "queued", "running", "succeeded"]
+
+
+def test_retries_exhausted_fails_with_traceback(uw: Underway) -> None:
+    @uw.task(retries=1, retry_backoff=0.01)
+    def broken() -> None:
+        raise KeyError("missing")
+
+    uw.start()
+    with pytest.raises(JobFailed) as info:
+        uw.submit("broken").wait(20)
+    record = info.value.record
+    assert record.attempt == 2
+    assert record.error is not None and record.error.type == "KeyError"
+    assert record.error.traceback is not None and "raise KeyError" in record.error.traceback
+
+
+@pytest.mark.parametrize(
+    ("body", "error_type"),
+    [
+        ("exit", "SystemExit"),
+        ("unserialisable", "ResultNotSerializable"),
+        ("big_output", "OutputTooLarge"),
+    ],
+)
+def test_bad_endings_fail_clearly_and_the_worker_goes_on(
+    db_path: Any, body: str, error_type: str
+) -> None:
+    uw = Underway(f"sqlite:///{db_path}", max_output_bytes=1000)
+
+    @uw.task
+    def bad(job: Job, kind: str) -> object:
+        if kind == "exit":
+            sys.exit(3)
+        if kind == "unserialisable":
+            return object()
+        job.emit("x" * 5000)
+        return None
+
+    @uw.task
+    def good() -> str:
+        return "still working"
+
+    try:
+        uw.start(1)
+        with pytest.raises(JobFailed) as info:
+            uw.submit("bad", kind=body).wait(10)
+        assert info.value.record.error is not None
+        assert info.value.record.error.type == error_type
+        assert uw.submit("good").wait(10) == "still working"
+    finally:
+        uw.close()
+
+
+def test_concurrency_limit_across_slots(uw: Underway) -> None:
+    lock = threading.Lock()
+    running = [0]
+    peak = [0]
+
+    @uw.task(concurrency=2)
+    def limited(job: Job) -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        job.wait_cancelled(0.05)
+        with lock:
+            running[0] -= 1
+
+    uw.start(6)
+    handles = [uw.submit("limited") for _ in range(12)]
+    for handle in handles:
+        handle.wait(20)
+    assert peak[0] == 2
+
+
+def test_position_while_queued(uw: Underway) -> None:
+    @uw.task
+    def waiting() -> None:
+        pass
+
+    handles = [uw.submit("waiting") for _ in range(3)]
+    assert [h.refresh().position for h in handles] == [0, 1, 2]
+    handles[0].cancel()
+    assert handles[2].refresh().position == 1
+    assert handles[2].refresh().to_dict()["position"] == 1
+
+
+def test_idempotency_key(uw: Underway) -> None:
+    @uw.task
+    def once(n: int) -> int:
+        return n
+
+    first = uw.submit("once", n=1, idempotency_key="k1")
+    again = uw.submit("once", n=1, idempotency_key="k1")
+    assert again.id == first.id
+    with pytest.raises(IdempotencyConflict):
+        uw.submit("once", n=2, idempotency_key="k1")
+    # Keys are per owner.
+    other = uw.submit("once", n=2, idempotency_key="k1", owner="someone-else")
+    assert other.id != first.id
+
+
+def test_supersede_cancels_the_older_run(uw: Underway) -> None:
+    started = threading.Event()
+
+    @uw.task
+    def render(job: Job, n: int) -> int:
+        started.set()
+        while not job.cancelled:
+            job.wait_cancelled(1)
+        job.check_cancelled()
+        return n
+
+    uw.start(2)
+    first = uw.submit("render", n=1, supersede="doc-7")
+    assert started.wait(10)
+    second = uw.submit("render", n=2, supersede="doc-7")
+    with pytest.raises(JobCancelled):
+        first.wait(10)
+    assert second.refresh().state in (State.QUEUED, State.RUNNING)
+    second.cancel()
+
+
+def test_expired_jobs_are_purged_with_their_output(uw: Underway) -> None:
+    @uw.task(keep_for=0.05)
+    def short_lived(job: Job) -> None:
+        job.emit("gone soon")
+
+    uw.start()
+    handle = uw.submit("short_lived")
+    handle.wait(10)
+    wait_for(lambda: uw.purge() or uw.store.get(handle.id) is None, what="purge")
+    assert uw.store.get(handle.id) is None
+    assert uw.store.events(handle.id) == []
+    assert uw.store.output(handle.id) == []
+
+
+def test_janitor_runs_in_the_worker(db_path: Any) -> None:
+    uw = Underway(f"sqlite:///{db_path}")
+
+    @uw.task(keep_for=0.01)
+    def tiny() -> None:
+        pass
+
+    try:
+        uw.start(1, janitor_interval=0.1)
+        handle = uw.submit("tiny")
+        handle.wait(10)
+        wait_for(lambda: uw.store.get(handle.id) is None, what="the janitor's purge")
+    finally:
+        uw.close()
+
+
+def test_callbacks_in_the_callers_process(uw: Underway) -> None:
+    gate = threading.Event()
+
+    @uw.task
+    def slow(job: Job) -> str:
+        job.progress(1, total=2)
+        gate.wait(10)
+        return "done"
+
+    @uw.task
+    def boom() -> None:
+        raise ValueError("bad")
+
+    progress_calls: list[Any] = []
+    done_calls: list[Any] = []
+    finished = threading.Event()
+    both = threading.Event()
+
+    def on_done(record: Any) -> None:
+        done_calls.append(record)
+        if len(done_calls) == 2:
+            both.set()
+
+    def on_progress(record: Any) -> None:
+        progress_calls.append(record)
+        finished.set()
+
+    uw.start(2)
+    handle = uw.submit("slow", on_progress=on_progress, every=0.05, on_done=on_done)
+    uw.submit("boom", on_done=on_done)
+    assert finished.wait(10), "on_progress was not called"
+    gate.set()
+    assert both.wait(10), "on_done was not called for both jobs"
+    by_task = {r.task: r for r in done_calls}
+    assert by_task["slow"].result == "done" and by_task["slow"].id == handle.id
+    assert by_task["boom"].state is State.FAILED and by_task["boom"].error.type == "ValueError"
+    assert all(r.state is State.RUNNING for r in progress_calls)
+    assert len(done_calls) == 2  # once each
+
+
+def test_stop_hands_running_jobs_back(db_path: Any) -> None:
+    uw = Underway(f"sqlite:///{db_path}")
+    started = threading.Event()
+
+    @uw.task
+    def long(job: Job) -> str:
+        started.set()
+        job.wait_cancelled(30)
+        job.check_cancelled()
+        return "finished"
+
+    uw.start(1)
+    handle = uw.submit("long")
+    assert started.wait(10)
+    uw.stop(drain=0.1)
+    record = uw.get(handle.id)
+    assert record.state is State.QUEUED
+    started.clear()
+    uw.start(1)
+    assert started.wait(10)
+    uw.cancel(handle.id)
+    uw.close()
