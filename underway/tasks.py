@@ -57,6 +57,7 @@ class Task:
         self.description = description or inspect.getdoc(func) or ""
         self.is_async = inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
         self.wants_job, self.model = _build_model(func, name)
+        self._fields = tuple(self.model.model_fields)
         self.__doc__ = func.__doc__
         self.__name__ = getattr(func, "__name__", name)
         self.__qualname__ = getattr(func, "__qualname__", name)
@@ -83,8 +84,10 @@ class Task:
 
     def bind(self, params: dict[str, Any]) -> dict[str, Any]:
         """Stored JSON parameters back to the Python values the function expects."""
+        if not params and not self._fields:
+            return {}
         model = self.model.model_validate(params)
-        return {name: getattr(model, name) for name in type(model).model_fields}
+        return {name: getattr(model, name) for name in self._fields}
 
     def schema(self) -> dict[str, Any]:
         schema = self.model.model_json_schema()

@@ -115,8 +115,11 @@ def execute(task: Task, job: Job) -> Outcome:
     except Exception as exc:
         return failure(exc)
     try:
-        result = to_jsonable(result)
-        dumps(result)
+        try:
+            dumps(result)  # plain JSON values need no conversion
+        except (TypeError, ValueError):
+            result = to_jsonable(result)
+            dumps(result)
     except Exception as exc:
         return Outcome(
             state=State.FAILED,

@@ -190,11 +190,11 @@ class Store(ABC):
         error: ErrorInfo | None,
         now: float,
         keep_for: float,
-    ) -> JobRecord | None:
+    ) -> bool:
         """Move a running job (held by `worker`, or anyone's when None) to a terminal state.
 
-        Appends `state` and `done` events. Returns the final record, or None when the
-        job was not running under that worker (already finished, lost, deleted).
+        Appends `state` and `done` events. False when the job was not running under
+        that worker (already finished, lost, deleted): nothing changes then.
         """
 
     @abstractmethod

@@ -558,16 +558,27 @@ class SQLiteStore(Store):
         error: ErrorInfo | None,
         now: float,
         keep_for: float,
-    ) -> JobRecord | None:
+    ) -> bool:
         where = "state = 'running'" if worker is None else "state = 'running' AND worker = ?"
-        args: tuple[Any, ...] = () if worker is None else (worker,)
         with self._lock:  # one statement: its own transaction
-            record = self._finish_locked(
-                self._db, job_id, state, result, error, now, keep_for, where, args
-            )
-        if record is not None:
+            changed = self._db.execute(
+                "UPDATE jobs SET state = ?, result = ?, error = ?, finished_at = ?, "
+                "expires_at = ? + ?, worker = NULL, lease_until = NULL, "
+                f"event_seq = event_seq + 2 WHERE id = ? AND {where}",
+                (
+                    state.value,
+                    dumps(result) if result is not None else None,
+                    dumps(error.to_dict()) if error else None,
+                    now,
+                    now,
+                    keep_for,
+                    job_id,
+                    *(() if worker is None else (worker,)),
+                ),
+            ).rowcount
+        if changed:
             self.notifier.notify(job_id, WORK)
-        return record
+        return bool(changed)
 
     def retry(
         self, job_id: str, *, worker: str, run_at: float, error: ErrorInfo, now: float
