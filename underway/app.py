@@ -26,6 +26,19 @@ from .tasks import Task, make_settings
 from .worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
+# submit()'s own keywords; a task parameter of the same name could not be passed.
+SUBMIT_OPTIONS = frozenset(
+    {
+        "idempotency_key",
+        "supersede",
+        "owner",
+        "priority",
+        "delay",
+        "on_progress",
+        "every",
+        "on_done",
+    }
+)
 ProgressCallback = Callable[[JobRecord], None]
 
 
@@ -130,6 +143,12 @@ class Underway:
             )
             task_name = name or fn.__name__
             task = Task(fn, name=task_name, settings=settings, app=self)
+            clash = sorted(SUBMIT_OPTIONS.intersection(task.model.model_fields))
+            if clash:
+                raise ValueError(
+                    f"task {task_name!r} has parameter(s) {', '.join(clash)} that submit() "
+                    "takes for itself; rename them"
+                )
             self.tasks[task_name] = task
             return task
 

@@ -522,3 +522,11 @@ def test_stop_hands_running_jobs_back(db_path: Any) -> None:
     assert started.wait(10)
     uw.cancel(handle.id)
     uw.close()
+
+
+def test_parameters_named_like_submit_options_are_refused(uw: Underway) -> None:
+    with pytest.raises(ValueError, match="delay"):
+
+        @uw.task
+        def clashing(delay: float) -> None:
+            pass
