@@ -1,0 +1,128 @@
+"""The subprocess executor with real child processes: a fresh child per job, results,
+progress and output over its socket, hard cancellation of the whole process group."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.integration import tasks_for_executors as tasks
+from tests.support.wait import wait_for
+from underway import EventKind, JobCancelled, JobFailed, JobHandle, State, Underway
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def register(uw: Underway, func: Callable[..., Any], **settings: Any) -> str:
+    settings.setdefault("cancel_grace", 0.5)
+    task = uw.task(executor="subprocess", **settings)(func)
+    return task.name
+
+
+def first_output(handle: JobHandle) -> Any:
+    for event in handle.events(timeout=10):
+        if event.kind is EventKind.OUTPUT:
+            return event.data["item"]
+    raise AssertionError(f"job {handle.id} ended without output")
+
+
+def test_each_job_runs_in_a_fresh_child(uw: Underway) -> None:
+    register(uw, tasks.square)
+    uw.start()
+    first = uw.submit("square", n=7)
+    second = uw.submit("square", n=8)
+    assert first.wait(timeout=10)["square"] == 49
+    assert second.wait(timeout=10)["square"] == 64
+    pids = {first.result["pid"], second.result["pid"], os.getpid()}
+    assert len(pids) == 3
+    assert first.refresh().progress.current == 1
+
+
+def test_progress_and_output_come_back_while_the_task_prints(uw: Underway) -> None:
+    register(uw, tasks.stream)
+    register(uw, tasks.prints)
+    uw.start()
+    handle = uw.submit("stream", count=1500)
+    assert handle.wait(timeout=10) == 1500
+    assert handle.output(limit=5000) == [{"i": i} for i in range(1500)]
+    progress = handle.progress
+    assert (progress.current, progress.total, progress.message) == (1500, 1500, "1500/1500")
+    # Its stdout is not the channel to the worker: printing does not disturb it.
+    printed = uw.submit("prints", text='{"op": "done"} not a message')
+    assert printed.wait(timeout=10) == '{"op": "done"} not a message'
+    assert printed.output() == ['{"op": "done"} not a message']
+
+
+def test_cooperative_job_is_cancelled(uw: Underway) -> None:
+    register(uw, tasks.cooperative)
+    uw.start()
+    handle = uw.submit("cooperative")
+    assert first_output(handle) == "started"
+    handle.cancel()
+    with pytest.raises(JobCancelled):
+        handle.wait(timeout=10)
+    assert handle.refresh().state is State.CANCELLED
+
+
+def test_stubborn_job_has_its_whole_process_group_killed(uw: Underway) -> None:
+    # The child ignores the cancel request and SIGTERM; so does its grandchild.
+    register(uw, tasks.stubborn_family, cancel_grace=0.2)
+    register(uw, tasks.square)
+    uw.start()
+    uw.executor_for("subprocess").kill_wait = 0.3  # type: ignore[attr-defined]
+    handle = uw.submit("stubborn_family")
+    pids = first_output(handle)
+    assert tasks.process_alive(pids["grandchild"])
+    handle.cancel()
+    with pytest.raises(JobCancelled):
+        handle.wait(timeout=10)
+
+    def all_gone() -> bool:
+        return not any(tasks.process_alive(pid) for pid in pids.values())
+
+    wait_for(all_gone, timeout=5, what="the child and the grandchild to be killed")
+    assert uw.submit("square", n=3).wait(timeout=10)["square"] == 9
+
+
+@pytest.mark.parametrize(
+    ("func", "params", "error_type", "message"),
+    [
+        (tasks.calls_sys_exit, {"code": 3}, "SystemExit", "3"),
+        (tasks.calls_os_exit, {"code": 4}, "WorkerCrashed", "exited with code 4"),
+        (tasks.aborts, {}, "WorkerCrashed", "killed by signal SIGKILL"),
+        (tasks.raises, {"message": "bad input"}, "ValueError", "bad input"),
+    ],
+    ids=["sys.exit", "os._exit", "killed", "raises"],
+)
+def test_failing_job_has_a_clear_error_and_the_executor_keeps_going(
+    uw: Underway,
+    func: Callable[..., Any],
+    params: dict[str, Any],
+    error_type: str,
+    message: str,
+) -> None:
+    name = register(uw, func)
+    register(uw, tasks.square)
+    uw.start()
+    handle = uw.submit(name, **params)
+    with pytest.raises(JobFailed):
+        handle.wait(timeout=10)
+    error = handle.error
+    assert error is not None
+    assert error.type == error_type
+    assert message in error.message
+    assert uw.submit("square", n=5).wait(timeout=10)["square"] == 25
+
+
+def test_timeout_fails_the_job_with_type_timeout(uw: Underway) -> None:
+    register(uw, tasks.cooperative, timeout=0.3)
+    uw.start()
+    handle = uw.submit("cooperative")
+    with pytest.raises(JobFailed):
+        handle.wait(timeout=10)
+    error = handle.error
+    assert error is not None
+    assert error.type == "Timeout"
