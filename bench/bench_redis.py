@@ -4,7 +4,9 @@
 
 Starts its own redis-server on a free port. For each worker count: the worker
 processes (`tests.integration.redis_worker_app`) start idle, this process submits
-the jobs one by one, and the clock stops when all have succeeded. Prints jobs/s,
+the jobs one by one, and the clock stops when all have succeeded ("streaming").
+Then the same with all jobs queued before the workers start ("draining"), which
+shows the workers' side without the single submitting process as a bottleneck. Prints jobs/s,
 Redis commands per job (from `INFO commandstats`, commands inside scripts included)
 and client round trips per job (`total_reads_processed`), next to a bare redis-py
 LPUSH + BRPOP round trip measured in the same run.
@@ -44,6 +46,66 @@ def bare_round_trips(client: redis.Redis[str], n: int) -> float:
         client.lpush("bench:bare", i)
         client.brpop(["bench:bare"], timeout=1)
     return n / (time.perf_counter() - started)
+
+
+def drain(url: str, procs: int, jobs: int, slots: int) -> float:
+    """Jobs/s of workers started on a full queue: the workers' side alone."""
+    client: redis.Redis[str] = redis.Redis.from_url(url, decode_responses=True)
+    client.flushdb()
+    uw = build_app(url)
+    for _ in range(jobs):
+        uw.enqueue("noop", {})
+    argv = [sys.executable, "-m", "tests.integration.redis_worker_app", url,
+            "--workers", str(slots), "--janitor", "5", "--idle-start"]  # fmt: skip
+    workers = [
+        subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(procs)
+    ]
+    try:
+        for proc in workers:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "loaded"
+        started = time.perf_counter()
+        for proc in workers:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        while uw.store.count(state=State.SUCCEEDED) < jobs:
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - started
+    finally:
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers:
+            proc.wait(timeout=30)
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+        uw.close()
+        client.close()
+    return jobs / elapsed
+
+
+def latency(url: str, n: int = 300) -> tuple[float, float]:
+    """Submit-to-done of one no-op job at a time with an idle worker process: (p50, p95) ms."""
+    argv = [sys.executable, "-m", "tests.integration.redis_worker_app", url, "--workers", "1"]
+    worker = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    uw = build_app(url)
+    times: list[float] = []
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        for i in range(n + 20):
+            started = time.perf_counter()
+            uw.submit("noop").wait(timeout=10)
+            if i >= 20:  # after warming up
+                times.append((time.perf_counter() - started) * 1000)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+        if worker.stdout is not None:
+            worker.stdout.close()
+        uw.close()
+    times.sort()
+    return times[len(times) // 2], times[int(len(times) * 0.95)]
 
 
 def run(url: str, procs: int, jobs: int, slots: int) -> tuple[float, float, float, float]:
@@ -95,19 +157,28 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--procs", default="1,2,4")
-    parser.add_argument("--slots", type=int, default=4, help="worker slots per process")
+    parser.add_argument("--slots", type=int, default=1, help="worker slots per process")
     args = parser.parse_args()
     with RedisServer() as server:
         client: redis.Redis[str] = redis.Redis.from_url(server.url, decode_responses=True)
         bare = bare_round_trips(client, 20_000)
         client.close()
         print(f"baseline: bare redis-py LPUSH+BRPOP round trip: {bare:,.0f}/s")
+        print("streaming: jobs submitted one by one while the workers run")
         print(f"{'procs':>5} {'jobs/s':>9} {'submit/s':>9} {'cmds/job':>9} {'trips/job':>9} "
               f"{'vs bare':>8}")  # fmt: skip
-        for procs in (int(p) for p in args.procs.split(",")):
+        counts = [int(p) for p in args.procs.split(",")]
+        for procs in counts:
             rate, submit_rate, commands, trips = run(server.url, procs, args.jobs, args.slots)
             print(f"{procs:>5} {rate:>9,.0f} {submit_rate:>9,.0f} {commands:>9.1f} {trips:>9.1f} "
                   f"{rate / bare:>8.2f}")  # fmt: skip
+        p50, p95 = latency(server.url)
+        print(f"submit-to-done with an idle worker process: p50 {p50:.2f} ms, p95 {p95:.2f} ms")
+        print("draining: workers started on a queue of all the jobs")
+        print(f"{'procs':>5} {'jobs/s':>9} {'vs bare':>8}")
+        for procs in counts:
+            rate = drain(server.url, procs, args.jobs, args.slots)
+            print(f"{procs:>5} {rate:>9,.0f} {rate / bare:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,84 @@
+"""Fixtures of the store contract suite: one `store` per kind, and a Redis server.
+
+`UNDERWAY_TEST_REDIS_URL` points the Redis runs at a server of your own (its
+database is flushed before each test); otherwise a private `redis-server` is
+started on a free port for the session.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.redis_server import RedisServer
+from tests.support.services import missing
+from underway.stores import Store, open_store
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for the session (stop/start it for fault tests)."""
+    try:
+        server = RedisServer()
+    except FileNotFoundError:
+        missing("redis-server")
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_session_url(request: pytest.FixtureRequest) -> str:
+    url = os.environ.get("UNDERWAY_TEST_REDIS_URL")
+    if url:
+        return url
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
+
+
+@pytest.fixture
+def redis_url(redis_session_url: str) -> str:
+    """The URL of an empty Redis database."""
+    import redis
+
+    client = redis.Redis.from_url(redis_session_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return redis_session_url
+
+
+STORE_KINDS = ["memory", "sqlite", "redis"]
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    kind = request.param
+    if kind == "memory":
+        return "memory://"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.db'}"
+    url: str = request.getfixturevalue("redis_url")
+    return url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    opened = open_store(store_url)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def other_store(store: Store, store_url: str) -> Iterator[Store]:
+    """A second handle on the same jobs, as another process would open it
+    (the same object for memory://, which cannot be shared)."""
+    if store_url == "memory://":
+        yield store
+        return
+    opened = open_store(store_url)
+    yield opened
+    opened.close()

@@ -1,0 +1,92 @@
+"""What only the Redis store promises: no leftover keys, clear errors, outages."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.contract.helpers import claim_one, finish, output_item, submit
+from tests.support.redis_server import RedisServer
+from tests.support.services import free_port, missing
+from underway.errors import ConfigurationError, StoreUnavailable
+from underway.job import EventKind
+from underway.stores import open_store
+from underway.stores.redis import RedisStore
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def redis_store(redis_url: str) -> Iterator[RedisStore]:
+    store = open_store(redis_url)
+    assert isinstance(store, RedisStore)
+    yield store
+    store.close()
+
+
+def _keys(url: str) -> list[str]:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        return sorted(client.keys("*"))
+    finally:
+        client.close()
+
+
+def test_purged_jobs_leave_no_keys_behind(redis_store: RedisStore, redis_url: str) -> None:
+    now = time.time()
+    submit(redis_store, now=now, owner="alice", idempotency_key="k", supersede_key="s")
+    job = claim_one(redis_store, now=now)
+    redis_store.append(job.id, [output_item(1), (EventKind.LOG, '"x"')], now)
+    finish(redis_store, job.id, now=now, keep_for=1.0)
+    assert any(job.id in key for key in _keys(redis_url))
+    assert redis_store.purge(now + 2) == 1
+    leftovers = [k for k in _keys(redis_url) if not k.endswith((":idle",))]
+    assert leftovers == []
+
+
+def test_deleted_jobs_leave_no_keys_behind(redis_store: RedisStore, redis_url: str) -> None:
+    job = submit(redis_store, owner="bob")
+    redis_store.request_cancel(job.id, time.time())
+    assert redis_store.delete(job.id)
+    assert [k for k in _keys(redis_url) if not k.endswith(":idle")] == []
+
+
+def test_unreachable_redis_is_a_one_line_configuration_error() -> None:
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/2"
+    with pytest.raises(ConfigurationError) as caught:
+        open_store(url)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "s3cret" not in message
+    assert f"127.0.0.1:{url.rsplit(':', 1)[1]}" in message
+
+
+def test_calls_raise_store_unavailable_while_redis_is_down_then_resume() -> None:
+    try:
+        server = RedisServer()
+    except FileNotFoundError:
+        missing("redis-server")
+    with server:
+        store = RedisStore(server.url)
+        try:
+            job = submit(store)
+            server.stop()
+            with pytest.raises(StoreUnavailable) as caught:
+                store.get(job.id)
+            assert caught.value.retry_after > 0
+            with pytest.raises(StoreUnavailable):
+                submit(store)
+            with pytest.raises(StoreUnavailable):
+                store.ping()
+            server.start()
+            got = store.get(job.id)
+            assert got is not None and got.id == job.id
+            # The subscriber reconnects by itself and waiters are woken again.
+            assert store._listener.connected.wait(10)
+            claimed = claim_one(store)
+            assert claimed.id == job.id
+        finally:
+            store.close()

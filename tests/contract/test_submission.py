@@ -1,0 +1,151 @@
+"""Store contract: submitting, reading, listing, idempotency, supersede, delete."""
+
+from __future__ import annotations
+
+import time
+
+from tests.contract.helpers import claim_one, finish, output_item, record, submit
+from underway.job import EventKind, JobRecord, State
+from underway.stores import Store
+
+
+def test_enqueue_then_get_returns_the_queued_job(store: Store) -> None:
+    rec = record("t", params={"text": "héllo", "n": [1, 2]}, owner="alice", priority=3,
+                 meta={"callback_url": "http://x"}, timeout=12.5, max_attempts=3)  # fmt: skip
+    stored, created = store.enqueue(rec)
+    assert created and stored.id == rec.id
+    got = store.get(rec.id)
+    assert got is not None
+    assert got.state is State.QUEUED
+    assert got.params == {"text": "héllo", "n": [1, 2]}
+    assert (got.owner, got.priority, got.timeout, got.max_attempts) == ("alice", 3, 12.5, 3)
+    assert got.meta == {"callback_url": "http://x"}
+    assert got.created_at == rec.created_at
+    assert got.attempt == 0 and not got.cancel_requested and got.output_count == 0
+    assert got.position == 0
+    assert [e.data for e in store.events(rec.id)] == [{"state": "queued"}]
+
+
+def test_get_unknown_is_none(store: Store) -> None:
+    assert store.get("nope") is None
+
+
+def test_position_follows_priority_then_age_within_a_queue(store: Store) -> None:
+    first = submit(store, "a")
+    second = submit(store, "b")
+    urgent = submit(store, "a", priority=-1)
+    elsewhere = submit(store, "a", queue="other")
+    positions = {r.id: store.get(r.id).position for r in (first, second, urgent, elsewhere)}  # type: ignore[union-attr]
+    assert positions == {urgent.id: 0, first.id: 1, second.id: 2, elsewhere.id: 0}
+    claim_one(store, "a", now=time.time())  # takes `urgent`
+    assert store.get(first.id).position == 0  # type: ignore[union-attr]
+    running = store.get(urgent.id)
+    assert running is not None and running.state is State.RUNNING and running.position is None
+
+
+def test_idempotency_key_returns_the_existing_job(store: Store) -> None:
+    first = submit(store, idempotency_key="k1", params={"n": 1})
+    again, created = store.enqueue(record(idempotency_key="k1", params={"n": 2}))
+    assert not created
+    assert again.id == first.id and again.params == {"n": 1}
+    assert store.count() == 1
+    other, created = store.enqueue(record(idempotency_key="k2"))
+    assert created and other.id != first.id
+
+
+def test_idempotency_key_is_free_again_once_the_job_is_gone(store: Store) -> None:
+    first = submit(store, idempotency_key="k")
+    store.request_cancel(first.id, time.time())
+    assert store.delete(first.id)
+    second, created = store.enqueue(record(idempotency_key="k"))
+    assert created and second.id != first.id
+
+
+def test_supersede_cancels_active_jobs_with_the_same_key(store: Store) -> None:
+    running = submit(store, "r", supersede_key="render")
+    claim_one(store, "r")
+    finished = submit(store, "f", supersede_key="render")
+    claim_one(store, "f")
+    finish(store, finished.id)
+    queued = submit(store, "q", supersede_key="render")
+    unrelated = submit(store, "q", supersede_key="other")
+    newest = submit(store, "q", supersede_key="render")
+
+    def get(job_id: str) -> JobRecord:
+        got = store.get(job_id)
+        assert got is not None
+        return got
+
+    assert get(running.id).state is State.RUNNING and get(running.id).cancel_requested
+    assert get(finished.id).state is State.SUCCEEDED
+    assert get(queued.id).state is State.CANCELLED
+    assert get(unrelated.id).state is State.QUEUED
+    assert get(newest.id).state is State.QUEUED and not get(newest.id).cancel_requested
+
+
+def test_list_is_newest_first_with_cursor_pagination(store: Store) -> None:
+    ids = [submit(store).id for _ in range(7)]
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = store.list_jobs(limit=3, cursor=cursor)
+        seen += [r.id for r in page.jobs]
+        pages += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == list(reversed(ids))
+    assert pages == 3
+    exact = store.list_jobs(limit=7)
+    assert len(exact.jobs) == 7 and exact.next_cursor is None
+    assert store.list_jobs(limit=3).jobs[0].position == 6
+
+
+def test_list_filters_by_task_state_and_owner(store: Store) -> None:
+    a1 = submit(store, "a", owner="alice")
+    b1 = submit(store, "b", owner="bob")
+    a2 = submit(store, "a", owner="bob")
+    a3 = submit(store, "a", owner="alice")
+    claimed = claim_one(store, "a")
+    assert claimed.id == a1.id
+
+    def ids(**filters: object) -> list[str]:
+        return [r.id for r in store.list_jobs(**filters).jobs]  # type: ignore[arg-type]
+
+    assert ids(task="a") == [a3.id, a2.id, a1.id]
+    assert ids(task="b") == [b1.id]
+    assert ids(state=State.RUNNING) == [a1.id]
+    assert ids(state=State.QUEUED) == [a3.id, a2.id, b1.id]
+    assert ids(owner="bob") == [a2.id, b1.id]
+    assert ids(task="a", state=State.QUEUED, owner="alice") == [a3.id]
+    assert ids(task="nothing") == []
+    page = store.list_jobs(task="a", limit=1)
+    assert [r.id for r in page.jobs] == [a3.id] and page.next_cursor == a3.id
+    page = store.list_jobs(task="a", limit=1, cursor=page.next_cursor)
+    assert [r.id for r in page.jobs] == [a2.id]
+
+
+def test_count_all_and_by_state(store: Store) -> None:
+    for _ in range(3):
+        submit(store)
+    claim_one(store)
+    assert store.count() == 3
+    assert store.count(state=State.QUEUED) == 2
+    assert store.count(state=State.RUNNING) == 1
+    assert store.count(state=State.SUCCEEDED) == 0
+
+
+def test_delete_removes_the_job_its_events_and_output(store: Store) -> None:
+    submit(store)
+    job = claim_one(store)
+    store.append(job.id, [output_item("x"), (EventKind.LOG, '"hi"')], time.time())
+    finish(store, job.id)
+    keep = submit(store)
+    assert store.delete(job.id)
+    assert store.get(job.id) is None
+    assert store.events(job.id) == []
+    assert store.output(job.id) == []
+    assert not store.delete(job.id)
+    assert [r.id for r in store.list_jobs().jobs] == [keep.id]
+    assert store.count() == 1

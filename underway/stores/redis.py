@@ -1,0 +1,480 @@
+"""The Redis store: one Redis server shared by any number of processes and machines.
+
+Every change of a job is one Lua script call (see `redis_scripts`), so claiming is
+atomic and a job costs a handful of round trips: enqueue, claim (batched), finish,
+plus batched progress and output. Key names live in `redis_keys`.
+
+Waiting does not poll Redis: a background subscriber thread (`redis_listener`)
+turns pub/sub messages into `Notifier` wake-ups. Idle workers are woken by the
+claim scripts: a claim that comes up short registers its thread as idle, and the
+next enqueue (or finish, retry, recovery) wakes one such thread through its
+process's own channel. Busy workers cost no messages at all.
+
+While Redis cannot be reached, every call raises `StoreUnavailable`; the
+subscriber reconnects by itself. One exception: the writes of a lease holder
+(`append`, `save_progress`, `finish`, `retry` of a job this store instance claimed)
+are retried while its lease lasts, since nobody else may take the job meanwhile;
+giving up at once would lose output or let a finished job run again after recovery.
+
+Redis Cluster is not supported (scripts touch keys they compute).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .._util import dumps, loads, new_id
+from ..errors import ConfigurationError, StoreUnavailable
+from ..job import ErrorInfo, Event, EventKind, JobRecord, Progress, State
+from . import redis_scripts as scripts
+from .base import WORK, Page, Store
+from .redis_keys import Keys
+from .redis_listener import RedisListener, RedisNotifier
+
+RETRY_AFTER = 2.0  # seconds callers are told to wait while Redis is unreachable
+MAX_IDLE_WAIT = 5.0  # an idle worker looks again at least this often, in case a wake-up got lost
+HELD_RETRY_STEP = 0.2  # seconds between attempts of a lease holder's write during an outage
+BATCH = 200  # jobs per script call in recover_lost / purge, so no call blocks Redis for long
+
+_STATES = {s.value: s for s in State}
+_KINDS = {k.value: k for k in EventKind}
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+
+
+def _sleeper_key(thread: str) -> str:
+    return f"{WORK}/{thread}"
+
+
+def _float(value: str | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _record(flat: Sequence[str], position: int | None = None) -> JobRecord:
+    """A record from a hash as a script returns it (a flat field/value list)."""
+    return _record_from(dict(zip(flat[::2], flat[1::2], strict=True)), position)
+
+
+def _record_from(h: Mapping[str, str], position: int | None = None) -> JobRecord:
+    return JobRecord(
+        id=h["id"],
+        task=h["task"],
+        params=loads(h["params"]),
+        state=_STATES[h["state"]],
+        progress=Progress.from_dict(loads(h.get("progress"))),
+        result=loads(h.get("result")),
+        error=ErrorInfo.from_dict(loads(h.get("error"))),
+        cancel_requested=h.get("cancel_requested") == "1",
+        attempt=int(h.get("attempt", 0)),
+        max_attempts=int(h.get("max_attempts", 1)),
+        created_at=float(h["created_at"]),
+        started_at=_float(h.get("started_at")),
+        finished_at=_float(h.get("finished_at")),
+        expires_at=_float(h.get("expires_at")),
+        output_count=int(h.get("output_count", 0)),
+        position=position if h["state"] == "queued" else None,
+        owner=h.get("owner"),
+        queue=h.get("queue", "default"),
+        priority=int(h.get("priority", 0)),
+        run_at=float(h.get("run_at", 0.0)),
+        timeout=_float(h.get("timeout")),
+        keep_for=float(h["keep_for"]),
+        idempotency_key=h.get("idempotency_key"),
+        supersede_key=h.get("supersede_key"),
+        worker=h.get("worker"),
+        lease_until=_float(h.get("lease_until")),
+        meta=loads(h.get("meta")) or {},
+    )
+
+
+def _fields(record: JobRecord) -> list[str]:
+    values: dict[str, str | None] = {
+        "id": record.id,
+        "task": record.task,
+        "queue": record.queue,
+        "priority": str(record.priority),
+        "state": State.QUEUED.value,
+        "params": dumps(record.params),
+        "attempt": "0",
+        "max_attempts": str(record.max_attempts),
+        "created_at": repr(record.created_at),
+        "run_at": repr(record.run_at),
+        "timeout": None if record.timeout is None else repr(record.timeout),
+        "keep_for": repr(record.keep_for),
+        "output_count": "0",
+        "cancel_requested": "0",
+        "owner": record.owner,
+        "idempotency_key": record.idempotency_key,
+        "supersede_key": record.supersede_key,
+        "meta": dumps(record.meta) if record.meta else None,
+    }
+    flat: list[str] = []
+    for name, value in values.items():
+        if value is not None:
+            flat += (name, value)
+    return flat
+
+
+def _event(seq: int, entry: str, items: Mapping[int, str]) -> Event:
+    kind, at, idx, data = entry.split("|", 3)
+    value = {"index": int(idx), "item": loads(items[int(idx)])} if idx else loads(data)
+    return Event(seq=seq, kind=_KINDS[kind], data=value, at=float(at))
+
+
+class RedisStore(Store):
+    """`redis://[:password@]host:port/db`, `rediss://…` (TLS) or `unix:///path?db=N`."""
+
+    def __init__(self, url: str, *, prefix: str = "underway") -> None:
+        self.url = url
+        self.keys = Keys(prefix)
+        self._prefix = self.keys.prefix
+        self.poll_interval = 2.0  # a safety net only: waiters are woken by pub/sub
+        self._next_due: float | None = None  # earliest run_at among delayed jobs
+        self._process = new_id()  # names this store instance in wake-ups
+        self._local = threading.local()  # per thread: the wake-up version seen at claim
+        self._held: dict[str, float] = {}  # job id -> monotonic end of the lease we hold
+        self._closing = threading.Event()
+        try:
+            self._redis = redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_connect_timeout=2.0,
+                socket_timeout=10.0,
+                # No silent retries: a script that ran but whose reply was lost
+                # must not run twice. Callers see StoreUnavailable and decide.
+                retry=Retry(NoBackoff(), 0),
+            )
+            self._redis.ping()
+        except (redis.RedisError, OSError, ValueError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigurationError(f"cannot reach Redis at {safe_url(url)}: {reason}") from None
+        s = self._redis.register_script
+        self._enqueue = s(scripts.ENQUEUE)
+        self._get = s(scripts.GET)
+        self._claim = s(scripts.CLAIM)
+        self._renew = s(scripts.RENEW)
+        self._progress = s(scripts.PROGRESS)
+        self._append = s(scripts.APPEND)
+        self._finish = s(scripts.FINISH)
+        self._retry = s(scripts.RETRY)
+        self._cancel = s(scripts.CANCEL)
+        self._delete = s(scripts.DELETE)
+        self._recover = s(scripts.RECOVER)
+        self._purge = s(scripts.PURGE)
+        self._events = s(scripts.EVENTS)
+        self.notifier = RedisNotifier()
+        self._listener = RedisListener(
+            self._redis,
+            self.notifier,
+            wake_channel=self.keys.wake_channel(self._process),
+            on_wake=lambda thread: self.notifier.notify(_sleeper_key(thread)),
+            job_channel_prefix=self.keys.job_channel_prefix,
+        )
+        self.notifier.listener = self._listener
+        self._listener.start()
+
+    # -- plumbing --------------------------------------------------------------------
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise StoreUnavailable(
+                f"Redis at {safe_url(self.url)} is unavailable: {exc}", retry_after=RETRY_AFTER
+            ) from None
+
+    def _run(self, script: Any, now: float, *args: Any) -> Any:
+        with self._guard():
+            return script(args=(self._prefix, repr(now), *args))
+
+    def _hold(self, job_ids: Collection[str], lease: float) -> None:
+        until = time.monotonic() + lease
+        for job_id in job_ids:
+            self._held[job_id] = until
+
+    def _run_held(self, job_id: str, script: Any, now: float, *args: Any) -> Any:
+        while True:
+            try:
+                return self._run(script, now, *args)
+            except StoreUnavailable:
+                until = self._held.get(job_id)
+                if until is None or time.monotonic() + HELD_RETRY_STEP >= until:
+                    raise
+                if self._closing.wait(HELD_RETRY_STEP):
+                    raise
+
+    # -- submission ------------------------------------------------------------------
+    def enqueue(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        reply = self._run(
+            self._enqueue,
+            record.created_at,
+            record.id,
+            record.task,
+            record.queue,
+            record.priority,
+            repr(record.run_at),
+            record.owner or "",
+            record.idempotency_key or "",
+            record.supersede_key or "",
+            *_fields(record),
+        )
+        if reply[0] == 0:
+            return _record(reply[1]), False
+        return record, True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        reply = self._run(self._get, 0.0, job_id)
+        if not reply:
+            return None
+        return _record(reply[0], reply[1])
+
+    def list_jobs(
+        self,
+        *,
+        task: str | None = None,
+        state: State | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        state_value = State(state).value if state is not None else None
+        if state_value is not None:
+            index = self.keys.by_state(state_value)
+        elif task is not None:
+            index = self.keys.by_task(task)
+        elif owner is not None:
+            index = self.keys.by_owner(owner)
+        else:
+            index = self.keys.all
+        top = f"({cursor}" if cursor else "+"
+        batch = max(limit + 1, 100)
+        found: list[JobRecord] = []
+        with self._guard():
+            while len(found) <= limit:
+                ids: list[str] = self._redis.zrevrangebylex(index, top, "-", start=0, num=batch)
+                if not ids:
+                    break
+                pipe = self._redis.pipeline(transaction=False)
+                for job_id in ids:
+                    pipe.hgetall(self.keys.job(job_id))
+                for flat in pipe.execute():
+                    if not flat:
+                        continue  # deleted while we read
+                    record = _record_from(flat)
+                    if (
+                        (task is None or record.task == task)
+                        and (state_value is None or record.state.value == state_value)
+                        and (owner is None or record.owner == owner)
+                    ):
+                        found.append(record)
+                top = f"({ids[-1]}"
+                if len(ids) < batch:
+                    break
+            page = found[:limit]
+            queued = [i for i, r in enumerate(page) if r.state is State.QUEUED]
+            if queued:
+                pipe = self._redis.pipeline(transaction=False)
+                for i in queued:
+                    pipe.zrank(self.keys.queue(page[i].queue), page[i].id)
+                for i, rank in zip(queued, pipe.execute(), strict=True):
+                    page[i] = page[i].evolve(position=rank)
+        return Page(jobs=page, next_cursor=page[-1].id if len(found) > limit else None)
+
+    def count(self, *, state: State | None = None) -> int:
+        key = self.keys.all if state is None else self.keys.by_state(State(state).value)
+        with self._guard():
+            return int(self._redis.zcard(key))
+
+    # -- workers ---------------------------------------------------------------------
+    def claim(
+        self,
+        *,
+        worker: str,
+        tasks: Collection[str],
+        limits: Mapping[str, int],
+        lease: float,
+        now: float,
+        max_jobs: int = 1,
+    ) -> list[JobRecord]:
+        if not tasks or max_jobs <= 0:
+            return []
+        names = list(tasks)
+        pairs = [x for name, cap in limits.items() for x in (name, cap)]
+        thread = str(threading.get_ident())
+        # Before the call: a wake-up that comes while it runs must not be missed.
+        self._local.seen = self.notifier.version(_sleeper_key(thread))
+        claimed, next_due = self._run(
+            self._claim,
+            now,
+            worker,
+            repr(now + lease),
+            max_jobs,
+            f"{self._process}/{thread}",
+            len(names),
+            *names,
+            *pairs,
+        )
+        self._next_due = float(next_due) if next_due else None
+        records = [_record(flat) for flat in claimed]
+        self._hold([r.id for r in records], lease)
+        return records
+
+    def renew(self, *, worker: str, job_ids: Collection[str], lease: float, now: float) -> set[str]:
+        if not job_ids:
+            return set()
+        cancelled = set(self._run(self._renew, now, worker, repr(now + lease), *job_ids))
+        self._hold([job_id for job_id in job_ids if job_id in self._held], lease)
+        return cancelled
+
+    def save_progress(self, job_id: str, progress: Progress, now: float) -> None:
+        self._run_held(job_id, self._progress, now, job_id, dumps(progress.to_dict()))
+        self.notifier.notify(job_id)
+
+    def append(self, job_id: str, items: Sequence[tuple[EventKind, str]], now: float) -> None:
+        if not items:
+            return
+        flat = [x for kind, data in items for x in (kind.value, data)]
+        self._run_held(job_id, self._append, now, job_id, *flat)
+        self.notifier.notify(job_id)
+
+    def finish(
+        self,
+        job_id: str,
+        *,
+        worker: str | None,
+        state: State,
+        result: Any,
+        error: ErrorInfo | None,
+        now: float,
+        keep_for: float,
+    ) -> bool:
+        try:
+            reply = self._run_held(
+                job_id,
+                self._finish,
+                now,
+                job_id,
+                worker or "",
+                state.value,
+                dumps(result) if result is not None else "",
+                dumps(error.to_dict()) if error else "",
+                repr(keep_for),
+            )
+        finally:
+            self._held.pop(job_id, None)
+        if reply:
+            self.notifier.notify(job_id)
+        return bool(reply)
+
+    def retry(
+        self, job_id: str, *, worker: str, run_at: float, error: ErrorInfo, now: float
+    ) -> bool:
+        try:
+            done = self._run_held(
+                job_id,
+                self._retry,
+                now,
+                job_id,
+                worker,
+                repr(run_at),
+                dumps(error.to_dict()),
+                dumps(f"attempt failed: {error.type}: {error.message}"),
+                dumps({"state": State.QUEUED.value, "retry_at": run_at}),
+            )
+        finally:
+            self._held.pop(job_id, None)
+        if done:
+            self.notifier.notify(job_id)
+        return bool(done)
+
+    # -- callers ---------------------------------------------------------------------
+    def request_cancel(self, job_id: str, now: float) -> JobRecord | None:
+        reply = self._run(self._cancel, now, job_id)
+        if not reply:
+            return None
+        self.notifier.notify(job_id)
+        return _record(reply)
+
+    def delete(self, job_id: str) -> bool:
+        gone = self._run(self._delete, 0.0, job_id)
+        if gone:
+            self.notifier.notify(job_id)
+            self.notifier.forget(job_id)
+        return bool(gone)
+
+    def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        entries, first, items = self._run(self._events, 0.0, job_id, max(after, 0), limit)
+        by_index = {first + i: item for i, item in enumerate(items)}
+        return [_event(after + n + 1, entry, by_index) for n, entry in enumerate(entries)]
+
+    def output(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Any]:
+        with self._guard():
+            items = self._redis.lrange(self.keys.output(job_id), after, after + limit - 1)
+        return [loads(item) for item in items]
+
+    # -- housekeeping ----------------------------------------------------------------
+    def recover_lost(self, now: float) -> list[JobRecord]:
+        recovered: list[JobRecord] = []
+        while True:
+            batch = self._run(self._recover, now, BATCH)
+            recovered += [_record(flat) for flat in batch]
+            if len(batch) < BATCH:
+                break
+        if recovered:
+            self.notifier.notify(*(r.id for r in recovered))
+        return recovered
+
+    def purge(self, now: float, *, finished_before: float | None = None) -> int:
+        index, bound = ("expiry", now) if finished_before is None else ("finished", finished_before)
+        total = 0
+        while True:
+            n = int(self._run(self._purge, now, index, repr(bound), BATCH))
+            total += n
+            if n < BATCH:
+                return total
+
+    def wait_for_work(self, seen: int, timeout: float) -> int:
+        """Block until this thread is woken after a claim that came up short.
+
+        While the subscriber is connected, `timeout` is stretched to when the next
+        delayed job is due (at most MAX_IDLE_WAIT): every other kind of new work
+        wakes an idle thread, so idle workers cost no round trips."""
+        if self.notifier.version(WORK) != seen:
+            return self.notifier.version(WORK)
+        if self._listener.connected.is_set():
+            timeout = MAX_IDLE_WAIT
+            if self._next_due is not None:
+                timeout = min(timeout, max(0.001, self._next_due - time.time()))
+        key = _sleeper_key(str(threading.get_ident()))
+        mine = getattr(self._local, "seen", None)
+        self.notifier.wait(key, self.notifier.version(key) if mine is None else mine, timeout)
+        self._local.seen = None
+        return self.notifier.version(WORK)
+
+    def ping(self) -> None:
+        with self._guard():
+            self._redis.ping()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._listener.close()
+        self._redis.close()

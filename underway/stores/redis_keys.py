@@ -1,0 +1,126 @@
+"""Every Redis key and channel the Redis store uses, in one place.
+
+Python builds names with `Keys`; the Lua scripts build the same names with the
+functions of `LUA_KEYS`, generated here from the same constants, so the layout
+cannot drift between the two. All names start with the store's prefix.
+
+Layout (`{id}` is a job id)::
+
+    job:{id}          hash    the job's fields (absent field = None)
+    ev:{id}           list    its events; the event with seq N is element N-1
+    out:{id}          list    its output items (JSON); item i is element i
+    all               zset    every job id (score 0: ordered by id)
+    task:{name}       zset    ids by task          (score 0)
+    owner:{name}      zset    ids by owner         (score 0)
+    state:{state}     zset    ids by state         (score 0)
+    queue:{name}      zset    queued ids, score = priority (ZRANK = position)
+    ready:{task}      zset    queued ids that are due, score = priority
+    delayed           zset    queued ids not due yet, score = run_at
+    running:{task}    set     running ids (per-task concurrency limits)
+    leases            zset    running ids, score = lease_until
+    expiry            zset    finished ids, score = expires_at
+    finished          zset    finished ids, score = finished_at
+    idem:{key}        string  the id of the job submitted with that idempotency key
+    sup:{key}         set     active ids submitted with that supersede key
+    idle              zset    worker slots that found nothing to claim ("process/thread"),
+                              score = when that stops being true (Redis clock)
+
+Channels: `wake:{process}` (new work for one idle slot of that store instance; the
+message names the thread) and `ch:{id}` (the job changed; subscribed only while
+someone in a process waits on the job).
+"""
+
+from __future__ import annotations
+
+JOB = "job:"
+EVENTS = "ev:"
+OUTPUT = "out:"
+ALL = "all"
+BY_TASK = "task:"
+BY_OWNER = "owner:"
+BY_STATE = "state:"
+QUEUE = "queue:"
+READY = "ready:"
+DELAYED = "delayed"
+RUNNING = "running:"
+LEASES = "leases"
+EXPIRY = "expiry"
+FINISHED = "finished"
+IDEMPOTENCY = "idem:"
+SUPERSEDE = "sup:"
+IDLE = "idle"
+WAKE_CHANNEL = "wake:"
+JOB_CHANNEL = "ch:"
+
+IDLE_TTL = 10  # seconds; longer than the longest idle wait, so a waiting slot stays known
+
+
+class Keys:
+    """Key and channel names under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix if prefix.endswith(":") else prefix + ":"
+        p = self.prefix
+        self.all = p + ALL
+        self.delayed = p + DELAYED
+        self.leases = p + LEASES
+        self.expiry = p + EXPIRY
+        self.finished = p + FINISHED
+        self.idle = p + IDLE
+        self.job_channel_prefix = p + JOB_CHANNEL
+
+    def job(self, job_id: str) -> str:
+        return self.prefix + JOB + job_id
+
+    def events(self, job_id: str) -> str:
+        return self.prefix + EVENTS + job_id
+
+    def output(self, job_id: str) -> str:
+        return self.prefix + OUTPUT + job_id
+
+    def by_task(self, task: str) -> str:
+        return self.prefix + BY_TASK + task
+
+    def by_owner(self, owner: str) -> str:
+        return self.prefix + BY_OWNER + owner
+
+    def by_state(self, state: str) -> str:
+        return self.prefix + BY_STATE + state
+
+    def queue(self, queue: str) -> str:
+        return self.prefix + QUEUE + queue
+
+    def idempotency(self, key: str) -> str:
+        return self.prefix + IDEMPOTENCY + key
+
+    def wake_channel(self, process: str) -> str:
+        return self.prefix + WAKE_CHANNEL + process
+
+    def job_channel(self, job_id: str) -> str:
+        return self.job_channel_prefix + job_id
+
+
+# Lua side of the same layout. Every script receives the prefix as ARGV[1].
+LUA_KEYS = f"""
+local P = ARGV[1]
+local function k_job(id) return P .. '{JOB}' .. id end
+local function k_events(id) return P .. '{EVENTS}' .. id end
+local function k_output(id) return P .. '{OUTPUT}' .. id end
+local function k_task(t) return P .. '{BY_TASK}' .. t end
+local function k_owner(o) return P .. '{BY_OWNER}' .. o end
+local function k_state(s) return P .. '{BY_STATE}' .. s end
+local function k_queue(q) return P .. '{QUEUE}' .. q end
+local function k_ready(t) return P .. '{READY}' .. t end
+local function k_running(t) return P .. '{RUNNING}' .. t end
+local function k_idem(key) return P .. '{IDEMPOTENCY}' .. key end
+local function k_sup(key) return P .. '{SUPERSEDE}' .. key end
+local function c_job(id) return P .. '{JOB_CHANNEL}' .. id end
+local K_ALL = P .. '{ALL}'
+local K_DELAYED = P .. '{DELAYED}'
+local K_LEASES = P .. '{LEASES}'
+local K_EXPIRY = P .. '{EXPIRY}'
+local K_FINISHED = P .. '{FINISHED}'
+local K_IDLE = P .. '{IDLE}'
+local C_WAKE = P .. '{WAKE_CHANNEL}'
+local IDLE_TTL = {IDLE_TTL}
+"""

@@ -1,0 +1,191 @@
+"""Turning Redis pub/sub messages into in-process wake-ups.
+
+One background thread per store holds one pub/sub connection. It is always
+subscribed to the store's own `wake` channel (work for one of its idle worker
+slots, named in the message) and, while some thread of this
+process waits on a job (`notifier.wait`, `notifier.subscribe`), to that job's
+channel, so a busy system does not ship every job's changes to every process.
+
+A subscription only counts once Redis confirms it; the confirmation itself wakes
+the job's waiters, who then read again, so a change made between their read and
+the subscription is never missed. When the connection drops the thread reconnects
+by itself and then wakes everyone, since messages may have been lost meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from .base import WORK, Listener, Notifier
+
+log = logging.getLogger("underway.stores.redis")
+
+LINGER = 30.0  # seconds a job channel stays subscribed after its last waiter left
+RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class RedisNotifier(Notifier):
+    """A Notifier that asks the listener to follow the jobs someone waits on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listener: RedisListener | None = None
+
+    def wait(self, key: str, seen: int, timeout: float | None) -> int:
+        listener = self.listener
+        if listener is None or key == WORK:
+            return super().wait(key, seen, timeout)
+        listener.watch(key)
+        try:
+            return super().wait(key, seen, timeout)
+        finally:
+            listener.unwatch(key)
+
+    def subscribe(self, key: str, fn: Listener) -> Callable[[], None]:
+        unsubscribe = super().subscribe(key, fn)
+        listener = self.listener
+        if listener is None or key == WORK:
+            return unsubscribe
+        listener.watch(key)
+        done = threading.Event()
+
+        def stop() -> None:
+            if not done.is_set():
+                done.set()
+                listener.unwatch(key)
+            unsubscribe()
+
+        return stop
+
+
+class RedisListener:
+    """The subscriber thread of one store."""
+
+    def __init__(
+        self,
+        client: redis.Redis[str],
+        notifier: Notifier,
+        *,
+        wake_channel: str,
+        on_wake: Callable[[str], None],
+        job_channel_prefix: str,
+    ) -> None:
+        self._client = client
+        self._notifier = notifier
+        self._wake = wake_channel
+        self._on_wake = on_wake
+        self._job_prefix = job_channel_prefix
+        self._lock = threading.Lock()
+        self._waiters: dict[str, int] = {}  # job id -> threads/listeners waiting on it
+        self._left: dict[str, float] = {}  # job id -> when its last waiter left
+        self._pubsub: Any = None  # redis.client.PubSub, owned by the thread
+        self.connected = threading.Event()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="underway-redis-sub", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self.connected.is_set():
+            try:  # ends the thread's blocking read at once
+                self._client.publish(self._wake, "")
+            except (redis.RedisError, OSError):
+                pass
+        self._thread.join(timeout=5)
+
+    # -- interest --------------------------------------------------------------------
+    def watch(self, job_id: str) -> None:
+        with self._lock:
+            count = self._waiters.get(job_id, 0)
+            self._waiters[job_id] = count + 1
+            known = count > 0 or self._left.pop(job_id, None) is not None
+            pubsub = self._pubsub
+        if not known and pubsub is not None and self.connected.is_set():
+            try:
+                pubsub.subscribe(self._job_prefix + job_id)
+            except (redis.RedisError, OSError):
+                pass  # the thread resubscribes every watched job when it reconnects
+
+    def unwatch(self, job_id: str) -> None:
+        with self._lock:
+            count = self._waiters.get(job_id, 0) - 1
+            if count > 0:
+                self._waiters[job_id] = count
+            else:
+                self._waiters.pop(job_id, None)
+                self._left[job_id] = time.monotonic()
+
+    # -- the thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        failures = 0
+        while not self._closed.is_set():
+            try:
+                self._connect()
+                failures = 0
+                while not self._closed.is_set():
+                    message = self._pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._handle(message)
+                    self._drop_unwatched()
+            except (redis.RedisError, OSError) as exc:
+                if self._closed.is_set():
+                    break
+                if self.connected.is_set():
+                    log.warning("lost the Redis pub/sub connection: %s", exc)
+                self._disconnect()
+                # Waiters fall back to polling (and see StoreUnavailable) meanwhile.
+                self._notifier.notify_everything()
+                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+                failures += 1
+                self._closed.wait(delay)
+        self._disconnect()
+
+    def _connect(self) -> None:
+        pubsub = self._client.pubsub()
+        with self._lock:
+            watched = set(self._waiters) | set(self._left)
+        pubsub.subscribe(self._wake, *(self._job_prefix + job_id for job_id in watched))
+        with self._lock:
+            self._pubsub = pubsub
+        self.connected.set()
+        self._notifier.notify_everything()
+
+    def _disconnect(self) -> None:
+        self.connected.clear()
+        with self._lock:
+            pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except (redis.RedisError, OSError):
+                pass
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        channel = message.get("channel")
+        if not isinstance(channel, str) or kind not in ("message", "subscribe"):
+            return
+        if channel == self._wake:
+            if kind == "message" and message.get("data"):
+                self._on_wake(str(message.get("data")))
+        elif channel.startswith(self._job_prefix):
+            self._notifier.notify(channel[len(self._job_prefix) :])
+
+    def _drop_unwatched(self) -> None:
+        if not self._left:
+            return
+        cutoff = time.monotonic() - LINGER
+        with self._lock:
+            stale = [job_id for job_id, left in self._left.items() if left < cutoff]
+            for job_id in stale:
+                del self._left[job_id]
+        if stale:
+            self._pubsub.unsubscribe(*(self._job_prefix + job_id for job_id in stale))
