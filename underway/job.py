@@ -268,6 +268,11 @@ class Job:
             items, self._outbox = self._outbox, []
         return items
 
+    def return_outbox(self, items: Sequence[tuple[EventKind, str]]) -> None:
+        """Put items taken by `take_outbox` back in front (their write failed)."""
+        with self._outbox_lock:
+            self._outbox[:0] = items
+
     def put_raw(self, items: Sequence[tuple[EventKind, str]]) -> None:
         """Queue already serialised items (from a child process)."""
         with self._outbox_lock:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ._util import new_id
-from .errors import UnderwayError
+from .errors import StoreUnavailable, UnderwayError
 from .executors.base import Executor, Outcome, failure
 from .job import ErrorInfo, Job, JobRecord, Progress, State
 from .stores.base import WORK
@@ -37,13 +37,14 @@ class _Running:
     job: Job
     record: JobRecord
     task: Task
-    executor: Executor
     started: float  # monotonic
     flushed_version: int = 0
     rate_origin: tuple[float, float] | None = None  # (monotonic, current) for the ETA
     slot: _Slot
+    executor: Executor | None = None  # None until it is known (or could not start)
     stop_at: float | None = None  # monotonic time after which the job is stopped hard
     killed: bool = False
+    ended: bool = False  # its outcome is being (or has been) recorded
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -113,7 +114,7 @@ class Worker:
                 self._slot_free.wait(0.05)
             leftover = list(self._running.values())
         for entry in leftover:
-            if not entry.executor.kill(entry.job.id):
+            if entry.executor is None or not entry.executor.kill(entry.job.id):
                 self._abandon(entry)
         with self._lock:
             end = time.monotonic() + 5.0
@@ -166,13 +167,11 @@ class Worker:
 
     def _run(self, record: JobRecord, slot: _Slot) -> None:
         task = self.app.get_task(record.task)
-        executor = self.app.executor_for(task.settings.executor)
         job = Job(record, max_output_bytes=self.app.max_output_bytes)
         entry = _Running(
             job=job,
             record=record,
             task=task,
-            executor=executor,
             started=time.monotonic(),
             slot=slot,
         )
@@ -181,15 +180,16 @@ class Worker:
         if record.cancel_requested:
             self._begin_stop(entry, "cancel")
         try:
-            outcome = executor.call(job, task)
+            entry.executor = self.app.executor_for(task.settings.executor)
+            outcome = entry.executor.call(job, task)
         except Exception as exc:  # the executor failed, not the task: fail, don't lose it
-            log.exception("executor %s could not run job %s", executor.name, record.id)
+            log.exception("executor %s could not run job %s", task.settings.executor, record.id)
             outcome = failure(exc, type_name="ExecutorError")
         self._finished(entry, outcome)
 
     # -- monitor ---------------------------------------------------------------------
     def _monitor(self) -> None:
-        renew_every = min(self.lease / 3.0, 1.0)
+        renew_every = min(self.lease / 3.0, 0.5)  # also how fast a remote cancel arrives
         next_renew = next_janitor = time.monotonic()
         while not self._stopping.wait(self.flush_interval):
             now = time.monotonic()
@@ -218,13 +218,17 @@ class Worker:
             now = time.time()
             items = entry.job.take_outbox()
             if items:
-                self.store.append(entry.job.id, items, now)
+                try:
+                    self.store.append(entry.job.id, items, now)
+                except BaseException:
+                    entry.job.return_outbox(items)  # keep them, in order, for the next flush
+                    raise
             version, current, total, message = entry.job.snapshot()
             if version != entry.flushed_version:
-                entry.flushed_version = version
                 self.store.save_progress(
                     entry.job.id, self._with_eta(entry, current, total, message), now
                 )
+                entry.flushed_version = version
 
     def _with_eta(
         self, entry: _Running, current: float | None, total: float | None, message: str | None
@@ -263,7 +267,7 @@ class Worker:
                 self._begin_stop(entry, "timeout")
             if entry.stop_at is not None and now > entry.stop_at and not entry.killed:
                 entry.killed = True
-                if not entry.executor.kill(entry.job.id):
+                if entry.executor is None or not entry.executor.kill(entry.job.id):
                     self._abandon(entry)
 
     def _abandon(self, entry: _Running) -> None:
@@ -287,15 +291,31 @@ class Worker:
     def _finished(self, entry: _Running, outcome: Outcome) -> None:
         job_id = entry.job.id
         with self._lock:
-            if self._running.get(job_id) is not entry:
+            if entry.ended or self._running.get(job_id) is not entry:
                 return  # already given up on (abandoned): its late outcome is discarded
-            self._running.pop(job_id)
+            entry.ended = True
+        # The entry stays in `_running` until the outcome is stored, so that the
+        # monitor keeps renewing its lease while the store is briefly unreachable.
+        outcome = self._interpret(entry, outcome)
+        delay = 0.1
+        while True:
+            try:
+                self._flush(entry)
+                self._record_outcome(entry, outcome)
+                break
+            except StoreUnavailable as exc:
+                if self._stopping.is_set() and delay > self.lease:
+                    log.error("giving up recording the end of job %s: %s", job_id, exc)
+                    break
+                log.warning("store unavailable; will retry recording job %s: %s", job_id, exc)
+                time.sleep(delay)  # the store is down: back off before the next try
+                delay = min(delay * 2, 5.0)
+            except Exception:
+                log.exception("could not record the end of job %s", job_id)
+                break
+        with self._lock:
+            self._running.pop(job_id, None)
             self._slot_free.notify_all()
-        try:
-            self._flush(entry)
-            self._record_outcome(entry, self._interpret(entry, outcome))
-        except Exception:
-            log.exception("could not record the end of job %s", job_id)
 
     def _interpret(self, entry: _Running, outcome: Outcome) -> Outcome:
         reason = entry.job.stop_reason
