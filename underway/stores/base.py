@@ -35,22 +35,32 @@ class Notifier:
     `call_soon_threadsafe`) are called from the notifying thread and must be quick.
     """
 
+    # Versions are stamps from one counter. A key without an entry reads as `_floor`,
+    # the counter's value when the table was last cleared, so clearing (to keep memory
+    # flat) only ever makes versions look changed: a waiter may wake for nothing, but
+    # never sleeps through a change.
+    MAX_KEYS = 10_000
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._versions: dict[str, int] = {}
         self._waiters: dict[str, list[threading.Event]] = {}
         self._listeners: dict[str, set[Listener]] = {}
-        self._all = 0
+        self._counter = 0
+        self._floor = 0
 
     def version(self, key: str) -> int:
-        return self._versions.get(key, 0) + self._all
+        return self._versions.get(key, self._floor)
 
     def notify(self, *keys: str) -> None:
         woken: list[threading.Event] = []
         called: list[Listener] = []
         with self._lock:
+            if len(self._versions) >= self.MAX_KEYS:
+                self._clear_versions()
             for key in keys:
-                self._versions[key] = self._versions.get(key, 0) + 1
+                self._counter += 1
+                self._versions[key] = self._counter
                 waiters = self._waiters.pop(key, None)
                 if waiters:
                     woken.extend(waiters)
@@ -65,7 +75,7 @@ class Notifier:
     def notify_everything(self) -> None:
         """Something changed that another process wrote: wake every waiter."""
         with self._lock:
-            self._all += 1
+            self._clear_versions()
             woken = [e for events in self._waiters.values() for e in events]
             self._waiters.clear()
             called = [fn for fns in self._listeners.values() for fn in fns]
@@ -74,11 +84,16 @@ class Notifier:
         for fn in called:
             fn()
 
+    def _clear_versions(self) -> None:
+        self._counter += 1
+        self._floor = self._counter
+        self._versions.clear()
+
     def wait(self, key: str, seen: int, timeout: float | None) -> int:
         """Block until `key`'s version differs from `seen` or `timeout` passes."""
         event = threading.Event()
         with self._lock:
-            current = self._versions.get(key, 0) + self._all
+            current = self._versions.get(key, self._floor)
             if current != seen:
                 return current
             self._waiters.setdefault(key, []).append(event)
@@ -89,7 +104,7 @@ class Notifier:
                     waiters.remove(event)
                     if not waiters:
                         del self._waiters[key]
-        return self._versions.get(key, 0) + self._all
+        return self._versions.get(key, self._floor)
 
     def subscribe(self, key: str, fn: Listener) -> Callable[[], None]:
         with self._lock:
