@@ -6,6 +6,8 @@ them and collect their results; jobs live in SQLite (default) or Redis.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .app import Underway
 from .errors import (
     Cancelled,
@@ -21,6 +23,7 @@ from .errors import (
     QueueFull,
     StoreUnavailable,
     TaskNotFound,
+    Unauthorized,
     UnderwayError,
     ValidationError,
 )
@@ -28,12 +31,26 @@ from .handle import JobHandle
 from .job import ACTIVE, TERMINAL, ErrorInfo, Event, EventKind, Job, JobRecord, Progress, State
 from .tasks import Task
 
+if TYPE_CHECKING:
+    from .client import Client
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The HTTP client needs httpx (the `server` extra): import it only when asked for.
+    if name == "Client":
+        from .client import Client
+
+        return Client
+    raise AttributeError(f"module 'underway' has no attribute {name!r}")
+
 
 __all__ = [
     "ACTIVE",
     "TERMINAL",
     "Cancelled",
+    "Client",
     "ConfigurationError",
     "ErrorInfo",
     "Event",
@@ -56,6 +73,7 @@ __all__ = [
     "Task",
     "TaskNotFound",
     "Underway",
+    "Unauthorized",
     "UnderwayError",
     "ValidationError",
     "__version__",

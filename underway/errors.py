@@ -5,6 +5,7 @@ The tree::
     UnderwayError
      ├── ConfigurationError      bad store URL, unusable database path, missing extra
      ├── StoreUnavailable        the store cannot be reached right now (retry later)
+     ├── Unauthorized            a server refused the token (client side)
      ├── TaskNotFound            no task of that name is registered
      ├── JobNotFound             no job with that id (or not visible to this owner)
      ├── ValidationError         parameters that do not fit the task's signature
@@ -18,6 +19,10 @@ The tree::
      └── OutputTooLarge          job.emit() of an item over the size limit
 
     Cancelled (BaseException)    raised inside a task by job.check_cancelled()
+
+Jobs also end with error types that are not exceptions in this process: `Timeout`,
+`WorkerLost`, `Cancelled`, `WorkerCrashed` (a child process died), `TaskNotImportable`
+(a child could not import the task), `ResultNotSerializable`, `ExecutorError`.
 
 `Cancelled` derives from `BaseException` so that a task's broad ``except Exception``
 does not swallow a cancellation by accident.
@@ -48,6 +53,10 @@ class StoreUnavailable(UnderwayError):
     def __init__(self, message: str, retry_after: float = 5.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Unauthorized(UnderwayError):
+    code = "unauthorized"
 
 
 class TaskNotFound(UnderwayError):

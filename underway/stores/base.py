@@ -61,6 +61,13 @@ class Notifier:
             for key in keys:
                 self._counter += 1
                 self._versions[key] = self._counter
+                if key == WORK:
+                    # One new job needs one idle slot: waking them all would have
+                    # every idle thread race for it (a herd, with many slots).
+                    waiters = self._waiters.get(key)
+                    if waiters:
+                        woken.append(waiters.pop(0))
+                    continue
                 waiters = self._waiters.pop(key, None)
                 if waiters:
                     woken.extend(waiters)
@@ -222,6 +229,10 @@ class Store(ABC):
     @abstractmethod
     def request_cancel(self, job_id: str, now: float) -> JobRecord | None:
         """Queued: cancelled at once. Running: flag set. Terminal: unchanged. None if unknown."""
+
+    @abstractmethod
+    def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
+        """Merge `changes` into the job's `meta` atomically (e.g. webhook attempts)."""
 
     @abstractmethod
     def delete(self, job_id: str) -> bool:

@@ -177,6 +177,7 @@ class RedisStore(Store):
         self._finish = s(scripts.FINISH)
         self._retry = s(scripts.RETRY)
         self._cancel = s(scripts.CANCEL)
+        self._update_meta = s(scripts.UPDATE_META)
         self._delete = s(scripts.DELETE)
         self._recover = s(scripts.RECOVER)
         self._purge = s(scripts.PURGE)
@@ -413,6 +414,12 @@ class RedisStore(Store):
             return None
         self.notifier.notify(job_id)
         return _record(reply)
+
+    def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
+        changed = self._run(self._update_meta, 0.0, job_id, dumps(dict(changes)))
+        if changed:
+            self.notifier.notify(job_id)
+        return bool(changed)
 
     def delete(self, job_id: str) -> bool:
         gone = self._run(self._delete, 0.0, job_id)

@@ -433,3 +433,18 @@ if lo == nil then return {entries, -1, {}} end
 return {entries, lo, redis.call('LRANGE', k_output(id), lo, hi)}
 """
 )
+
+UPDATE_META = (
+    _HELPERS
+    + """
+local key = k_job(ARGV[3])
+if redis.call('EXISTS', key) == 0 then return 0 end
+local current = redis.call('HGET', key, 'meta')
+local meta = {}
+if current and current ~= '' then meta = cjson.decode(current) end
+for name, value in pairs(cjson.decode(ARGV[4])) do meta[name] = value end
+redis.call('HSET', key, 'meta', cjson.encode(meta))
+changed(ARGV[3])
+return 1
+"""
+)

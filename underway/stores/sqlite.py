@@ -616,6 +616,16 @@ class SQLiteStore(Store):
             self.notifier.notify(job_id, WORK)
         return record
 
+    def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
+        with self._lock:  # one statement: its own transaction
+            changed = self._db.execute(
+                "UPDATE jobs SET meta = json_patch(coalesce(meta, '{}'), ?) WHERE id = ?",
+                (dumps(dict(changes)), job_id),
+            ).rowcount
+        if changed:
+            self.notifier.notify(job_id)
+        return bool(changed)
+
     def delete(self, job_id: str) -> bool:
         with self._write() as db:
             gone = db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount

@@ -1,0 +1,139 @@
+"""Webhooks to a real receiver: signed, retried with backoff, recorded, allow-listed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support.http_server import (
+    Gates,
+    WebhookReceiver,
+    api_server,
+    register_test_tasks,
+    until,
+    webhook_receiver,
+)
+from underway import ConfigurationError, Underway
+from underway.http.webhooks import SIGNATURE_HEADER, WebhookDispatcher, verify_signature
+
+SECRET = "s3cret"
+
+
+@pytest.fixture
+def gates(uw: Underway) -> Gates:
+    return register_test_tasks(uw)
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with webhook_receiver(statuses=[500, 503]) as r:
+        yield r
+
+
+@pytest.fixture
+def http(uw: Underway, gates: Gates, receiver: WebhookReceiver) -> Iterator[httpx.Client]:
+    options = {"backoff": 0.05, "max_attempts": 4, "recheck": 0.2}
+    with (
+        api_server(
+            uw,
+            callback_hosts=[f"127.0.0.1:{receiver.port}"],
+            webhook_secret=SECRET,
+            webhook_options=options,
+        ) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        yield client
+
+
+def test_signed_delivery_after_retries(
+    http: httpx.Client, receiver: WebhookReceiver, gates: Gates
+) -> None:
+    callback = f"{receiver.url}/hook?source=test"
+    r = http.post("/v1/tasks/hold/jobs", params={"callback_url": callback}, json={"gate": "wh"})
+    assert r.status_code == 202
+    job_id = r.json()["id"]
+    assert receiver.received == []  # nothing before the job finishes
+    gates.open("wh")
+    until(lambda: len(receiver.received) == 3, "three attempts (two failures, then 200)")
+    for attempt, hit in enumerate(receiver.received, 1):
+        assert hit.path == "/hook?source=test"
+        assert verify_signature(SECRET, hit.body, hit.headers[SIGNATURE_HEADER.lower()])
+        assert hit.headers["underway-delivery-attempt"] == str(attempt)
+        assert hit.json()["id"] == job_id
+        assert hit.json()["state"] == "succeeded" and hit.json()["result"] == "released"
+    assert not verify_signature("other", receiver.received[0].body, "sha256=00")
+    job = until(lambda: (j := http.get(f"/v1/jobs/{job_id}").json())["webhook"]["state"]
+                == "delivered" and j)  # fmt: skip
+    attempts = job["webhook"]["attempts"]
+    assert [a["status"] for a in attempts] == [500, 503, 200]
+    assert [a["error"] for a in attempts] == ["HTTP 500", "HTTP 503", None]
+    assert job["webhook"]["url"] == callback
+
+
+def test_gives_up_after_max_attempts(uw: Underway, gates: Gates) -> None:
+    with (
+        webhook_receiver(statuses=[500] * 10) as receiver,
+        api_server(
+            uw,
+            callback_hosts=["127.0.0.1"],
+            webhook_secret=SECRET,
+            webhook_options={"backoff": 0.02, "max_attempts": 3},
+        ) as url,
+        httpx.Client(base_url=url) as http,
+    ):
+        job = http.post(
+            "/v1/tasks/add/jobs", params={"callback_url": receiver.url}, json={"x": 1}
+        ).json()
+        final = until(lambda: (j := http.get(f"/v1/jobs/{job['id']}").json())["webhook"]["state"]
+                      == "failed" and j)  # fmt: skip
+        assert len(final["webhook"]["attempts"]) == 3
+        assert len(receiver.received) == 3
+
+
+def test_host_not_on_allow_list_is_422_and_nothing_is_sent(
+    http: httpx.Client, receiver: WebhookReceiver
+) -> None:
+    with webhook_receiver() as outsider:
+        for url in (
+            outsider.url,  # same host, other port
+            f"http://localhost:{receiver.port}/",  # other name for an allowed address
+            "http://169.254.169.254/latest/meta-data",
+            f"ftp://127.0.0.1:{receiver.port}/",
+            f"http://user:pw@127.0.0.1:{receiver.port}/",
+            "not a url",
+        ):
+            r = http.post(
+                "/v1/tasks/add/jobs",
+                params={"callback_url": url},
+                json={"x": 1},
+                headers={"Prefer": "wait=5"},
+            )
+            assert r.status_code == 422, url
+            assert r.json()["code"] == "validation-failed"
+            assert r.json()["errors"][0]["field"] == "query.callback_url"
+        assert http.get("/v1/jobs").json()["jobs"] == []  # no job was created either
+        assert outsider.received == []
+
+
+def test_no_callback_hosts_means_no_webhooks(uw: Underway, gates: Gates) -> None:
+    with api_server(uw) as url, httpx.Client(base_url=url) as http:
+        r = http.post(
+            "/v1/tasks/add/jobs", params={"callback_url": "http://127.0.0.1/"}, json={"x": 1}
+        )
+        assert r.status_code == 422
+
+
+def test_allow_list_needs_a_secret(uw: Underway) -> None:
+    with pytest.raises(ConfigurationError):
+        WebhookDispatcher(uw, allowed_hosts=["example.com"], secret=None)
+
+
+def test_wildcard_hosts(uw: Underway) -> None:
+    hooks = WebhookDispatcher(uw, allowed_hosts=["*.example.com", "api.test:8443"], secret="x")
+    assert hooks.check_url("https://hooks.example.com/a")
+    assert hooks.check_url("https://api.test:8443/")
+    for bad in ("https://example.com.evil.net/", "https://api.test/", "https://evilexample.com/"):
+        with pytest.raises(Exception, match="callback_url"):
+            hooks.check_url(bad)

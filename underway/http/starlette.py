@@ -1,0 +1,263 @@
+"""The HTTP API as a Starlette (ASGI) application: `uw.asgi()` or `create_app(uw)`.
+
+A thin adapter over `underway.http.handlers`: it reads the request (enforcing the
+body limit while reading), resolves the principal, and runs the synchronous handler
+on a worker thread, except for single quick reads (`GET /v1/jobs/{id}`), which run
+on the event loop when `inline_reads` is on. Waiting (long polls, `Prefer: wait`,
+event streams) holds no thread: it is woken by the store's notifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from .auth import Authenticator, AuthHook, TokenSource
+from .handlers import Api, ApiRequest, ApiResponse, EventStream, Pending, problem_response
+from .problems import Problem, not_found_route, payload_too_large
+from .sse import HEADERS as SSE_HEADERS
+from .sse import MEDIA_TYPE as SSE_MEDIA_TYPE
+from .sse import aiter_events
+from .webhooks import WebhookDispatcher
+
+if TYPE_CHECKING:
+    from ..app import Underway
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Every method reaches the adapter, so a wrong one is a 405 problem, not plain text.
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
+
+
+def create_app(
+    uw: Underway,
+    *,
+    tokens: TokenSource | None = None,
+    auth: AuthHook | None = None,
+    max_body: int = 1 << 20,
+    max_wait: float = 30.0,
+    callback_hosts: Iterable[str] = (),
+    webhook_secret: str | bytes | None = None,
+    webhook_options: dict[str, Any] | None = None,
+    ping_interval: float = 15.0,
+    poll_interval: float = 1.0,
+    start_workers: bool = False,
+    inline_reads: bool | None = None,
+    dashboard: bool = True,
+    debug: bool = False,
+) -> Starlette:
+    """Build the API app for `uw`.
+
+    - `tokens`: `{token: principal}`, a token file path, or None to read
+      `UNDERWAY_TOKENS`; `auth`: a hook `(request) -> principal | None` (sync or
+      async) for applications that already know their user. Neither: open API.
+    - `max_body`: request bodies over this many bytes get 413.
+    - `callback_hosts`, `webhook_secret`: hosts a `?callback_url=` may name, and the
+      HMAC key deliveries are signed with; `webhook_options` tunes retries
+      (`max_attempts`, `backoff`, `backoff_max`, `timeout`).
+    - `ping_interval`: seconds between SSE keep-alive comments.
+    - `poll_interval`: how often waiters re-read the store without a wake-up.
+    - `tracebacks`: include failed tasks' tracebacks in jobs (off: `null`).
+    - `start_workers`: run embedded workers for the app's lifetime.
+    - `inline_reads`: answer single-record reads on the event loop (default: on for
+      SQLite and memory stores, whose reads do not wait on the network).
+    - `dashboard`: serve the dashboard at `/` once `underway.dashboard` provides one.
+    """
+    webhooks = None
+    hosts = list(callback_hosts)
+    if hosts:
+        webhooks = WebhookDispatcher(
+            uw, allowed_hosts=hosts, secret=webhook_secret, **(webhook_options or {})
+        )
+    api = Api(
+        uw,
+        authenticator=Authenticator(tokens, auth),
+        webhooks=webhooks,
+        max_body=max_body,
+        max_wait=max_wait,
+        poll_interval=poll_interval,
+    )
+    adapter = _Adapter(api, ping_interval=ping_interval, inline_reads=inline_reads)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if start_workers:
+            await run_in_threadpool(uw.start)
+        try:
+            yield
+        finally:
+            if webhooks is not None:
+                await run_in_threadpool(webhooks.close)
+            if start_workers:
+                await run_in_threadpool(uw.stop)
+
+    routes: list[BaseRoute] = [
+        Route("/v1/{rest:path}", adapter.endpoint, methods=_ALL_METHODS),
+        Route("/healthz", adapter.endpoint, methods=_ALL_METHODS),
+        Route("/metrics", adapter.endpoint, methods=_ALL_METHODS),
+    ]
+    if dashboard:
+        routes.extend(_dashboard_routes(uw))
+    # Last, so that any other path is a 404 problem rather than Starlette's plain text.
+    routes.append(Route("/{rest:path}", adapter.endpoint, methods=_ALL_METHODS))
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        debug=debug,
+        exception_handlers={HTTPException: adapter.http_error, Exception: adapter.server_error},
+    )
+    app.state.underway_api = api
+    return app
+
+
+def _dashboard_routes(uw: Underway) -> list[BaseRoute]:
+    """Routes of `underway.dashboard.routes(uw)`, once that module exists; else none."""
+    try:
+        module = importlib.import_module("underway.dashboard")
+    except ImportError:
+        return []
+    build: Callable[[Underway], list[BaseRoute]] | None = getattr(module, "routes", None)
+    return list(build(uw)) if build is not None else []
+
+
+class _Adapter:
+    def __init__(self, api: Api, *, ping_interval: float, inline_reads: bool | None) -> None:
+        self.api = api
+        self.ping_interval = ping_interval
+        self._inline_reads = inline_reads
+
+    @property
+    def inline_reads(self) -> bool:
+        # Decided on first use: the store is not opened before the app serves.
+        if self._inline_reads is None:
+            local = self.api.uw.store.url.startswith(("sqlite", "memory"))
+            self._inline_reads = local
+            self.api.cache_records = local
+        return self._inline_reads
+
+    async def endpoint(self, request: Request) -> Response:
+        scope = request.scope
+        root = scope.get("root_path", "")
+        path: str = scope["path"]
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        method = request.method
+        try:
+            route, params = self.api.match(method, path)
+            principal = await self.principal(request)
+            body = await self.read_body(request) if method in _BODY_METHODS else b""
+        except Problem as problem:
+            self.api.count("unmatched", problem.status)
+            return _to_response(problem_response(problem, path))
+        api_request = ApiRequest(
+            method=method,
+            path=path,
+            query=request.query_params,
+            headers=request.headers,
+            body=body,
+            principal=principal,
+            root=root,
+        )
+        if route.quick and self.inline_reads:
+            outcome = self.api.dispatch(route, params, api_request)
+        else:
+            outcome = await run_in_threadpool(self.api.dispatch, route, params, api_request)
+        if isinstance(outcome, ApiResponse):
+            return _to_response(outcome)
+        if isinstance(outcome, Pending):
+            await self.wait(outcome)
+            if self.inline_reads:
+                return _to_response(outcome.respond())
+            return _to_response(await run_in_threadpool(outcome.respond))
+        return self.stream(outcome)
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        """Starlette's own errors (a path no route pattern can match, such as one with
+        a newline in it) as problems too."""
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        problem = (
+            not_found_route(request.url.path)
+            if status == 404
+            else Problem(status, "not-found" if status == 404 else f"http-{status}", str(exc))
+        )
+        self.api.count("unmatched", status)
+        return _to_response(problem_response(problem, request.url.path))
+
+    async def server_error(self, request: Request, exc: Exception) -> Response:
+        return _to_response(problem_response(Problem.from_exception(exc), request.url.path))
+
+    async def principal(self, request: Request) -> str | None:
+        hook = self.api.auth.hook
+        if hook is None:
+            return self.api.authenticate(request.headers.get("authorization"))
+        value = hook(request)
+        if inspect.isawaitable(value):
+            value = await value
+        return None if value is None else str(value)
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.api.max_body
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise payload_too_large(limit)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise payload_too_large(limit)
+        return bytes(body)
+
+    async def wait(self, pending: Pending) -> None:
+        """Wait for `pending` without a thread: the notifier's callback wakes the loop."""
+        store = self.api.uw.store
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+
+        def changed() -> None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(wake.set)
+
+        unsubscribe = store.notifier.subscribe(pending.job_id, changed)
+        deadline = loop.time() + pending.timeout
+        try:
+            while True:
+                wake.clear()
+                if pending.until == "change" or self.inline_reads:
+                    settled = self.api.is_settled(pending)
+                else:
+                    settled = await run_in_threadpool(self.api.is_settled, pending)
+                left = deadline - loop.time()
+                if settled or left <= 0:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), min(left, self.api.poll_interval))
+        finally:
+            unsubscribe()
+
+    def stream(self, events: EventStream) -> StreamingResponse:
+        return StreamingResponse(
+            aiter_events(
+                self.api, events, ping_interval=self.ping_interval, run_sync=run_in_threadpool
+            ),
+            media_type=SSE_MEDIA_TYPE,
+            headers=SSE_HEADERS,
+        )
+
+
+def _to_response(response: ApiResponse) -> Response:
+    return Response(
+        response.body if response.status != 204 else None,
+        status_code=response.status,
+        headers=response.headers,
+        media_type=response.media_type,
+    )
