@@ -1,0 +1,308 @@
+"""The `underway` command line, run as a real subprocess against a store file and a
+live server: following with a progress display, exit codes, Ctrl-C, SIGTERM, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pytest
+
+from tests.support.services import free_port
+from tests.support.wait import wait_for
+from underway import State, Underway
+
+APP = "underway.demo:uw"
+ERROR = 3  # the command could not do its work
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    ignored = ("UNDERWAY_", "FORCE_COLOR", "TTY_INTERACTIVE")  # they change what rich prints
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ignored)}
+    # A fixed width keeps rich's rendering predictable; unbuffered so files fill live.
+    env.update(COLUMNS="100", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "underway", *args],
+        cwd=cwd,
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+    )
+
+
+class Running:
+    """A long-lived `underway ...` process whose output goes to files we can poll."""
+
+    def __init__(self, args: list[str], *, cwd: Path, name: str, env: dict[str, str] | None = None):
+        self.out_path = cwd / f"{name}.out"
+        self.err_path = cwd / f"{name}.err"
+        self._out: IO[bytes] = self.out_path.open("wb")
+        self._err: IO[bytes] = self.err_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "underway", *args],
+            cwd=cwd,
+            env=env or cli_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=self._err,
+        )
+
+    @property
+    def out(self) -> str:
+        return self.out_path.read_text()
+
+    @property
+    def err(self) -> str:
+        return self.err_path.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 30) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._out.close()
+            self._err.close()
+
+
+def start_server(
+    cwd: Path, store: str, *args: str, name: str = "server", **env: str
+) -> tuple[Running, str]:
+    port = free_port()
+    command = list(args) or ["serve", APP]
+    server = Running(
+        [*command, "--store", store, "--port", str(port), "--drain", "0"],
+        cwd=cwd,
+        name=name,
+        env=cli_env(**env),
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert server.proc.poll() is None, f"the server exited: {server.err}"
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, timeout=15, what="the server's /healthz")
+    return server, url
+
+
+def record(store: str, job_id: str) -> Any:
+    with Underway(store) as uw:
+        return uw.get(job_id)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    with Underway(url) as uw:
+        uw.store  # noqa: B018 - create the file, as a running app would have
+    return url
+
+
+@pytest.fixture
+def worker(tmp_path: Path, store: str) -> Iterator[Running]:
+    proc = Running(["worker", APP, "--store", store, "--workers", "2"], cwd=tmp_path, name="worker")
+    yield proc
+    assert proc.stop(signal.SIGTERM) == 0, proc.err
+    assert "underway worker: stopped" in proc.err
+
+
+@pytest.fixture
+def server(tmp_path: Path, store: str) -> Iterator[str]:
+    """`underway demo` on a free port, with its embedded workers."""
+    proc, url = start_server(tmp_path, store, "demo")
+    assert f"dashboard at {url}/" in proc.err
+    yield url
+    assert proc.stop(signal.SIGINT) == 0, proc.err
+    assert "Traceback" not in proc.err
+
+
+# -- errors ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["submit", "nope", "--app", APP, "--store", "{store}"],
+            "unknown task 'nope' (known tasks: batch_files, chat, count, fail, long_process, "
+            "render)",
+        ),
+        (["submit", "count", "to", "--app", APP, "--store", "{store}"], "bad parameter 'to'"),
+        (["submit", "count", "to=x", "--app", APP, "--store", "{store}"], "invalid parameters"),
+        (["submit", "count", "--store", "{store}"], "needs --app"),
+        (["show", "01NOSUCHJOB", "--store", "{store}"], "no job with id '01NOSUCHJOB'"),
+        (["cancel", "01NOSUCHJOB", "--store", "{store}"], "no job with id '01NOSUCHJOB'"),
+        (["jobs", "--store", "{tmp}/missing.db"], "no job store at"),
+        (["submit", "count", "--app", APP, "--store", "sqlite:///{tmp}/no/dir.db"], "cannot open"),
+        (["jobs", "--url", "http://127.0.0.1:{port}"], "cannot reach http://127.0.0.1:"),
+        (["jobs", "--state", "lost", "--store", "{store}"], "underway jobs: Invalid value"),
+        (["purge", "--older-than", "soon", "--store", "{store}"], "not a duration"),
+        (["serve", "nosuchmodule:uw"], "cannot import 'nosuchmodule'"),
+        (["serve", "underway.demo:nope"], "has no attribute 'nope'"),
+        (["serve", APP, "--host", "0.0.0.0"], "refusing to listen on 0.0.0.0"),
+    ],
+)
+def test_errors_are_one_line(tmp_path: Path, store: str, args: list[str], message: str) -> None:
+    values = {"store": store, "tmp": str(tmp_path), "port": str(free_port())}
+    result = cli(*(a.format(**values) for a in args), cwd=tmp_path)
+    assert result.returncode == ERROR, result
+    assert result.stderr.startswith("error: ")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert message in result.stderr
+
+
+# -- a local store, with a dedicated worker process --------------------------------------
+def test_local_store_follow_list_show_cancel_purge(
+    tmp_path: Path, store: str, worker: Running
+) -> None:
+    local = ["--app", APP, "--store", store]
+    done = cli("submit", "count", "to=3", "pause=0.05", "--follow", *local, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:3] == ["1", "2", "3"]  # each output item as it came
+    assert "100%" in lines[3] and "counted to 3" in lines[3]  # the bar's last state
+    assert "succeeded" in lines[-1]
+
+    failed = cli("submit", "fail", "after=1", "pause=0", "-f", *local, cwd=tmp_path)
+    assert failed.returncode == 1
+    assert "RuntimeError: the demo task failed on purpose after 1 steps" in failed.stdout
+
+    queued = cli("submit", "long_process", "pause=30", *local, cwd=tmp_path)
+    job_id = queued.stdout.strip()
+    assert queued.returncode == 0 and len(job_id) == 26
+    assert cli("cancel", job_id, "--store", store, cwd=tmp_path).returncode == 0
+    watched = cli("watch", job_id, "--store", store, cwd=tmp_path)
+    assert watched.returncode == 2, watched.stderr
+    assert "cancelled" in watched.stdout
+
+    table = cli("jobs", "--store", store, cwd=tmp_path)
+    assert table.returncode == 0
+    assert job_id in table.stdout and table.stdout.count("succeeded") == 1
+    only_failed = cli("jobs", "--state", "failed", "--json", "--store", store, cwd=tmp_path)
+    rows = [json.loads(line) for line in only_failed.stdout.splitlines()]
+    assert [(r["task"], r["state"]) for r in rows] == [("fail", "failed")]
+
+    shown = cli("show", rows[0]["id"], "--store", store, cwd=tmp_path)
+    assert shown.returncode == 0
+    assert "failed on purpose" in shown.stdout and "Traceback" in shown.stdout
+    as_json = json.loads(cli("show", job_id, "--json", "--store", store, cwd=tmp_path).stdout)
+    assert as_json["state"] == "cancelled" and as_json["params"]["pause"] == 30
+
+    purged = cli("purge", "--older-than", "0s", "--store", store, cwd=tmp_path)
+    assert purged.stdout.strip() == "purged 3 jobs"
+    assert cli("jobs", "--store", store, cwd=tmp_path).stderr.strip() == "no jobs"
+
+
+# -- a live server --------------------------------------------------------------------------
+def test_remote_follow_shows_progress_and_output(tmp_path: Path, server: str) -> None:
+    remote = ["--url", server]
+    done = cli("submit", "long_process", "steps=4", "pause=0.05", "--follow", *remote, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:4] == ["1", "1 2", "1 2 3", "1 2 3 4"]
+    assert "long_process succeeded" in done.stdout and "100%" in done.stdout
+
+    failed = cli("submit", "fail", "after=1", "pause=0", "-f", *remote, cwd=tmp_path)
+    assert failed.returncode == 1 and "failed on purpose" in failed.stdout
+
+    listed = cli("jobs", "--task", "fail", *remote, cwd=tmp_path)
+    assert "fail" in listed.stdout and "long_process" not in listed.stdout
+    job_id = listed.stdout.splitlines()[1].split()[0]
+    shown = json.loads(cli("show", job_id, "--json", *remote, cwd=tmp_path).stdout)
+    assert shown["error"]["type"] == "RuntimeError"
+
+    refused = cli("purge", *remote, cwd=tmp_path)
+    assert refused.returncode == ERROR and refused.stderr.startswith("error: purge works on")
+
+
+def test_ctrl_c_with_yes_cancels_the_followed_job(tmp_path: Path, server: str) -> None:
+    follower = Running(
+        ["submit", "long_process", "steps=50", "pause=0.2", "-f", "--yes", "--url", server],
+        cwd=tmp_path,
+        name="follow",
+    )
+    wait_for(lambda: "1 2\n" in follower.out, timeout=15, what="the first output items")
+    assert follower.stop(signal.SIGINT) == 2, follower.err
+    last_line = follower.out.splitlines()[-1]
+    assert last_line.endswith("cancelled")
+    job_id = re.findall(r"job (\w{26})", last_line)[0]
+    shown = json.loads(cli("show", job_id, "--json", "--url", server, cwd=tmp_path).stdout)
+    assert shown["state"] == "cancelled" and shown["output_count"] < 50
+
+
+def test_ctrl_c_without_a_terminal_to_ask_leaves_the_job_running(
+    tmp_path: Path, server: str
+) -> None:
+    follower = Running(
+        ["submit", "long_process", "steps=50", "pause=0.2", "-f", "--url", server],
+        cwd=tmp_path,
+        name="follow",
+    )
+    wait_for(lambda: "1 2\n" in follower.out, timeout=15, what="the first output items")
+    assert follower.stop(signal.SIGINT) == 130
+    assert "cancel job" in follower.err  # it asked, got no answer, and did not cancel
+    job_id = re.findall(r"underway watch (\w{26})", follower.out)[0]
+    shown = json.loads(cli("show", job_id, "--json", "--url", server, cwd=tmp_path).stdout)
+    assert shown["state"] == "running" and not shown["cancel_requested"]
+    assert cli("cancel", job_id, "--url", server, cwd=tmp_path).returncode == 0
+    assert cli("watch", job_id, "--url", server, cwd=tmp_path).returncode == 2
+
+
+def test_sigterm_on_serve_hands_the_job_back(tmp_path: Path, store: str) -> None:
+    first, url = start_server(tmp_path, store, name="first")
+    job_id = cli("submit", "long_process", "steps=5", "pause=0.3", "--url", url, cwd=tmp_path)
+    job_id_text = job_id.stdout.strip()
+    wait_for(
+        lambda: record(store, job_id_text).output_count >= 1, timeout=15, what="the job to run"
+    )
+    assert first.stop(signal.SIGTERM) == 0, first.err
+    assert "go back to the queue" in first.err and "Traceback" not in first.err
+    handed_back = record(store, job_id_text)
+    assert handed_back.state is State.QUEUED
+    assert handed_back.error is not None and handed_back.error.type == "Shutdown"
+
+    second, url = start_server(tmp_path, store, name="second")
+    try:
+        watched = cli("watch", job_id_text, "--url", url, cwd=tmp_path)
+        assert watched.returncode == 0, watched.stderr
+        assert "1 2 3 4 5" in watched.stdout
+    finally:
+        assert second.stop(signal.SIGINT) == 0
+
+
+def test_tokens_allow_a_public_host(tmp_path: Path, store: str) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("s3cret=alice\n")
+    proc, url = start_server(
+        tmp_path, store, "serve", APP, "--host", "0.0.0.0", "--tokens-file", str(tokens)
+    )
+    try:
+        denied = cli("jobs", "--url", url, cwd=tmp_path)
+        assert denied.returncode == ERROR and len(denied.stderr.splitlines()) == 1
+        allowed = cli("jobs", "--url", url, cwd=tmp_path, env=cli_env(UNDERWAY_TOKEN="s3cret"))
+        assert allowed.returncode == 0 and allowed.stderr.strip() == "no jobs"
+    finally:
+        assert proc.stop(signal.SIGTERM) == 0
