@@ -6,7 +6,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, overload
 
 from ._util import new_id, parse_duration
@@ -20,7 +20,7 @@ from .errors import (
 )
 from .executors import Executor, create_executor
 from .handle import JobHandle
-from .job import MAX_OUTPUT_BYTES, TERMINAL, Event, JobRecord, State
+from .job import MAX_OUTPUT_BYTES, TERMINAL, Event, EventKind, JobRecord, State
 from .stores import Page, Store, open_store
 from .tasks import Task, make_settings
 from .worker import Worker
@@ -308,6 +308,23 @@ class Underway:
         if timeout <= 0:
             return self.store.events(job_id, after)
         return self.store.wait_events(job_id, after, timeout)
+
+    def follow(
+        self, job_id: str, *, after: int = 0, timeout: float | None = None
+    ) -> Iterator[Event]:
+        """Events with id > `after` as they happen, until `done` (or `timeout` seconds)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 1.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return
+            for event in self.store.wait_events(job_id, after, min(left, 1.0)):
+                after = event.seq
+                yield event
+                if event.kind is EventKind.DONE:
+                    return
+            if self.store.get(job_id) is None:
+                return
 
     def wait(
         self, job_id: str, *, timeout: float | None = None, owner: str | None = None

@@ -36,6 +36,7 @@ from .errors import (
     ValidationError,
 )
 from .errors import Unauthorized as _Unauthorized
+from .handle import JobHandle
 from .job import TERMINAL, ErrorInfo, Event, EventKind, JobRecord, Progress, State
 from .stores.base import Page
 
@@ -297,7 +298,7 @@ class Client:
         ]
         return items
 
-    def events(
+    def follow(
         self, job_id: str, *, after: int = 0, timeout: float | None = None
     ) -> Iterator[Event]:
         """Events with id > `after` as they happen, until `done` (or `timeout`).
@@ -350,6 +351,8 @@ class Client:
                 raise ConnectionError(f"lost the event stream of job {job_id} {failures} times")
             time.sleep(self.reconnect_delay * min(failures, 4))
 
+    events = follow
+
     # -- changing ------------------------------------------------------------------------
     def cancel(self, job_id: str) -> JobRecord:
         """Ask the job to stop; JobFinished if it already succeeded or failed."""
@@ -360,61 +363,4 @@ class Client:
         self._request("DELETE", f"/v1/jobs/{job_id}")
 
 
-class RemoteJob:
-    """A job on a server, with the same API as the engine's `JobHandle`."""
-
-    def __init__(self, client: Client, record: JobRecord) -> None:
-        self._client = client
-        self.id = record.id
-        self.record = record  # the last snapshot read
-
-    def refresh(self) -> JobRecord:
-        self.record = self._client.get(self.id)
-        return self.record
-
-    @property
-    def state(self) -> State:
-        return self.refresh().state
-
-    @property
-    def progress(self) -> Progress:
-        return self.refresh().progress
-
-    @property
-    def result(self) -> Any:
-        return self.refresh().result
-
-    @property
-    def error(self) -> ErrorInfo | None:
-        return self.refresh().error
-
-    @property
-    def done(self) -> bool:
-        return self.refresh().finished
-
-    def wait(self, timeout: float | None = None) -> Any:
-        """The result once the job succeeded; raises JobFailed, JobCancelled, or
-        TimeoutError when `timeout` seconds pass first."""
-        record = self._client.wait(self.id, timeout=timeout)
-        self.record = record
-        if record.state is State.FAILED:
-            raise JobFailed(record)
-        if record.state is State.CANCELLED:
-            raise JobCancelled(record)
-        return record.result
-
-    def cancel(self) -> JobRecord:
-        self.record = self._client.cancel(self.id)
-        return self.record
-
-    def delete(self) -> None:
-        self._client.delete(self.id)
-
-    def output(self, after: int = 0, limit: int = 1000) -> list[Any]:
-        return self._client.output(self.id, after=after, limit=limit)
-
-    def events(self, after: int = 0, *, timeout: float | None = None) -> Iterator[Event]:
-        return self._client.events(self.id, after=after, timeout=timeout)
-
-    def __repr__(self) -> str:
-        return f"<RemoteJob {self.record.task} {self.id} {self.record.state.value}>"
+RemoteJob = JobHandle  # a job on a server: the same handle as for a local job

@@ -1,28 +1,46 @@
-"""JobHandle: what the caller holds after `submit` (id, state, wait, cancel, events)."""
+"""JobHandle: what the caller holds after `submit` (id, state, wait, cancel, events).
+
+The same handle serves a job in a local store (`Underway`) and on a server
+(`underway.Client`): both are a `JobSource`.
+"""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import JobCancelled, JobFailed
-from .job import ErrorInfo, Event, EventKind, JobRecord, Progress, State
+from .job import ErrorInfo, Event, JobRecord, Progress, State
 
-if TYPE_CHECKING:
-    from .app import Underway
+
+class JobSource(Protocol):
+    """Where a handle reads and changes its job."""
+
+    def get(self, job_id: str) -> JobRecord: ...
+
+    def wait(self, job_id: str, *, timeout: float | None = None) -> JobRecord: ...
+
+    def cancel(self, job_id: str) -> JobRecord: ...
+
+    def delete(self, job_id: str) -> None: ...
+
+    def output(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[Any]: ...
+
+    def follow(
+        self, job_id: str, *, after: int = 0, timeout: float | None = None
+    ) -> Iterator[Event]: ...
 
 
 class JobHandle:
-    """A reference to one job. Attribute reads fetch the current record from the store."""
+    """A reference to one job. Attribute reads fetch the current record."""
 
-    def __init__(self, app: Underway, record: JobRecord) -> None:
-        self._app = app
+    def __init__(self, source: JobSource, record: JobRecord) -> None:
+        self._source = source
         self.id = record.id
         self.record = record  # the last snapshot read
 
     def refresh(self) -> JobRecord:
-        self.record = self._app.get(self.id)
+        self.record = self._source.get(self.id)
         return self.record
 
     @property
@@ -48,7 +66,7 @@ class JobHandle:
     def wait(self, timeout: float | None = None) -> Any:
         """The result once the job succeeded; raises JobFailed, JobCancelled, or
         TimeoutError when `timeout` seconds pass first."""
-        record = self._app.wait(self.id, timeout=timeout)
+        record = self._source.wait(self.id, timeout=timeout)
         self.record = record
         if record.state is State.FAILED:
             raise JobFailed(record)
@@ -57,29 +75,18 @@ class JobHandle:
         return record.result
 
     def cancel(self) -> JobRecord:
-        self.record = self._app.cancel(self.id)
+        self.record = self._source.cancel(self.id)
         return self.record
 
     def delete(self) -> None:
-        self._app.delete(self.id)
+        self._source.delete(self.id)
 
     def output(self, after: int = 0, limit: int = 1000) -> list[Any]:
-        return self._app.output(self.id, after=after, limit=limit)
+        return self._source.output(self.id, after=after, limit=limit)
 
     def events(self, after: int = 0, *, timeout: float | None = None) -> Iterator[Event]:
         """Events with id > `after`, as they happen, until the `done` event (or `timeout`)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = 1.0 if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                return
-            for event in self._app.store.wait_events(self.id, after, min(left, 1.0)):
-                after = event.seq
-                yield event
-                if event.kind is EventKind.DONE:
-                    return
-            if deadline is None and self._app.store.get(self.id) is None:
-                return
+        return self._source.follow(self.id, after=after, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.record.task} {self.id} {self.record.state.value}>"
