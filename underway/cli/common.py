@@ -1,0 +1,117 @@
+"""Shared by the commands: exit codes, errors, loading apps, parsing parameters."""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .. import Underway
+from ..job import State
+
+if TYPE_CHECKING:
+    pass
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CANCELLED = 2
+EXIT_ERROR = 3
+EXIT_INTERRUPTED = 130
+EXIT_FOR_STATE = {
+    State.SUCCEEDED: EXIT_OK,
+    State.FAILED: EXIT_FAILED,
+    State.CANCELLED: EXIT_CANCELLED,
+}
+
+# Long enough for most jobs to end on their own; short enough that drain plus the
+# tasks' cancel grace stays under the 30 s a container runtime waits before SIGKILL.
+DRAIN_SECONDS = 10.0
+
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+C = TypeVar("C", bound=Callable[..., Any])
+
+
+class CliError(Exception):
+    """A message for the person at the terminal; printed as one line, no traceback."""
+
+
+# -- loading the user's app ------------------------------------------------------------
+def load_app(spec: str) -> Underway:
+    """The `Underway` instance named by `module:attr` (or the only one in `module`)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name:
+        raise CliError(f"bad app {spec!r}: use MODULE:ATTR, e.g. myapp:uw")
+    # Like `python -m`, let an app in the current folder be found without installing it.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise CliError(f"cannot import {module_name!r}: no module named {exc.name!r}") from None
+        raise CliError(f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:
+        raise CliError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    if attr:
+        try:
+            app = getattr(module, attr)
+        except AttributeError:
+            raise CliError(f"module {module_name!r} has no attribute {attr!r}") from None
+        if not isinstance(app, Underway):
+            kind = type(app).__name__
+            raise CliError(f"{spec} is a {kind}, not an Underway app")
+        return app
+    apps = [v for v in vars(module).values() if isinstance(v, Underway)]
+    if len(apps) != 1:
+        found = "no" if not apps else "several"
+        raise CliError(f"{found} Underway apps in {module_name!r}: name one as {module_name}:ATTR")
+    return apps[0]
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """`key=value` arguments; a value is JSON when it parses as JSON, else a string."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise CliError(f"bad parameter {pair!r}: use key=value (e.g. count=3 name=alice)")
+        if key in params:
+            raise CliError(f"parameter {key!r} is given twice")
+        try:
+            params[key] = json.loads(text)
+        except ValueError:
+            params[key] = text
+    return params
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def sqlite_file(url: str | None) -> Path | None:
+    """The file a SQLite store URL names (None for other stores)."""
+    if not url:
+        return Path("underway.db")
+    if url.startswith("sqlite:"):
+        path = url[len("sqlite:") :]
+        if path.startswith("///"):
+            path = path[3:]
+        elif path.startswith("//"):
+            path = path[2:]
+        return Path(path) if path else None
+    return None if "://" in url else Path(url)
+
+
+# -- where the jobs are: a local store or a remote server ----------------------------

@@ -1,0 +1,150 @@
+"""Running the server and dedicated workers until Ctrl-C or SIGTERM, losing no job."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Sequence
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import click
+
+from .. import Underway
+from .common import DRAIN_SECONDS, EXIT_ERROR, EXIT_OK, C, CliError, is_loopback
+
+if TYPE_CHECKING:
+    from ..worker import Worker
+
+
+class _Terminated(Exception):
+    """SIGTERM, turned into an exception so that shutdown code still runs."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated()
+
+
+drain_option = click.option(
+    "--drain",
+    default=DRAIN_SECONDS,
+    show_default=True,
+    help="Seconds running jobs get to finish on stop before they are handed back.",
+)
+
+
+def server_options(func: C) -> C:
+    options = [
+        click.option("--store", help="Store URL: sqlite:///path, redis://host:port/db, memory://"),
+        click.option("--host", default="127.0.0.1", show_default=True),
+        click.option("--port", default=8000, show_default=True, type=int),
+        click.option("--workers", type=click.IntRange(min=1), help="Embedded worker threads."),
+        click.option("--no-workers", is_flag=True, help="Only enqueue; workers run elsewhere."),
+        click.option(
+            "--tokens-file", type=click.Path(dir_okay=False), help="token=principal lines."
+        ),
+        click.option("--insecure", is_flag=True, help="Allow a non-loopback host without tokens."),
+        click.option(
+            "--callback-host",
+            "callback_hosts",
+            multiple=True,
+            help="A host that ?callback_url= may name (repeatable).",
+        ),
+        click.option(
+            "--webhook-secret",
+            envvar="UNDERWAY_WEBHOOK_SECRET",
+            help="HMAC key that signs webhook deliveries.",
+        ),
+        drain_option,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def run_server(
+    uw: Underway,
+    *,
+    store: str | None,
+    host: str,
+    port: int,
+    workers: int | None,
+    no_workers: bool,
+    tokens_file: str | None,
+    insecure: bool,
+    callback_hosts: Sequence[str],
+    webhook_secret: str | None,
+    drain: float,
+    banner: str | None = None,
+) -> int:
+    from ..http.auth import load_tokens
+
+    tokens = load_tokens(tokens_file)
+    if not tokens and not is_loopback(host) and not insecure:
+        raise CliError(
+            f"refusing to listen on {host} with no tokens configured (anyone could run jobs): "
+            "use --tokens-file or UNDERWAY_TOKENS, or --insecure"
+        )
+    try:
+        import uvicorn
+
+        from ..http.starlette import create_app
+    except ImportError as exc:
+        raise CliError(f"serving needs its extra: pip install 'underway[server]' ({exc})") from None
+    uw.configure(store=store, workers=workers)
+    uw.store  # noqa: B018 - open it now so a bad store fails before the server starts
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(
+                uw, tokens=tokens, callback_hosts=callback_hosts, webhook_secret=webhook_secret
+            ),
+            host=host,
+            port=port,
+            log_level="info",
+            # Open event streams would otherwise hold the shutdown up indefinitely.
+            timeout_graceful_shutdown=3,
+        )
+    )
+    log_to_stderr()
+    where = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    mode = "no workers (enqueue only)" if no_workers else f"{uw.workers} workers"
+    click.echo(f"underway: {len(uw.tasks)} tasks, {mode}, store {uw.store.url}", err=True)
+    if banner:
+        click.echo(banner.format(url=where), err=True)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    worker = None
+    try:
+        if not no_workers:
+            worker = uw.start()
+        server.run()
+    except (KeyboardInterrupt, _Terminated):
+        pass  # uvicorn has shut down; now the workers
+    except SystemExit as exc:
+        # uvicorn exits on its own after logging why (e.g. the port is taken).
+        return exc.code if isinstance(exc.code, int) and exc.code else EXIT_ERROR
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop_workers(uw, worker, drain)
+    return EXIT_OK
+
+
+def stop_workers(uw: Underway, worker: Worker | None, drain: float) -> None:
+    if worker is not None and worker.running_ids:
+        click.echo(
+            f"underway: stopping; {len(worker.running_ids)} running jobs get {drain:g}s to "
+            "finish, then go back to the queue",
+            err=True,
+        )
+    uw.stop(drain=drain)
+
+
+def log_to_stderr() -> None:
+    logger = logging.getLogger("underway")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+# -- the commands ---------------------------------------------------------------------
