@@ -156,6 +156,12 @@ class RedisListener:
         with self._lock:
             self._pubsub = pubsub
         self.connected.set()
+        # A watch() that came after the snapshot above but before `connected` was set
+        # did not subscribe by itself: catch those up now.
+        with self._lock:
+            missed = (set(self._waiters) | set(self._left)) - watched
+        if missed:
+            pubsub.subscribe(*(self._job_prefix + job_id for job_id in missed))
         self._notifier.notify_everything()
 
     def _disconnect(self) -> None:

@@ -41,8 +41,8 @@ local function wake()
     if #got == 0 then return end
     if tonumber(got[2]) >= clock then
       local process, thread = string.match(got[1], '^(.*)/([^/]*)$')
-      redis.call('PUBLISH', C_WAKE .. process, thread)
-      return
+      -- Nobody listening: that process is gone; wake the next idle slot instead.
+      if redis.call('PUBLISH', C_WAKE .. process, thread) > 0 then return end
     end
   end
 end
