@@ -145,3 +145,16 @@ def test_blueprint_sse_and_client(flask_url: str, gates: Gates) -> None:
             assert r.headers["content-type"].startswith("text/event-stream")
             resumed = [int(i or 0) for i, _, _ in parse_sse(r.iter_lines())]
         assert resumed == [e.seq for e in events[-2:]]
+
+
+def test_blueprint_serves_the_element_script(flask_url: str) -> None:
+    with httpx.Client(base_url=flask_url, timeout=30) as http:
+        r = http.get("/jobs/static/underway/underway-job.js")
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/javascript")
+        assert "customElements.define" in r.text
+        missing = http.get("/jobs/static/underway/nope.js")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
+        for bad in ("..%2Fapp.py", ".hidden.js", "..%2F..%2Fpyproject.toml"):
+            assert http.get(f"/jobs/static/underway/{bad}").status_code == 404

@@ -137,3 +137,31 @@ def test_open_api_without_tokens_sees_everything(uw: Underway, gates: Gates) -> 
         job = http.post("/v1/tasks/add/jobs", json={"x": 1}).json()
         assert job["owner"] is None
         assert http.get(f"/v1/jobs/{job['id']}").status_code == 200
+
+
+def test_cross_site_browser_requests_cannot_change_jobs(uw: Underway, gates: Gates) -> None:
+    # An open API (no tokens), as `underway serve` on loopback: a page of another site
+    # must not be able to start, cancel or delete jobs through the visitor's browser.
+    with api_server(uw) as base, httpx.Client(base_url=base, timeout=30) as http:
+        host = base.split("//", 1)[1]
+        refused = [
+            {"Origin": "http://evil.example"},
+            {"Origin": "null"},
+            {"Sec-Fetch-Site": "cross-site", "Origin": f"http://{host}"},
+        ]
+        for headers in refused:
+            r = http.post("/v1/tasks/add/jobs", json={"x": 1}, headers=headers)
+            assert r.status_code == 403, headers
+            assert r.headers["content-type"] == "application/problem+json"
+            assert r.json()["code"] == "cross-site-request"
+        assert http.get("/v1/jobs").json()["jobs"] == []  # nothing was queued
+        allowed = [
+            {},  # not a browser
+            {"Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"},
+            {"Origin": "http://evil.example", "X-Underway": "1"},  # needs a preflight
+        ]
+        for headers in allowed:
+            r = http.post("/v1/tasks/add/jobs", json={"x": 1}, headers=headers)
+            assert r.status_code == 202, headers
+        # Reads stay open to any origin's simple requests: they change nothing.
+        assert http.get("/v1/jobs", headers={"Origin": "http://evil.example"}).status_code == 200

@@ -50,6 +50,7 @@ def demo(**options: Any) -> int:
     """Serve the built-in demo tasks and the dashboard."""
     from ..demo import uw
 
+    options["tracebacks"] = True  # the demo shows failures in full
     return run_server(uw, banner="underway demo: dashboard at {url}/", **options)
 
 

@@ -55,6 +55,11 @@ def server_options(func: C) -> C:
             envvar="UNDERWAY_WEBHOOK_SECRET",
             help="HMAC key that signs webhook deliveries.",
         ),
+        click.option(
+            "--tracebacks",
+            is_flag=True,
+            help="Show failed jobs' tracebacks through the API (for development).",
+        ),
         drain_option,
     ]
     for option in reversed(options):
@@ -75,6 +80,7 @@ def run_server(
     callback_hosts: Sequence[str],
     webhook_secret: str | None,
     drain: float,
+    tracebacks: bool = False,
     banner: str | None = None,
 ) -> int:
     from ..http.auth import load_tokens
@@ -96,7 +102,11 @@ def run_server(
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(
-                uw, tokens=tokens, callback_hosts=callback_hosts, webhook_secret=webhook_secret
+                uw,
+                tokens=tokens,
+                callback_hosts=callback_hosts,
+                webhook_secret=webhook_secret,
+                tracebacks=tracebacks,
             ),
             host=host,
             port=port,

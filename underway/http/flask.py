@@ -24,10 +24,11 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Blueprint, Flask, Response, g, request, url_for
+from flask import Blueprint, Flask, Response, g, request, send_file, url_for
 from werkzeug.exceptions import HTTPException
 
 from .._util import dumps
+from ..dashboard.assets import MEDIA_TYPES, STATIC_PREFIX, static_file
 from ..errors import JobNotFound
 from ..job import TERMINAL, Job, State
 from .auth import Authenticator, AuthHook, TokenSource
@@ -92,6 +93,8 @@ class UnderwayFlask:
         for rule in ("/v1", "/v1/", "/v1/<path:rest>", "/healthz", "/metrics"):
             bp.add_url_rule(rule, view_func=self._endpoint, methods=_ALL_METHODS)
         bp.add_url_rule("/status/<job_id>", "view_status", self._view_status, methods=["GET"])
+        # The <underway-job> element's script, at the same path as under Starlette.
+        bp.add_url_rule(STATIC_PREFIX + "/<name>", "asset", _asset, methods=["GET"])
         self.blueprint = bp
         if app is not None:
             self.init_app(app)
@@ -247,6 +250,15 @@ class UnderwayFlask:
         if record.error is not None and record.state is State.FAILED:
             detail += f": {record.error.type}"
         return _to_flask(problem_response(Problem(status, code, detail), request.path))
+
+
+def _asset(name: str) -> Response:
+    path = static_file(name)
+    if path is None:
+        return _to_flask(problem_response(Problem(404, "not-found", "no such file"), request.path))
+    response = send_file(path, mimetype=MEDIA_TYPES[path.suffix], max_age=0)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 def _serialise(response: Response) -> dict[str, Any]:

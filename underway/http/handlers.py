@@ -22,6 +22,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from .._util import dumps
 from ..errors import JobNotFound
@@ -189,6 +190,12 @@ class Api:
         try:
             if not route.public and request.principal is None and not self.auth.anonymous:
                 raise unauthorized()
+            if is_cross_site(request):
+                raise Problem(
+                    403,
+                    "cross-site-request",
+                    "state-changing requests must come from the same site",
+                )
             outcome = route.handler(self, request, params)
         except Exception as exc:
             problem = Problem.from_exception(exc)
@@ -528,3 +535,27 @@ __all__ = [
     "json_response",
     "problem_response",
 ]
+
+
+_UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def is_cross_site(request: ApiRequest) -> bool:
+    """A state-changing request a browser sent on behalf of another site's page.
+
+    Requests carrying `Authorization` or `X-Underway` cannot be cross-site: a browser
+    adds such headers only after a CORS preflight, which this API never grants. Other
+    clients (curl, the CLI) send neither `Sec-Fetch-Site` nor `Origin`.
+    """
+    headers = request.headers
+    if request.method not in _UNSAFE_METHODS or "authorization" in headers:
+        return False
+    if "x-underway" in headers:
+        return False
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")
+    origin = headers.get("origin")
+    if origin is None:
+        return False
+    return origin == "null" or urlsplit(origin).netloc != headers.get("host")

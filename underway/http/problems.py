@@ -38,6 +38,7 @@ TITLES: dict[str, str] = {
     "payload-too-large": "Payload too large",
     "malformed-json": "Malformed JSON",
     "unauthorized": "Unauthorized",
+    "cross-site-request": "Cross-site request refused",
     "queue-full": "Queue full",
     "store-unavailable": "Store unavailable",
     "not-found": "Not found",

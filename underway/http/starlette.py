@@ -54,6 +54,7 @@ def create_app(
     start_workers: bool = False,
     inline_reads: bool | None = None,
     dashboard: bool = True,
+    tracebacks: bool = False,
     debug: bool = False,
 ) -> Starlette:
     """Build the API app for `uw`.
@@ -86,6 +87,7 @@ def create_app(
         max_body=max_body,
         max_wait=max_wait,
         poll_interval=poll_interval,
+        tracebacks=tracebacks,
     )
     adapter = _Adapter(api, ping_interval=ping_interval, inline_reads=inline_reads)
 
