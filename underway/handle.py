@@ -52,6 +52,11 @@ class JobHandle:
         return self.refresh().progress
 
     @property
+    def position(self) -> int | None:
+        """Place in its queue while queued (0 = next), else None."""
+        return self.refresh().position
+
+    @property
     def result(self) -> Any:
         return self.refresh().result
 
