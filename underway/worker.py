@@ -1,9 +1,11 @@
 """The worker: claim -> run on an executor -> flush progress and output -> finish.
 
-A worker has `concurrency` slot threads and one monitor thread. Each slot claims a
-job, runs it through its task's executor (thread jobs run on the slot's own thread;
+A worker has `concurrency` slot threads and one monitor thread. A slot claims a job,
+runs it through its task's executor (thread jobs run on the slot's own thread;
 process and subprocess jobs block the slot while a child runs them), records the
-outcome, and claims the next; idle slots sleep on the store's wake-up. The monitor
+outcome, and claims the next. Only the slot holding the claim baton claims (see
+`baton.py`): short jobs then cost no hand-over between threads, and a job that runs
+long passes the baton to another slot within milliseconds. The monitor
 flushes progress snapshots and output a few times a second, renews leases, delivers
 cancel requests, enforces timeouts and grace periods, and runs the janitor.
 """
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ._util import new_id
+from .baton import ClaimBaton
 from .errors import StoreUnavailable, UnderwayError
 from .executors.base import Executor, Outcome, failure
 from .job import ErrorInfo, Job, JobRecord, Progress, State
@@ -81,6 +84,7 @@ class Worker:
         self._slot_free = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._baton = ClaimBaton()
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -100,6 +104,7 @@ class Worker:
     def stop(self, *, drain: float = 30.0) -> None:
         """Stop claiming; give running jobs up to `drain` seconds, then hand them back."""
         self._stopping.set()
+        self._baton.close()
         self.store.notifier.notify_everything()
         deadline = time.monotonic() + drain
         with self._lock:
@@ -141,29 +146,37 @@ class Worker:
     # -- slots ---------------------------------------------------------------------
     def _slot_loop(self, slot: _Slot) -> None:
         notifier = self.store.notifier
-        while not self._stopping.is_set() and not slot.retired:
-            seen = notifier.version(WORK)
-            try:
-                records = self.store.claim(
-                    worker=self.id,
-                    tasks=self.app.task_names,
-                    limits=self.app.concurrency_limits,
-                    lease=self.lease,
-                    now=time.time(),
-                    max_jobs=1,
-                )
-            except UnderwayError as exc:
-                log.warning("claim failed: %s", exc)
-                self._stopping.wait(1.0)
-                continue
-            except Exception:
-                log.exception("claim failed")
-                self._stopping.wait(1.0)
-                continue
-            if records:
-                self._run(records[0], slot)
-            else:
-                self.store.wait_for_work(seen, self.idle_poll)
+        baton = self._baton
+        try:
+            while not self._stopping.is_set() and not slot.retired:
+                if not baton.take(slot):
+                    return
+                seen = notifier.version(WORK)
+                try:
+                    records = self.store.claim(
+                        worker=self.id,
+                        tasks=self.app.task_names,
+                        limits=self.app.concurrency_limits,
+                        lease=self.lease,
+                        now=time.time(),
+                        max_jobs=1,
+                    )
+                except UnderwayError as exc:
+                    log.warning("claim failed: %s", exc)
+                    self._stopping.wait(1.0)
+                    continue
+                except Exception:
+                    log.exception("claim failed")
+                    self._stopping.wait(1.0)
+                    continue
+                if records:
+                    baton.running(slot)
+                    self._run(records[0], slot)
+                else:
+                    baton.idle(slot)
+                    self.store.wait_for_work(seen, self.idle_poll)
+        finally:
+            baton.release(slot)
 
     def _run(self, record: JobRecord, slot: _Slot) -> None:
         task = self.app.get_task(record.task)

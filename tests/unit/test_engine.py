@@ -530,3 +530,17 @@ def test_parameters_named_like_submit_options_are_refused(uw: Underway) -> None:
         @uw.task
         def clashing(delay: float) -> None:
             pass
+
+
+def test_long_jobs_run_side_by_side_on_the_slots(uw: Underway) -> None:
+    # Each job waits until all three run at once: only true parallelism finishes them.
+    together = threading.Barrier(3, timeout=10)
+
+    @uw.task
+    def meet(job: Job, n: int) -> int:
+        together.wait()
+        return n
+
+    uw.start(3)
+    handles = [uw.submit("meet", n=n) for n in range(3)]
+    assert [h.wait(15) for h in handles] == [0, 1, 2]
