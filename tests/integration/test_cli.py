@@ -156,6 +156,7 @@ def server(tmp_path: Path, store: str) -> Iterator[str]:
         (["submit", "count", "--store", "{store}"], "needs --app"),
         (["show", "01NOSUCHJOB", "--store", "{store}"], "no job with id '01NOSUCHJOB'"),
         (["cancel", "01NOSUCHJOB", "--store", "{store}"], "no job with id '01NOSUCHJOB'"),
+        (["delete", "01NOSUCHJOB", "--store", "{store}"], "no job with id '01NOSUCHJOB'"),
         (["jobs", "--store", "{tmp}/missing.db"], "no job store at"),
         (["submit", "count", "--app", APP, "--store", "sqlite:///{tmp}/no/dir.db"], "cannot open"),
         (["jobs", "--url", "http://127.0.0.1:{port}"], "cannot reach http://127.0.0.1:"),
@@ -233,6 +234,10 @@ def test_remote_follow_shows_progress_and_output(tmp_path: Path, server: str) ->
     job_id = listed.stdout.splitlines()[1].split()[0]
     shown = json.loads(cli("show", job_id, "--json", *remote, cwd=tmp_path).stdout)
     assert shown["error"]["type"] == "RuntimeError"
+    deleted = cli("delete", job_id, *remote, cwd=tmp_path)
+    assert deleted.returncode == 0 and deleted.stdout.strip() == f"job {job_id} deleted"
+    gone = cli("show", job_id, *remote, cwd=tmp_path)
+    assert gone.returncode == ERROR and "no job with id" in gone.stderr
 
     refused = cli("purge", *remote, cwd=tmp_path)
     assert refused.returncode == ERROR and refused.stderr.startswith("error: purge works on")

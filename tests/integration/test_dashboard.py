@@ -336,6 +336,8 @@ def test_the_element_on_a_flask_page(flask_site: tuple[str, Underway, Gates], pa
     page.goto(url)
     page.evaluate(
         """() => { window.seen = [];
+        window.items = [];
+        document.addEventListener("underway:output", (e) => window.items.push(e.detail.item));
         for (const name of ["start", "progress", "done", "failed", "cancelled"])
           document.addEventListener("underway:" + name, (e) =>
             window.seen.push([e.target.id, name, (e.detail.job || e.detail).state])); }"""
@@ -367,6 +369,12 @@ def test_the_element_on_a_flask_page(flask_site: tuple[str, Underway, Gates], pa
     names = {(target, name) for target, name, _ in page.evaluate("window.seen")}
     assert {("report", "start"), ("report", "progress"), ("report", "done")} <= names
     assert ("report", "failed") not in names
+    # Each output item also comes as an event, for pages that show it their own way.
+    assert page.evaluate("window.items.slice(0, 3)") == [
+        "sales: 3 pages, portrait",
+        "costs: 3 pages, portrait",
+        "outlook: 3 pages, portrait",
+    ]
     assert page.locator("img").count() == 0 and dialogs == []
 
     # A page rendered later can attach to the same job by id and show how it ended.

@@ -1,4 +1,5 @@
-"""The `underway` command line: serve, worker, demo, submit, jobs, show, watch, cancel, purge.
+"""The `underway` command line: serve, worker, demo, submit, jobs, show, watch, cancel,
+delete, purge.
 
 Job commands work on a local store (`--store URL`, `--app MODULE:ATTR` for the task
 definitions) or on a remote server (`--url`, with `--token` or `UNDERWAY_TOKEN`).
@@ -162,6 +163,16 @@ def cancel(job_id: str, **where: Any) -> int:
         click.echo(f"job {job_id} cancelled")
     else:
         click.echo(f"job {job_id} is {record.state.value}; cancel requested")
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@jobs_options
+def delete(job_id: str, **where: Any) -> int:
+    """Delete a finished job and its output."""
+    open_jobs(existing=True, **where).delete(job_id)
+    click.echo(f"job {job_id} deleted")
     return EXIT_OK
 
 

@@ -24,6 +24,7 @@ class Jobs(Protocol):
     def get(self, job_id: str) -> JobRecord: ...
     def list(self, *, state: str | None, task: str | None, limit: int) -> list[JobRecord]: ...
     def cancel(self, job_id: str) -> JobRecord: ...
+    def delete(self, job_id: str) -> None: ...
     def events(self, job_id: str, after: int) -> Iterator[Event]: ...
     def purge(self, older_than: float | None) -> int: ...
 
@@ -44,6 +45,9 @@ class LocalJobs:
 
     def cancel(self, job_id: str) -> JobRecord:
         return self.app.cancel(job_id)
+
+    def delete(self, job_id: str) -> None:
+        self.app.delete(job_id)
 
     def events(self, job_id: str, after: int) -> Iterator[Event]:
         return self.app.job(job_id).events(after)
@@ -76,6 +80,9 @@ class RemoteJobs:
 
     def cancel(self, job_id: str) -> JobRecord:
         return self.client.cancel(job_id)
+
+    def delete(self, job_id: str) -> None:
+        self.client.delete(job_id)
 
     def events(self, job_id: str, after: int) -> Iterator[Event]:
         return self.client.events(job_id, after=after)

@@ -10,10 +10,12 @@
  * heading (shown instead of the task name), autostart (start once on the page).
  *
  * Events (bubbling, composed, detail = the job record): underway:start,
- * underway:progress (detail = {id, progress, job}), underway:done (the job
- * succeeded), underway:failed, underway:cancelled.
+ * underway:progress (detail = {id, progress, job}), underway:output (detail =
+ * {id, index, item}, one per output item), underway:done (the job succeeded),
+ * underway:failed, underway:cancelled.
  *
- * Style it from outside with ::part(start|cancel|bar|fill|status|output|result|error)
+ * Style it from outside with ::part(start|cancel|bar|fill|status|output|result|error|
+ * output-label|result-label)
  * and the custom properties --underway-accent, --underway-radius.
  *
  * The same file exposes the API client the dashboard uses, as
@@ -339,9 +341,9 @@
         <div class="status" part="status" hidden>
           <span class="message"></span><span class="percent"></span>
         </div>
-        <div class="label output-label" hidden>Output</div>
+        <div class="label output-label" part="output-label" hidden>Output</div>
         <pre class="output" part="output" aria-live="off" tabindex="0" hidden></pre>
-        <div class="label result-label" hidden>Result</div>
+        <div class="label result-label" part="result-label" hidden>Result</div>
         <pre class="result" part="result" tabindex="0" hidden></pre>
         <div class="error" part="error" role="alert" hidden></div>
       `;
@@ -465,6 +467,7 @@
         this._emit("underway:progress", { id: job.id, progress: data, job });
       } else if (type === "output") {
         this._addOutput(data.index, data.item);
+        this._emit("underway:output", { id: job.id, index: data.index, item: data.item });
       } else if (type === "done") {
         job.state = data.state;
         job.result = data.result;
