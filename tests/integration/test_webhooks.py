@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -137,3 +138,49 @@ def test_wildcard_hosts(uw: Underway) -> None:
     for bad in ("https://example.com.evil.net/", "https://api.test/", "https://evilexample.com/"):
         with pytest.raises(Exception, match="callback_url"):
             hooks.check_url(bad)
+
+
+def test_deliveries_left_unfinished_resume_after_a_restart(
+    db_path: Path, receiver: WebhookReceiver
+) -> None:
+    # The first server gets only failures and stops before it gives up; a second
+    # server on the same store finishes the delivery, counting the earlier attempts.
+    options = {"backoff": 30.0, "max_attempts": 4, "recheck": 0.2}
+    hosts = [f"127.0.0.1:{receiver.port}"]
+    first = Underway(f"sqlite:///{db_path}")
+    register_test_tasks(first)
+    with (
+        api_server(
+            first, callback_hosts=hosts, webhook_secret=SECRET, webhook_options=options
+        ) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        r = client.post(
+            "/v1/tasks/add/jobs", params={"callback_url": f"{receiver.url}/hook"}, json={"x": 1}
+        )
+        job_id = r.json()["id"]
+        until(lambda: len(receiver.received) == 1, "the first (failing) attempt")
+        until(
+            lambda: len(first.get(job_id).meta.get("webhook", {}).get("attempts", [])) == 1,
+            "the attempt recorded on the job",
+        )
+    first.close()
+
+    receiver.statuses.clear()  # the receiver is back
+    second = Underway(f"sqlite:///{db_path}")
+    register_test_tasks(second)
+    try:
+        with api_server(
+            second, callback_hosts=hosts, webhook_secret=SECRET, webhook_options=options
+        ):
+            until(lambda: len(receiver.received) == 2, "the resumed delivery")
+            until(
+                lambda: second.get(job_id).meta.get("webhook", {}).get("state") == "delivered",
+                "the delivery recorded as done",
+            )
+        hit = receiver.received[1]
+        assert hit.headers["underway-delivery-attempt"] == "2"
+        assert verify_signature(SECRET, hit.body, hit.headers[SIGNATURE_HEADER.lower()])
+        assert hit.json()["id"] == job_id
+    finally:
+        second.close()

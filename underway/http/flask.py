@@ -21,6 +21,7 @@ import base64
 import functools
 import io
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -105,6 +106,11 @@ class UnderwayFlask:
         self.app = app
         if self.start_workers:
             self.uw.start()
+        webhooks = self.api.webhooks
+        if webhooks is not None:
+            # Deliveries a previous process left unfinished; in the background, so that
+            # a large store does not hold up the app's start.
+            threading.Thread(target=webhooks.resume, name="underway-webhooks-resume").start()
 
     # -- the API ---------------------------------------------------------------------
     def _principal(self) -> str | None:

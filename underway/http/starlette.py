@@ -95,6 +95,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if start_workers:
             await run_in_threadpool(uw.start)
+        if webhooks is not None:
+            await run_in_threadpool(webhooks.resume)
         try:
             yield
         finally:

@@ -150,13 +150,13 @@ class WebhookDispatcher:
             raise invalid_query(field, f"host {parts.hostname!r} is not on the allow-list")
         return url
 
-    def watch(self, job_id: str, url: str) -> None:
+    def watch(self, job_id: str, url: str, attempts: Iterable[dict[str, Any]] = ()) -> None:
         """Deliver `job_id`'s final record to `url` once it finishes."""
         self._ensure_started()
         with self._lock:
             if job_id in self._deliveries:
                 return  # an idempotent resubmission of a job already watched
-            self._deliveries[job_id] = _Delivery(job_id=job_id, url=url, attempts=[])
+            self._deliveries[job_id] = _Delivery(job_id=job_id, url=url, attempts=list(attempts))
             while len(self._deliveries) > _KEEP_STATUSES:
                 self._deliveries.popitem(last=False)
             self._changed.add(job_id)
@@ -170,6 +170,38 @@ class WebhookDispatcher:
         with self._lock:
             self._waiting[job_id] = unsubscribe
         self._wake.set()
+
+    def resume(self, scan: int = 10_000) -> int:
+        """Pick up the deliveries a previous process left unfinished (it stopped or
+        crashed): among the newest `scan` jobs, those with a callback URL whose
+        delivery is neither done nor given up. Returns how many were resumed."""
+        if not self.allow:
+            return 0
+        resumed = 0
+        cursor: str | None = None
+        seen = 0
+        while seen < scan:
+            page = self.uw.store.list_jobs(limit=min(500, scan - seen), cursor=cursor)
+            for record in page.jobs:
+                url = record.meta.get("callback_url")
+                previous = record.meta.get("webhook") or {}
+                if not url or previous.get("state") in ("delivered", "failed"):
+                    continue
+                attempts = previous.get("attempts") or []
+                try:
+                    self.check_url(url)
+                except Exception:  # the operator took the host off the allow-list
+                    self._record(record.id, {"url": url, "state": "failed", "attempts": attempts})
+                    continue
+                self.watch(record.id, url, attempts)
+                resumed += 1
+            seen += len(page.jobs)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        if resumed:
+            log.info("resumed %d webhook deliveries", resumed)
+        return resumed
 
     def status(self, job_id: str) -> dict[str, Any] | None:
         """The delivery record for a job watched by this process, if any."""
