@@ -173,7 +173,9 @@ class Worker:
                     baton.running(slot)
                     self._run(records[0], slot)
                 else:
-                    baton.idle(slot)
+                    # Idle slots wait for work, not for the baton: new work then wakes
+                    # one of them, which takes the baton at once.
+                    baton.release(slot)
                     self.store.wait_for_work(seen, self.idle_poll)
         finally:
             baton.release(slot)
@@ -329,6 +331,9 @@ class Worker:
         with self._lock:
             self._running.pop(job_id, None)
             self._slot_free.notify_all()
+        if entry.task.settings.concurrency is not None:
+            # Its end frees room under the task's limit: an idle slot may claim now.
+            self.store.notifier.notify(WORK)
 
     def _interpret(self, entry: _Running, outcome: Outcome) -> Outcome:
         reason = entry.job.stop_reason

@@ -577,7 +577,9 @@ class SQLiteStore(Store):
                 ),
             ).rowcount
         if changed:
-            self.notifier.notify(job_id, WORK)
+            # Not WORK: the finishing worker claims again by itself; a job of a task with
+            # a concurrency limit wakes the others through the worker (see Worker).
+            self.notifier.notify(job_id)
         return bool(changed)
 
     def retry(
