@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.wait import wait_for
 from underway import ConfigurationError, JobFailed, State, Underway
-from underway.stores.sqlite import SCHEMA_VERSION
+from underway.stores.sqlite_schema import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,100 @@
+"""The SQLite store's schema, with the migrations that bring older files up to date."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+SCHEMA_VERSION = 1
+
+# Each entry upgrades a file from version N-1 to N. Never edit a released entry:
+# add the next one, so that every earlier file still opens.
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE IF NOT EXISTS jobs (
+        id               TEXT PRIMARY KEY,
+        task             TEXT NOT NULL,
+        queue            TEXT NOT NULL,
+        priority         INTEGER NOT NULL DEFAULT 0,
+        state            TEXT NOT NULL,
+        params           TEXT NOT NULL,
+        progress         TEXT,
+        result           TEXT,
+        error            TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        attempt          INTEGER NOT NULL DEFAULT 0,
+        max_attempts     INTEGER NOT NULL DEFAULT 1,
+        created_at       REAL NOT NULL,
+        started_at       REAL,
+        finished_at      REAL,
+        expires_at       REAL,
+        run_at           REAL NOT NULL DEFAULT 0,
+        timeout          REAL,
+        keep_for         REAL NOT NULL,
+        output_count     INTEGER NOT NULL DEFAULT 0,
+        event_seq        INTEGER NOT NULL DEFAULT 0,
+        owner            TEXT,
+        idempotency_key  TEXT UNIQUE,
+        supersede_key    TEXT,
+        worker           TEXT,
+        lease_until      REAL,
+        meta             TEXT
+    );
+    CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (priority, id) WHERE state = 'queued';
+    CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_until) WHERE state = 'running';
+    CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
+    -- Few indexes on purpose: every one costs each claim and finish. Lists walk the
+    -- primary key newest first; queued and running jobs have partial indexes of their own.
+    CREATE INDEX IF NOT EXISTS jobs_supersede ON jobs (supersede_key)
+        WHERE supersede_key IS NOT NULL;
+    CREATE TABLE IF NOT EXISTS events (
+        job_id TEXT NOT NULL,
+        seq    INTEGER NOT NULL,
+        kind   TEXT NOT NULL,
+        idx    INTEGER,
+        data   TEXT NOT NULL,
+        at     REAL NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS events_output ON events (job_id, idx) WHERE idx IS NOT NULL;
+    -- State changes write their own events, inside the statement that makes them, so a
+    -- claim or a finish is one statement. Each such UPDATE raises event_seq by 1 (to a
+    -- non-terminal state) or by 2 (to a terminal one: a state event, then done).
+    CREATE TRIGGER IF NOT EXISTS jobs_queued_event AFTER INSERT ON jobs BEGIN
+        INSERT INTO events (job_id, seq, kind, idx, data, at)
+        VALUES (NEW.id, NEW.event_seq, 'state', NULL, '{"state":"queued"}', NEW.created_at);
+    END;
+    CREATE TRIGGER IF NOT EXISTS jobs_state_event AFTER UPDATE OF state ON jobs
+    WHEN NEW.state != OLD.state AND NEW.state IN ('queued', 'running') BEGIN
+        INSERT INTO events (job_id, seq, kind, idx, data, at)
+        VALUES (NEW.id, NEW.event_seq, 'state', NULL,
+                json_object('state', NEW.state, 'attempt', NEW.attempt),
+                (julianday('now') - 2440587.5) * 86400.0);
+    END;
+    CREATE TRIGGER IF NOT EXISTS jobs_done_event AFTER UPDATE OF state ON jobs
+    WHEN NEW.state != OLD.state AND NEW.state IN ('succeeded', 'failed', 'cancelled') BEGIN
+        INSERT INTO events (job_id, seq, kind, idx, data, at)
+        VALUES (NEW.id, NEW.event_seq - 1, 'state', NULL, json_object('state', NEW.state),
+                NEW.finished_at);
+        INSERT INTO events (job_id, seq, kind, idx, data, at)
+        VALUES (NEW.id, NEW.event_seq, 'done', NULL,
+                json_object('state', NEW.state, 'result', json(coalesce(NEW.result, 'null')),
+                            'error', json(coalesce(NEW.error, 'null'))),
+                NEW.finished_at);
+    END;
+    """,
+}
+
+
+def statements(script: str) -> Iterator[str]:
+    """Split a script into statements (trigger bodies hold semicolons of their own)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        if line.strip().startswith("--"):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+    if buffer.strip():
+        yield buffer.strip()
