@@ -127,36 +127,6 @@ def test_job_ignoring_sigterm_too_is_killed(app: Underway) -> None:
     assert app.submit("square", n=4).wait(timeout=10)["square"] == 16
 
 
-@pytest.mark.parametrize(
-    ("func", "params", "error_type", "message"),
-    [
-        (tasks.calls_sys_exit, {"code": 3}, "SystemExit", "3"),
-        (tasks.calls_os_exit, {"code": 3}, "WorkerCrashed", "exited with code 3"),
-        (tasks.aborts, {}, "WorkerCrashed", "killed by signal SIGKILL"),
-        (tasks.raises, {"message": "bad input"}, "ValueError", "bad input"),
-    ],
-    ids=["sys.exit", "os._exit", "killed", "raises"],
-)
-def test_failing_job_has_a_clear_error_and_the_pool_keeps_going(
-    app: Underway,
-    func: Callable[..., Any],
-    params: dict[str, Any],
-    error_type: str,
-    message: str,
-) -> None:
-    name = register(app, func)
-    register(app, tasks.square)
-    app.start()
-    handle = app.submit(name, **params)
-    with pytest.raises(JobFailed):
-        handle.wait(timeout=10)
-    error = handle.error
-    assert error is not None
-    assert error.type == error_type
-    assert message in error.message
-    assert app.submit("square", n=5).wait(timeout=10)["square"] == 25
-
-
 def test_timeout_fails_the_job_with_type_timeout(app: Underway) -> None:
     register(app, tasks.stubborn, timeout=0.3, cancel_grace=0.2)
     register(app, tasks.square)

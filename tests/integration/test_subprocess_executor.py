@@ -87,36 +87,6 @@ def test_stubborn_job_has_its_whole_process_group_killed(uw: Underway) -> None:
     assert uw.submit("square", n=3).wait(timeout=10)["square"] == 9
 
 
-@pytest.mark.parametrize(
-    ("func", "params", "error_type", "message"),
-    [
-        (tasks.calls_sys_exit, {"code": 3}, "SystemExit", "3"),
-        (tasks.calls_os_exit, {"code": 4}, "WorkerCrashed", "exited with code 4"),
-        (tasks.aborts, {}, "WorkerCrashed", "killed by signal SIGKILL"),
-        (tasks.raises, {"message": "bad input"}, "ValueError", "bad input"),
-    ],
-    ids=["sys.exit", "os._exit", "killed", "raises"],
-)
-def test_failing_job_has_a_clear_error_and_the_executor_keeps_going(
-    uw: Underway,
-    func: Callable[..., Any],
-    params: dict[str, Any],
-    error_type: str,
-    message: str,
-) -> None:
-    name = register(uw, func)
-    register(uw, tasks.square)
-    uw.start()
-    handle = uw.submit(name, **params)
-    with pytest.raises(JobFailed):
-        handle.wait(timeout=10)
-    error = handle.error
-    assert error is not None
-    assert error.type == error_type
-    assert message in error.message
-    assert uw.submit("square", n=5).wait(timeout=10)["square"] == 25
-
-
 def test_timeout_fails_the_job_with_type_timeout(uw: Underway) -> None:
     register(uw, tasks.cooperative, timeout=0.3)
     uw.start()
