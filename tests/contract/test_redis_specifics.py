@@ -90,3 +90,33 @@ def test_calls_raise_store_unavailable_while_redis_is_down_then_resume() -> None
             assert claimed.id == job.id
         finally:
             store.close()
+
+
+def test_password_and_database_number_in_the_url() -> None:
+    try:
+        server = RedisServer()
+    except FileNotFoundError:
+        missing("redis-server")
+    with server:
+        admin = redis.Redis(port=server.port)
+        admin.config_set("requirepass", "s3cret-pw")
+        admin.close()
+        url = f"redis://:s3cret-pw@127.0.0.1:{server.port}/3"
+        store = open_store(url)
+        try:
+            job = submit(store)
+            assert store.get(job.id) is not None
+        finally:
+            store.close()
+        authed = redis.Redis(port=server.port, password="s3cret-pw")
+        try:
+            assert authed.dbsize() == 0  # nothing in database 0
+            authed.execute_command("SELECT", 3)
+            assert authed.dbsize() > 0  # the jobs live in database 3
+        finally:
+            authed.close()
+        with pytest.raises(ConfigurationError) as info:
+            open_store(f"redis://:wrong-pw@127.0.0.1:{server.port}/3")
+        message = str(info.value)
+        assert "wrong-pw" not in message and "\n" not in message
+        assert f"127.0.0.1:{server.port}" in message
