@@ -311,3 +311,35 @@ def test_tokens_allow_a_public_host(tmp_path: Path, store: str) -> None:
         assert allowed.returncode == 0 and allowed.stderr.strip() == "no jobs"
     finally:
         assert proc.stop(signal.SIGTERM) == 0
+
+
+# -- Redis: an enqueue-only server and a dedicated worker process ------------------------
+def test_serve_no_workers_on_redis_with_a_dedicated_worker(tmp_path: Path) -> None:
+    from tests.support.redis_server import RedisServer
+    from tests.support.services import missing
+
+    try:
+        redis_server = RedisServer()
+    except FileNotFoundError:
+        missing("redis-server")
+    with redis_server:
+        store = redis_server.url
+        server, url = start_server(tmp_path, store, "serve", APP, "--no-workers")
+        try:
+            assert "no workers (enqueue only)" in server.err
+            queued = cli("submit", "count", "to=2", "pause=0", "--url", url, cwd=tmp_path)
+            job_id = queued.stdout.strip()
+            assert queued.returncode == 0 and len(job_id) == 26
+            # Nobody runs it: the server only enqueues.
+            assert httpx.get(f"{url}/v1/jobs/{job_id}").json()["state"] == "queued"
+            worker = Running(
+                ["worker", APP, "--store", store, "--workers", "1"], cwd=tmp_path, name="rworker"
+            )
+            try:
+                watched = cli("watch", job_id, "--url", url, cwd=tmp_path)
+                assert watched.returncode == 0, watched.stderr
+                assert watched.stdout.splitlines()[:2] == ["1", "2"]
+            finally:
+                assert worker.stop(signal.SIGTERM) == 0, worker.err
+        finally:
+            server.stop()
