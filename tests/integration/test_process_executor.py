@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
+from tests.integration import executor_helpers as helpers
 from tests.integration import tasks_for_executors as tasks
+from tests.integration.executor_helpers import first_output
 from tests.support.wait import wait_for
-from underway import EventKind, Job, JobCancelled, JobFailed, JobHandle, State, Underway
+from underway import EventKind, Job, JobCancelled, JobFailed, State, Underway
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -28,16 +30,7 @@ def app(uw: Underway) -> Underway:
 
 
 def register(uw: Underway, func: Callable[..., Any], **settings: Any) -> str:
-    settings.setdefault("cancel_grace", 0.5)
-    task = uw.task(executor="process", **settings)(func)
-    return task.name
-
-
-def first_output(handle: JobHandle) -> Any:
-    for event in handle.events(timeout=10):
-        if event.kind is EventKind.OUTPUT:
-            return event.data["item"]
-    raise AssertionError(f"job {handle.id} ended without output")
+    return helpers.register(uw, "process", func, **settings)
 
 
 def test_job_succeeds_with_its_result(app: Underway) -> None:

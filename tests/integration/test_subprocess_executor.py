@@ -9,24 +9,17 @@ from typing import Any
 
 import pytest
 
+from tests.integration import executor_helpers as helpers
 from tests.integration import tasks_for_executors as tasks
+from tests.integration.executor_helpers import first_output
 from tests.support.wait import wait_for
-from underway import EventKind, JobCancelled, JobFailed, JobHandle, State, Underway
+from underway import JobCancelled, JobFailed, State, Underway
 
 pytestmark = pytest.mark.timeout(30)
 
 
 def register(uw: Underway, func: Callable[..., Any], **settings: Any) -> str:
-    settings.setdefault("cancel_grace", 0.5)
-    task = uw.task(executor="subprocess", **settings)(func)
-    return task.name
-
-
-def first_output(handle: JobHandle) -> Any:
-    for event in handle.events(timeout=10):
-        if event.kind is EventKind.OUTPUT:
-            return event.data["item"]
-    raise AssertionError(f"job {handle.id} ended without output")
+    return helpers.register(uw, "subprocess", func, **settings)
 
 
 def test_each_job_runs_in_a_fresh_child(uw: Underway) -> None:
