@@ -38,7 +38,7 @@ log = logging.getLogger("underway.webhooks")
 
 SIGNATURE_HEADER = "Underway-Signature"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_KEEP_STATUSES = 10_000  # delivery records kept in memory for stores without update_meta
+_KEEP_STATUSES = 10_000  # deliveries this process tracks at most (the job keeps the record)
 
 
 def sign(secret: str | bytes, body: bytes) -> str:
@@ -326,11 +326,8 @@ class WebhookDispatcher:
             log.warning("webhook for job %s, attempt %d: %s", job_id, number, entry["error"])
 
     def _record(self, job_id: str, public: dict[str, Any]) -> None:
-        """Keep the attempts on the job itself where the store can (`update_meta`)."""
-        update = getattr(self.uw.store, "update_meta", None)
-        if update is None:
-            return
+        """Keep the attempts on the job itself, where every process can see them."""
         try:
-            update(job_id, {"webhook": public})
+            self.uw.store.update_meta(job_id, {"webhook": public})
         except Exception:
             log.exception("could not record webhook attempts on job %s", job_id)
