@@ -210,6 +210,36 @@ class SQLiteStore(Store):
             "INSERT INTO events (job_id, seq, kind, idx, data, at) VALUES (?, ?, ?, ?, ?, ?)", rows
         )
 
+    def _terminate(
+        self,
+        db: sqlite3.Connection,
+        job_id: str,
+        state: State,
+        result: Any,
+        error: ErrorInfo | None,
+        now: float,
+        keep_for: float | None,
+        where: str,
+        args: tuple[Any, ...],
+        returning: str = "",
+    ) -> sqlite3.Cursor:
+        """Move a job to a terminal state (the triggers add the state and done events)."""
+        return db.execute(
+            "UPDATE jobs SET state = ?, result = ?, error = ?, finished_at = ?, "
+            "expires_at = ? + coalesce(?, keep_for), worker = NULL, lease_until = NULL, "
+            f"event_seq = event_seq + 2 WHERE id = ? AND {where}{returning}",
+            (
+                state.value,
+                dumps(result) if result is not None else None,
+                dumps(error.to_dict()) if error else None,
+                now,
+                now,
+                keep_for,
+                job_id,
+                *args,
+            ),
+        )
+
     def _finish_locked(
         self,
         db: sqlite3.Connection,
@@ -222,22 +252,11 @@ class SQLiteStore(Store):
         where: str,
         args: tuple[Any, ...],
     ) -> JobRecord | None:
-        row = db.execute(
-            "UPDATE jobs SET state = ?, result = ?, error = ?, finished_at = ?, "
-            "expires_at = ? + coalesce(?, keep_for), worker = NULL, lease_until = NULL, "
-            f"event_seq = event_seq + 2 WHERE id = ? AND {where} RETURNING {_COLUMNS}",
-            (
-                state.value,
-                dumps(result) if result is not None else None,
-                dumps(error.to_dict()) if error else None,
-                now,
-                now,
-                keep_for,
-                job_id,
-                *args,
-            ),
+        """`_terminate`, reading the final record back."""
+        rows = self._terminate(
+            db, job_id, state, result, error, now, keep_for, where, args, f" RETURNING {_COLUMNS}"
         ).fetchall()  # fetch to the end: that completes (commits) the statement
-        return _row_to_record(row[0]) if row else None
+        return _row_to_record(rows[0]) if rows else None
 
     # -- submission ------------------------------------------------------------------
     def enqueue(self, record: JobRecord) -> tuple[JobRecord, bool]:
@@ -467,21 +486,10 @@ class SQLiteStore(Store):
         keep_for: float,
     ) -> bool:
         where = "state = 'running'" if worker is None else "state = 'running' AND worker = ?"
+        args = () if worker is None else (worker,)
         with self._lock:  # one statement: its own transaction
-            changed = self._db.execute(
-                "UPDATE jobs SET state = ?, result = ?, error = ?, finished_at = ?, "
-                "expires_at = ? + ?, worker = NULL, lease_until = NULL, "
-                f"event_seq = event_seq + 2 WHERE id = ? AND {where}",
-                (
-                    state.value,
-                    dumps(result) if result is not None else None,
-                    dumps(error.to_dict()) if error else None,
-                    now,
-                    now,
-                    keep_for,
-                    job_id,
-                    *(() if worker is None else (worker,)),
-                ),
+            changed = self._terminate(
+                self._db, job_id, state, result, error, now, keep_for, where, args
             ).rowcount
         if changed:
             # Not WORK: the finishing worker claims again by itself; a job of a task with
