@@ -5,7 +5,13 @@ runs it through its task's executor (thread jobs run on the slot's own thread;
 process and subprocess jobs block the slot while a child runs them), records the
 outcome, and claims the next. Only the slot holding the claim baton claims (see
 `baton.py`): short jobs then cost no hand-over between threads, and a job that runs
-long passes the baton to another slot within milliseconds. The monitor
+long passes the baton to another slot within milliseconds.
+
+While jobs are short and the queue is deep, the holder works in batches: it claims
+up to `batch` jobs at once (kept in the worker, under lease, until a slot runs
+them), and the ends of short jobs wait to be written with the next claim, in one
+transaction or round trip. One job that runs long puts the worker back to claiming
+one job at a time, and an end never waits long (see `_ended_due`). The monitor
 flushes progress snapshots and output a few times a second, renews leases, delivers
 cancel requests, enforces timeouts and grace periods, and runs the janitor.
 """
@@ -18,6 +24,7 @@ import random
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,7 +33,7 @@ from .baton import ClaimBaton
 from .errors import StoreUnavailable, UnderwayError
 from .executors.base import Executor, Outcome, failure
 from .job import ErrorInfo, Job, JobRecord, Progress, State
-from .stores.base import WORK
+from .stores.base import WORK, Finish
 
 if TYPE_CHECKING:
     from .app import Underway
@@ -51,6 +58,15 @@ class _Running:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+@dataclass(kw_only=True, slots=True)
+class _Ended:
+    """A short job's end, waiting to be written with the next claim."""
+
+    entry: _Running
+    outcome: Outcome
+    at: float  # monotonic
+
+
 @dataclass(kw_only=True)
 class _Slot:
     number: int
@@ -69,6 +85,7 @@ class Worker:
         flush_interval: float = 0.2,
         idle_poll: float = 0.5,
         janitor_interval: float = 5.0,
+        batch: int = 16,
         name: str | None = None,
     ) -> None:
         self.app = app
@@ -85,6 +102,11 @@ class Worker:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._baton = ClaimBaton()
+        self.batch = max(1, batch)
+        self._claim_size = 1  # grows while jobs are short and the queue deep
+        self._ready: deque[JobRecord] = deque()  # claimed, not started yet
+        self._ended: list[_Ended] = []  # short jobs' ends, not written yet
+        self._cancel_before_start: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -106,6 +128,7 @@ class Worker:
         self._stopping.set()
         self._baton.close()
         self.store.notifier.notify_everything()
+        self._hand_back_ready()
         deadline = time.monotonic() + drain
         with self._lock:
             while self._running and time.monotonic() < deadline:
@@ -127,6 +150,8 @@ class Worker:
                 self._slot_free.wait(0.05)
         for thread in self._threads:
             thread.join(timeout=5)
+        self._write_ended()
+        self._hand_back_ready()
         self._flush_all()
 
     @property
@@ -138,8 +163,11 @@ class Worker:
         """Deliver a cancel request to a job this worker runs (same process, no round trip)."""
         with self._lock:
             entry = self._running.get(job_id)
-        if entry is None:
-            return False
+            if entry is None:
+                if any(r.id == job_id for r in self._ready):
+                    self._cancel_before_start.add(job_id)
+                    return True
+                return False
         self._begin_stop(entry, "cancel")
         return True
 
@@ -151,34 +179,101 @@ class Worker:
             while not self._stopping.is_set() and not slot.retired:
                 if not baton.take(slot):
                     return
-                seen = notifier.version(WORK)
-                try:
-                    records = self.store.claim(
-                        worker=self.id,
-                        tasks=self.app.task_names,
-                        limits=self.app.concurrency_limits,
-                        lease=self.lease,
-                        now=time.time(),
-                        max_jobs=1,
-                    )
-                except UnderwayError as exc:
-                    log.warning("claim failed: %s", exc)
-                    self._stopping.wait(1.0)
-                    continue
-                except Exception:
-                    log.exception("claim failed")
-                    self._stopping.wait(1.0)
-                    continue
-                if records:
-                    baton.running(slot)
-                    self._run(records[0], slot)
+                record = self._next_ready()
+                if record is not None:
+                    if self._ended_due():
+                        self._write_ended()
                 else:
-                    # Idle slots wait for work, not for the baton: new work then wakes
-                    # one of them, which takes the baton at once.
-                    baton.release(slot)
-                    self.store.wait_for_work(seen, self.idle_poll)
+                    seen = notifier.version(WORK)
+                    try:
+                        records = self._claim(self._claim_size)
+                    except UnderwayError as exc:
+                        log.warning("claim failed: %s", exc)
+                        self._stopping.wait(1.0)
+                        continue
+                    except Exception:
+                        log.exception("claim failed")
+                        self._stopping.wait(1.0)
+                        continue
+                    if not records:
+                        # Idle slots wait for work, not for the baton: new work then wakes
+                        # one of them, which takes the baton at once.
+                        baton.release(slot)
+                        self.store.wait_for_work(seen, self.idle_poll)
+                        continue
+                    record = records[0]
+                    if len(records) > 1:
+                        with self._lock:
+                            self._ready.extend(records[1:])
+                baton.running(slot)
+                self._run(record, slot)
         finally:
             baton.release(slot)
+            self._write_ended()
+
+    def _next_ready(self) -> JobRecord | None:
+        with self._lock:
+            return self._ready.popleft() if self._ready else None
+
+    def _claim(self, max_jobs: int) -> list[JobRecord]:
+        """Write the waiting ends and claim up to `max_jobs` jobs, in one store call."""
+        with self._lock:
+            ended, self._ended = self._ended, []
+        try:
+            records = self.store.finish_and_claim(
+                [self._finish_of(e) for e in ended],
+                worker=self.id,
+                tasks=self.app.task_names,
+                limits=self.app.concurrency_limits,
+                lease=self.lease,
+                now=time.time(),
+                max_jobs=max_jobs,
+            )
+        except BaseException:
+            for item in ended:  # one by one, each retried while the store is away
+                self._record(item.entry, item.outcome)
+            raise
+        for item in ended:
+            self._done(item.entry)
+        if len(records) == max_jobs and self._claim_size == max_jobs:
+            self._claim_size = min(max_jobs * 2, self.batch)  # a backlog: take more next time
+        return records
+
+    def _ended_due(self) -> bool:
+        """Write the waiting ends now? When enough have gathered, or the oldest has
+        waited longer than a short job takes (the job before this one ran long)."""
+        with self._lock:
+            if not self._ended:
+                return False
+            return (
+                len(self._ended) >= self._claim_size
+                or time.monotonic() - self._ended[0].at > self.SHORT_JOB
+            )
+
+    def _write_ended(self) -> None:
+        with self._lock:
+            if not self._ended:
+                return
+        try:
+            self._claim(0)
+        except Exception as exc:  # _claim recorded them one by one already
+            log.warning("writing a batch of job ends failed: %s", exc)
+
+    def _hand_back_ready(self) -> None:
+        """Give the claimed jobs no slot has started back to the queue."""
+        with self._lock:
+            ready = list(self._ready)
+            self._ready.clear()
+        now = time.time()
+        error = ErrorInfo(type="Shutdown", message="the worker stopped; job handed back")
+        for record in ready:
+            try:
+                self.store.retry(record.id, worker=self.id, run_at=now, error=error, now=now)
+            except Exception as exc:  # its lease runs out, and the janitor requeues it
+                log.warning("could not hand back job %s: %s", record.id, exc)
+
+    # A job that takes less than this is short: its end may wait for the next batch.
+    SHORT_JOB = 0.002
 
     def _run(self, record: JobRecord, slot: _Slot) -> None:
         task = self.app.get_task(record.task)
@@ -192,6 +287,13 @@ class Worker:
         )
         with self._lock:
             self._running[record.id] = entry
+            cancelled = record.id in self._cancel_before_start
+            if cancelled:
+                self._cancel_before_start.discard(record.id)
+        if cancelled:
+            self._begin_stop(entry, "cancel")
+            self._finished(entry, Outcome(state=State.CANCELLED))
+            return
         if record.cancel_requested:
             self._begin_stop(entry, "cancel")
         try:
@@ -200,7 +302,10 @@ class Worker:
         except Exception as exc:  # the executor failed, not the task: fail, don't lose it
             log.exception("executor %s could not run job %s", task.settings.executor, record.id)
             outcome = failure(exc, type_name="ExecutorError")
-        self._finished(entry, outcome)
+        short = time.monotonic() - entry.started < self.SHORT_JOB
+        if not short:
+            self._claim_size = 1
+        self._finished(entry, outcome, defer=short)
 
     # -- monitor ---------------------------------------------------------------------
     def _monitor(self) -> None:
@@ -209,6 +314,8 @@ class Worker:
         while not self._stopping.wait(self.flush_interval):
             now = time.monotonic()
             try:
+                if self._ended_due():
+                    self._write_ended()  # e.g. the only slot is in a long job now
                 self._flush_all()
                 if now >= next_renew:
                     next_renew = now + renew_every
@@ -261,7 +368,8 @@ class Worker:
         return Progress(current=current, total=total, message=message, eta_s=eta)
 
     def _renew(self) -> None:
-        ids = self.running_ids
+        with self._lock:
+            ids = [*self._running, *(r.id for r in self._ready)]
         if not ids:
             return
         cancelled = self.store.renew(worker=self.id, job_ids=ids, lease=self.lease, now=time.time())
@@ -277,6 +385,8 @@ class Worker:
         with self._lock:
             entries = list(self._running.values())
         for entry in entries:
+            if entry.ended:
+                continue  # its end is being written
             timeout = entry.task.settings.timeout
             if timeout is not None and now - entry.started > timeout:
                 self._begin_stop(entry, "timeout")
@@ -303,7 +413,7 @@ class Worker:
         self.store.purge(now)
 
     # -- the end of a job ------------------------------------------------------------
-    def _finished(self, entry: _Running, outcome: Outcome) -> None:
+    def _finished(self, entry: _Running, outcome: Outcome, *, defer: bool = False) -> None:
         job_id = entry.job.id
         with self._lock:
             if entry.ended or self._running.get(job_id) is not entry:
@@ -312,6 +422,22 @@ class Worker:
         # The entry stays in `_running` until the outcome is stored, so that the
         # monitor keeps renewing its lease while the store is briefly unreachable.
         outcome = self._interpret(entry, outcome)
+        if defer and self._is_final(entry, outcome) and not self._stopping.is_set():
+            try:
+                self._flush(entry)
+            except Exception:
+                pass  # written below, one by one, with retries
+            else:
+                with self._lock:
+                    self._ended.append(_Ended(entry=entry, outcome=outcome, at=time.monotonic()))
+                return
+        self._record(entry, outcome)
+        self._done(entry)
+
+    def _record(self, entry: _Running, outcome: Outcome) -> None:
+        """Store the outcome (flushing what the job left first), retrying while the
+        store is unavailable."""
+        job_id = entry.job.id
         delay = 0.1
         while True:
             try:
@@ -328,12 +454,34 @@ class Worker:
             except Exception:
                 log.exception("could not record the end of job %s", job_id)
                 break
+
+    def _done(self, entry: _Running) -> None:
         with self._lock:
-            self._running.pop(job_id, None)
+            self._running.pop(entry.job.id, None)
             self._slot_free.notify_all()
         if entry.task.settings.concurrency is not None:
             # Its end frees room under the task's limit: an idle slot may claim now.
             self.store.notifier.notify(WORK)
+
+    def _is_final(self, entry: _Running, outcome: Outcome) -> bool:
+        """Does `outcome` end the job (`finish`), rather than send it back (`retry`)?"""
+        if outcome.state is State.QUEUED:
+            return False
+        return not (
+            outcome.state is State.FAILED
+            and outcome.error is not None
+            and outcome.error.type != "Timeout"
+            and entry.record.attempt < entry.record.max_attempts
+        )
+
+    def _finish_of(self, ended: _Ended) -> Finish:
+        return Finish(
+            job_id=ended.entry.job.id,
+            state=ended.outcome.state,
+            result=ended.outcome.result,
+            error=ended.outcome.error,
+            keep_for=ended.entry.task.settings.keep_for,
+        )
 
     def _interpret(self, entry: _Running, outcome: Outcome) -> Outcome:
         reason = entry.job.stop_reason
@@ -364,12 +512,8 @@ class Worker:
             error = ErrorInfo(type="Shutdown", message="the worker stopped; job handed back")
             self.store.retry(record.id, worker=self.id, run_at=now, error=error, now=now)
             return
-        if (
-            outcome.state is State.FAILED
-            and outcome.error is not None
-            and outcome.error.type != "Timeout"
-            and record.attempt < record.max_attempts
-        ):
+        if not self._is_final(entry, outcome):
+            assert outcome.error is not None  # a failure with attempts left
             delay = min(
                 settings.retry_backoff * 2 ** (record.attempt - 1), settings.retry_backoff_max
             )

@@ -7,8 +7,8 @@ import time
 from collections import Counter
 
 from tests.contract.helpers import LEASE, WORKER, claim_one, finish, record, submit
-from underway.job import State
-from underway.stores import Store
+from underway.job import ErrorInfo, State
+from underway.stores import Finish, Store
 
 
 def test_claim_moves_a_job_to_running_under_a_lease(store: Store) -> None:
@@ -194,3 +194,65 @@ def test_records_keep_their_fields_through_claim(store: Store) -> None:
     assert (claimed.owner, claimed.meta) == ("o", {"k": "v"})
     assert (claimed.idempotency_key, claimed.supersede_key) == ("idem", "sup")
     assert claimed.keep_for == rec.keep_for and claimed.created_at == rec.created_at
+
+
+def test_finish_and_claim_records_the_ends_then_claims(store: Store) -> None:
+    for _ in range(3):
+        submit(store)
+    held = store.claim(worker=WORKER, tasks=["t"], limits={}, lease=LEASE, now=time.time(),
+                       max_jobs=3)  # fmt: skip
+    later = [submit(store) for _ in range(2)]
+    now = time.time()
+    boom = ErrorInfo(type="Boom", message="it broke")
+    ends = [
+        Finish(job_id=held[0].id, state=State.SUCCEEDED, result={"n": 0}, keep_for=100.0),
+        Finish(job_id=held[1].id, state=State.FAILED, error=boom, keep_for=100.0),
+    ]
+    got = store.finish_and_claim(
+        ends, worker=WORKER, tasks=["t"], limits={}, lease=LEASE, now=now, max_jobs=5
+    )
+    assert [r.id for r in got] == [r.id for r in later]
+    assert all(r.state is State.RUNNING and r.worker == WORKER for r in got)
+    done = store.get(held[0].id)
+    assert done is not None and done.state is State.SUCCEEDED and done.result == {"n": 0}
+    assert done.finished_at == now and done.expires_at == now + 100.0
+    failed = store.get(held[1].id)
+    assert failed is not None and failed.state is State.FAILED and failed.error == boom
+    assert store.events(held[1].id)[-1].data == {
+        "state": "failed",
+        "result": None,
+        "error": boom.to_dict(),
+    }
+    assert store.get(held[2].id).state is State.RUNNING  # type: ignore[union-attr]
+
+
+def test_finish_and_claim_applies_only_the_holders_ends(store: Store) -> None:
+    submit(store)
+    held = claim_one(store)
+    end = Finish(job_id=held.id, state=State.SUCCEEDED, keep_for=100.0)
+    now = time.time()
+    assert store.finish_and_claim([end], worker="intruder", tasks=["t"], limits={}, lease=LEASE,
+                                  now=now, max_jobs=0) == []  # fmt: skip
+    assert store.get(held.id).state is State.RUNNING  # type: ignore[union-attr]
+    assert store.finish_and_claim([end], worker=WORKER, tasks=["t"], limits={}, lease=LEASE,
+                                  now=now, max_jobs=0) == []  # fmt: skip
+    assert store.get(held.id).state is State.SUCCEEDED  # type: ignore[union-attr]
+
+
+def test_finish_and_claim_frees_room_under_a_concurrency_limit(store: Store) -> None:
+    submit(store, "limited")
+    second = submit(store, "limited")
+    limits = {"limited": 1}
+    held = claim_one(store, "limited")
+    assert store.claim(worker=WORKER, tasks=["limited"], limits=limits, lease=LEASE,
+                       now=time.time(), max_jobs=5) == []  # fmt: skip
+    got = store.finish_and_claim(
+        [Finish(job_id=held.id, state=State.SUCCEEDED, keep_for=100.0)],
+        worker=WORKER,
+        tasks=["limited"],
+        limits=limits,
+        lease=LEASE,
+        now=time.time(),
+        max_jobs=5,
+    )
+    assert [r.id for r in got] == [second.id]

@@ -25,6 +25,8 @@ from underway import (
     Underway,
     ValidationError,
 )
+from underway.job import JobRecord
+from underway.stores.sqlite import SQLiteStore
 
 
 def test_sync_task_result_and_params_are_validated(uw: Underway) -> None:
@@ -544,3 +546,121 @@ def test_long_jobs_run_side_by_side_on_the_slots(uw: Underway) -> None:
     uw.start(3)
     handles = [uw.submit("meet", n=n) for n in range(3)]
     assert [h.wait(15) for h in handles] == [0, 1, 2]
+
+
+class CountingStore(SQLiteStore):
+    """A SQLite store that counts the worker's claim calls."""
+
+    calls = 0
+
+    def finish_and_claim(self, finishes: Any, **options: Any) -> list[JobRecord]:
+        type(self).calls += 1
+        return super().finish_and_claim(finishes, **options)
+
+
+def test_a_backlog_of_short_jobs_is_taken_in_batches_and_each_runs_once(db_path: Any) -> None:
+    CountingStore.calls = 0
+    uw = Underway(CountingStore(str(db_path)))
+    runs: list[int] = []
+
+    @uw.task
+    def quick(n: int) -> int:
+        runs.append(n)
+        return n
+
+    handles = [uw.submit("quick", n=n) for n in range(400)]
+    uw.start(2)
+    try:
+        assert [h.wait(30) for h in handles] == list(range(400))
+        assert sorted(runs) == list(range(400))
+        assert all(uw.get(h.id).attempt == 1 for h in handles)
+        # One store call records a batch of ends and claims the next batch.
+        assert CountingStore.calls < 400 / 4
+    finally:
+        uw.close()
+
+
+def test_ends_of_short_jobs_are_written_while_a_long_job_runs(uw: Underway) -> None:
+    release = threading.Event()
+
+    @uw.task
+    def quick() -> str:
+        return "ok"
+
+    @uw.task
+    def long() -> str:
+        release.wait(30)
+        return "long"
+
+    quick_ones = [uw.submit("quick") for _ in range(40)]
+    slow = uw.submit("long")
+    uw.start(1)  # one slot: nobody else can take the baton while it waits
+    try:
+        wait_for(lambda: uw.get(slow.id).state is State.RUNNING, timeout=10)
+        wait_for(lambda: all(uw.get(h.id).state is State.SUCCEEDED for h in quick_ones), timeout=5)
+        assert uw.get(slow.id).state is State.RUNNING
+    finally:
+        release.set()
+    assert slow.wait(10) == "long"
+
+
+def test_a_job_cancelled_before_its_slot_starts_it_never_runs(uw: Underway) -> None:
+    release = threading.Event()
+    ran: list[str] = []
+
+    @uw.task
+    def quick(name: str) -> str:
+        ran.append(name)
+        return name
+
+    @uw.task
+    def long() -> None:
+        release.wait(30)
+
+    # Three quick jobs let the claims grow, so the job after the long one may be
+    # claimed with it and wait in the worker: either way, a cancel stops it unrun.
+    for name in ("a", "b", "c"):
+        uw.submit("quick", name=name)
+    slow = uw.submit("long")
+    target = uw.submit("quick", name="target")
+    uw.start(1)
+    try:
+        wait_for(lambda: uw.get(slow.id).state is State.RUNNING, timeout=10)
+        uw.cancel(target.id)
+    finally:
+        release.set()
+    slow.wait(10)
+    with pytest.raises(JobCancelled):
+        target.wait(10)
+    assert "target" not in ran
+
+
+def test_stop_leaves_no_claimed_job_running(db_path: Any) -> None:
+    uw = Underway(f"sqlite:///{db_path}")
+    started = threading.Event()
+
+    @uw.task
+    def quick() -> None:
+        return None
+
+    @uw.task
+    def long(job: Job) -> None:
+        started.set()
+        job.wait_cancelled(30)
+        job.check_cancelled()
+
+    handles = [uw.submit("quick") for _ in range(30)]
+    handles.append(uw.submit("long"))
+    handles += [uw.submit("quick") for _ in range(30)]
+    uw.start(1)
+    assert started.wait(10)
+    uw.stop(drain=0.1)
+    states = {uw.get(h.id).state for h in handles}
+    assert states <= {State.SUCCEEDED, State.QUEUED}, states
+    uw.start(2)
+    try:
+        uw.cancel(handles[30].id)
+        for handle in handles[:30] + handles[31:]:
+            handle.wait(10)
+    finally:
+        uw.close()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..errors import ConfigurationError
-from .base import Notifier, Page, Store
+from .base import Finish, Notifier, Page, Store
 
-__all__ = ["Notifier", "Page", "Store", "open_store"]
+__all__ = ["Finish", "Notifier", "Page", "Store", "open_store"]
 
 
 def open_store(url: str | Store | None = None) -> Store:

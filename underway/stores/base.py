@@ -21,6 +21,17 @@ Listener = Callable[[], None]
 WORK = "\x00work"  # Notifier key for "a job may be ready to claim"
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Finish:
+    """The end of a job, for `Store.finish_and_claim` (see `Store.finish`)."""
+
+    job_id: str
+    state: State
+    result: Any = None
+    error: ErrorInfo | None = None
+    keep_for: float
+
+
 @dataclass(frozen=True, kw_only=True)
 class Page:
     jobs: list[JobRecord]
@@ -218,6 +229,40 @@ class Store(ABC):
         Appends `state` and `done` events. False when the job was not running under
         that worker (already finished, lost, deleted): nothing changes then.
         """
+
+    def finish_and_claim(
+        self,
+        finishes: Sequence[Finish],
+        *,
+        worker: str,
+        tasks: Collection[str],
+        limits: Mapping[str, int],
+        lease: float,
+        now: float,
+        max_jobs: int = 1,
+    ) -> list[JobRecord]:
+        """`finish` each of `finishes` (jobs `worker` holds), then `claim` up to `max_jobs`.
+
+        A worker with a backlog records a batch of ends and takes its next jobs in one
+        go. Stores do it in one transaction or round trip where they can. Finishing is
+        safe to repeat, so after an error the caller may record the ends one by one.
+        This default makes the separate calls.
+        """
+        for item in finishes:
+            self.finish(
+                item.job_id,
+                worker=worker,
+                state=item.state,
+                result=item.result,
+                error=item.error,
+                now=now,
+                keep_for=item.keep_for,
+            )
+        if max_jobs <= 0:
+            return []
+        return self.claim(
+            worker=worker, tasks=tasks, limits=limits, lease=lease, now=now, max_jobs=max_jobs
+        )
 
     @abstractmethod
     def retry(

@@ -36,7 +36,7 @@ from .._util import dumps, loads, new_id
 from ..errors import ConfigurationError, StoreUnavailable
 from ..job import ErrorInfo, Event, EventKind, JobRecord, Progress, State
 from . import redis_scripts as scripts
-from .base import WORK, Page, Store
+from .base import WORK, Finish, Page, Store
 from .redis_keys import Keys
 from .redis_listener import RedisListener, RedisNotifier
 
@@ -318,12 +318,43 @@ class RedisStore(Store):
     ) -> list[JobRecord]:
         if not tasks or max_jobs <= 0:
             return []
+        return self.finish_and_claim(
+            (), worker=worker, tasks=tasks, limits=limits, lease=lease, now=now, max_jobs=max_jobs
+        )
+
+    def finish_and_claim(
+        self,
+        finishes: Sequence[Finish],
+        *,
+        worker: str,
+        tasks: Collection[str],
+        limits: Mapping[str, int],
+        lease: float,
+        now: float,
+        max_jobs: int = 1,
+    ) -> list[JobRecord]:
+        if not tasks:
+            max_jobs = 0
+        if not finishes and max_jobs <= 0:
+            return []
         names = list(tasks)
+        ends = [
+            x
+            for item in finishes
+            for x in (
+                item.job_id,
+                item.state.value,
+                dumps(item.result) if item.result is not None else "",
+                dumps(item.error.to_dict()) if item.error else "",
+                repr(item.keep_for),
+            )
+        ]
         pairs = [x for name, cap in limits.items() for x in (name, cap)]
         thread = str(threading.get_ident())
-        # Before the call: a wake-up that comes while it runs must not be missed.
-        self._local.seen = self.notifier.version(_sleeper_key(thread))
-        claimed, next_due = self._run(
+        if max_jobs > 0:
+            # Before the call: a wake-up that comes while it runs must not be missed.
+            self._local.seen = self.notifier.version(_sleeper_key(thread))
+        claimed, next_due, finished = self._run(
             self._claim,
             now,
             worker,
@@ -331,12 +362,19 @@ class RedisStore(Store):
             max_jobs,
             f"{self._process}/{thread}",
             len(names),
+            len(finishes),
             *names,
+            *ends,
             *pairs,
         )
-        self._next_due = float(next_due) if next_due else None
+        for item in finishes:
+            self._held.pop(item.job_id, None)
+        if max_jobs > 0:
+            self._next_due = float(next_due) if next_due else None
         records = [_record(flat) for flat in claimed]
         self._hold([r.id for r in records], lease)
+        if finished:
+            self.notifier.notify(*finished)
         return records
 
     def renew(self, *, worker: str, job_ids: Collection[str], lease: float, now: float) -> set[str]:

@@ -62,7 +62,8 @@ local function make_ready(id, task, queue, priority, run_at)
 end
 
 -- Leave queued or running for a terminal state, with `state` and `done` events.
-local function terminate(id, from, to, result, err, keep_for)
+-- `quiet`: wake no idle claimer (the caller decides once for a batch).
+local function terminate(id, from, to, result, err, keep_for, quiet)
   local j = k_job(id)
   local f = redis.call('HMGET', j, 'task', 'queue', 'keep_for', 'supersede_key')
   if keep_for == nil or keep_for == '' then keep_for = f[3] end
@@ -91,7 +92,7 @@ local function terminate(id, from, to, result, err, keep_for)
   if e == '' then e = 'null' end
   push_event(id, 'done', '{{"state":"' .. to .. '","result":' .. r .. ',"error":' .. e .. '}}')
   changed(id)
-  wake()
+  if not quiet then wake() end
 end
 
 local function cancel(id)
@@ -180,20 +181,41 @@ return {rec, position}
 # ARGV: P, now, worker, lease_until, max_jobs, claimer, n_tasks, tasks..., (task, limit) pairs...
 # `claimer` names the calling thread ("process/thread"), to be woken when work comes.
 # Returns {claimed hashes, earliest run_at among delayed jobs or ''}.
+# ARGV: P, now, worker, lease_until, max_jobs, claimer, n, m, then n task names, then
+# m finishes of 5 fields (id, state, result JSON or '', error JSON or '', keep_for),
+# then (task, limit) pairs. Finishes come first: ends and the next claim in one call.
+# -> {claimed records, earliest delayed run_at or '', ids finished}
 CLAIM = (
     _HELPERS
     + """
 local worker, lease_until, max_jobs = ARGV[3], ARGV[4], tonumber(ARGV[5])
-local claimer, n = ARGV[6], tonumber(ARGV[7])
+local claimer, n, m = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local finished = {}
+local at = 9 + n
+for _ = 1, m do
+  local id = ARGV[at]
+  local f = redis.call('HMGET', k_job(id), 'state', 'worker')
+  if f[1] == 'running' and f[2] == worker then
+    terminate(id, 'running', ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], true)
+    finished[#finished + 1] = id
+  end
+  at = at + 5
+end
+local limits, limited = {}, false
+for i = at, #ARGV, 2 do
+  limits[ARGV[i]] = tonumber(ARGV[i + 1])
+  limited = true
+end
+-- Ends free room under concurrency limits: an idle claimer elsewhere may take it.
+if #finished > 0 and (limited or max_jobs <= 0) then wake() end
+if max_jobs <= 0 then return {{}, '', finished} end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', NOW, 'LIMIT', 0, 500)) do
   local f = redis.call('HMGET', k_job(id), 'task', 'priority')
   if f[1] then redis.call('ZADD', k_ready(f[1]), f[2], id) end
   redis.call('ZREM', K_DELAYED, id)
 end
-local limits = {}
-for i = 8 + n, #ARGV, 2 do limits[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local room, candidates = {}, {}
-for i = 8, 7 + n do
+for i = 9, 8 + n do
   local task = ARGV[i]
   local r = max_jobs
   if limits[task] then
@@ -237,12 +259,12 @@ if #out < max_jobs then
 else
   redis.call('ZREM', K_IDLE, claimer)
   -- More may be waiting: pass the baton to another idle slot rather than leave it asleep.
-  for i = 8, 7 + n do
+  for i = 9, 8 + n do
     if redis.call('ZCARD', k_ready(ARGV[i])) > 0 then wake() break end
   end
 end
 local nxt = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
-return {out, nxt[2] or ''}
+return {out, nxt[2] or '', finished}
 """
 )
 

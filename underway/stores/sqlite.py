@@ -18,7 +18,7 @@ from typing import Any
 from .._util import dumps, loads
 from ..errors import ConfigurationError
 from ..job import ErrorInfo, Event, EventKind, JobRecord, Progress, State
-from .base import WORK, Notifier, Page, Store
+from .base import WORK, Finish, Notifier, Page, Store
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION, statements
 
 _COLUMNS = (
@@ -382,24 +382,82 @@ class SQLiteStore(Store):
         if not tasks or max_jobs <= 0:
             return []
         if not limits:
-            marks = ",".join("?" * len(tasks))
             with self._lock:  # one statement, so one atomic transaction
-                rows = self._db.execute(
-                    f"UPDATE jobs SET {_CLAIM_SET} WHERE id IN (SELECT id FROM jobs "
-                    f"INDEXED BY jobs_ready WHERE state = 'queued' AND run_at <= ? "
-                    f"AND task IN ({marks}) "
-                    f"ORDER BY priority, id LIMIT ?) RETURNING {_COLUMNS}",
-                    (now, worker, now + lease, now, *tasks, max_jobs),
-                ).fetchall()
-            claimed = sorted((_row_to_record(r) for r in rows), key=lambda r: (r.priority, r.id))
+                claimed = self._claim_in(self._db, worker, tasks, lease, now, max_jobs)
         else:
-            claimed = self._claim_limited(worker, tasks, limits, lease, now, max_jobs)
+            with self._write() as db:
+                claimed = self._claim_limited_in(db, worker, tasks, limits, lease, now, max_jobs)
         if claimed:
             self.notifier.notify(*(r.id for r in claimed))
         return claimed
 
-    def _claim_limited(
+    def finish_and_claim(
         self,
+        finishes: Sequence[Finish],
+        *,
+        worker: str,
+        tasks: Collection[str],
+        limits: Mapping[str, int],
+        lease: float,
+        now: float,
+        max_jobs: int = 1,
+    ) -> list[JobRecord]:
+        if not finishes:
+            return self.claim(
+                worker=worker, tasks=tasks, limits=limits, lease=lease, now=now, max_jobs=max_jobs
+            )
+        finished: list[str] = []
+        claimed: list[JobRecord] = []
+        with self._write() as db:  # one transaction: one commit for the whole batch
+            for item in finishes:
+                cursor = self._terminate(
+                    db,
+                    item.job_id,
+                    item.state,
+                    item.result,
+                    item.error,
+                    now,
+                    item.keep_for,
+                    "state = 'running' AND worker = ?",
+                    (worker,),
+                )
+                if cursor.rowcount:
+                    finished.append(item.job_id)
+            if tasks and max_jobs > 0:
+                if limits:
+                    claimed = self._claim_limited_in(
+                        db, worker, tasks, limits, lease, now, max_jobs
+                    )
+                else:
+                    claimed = self._claim_in(db, worker, tasks, lease, now, max_jobs)
+        if finished or claimed:
+            self.notifier.notify(*finished, *(r.id for r in claimed))
+        return claimed
+
+    def _claim_in(
+        self,
+        db: sqlite3.Connection,
+        worker: str,
+        tasks: Collection[str],
+        lease: float,
+        now: float,
+        max_jobs: int,
+    ) -> list[JobRecord]:
+        marks = ",".join("?" * len(tasks))
+        rows = db.execute(
+            f"UPDATE jobs SET {_CLAIM_SET} WHERE id IN (SELECT id FROM jobs "
+            f"INDEXED BY jobs_ready WHERE state = 'queued' AND run_at <= ? "
+            f"AND task IN ({marks}) "
+            f"ORDER BY priority, id LIMIT ?) RETURNING {_COLUMNS}",
+            (now, worker, now + lease, now, *tasks, max_jobs),
+        ).fetchall()
+        if len(rows) == 1:
+            return [_row_to_record(rows[0])]
+        return sorted((_row_to_record(r) for r in rows), key=lambda r: (r.priority, r.id))
+
+    def _claim_limited_in(
+        self,
+        db: sqlite3.Connection,
         worker: str,
         tasks: Collection[str],
         limits: Mapping[str, int],
@@ -408,40 +466,39 @@ class SQLiteStore(Store):
         max_jobs: int,
     ) -> list[JobRecord]:
         claimed: list[JobRecord] = []
-        with self._write() as db:
-            allowed = set(tasks)
-            room: dict[str, int] = {}
-            running = dict(
-                db.execute(
-                    "SELECT task, count(*) FROM jobs WHERE state = 'running' AND task IN "
-                    f"({','.join('?' * len(limits))}) GROUP BY task",
-                    list(limits),
-                ).fetchall()
-            )
-            for name, cap in limits.items():
-                room[name] = cap - running.get(name, 0)
-                if room[name] <= 0:
-                    allowed.discard(name)
-            if not allowed:
-                return []
-            rows = db.execute(
-                "SELECT id, task FROM jobs INDEXED BY jobs_ready "
-                "WHERE state = 'queued' AND run_at <= ? AND task IN "
-                f"({','.join('?' * len(allowed))}) ORDER BY priority, id LIMIT ?",
-                (now, *allowed, max_jobs * 4),
+        allowed = set(tasks)
+        room: dict[str, int] = {}
+        running = dict(
+            db.execute(
+                "SELECT task, count(*) FROM jobs WHERE state = 'running' AND task IN "
+                f"({','.join('?' * len(limits))}) GROUP BY task",
+                list(limits),
             ).fetchall()
-            for job_id, task in rows:
-                if len(claimed) >= max_jobs:
-                    break
-                if task in room:
-                    if room[task] <= 0:
-                        continue
-                    room[task] -= 1
-                row = db.execute(
-                    f"UPDATE jobs SET {_CLAIM_SET} WHERE id = ? RETURNING {_COLUMNS}",
-                    (now, worker, now + lease, job_id),
-                ).fetchone()
-                claimed.append(_row_to_record(row))
+        )
+        for name, cap in limits.items():
+            room[name] = cap - running.get(name, 0)
+            if room[name] <= 0:
+                allowed.discard(name)
+        if not allowed:
+            return []
+        rows = db.execute(
+            "SELECT id, task FROM jobs INDEXED BY jobs_ready "
+            "WHERE state = 'queued' AND run_at <= ? AND task IN "
+            f"({','.join('?' * len(allowed))}) ORDER BY priority, id LIMIT ?",
+            (now, *allowed, max_jobs * 4),
+        ).fetchall()
+        for job_id, task in rows:
+            if len(claimed) >= max_jobs:
+                break
+            if task in room:
+                if room[task] <= 0:
+                    continue
+                room[task] -= 1
+            row = db.execute(
+                f"UPDATE jobs SET {_CLAIM_SET} WHERE id = ? RETURNING {_COLUMNS}",
+                (now, worker, now + lease, job_id),
+            ).fetchone()
+            claimed.append(_row_to_record(row))
         return claimed
 
     def renew(self, *, worker: str, job_ids: Collection[str], lease: float, now: float) -> set[str]:
