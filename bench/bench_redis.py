@@ -1,11 +1,12 @@
 """No-op jobs end to end on Redis, with 1, 2 and 4 worker processes.
 
-    python bench/bench_redis.py [--jobs 20000] [--procs 1,2,4] [--slots 4]
+    python bench/bench_redis.py [--jobs 20000] [--procs 1,2,4] [--slots 1] [--chunk 100]
 
 Starts its own redis-server on a free port. For each worker count: the worker
 processes (`tests.integration.redis_worker_app`) start idle, this process submits
 the jobs one by one, and the clock stops when all have succeeded ("streaming").
-Then the same with all jobs queued before the workers start ("draining"), which
+Then the same with the jobs submitted in bulk (`submit_many`, `--chunk` at a time),
+and with all jobs queued before the workers start ("draining"), which
 shows the workers' side without the single submitting process as a bottleneck. Prints jobs/s,
 Redis commands per job (from `INFO commandstats`, commands inside scripts included)
 and client round trips per job (`total_reads_processed`), next to a bare redis-py
@@ -125,7 +126,9 @@ def verify_exactly_once(store: Any, expected: int) -> None:
     assert seen == expected and retried == 0, (seen, expected, retried)
 
 
-def run(url: str, procs: int, jobs: int, slots: int) -> tuple[float, float, float, float]:
+def run(
+    url: str, procs: int, jobs: int, slots: int, chunk: int = 1
+) -> tuple[float, float, float, float]:
     client: redis.Redis[str] = redis.Redis.from_url(url, decode_responses=True)
     client.flushdb()
     argv = [sys.executable, "-m", "tests.integration.redis_worker_app", url,
@@ -143,8 +146,12 @@ def run(url: str, procs: int, jobs: int, slots: int) -> tuple[float, float, floa
             time.sleep(0.01)
         commands0, reads0 = counters(client)
         started = time.perf_counter()
-        for _ in range(jobs):
-            uw.enqueue("noop", {})
+        if chunk == 1:
+            for _ in range(jobs):
+                uw.enqueue("noop", {})
+        else:
+            for start in range(0, jobs, chunk):
+                uw.enqueue_many("noop", [{}] * min(chunk, jobs - start))
         submitted = time.perf_counter() - started
         polls = 1
         while store.count(state=State.SUCCEEDED) < jobs + 1:
@@ -176,6 +183,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--procs", default="1,2,4")
     parser.add_argument("--slots", type=int, default=1, help="worker slots per process")
+    parser.add_argument("--chunk", type=int, default=100, help="jobs per submit_many call")
     args = parser.parse_args()
     with RedisServer() as server:
         client: redis.Redis[str] = redis.Redis.from_url(server.url, decode_responses=True)
@@ -189,6 +197,15 @@ def main() -> None:
         counts = [int(p) for p in args.procs.split(",")]
         for procs in counts:
             rate, submit_rate, commands, trips = run(server.url, procs, args.jobs, args.slots)
+            print(f"{procs:>5} {rate:>9,.0f} {submit_rate:>9,.0f} {commands:>9.1f} {trips:>9.1f} "
+                  f"{rate / bare:>8.2f}")  # fmt: skip
+        print(f"streaming in bulk: submit_many calls of {args.chunk} jobs while the workers run")
+        print(f"{'procs':>5} {'jobs/s':>9} {'submit/s':>9} {'cmds/job':>9} {'trips/job':>9} "
+              f"{'vs bare':>8}")  # fmt: skip
+        for procs in counts:
+            rate, submit_rate, commands, trips = run(
+                server.url, procs, args.jobs, args.slots, chunk=args.chunk
+            )
             print(f"{procs:>5} {rate:>9,.0f} {submit_rate:>9,.0f} {commands:>9.1f} {trips:>9.1f} "
                   f"{rate / bare:>8.2f}")  # fmt: skip
         p50, p95 = latency(server.url)

@@ -6,7 +6,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar, overload
 
 from ._util import new_id, parse_duration
@@ -17,6 +17,7 @@ from .errors import (
     JobFinished,
     JobNotFound,
     TaskNotFound,
+    ValidationError,
 )
 from .executors import Executor, create_executor
 from .handle import JobHandle
@@ -265,6 +266,76 @@ class Underway:
                 [{"field": None, "message": "same key, different parameters", "type": "conflict"}],
             )
         return stored
+
+    def submit_many(
+        self,
+        task: str | Task,
+        params_list: Iterable[dict[str, Any]],
+        /,
+        *,
+        owner: str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+    ) -> list[JobHandle]:
+        """Queue one job of `task` per parameters mapping, in one go; returns their handles.
+
+        Every mapping is checked first: when one does not fit, ValidationError names
+        its index and nothing is queued. The store takes the jobs in one transaction
+        (SQLite) or one round trip per thousand jobs (Redis), so a batch costs far
+        less than as many `submit` calls.
+        """
+        return [
+            JobHandle(self, record)
+            for record in self.enqueue_many(
+                task, params_list, owner=owner, priority=priority, delay=delay
+            )
+        ]
+
+    def enqueue_many(
+        self,
+        task: str | Task,
+        params_list: Iterable[dict[str, Any]],
+        *,
+        owner: str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> list[JobRecord]:
+        """The lower-level twin of `submit_many`: the stored records."""
+        t = task if isinstance(task, Task) else self.get_task(task)
+        checked: list[dict[str, Any]] = []
+        for index, params in enumerate(params_list):
+            try:
+                checked.append(t.check(params))
+            except ValidationError as exc:
+                errors = [
+                    {**e, "field": f"{index}.{e['field']}" if e.get("field") else str(index)}
+                    for e in exc.errors
+                ]
+                raise ValidationError(
+                    f"invalid parameters for task {t.name!r} at index {index}", errors
+                ) from None
+        now = time.time()
+        settings = t.settings
+        records = [
+            JobRecord(
+                id=new_id(),
+                task=t.name,
+                params=params,
+                max_attempts=settings.retries + 1,
+                created_at=now,
+                run_at=now + (delay or 0.0),
+                owner=owner,
+                queue=settings.queue,
+                priority=settings.priority if priority is None else priority,
+                timeout=settings.timeout,
+                keep_for=settings.keep_for,
+                meta=dict(meta or {}),
+            )
+            for params in checked
+        ]
+        self.store.enqueue_many(records)
+        return records
 
     # -- reading ---------------------------------------------------------------------
     def get(self, job_id: str, *, owner: str | None = None) -> JobRecord:

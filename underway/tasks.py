@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +114,12 @@ class Task:
             raise RuntimeError(f"task {self.name!r} is not registered with an Underway app")
         handle: JobHandle = self.app.submit(self.name, **params)
         return handle
+
+    def submit_many(self, params_list: Iterable[dict[str, Any]]) -> list[JobHandle]:
+        if self.app is None:
+            raise RuntimeError(f"task {self.name!r} is not registered with an Underway app")
+        handles: list[JobHandle] = self.app.submit_many(self.name, params_list)
+        return handles
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.func(*args, **kwargs)

@@ -26,6 +26,22 @@ def test_enqueue_then_get_returns_the_queued_job(store: Store) -> None:
     assert [e.data for e in store.events(rec.id)] == [{"state": "queued"}]
 
 
+def test_enqueue_many_stores_every_job_queued_in_order(store: Store) -> None:
+    now = time.time()
+    recs = [record("t", params={"i": i}, owner="bob", now=now) for i in range(2500)]
+    later = record("t", run_at=now + 100, now=now)
+    store.enqueue_many([*recs, later])
+    got = store.get(recs[1234].id)
+    assert got is not None and got.state is State.QUEUED and got.params == {"i": 1234}
+    assert got.owner == "bob" and got.created_at == now
+    assert [e.data for e in store.events(recs[0].id)] == [{"state": "queued"}]
+    assert store.count(state=State.QUEUED) == 2501
+    assert store.list_jobs(owner="bob", limit=1).jobs[0].id == recs[-1].id
+    claimed = store.claim(worker="w", tasks=["t"], limits={}, lease=30.0, now=now, max_jobs=3000)
+    assert [r.id for r in claimed] == [r.id for r in recs]  # the delayed one is not due
+    store.enqueue_many([])
+
+
 def test_get_unknown_is_none(store: Store) -> None:
     assert store.get("nope") is None
 

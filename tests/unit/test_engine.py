@@ -664,3 +664,28 @@ def test_stop_leaves_no_claimed_job_running(db_path: Any) -> None:
             handle.wait(10)
     finally:
         uw.close()
+
+
+def test_submit_many_queues_every_job_and_runs_them(uw: Underway) -> None:
+    @uw.task
+    def double(n: int) -> int:
+        return 2 * n
+
+    handles = uw.submit_many("double", [{"n": n} for n in range(50)])
+    assert all(h.state is State.QUEUED for h in handles)
+    more = double.submit_many([{"n": 100}])
+    uw.start(2)
+    assert [h.wait(10) for h in handles + more] == [2 * n for n in range(50)] + [200]
+
+
+def test_submit_many_with_one_bad_item_queues_nothing(uw: Underway) -> None:
+    @uw.task
+    def double(n: int) -> int:
+        return 2 * n
+
+    with pytest.raises(ValidationError, match="at index 2") as caught:
+        uw.submit_many("double", [{"n": 1}, {"n": 2}, {"n": "three"}])
+    assert [e["field"] for e in caught.value.errors] == ["2.n"]
+    with pytest.raises(ValidationError, match="at index 0"):
+        uw.submit_many("double", ["not an object"])  # type: ignore[list-item]
+    assert uw.store.count() == 0

@@ -160,6 +160,17 @@ class Store(ABC):
         Returns `(record, True)` for a new job.
         """
 
+    def enqueue_many(self, records: Sequence[JobRecord]) -> None:
+        """Store new queued jobs, none with an idempotency or a supersede key.
+
+        Where the store can, in one go (one SQLite transaction; one Redis script call
+        per `MANY_CHUNK` jobs). This default stores them one by one.
+        """
+        for record in records:
+            self.enqueue(record)
+
+    MANY_CHUNK = 1000
+
     @abstractmethod
     def get(self, job_id: str) -> JobRecord | None:
         """The job, with `position` filled in while queued; None when unknown."""

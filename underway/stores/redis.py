@@ -169,6 +169,7 @@ class RedisStore(Store):
             raise ConfigurationError(f"cannot reach Redis at {safe_url(url)}: {reason}") from None
         s = self._redis.register_script
         self._enqueue = s(scripts.ENQUEUE)
+        self._enqueue_many = s(scripts.ENQUEUE_MANY)
         self._get = s(scripts.GET)
         self._claim = s(scripts.CLAIM)
         self._renew = s(scripts.RENEW)
@@ -241,6 +242,24 @@ class RedisStore(Store):
         if reply[0] == 0:
             return _record(reply[1]), False
         return record, True
+
+    def enqueue_many(self, records: Sequence[JobRecord]) -> None:
+        for start in range(0, len(records), self.MANY_CHUNK):
+            chunk = records[start : start + self.MANY_CHUNK]
+            args: list[Any] = [len(chunk)]
+            for record in chunk:
+                fields = _fields(record)
+                args += (
+                    record.id,
+                    record.task,
+                    record.queue,
+                    record.priority,
+                    repr(record.run_at),
+                    record.owner or "",
+                    len(fields),
+                    *fields,
+                )
+            self._run(self._enqueue_many, chunk[0].created_at, *args)
 
     def get(self, job_id: str) -> JobRecord | None:
         reply = self._run(self._get, 0.0, job_id)

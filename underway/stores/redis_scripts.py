@@ -31,18 +31,19 @@ local function changed(id)
   redis.call('PUBLISH', c_job(id), '')
 end
 
--- Wake one idle claimer (a worker slot that found nothing), if any is still waiting.
--- Its process hears it on its own channel; a busy system publishes nothing.
+-- Wake one idle claimer (a worker slot that found nothing), if any is still waiting;
+-- false when none was. Its process hears it on its own channel; a busy system
+-- publishes nothing.
 local function wake()
   local t = redis.call('TIME')
   local clock = tonumber(t[1]) + tonumber(t[2]) / 1e6
   while true do
     local got = redis.call('ZPOPMIN', K_IDLE)
-    if #got == 0 then return end
+    if #got == 0 then return false end
     if tonumber(got[2]) >= clock then
       local process, thread = string.match(got[1], '^(.*)/([^/]*)$')
       -- Nobody listening: that process is gone; wake the next idle slot instead.
-      if redis.call('PUBLISH', C_WAKE .. process, thread) > 0 then return end
+      if redis.call('PUBLISH', C_WAKE .. process, thread) > 0 then return true end
     end
   end
 end
@@ -162,6 +163,33 @@ if idem ~= '' then redis.call('SET', k_idem(idem), id) end
 make_ready(id, task, queue, priority, run_at)
 wake()
 return {1}
+"""
+)
+
+# ARGV: P, now, count, then per job: id, task, queue, priority, run_at, owner,
+# number of hash fields, then the field pairs. Jobs without idempotency or supersede keys.
+ENQUEUE_MANY = (
+    _HELPERS
+    + """
+local at = 4
+local count = tonumber(ARGV[3])
+for _ = 1, count do
+  local id, task, queue, priority, run_at = ARGV[at], ARGV[at + 1], ARGV[at + 2],
+                                            ARGV[at + 3], ARGV[at + 4]
+  local owner, nfields = ARGV[at + 5], tonumber(ARGV[at + 6])
+  redis.call('HSET', k_job(id), unpack(ARGV, at + 7, at + 6 + nfields))
+  redis.call('RPUSH', k_events(id), 'state|' .. NOW .. '||{"state":"queued"}')
+  redis.call('ZADD', K_ALL, 0, id)
+  redis.call('ZADD', k_task(task), 0, id)
+  redis.call('ZADD', k_state('queued'), 0, id)
+  if owner ~= '' then redis.call('ZADD', k_owner(owner), 0, id) end
+  make_ready(id, task, queue, priority, run_at)
+  at = at + 7 + nfields
+end
+for _ = 1, count do
+  if not wake() then break end
+end
+return count
 """
 )
 

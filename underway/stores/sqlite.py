@@ -77,6 +77,32 @@ def _row_to_record(row: sqlite3.Row | tuple[Any, ...], position: int | None = No
     )
 
 
+_INSERT = (
+    "INSERT INTO jobs (id, task, queue, priority, state, params, max_attempts, "
+    "created_at, run_at, timeout, keep_for, owner, idempotency_key, supersede_key, meta, "
+    "event_seq) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
+)
+
+
+def _insert_values(record: JobRecord) -> tuple[Any, ...]:
+    return (
+        record.id,
+        record.task,
+        record.queue,
+        record.priority,
+        dumps(record.params),
+        record.max_attempts,
+        record.created_at,
+        record.run_at,
+        record.timeout,
+        record.keep_for,
+        record.owner,
+        record.idempotency_key,
+        record.supersede_key,
+        dumps(record.meta) if record.meta else None,
+    )
+
+
 class SQLiteStore(Store):
     """`sqlite:///path/to/file.db` (default `./underway.db`); `memory://` uses `:memory:`."""
 
@@ -260,27 +286,8 @@ class SQLiteStore(Store):
 
     # -- submission ------------------------------------------------------------------
     def enqueue(self, record: JobRecord) -> tuple[JobRecord, bool]:
-        values = (
-            record.id,
-            record.task,
-            record.queue,
-            record.priority,
-            dumps(record.params),
-            record.max_attempts,
-            record.created_at,
-            record.run_at,
-            record.timeout,
-            record.keep_for,
-            record.owner,
-            record.idempotency_key,
-            record.supersede_key,
-            dumps(record.meta) if record.meta else None,
-        )
-        insert = (
-            "INSERT INTO jobs (id, task, queue, priority, state, params, max_attempts, "
-            "created_at, run_at, timeout, keep_for, owner, idempotency_key, supersede_key, meta, "
-            "event_seq) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
-        )
+        values = _insert_values(record)
+        insert = _INSERT
         superseded: list[str] = []
         if record.idempotency_key is None and record.supersede_key is None:
             with self._lock:  # one statement: its own transaction
@@ -299,6 +306,13 @@ class SQLiteStore(Store):
                 db.execute(insert, values)
         self.notifier.notify(WORK, *superseded)
         return record, True
+
+    def enqueue_many(self, records: Sequence[JobRecord]) -> None:
+        if not records:
+            return
+        with self._write() as db:
+            db.executemany(_INSERT, [_insert_values(r) for r in records])
+        self.notifier.notify(WORK)
 
     def _supersede(self, db: sqlite3.Connection, key: str, now: float) -> list[str]:
         ids = [
