@@ -11,7 +11,10 @@ While jobs are short and the queue is deep, the holder works in batches: it clai
 up to `batch` jobs at once (kept in the worker, under lease, until a slot runs
 them), and the ends of short jobs wait to be written with the next claim, in one
 transaction or round trip. One job that runs long puts the worker back to claiming
-one job at a time, and an end never waits long (see `_ended_due`). The monitor
+one job at a time, and an end never waits long (see `_ended_due`). When jobs
+arrive one by one as fast as they run, a slot with ends to write waits `linger`
+seconds before it claims, so that the next claim takes several (never when the
+worker is idle: a job submitted then starts and ends at once). The monitor
 flushes progress snapshots and output a few times a second, renews leases, delivers
 cancel requests, enforces timeouts and grace periods, and runs the janitor.
 """
@@ -86,6 +89,7 @@ class Worker:
         idle_poll: float = 0.5,
         janitor_interval: float = 5.0,
         batch: int = 16,
+        linger: float = 0.001,
         name: str | None = None,
     ) -> None:
         self.app = app
@@ -103,6 +107,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._baton = ClaimBaton()
         self.batch = max(1, batch)
+        self.linger = linger
         self._claim_size = 1  # grows while jobs are short and the queue deep
         self._ready: deque[JobRecord] = deque()  # claimed, not started yet
         self._ended: list[_Ended] = []  # short jobs' ends, not written yet
@@ -175,6 +180,7 @@ class Worker:
     def _slot_loop(self, slot: _Slot) -> None:
         notifier = self.store.notifier
         baton = self._baton
+        seen = -1  # the wake-up version at the last claim
         try:
             while not self._stopping.is_set() and not slot.retired:
                 if not baton.take(slot):
@@ -184,6 +190,10 @@ class Worker:
                     if self._ended_due():
                         self._write_ended()
                 else:
+                    if self._ended and self.linger and notifier.version(WORK) != seen:
+                        # Jobs keep coming in while ends wait: let a few more gather,
+                        # so that one claim takes them together.
+                        time.sleep(self.linger)
                     seen = notifier.version(WORK)
                     try:
                         records = self._claim(self._claim_size)
