@@ -195,6 +195,41 @@ def bench_large_store(folder: str, n: int = 100_000) -> None:
     )
 
 
+def machine(folder: str) -> None:
+    """Two costs that set this machine's floor, so figures from machines can be compared:
+    a wake-up between two processes, and one committed SQLite write."""
+    import sqlite3
+
+    ping_r, ping_w = os.pipe()
+    pong_r, pong_w = os.pipe()
+    rounds = 5000
+    child = os.fork()
+    if child == 0:  # echo each byte back
+        for _ in range(rounds):
+            os.read(ping_r, 1)
+            os.write(pong_w, b"x")
+        os._exit(0)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        os.write(ping_w, b"x")
+        os.read(pong_r, 1)
+    pipe_us = (time.perf_counter() - start) / rounds * 1e6
+    os.waitpid(child, 0)
+    for fd in (ping_r, ping_w, pong_r, pong_w):
+        os.close(fd)
+    db = sqlite3.connect(f"{folder}/machine.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("CREATE TABLE t (id TEXT PRIMARY KEY, data TEXT)")
+    start = time.perf_counter()
+    for i in range(rounds):
+        db.execute("INSERT INTO t VALUES (?, ?)", (f"{i:010d}", "{}"))
+    commit_us = (time.perf_counter() - start) / rounds * 1e6
+    db.close()
+    print(f"machine: pipe round trip between two processes {pipe_us:.0f} us; "
+          f"one-row SQLite commit (WAL) {commit_us:.0f} us")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=20_000)
@@ -203,6 +238,7 @@ def main() -> None:
     which = set(args.only.split(","))
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus")
     with tempfile.TemporaryDirectory() as folder:
+        machine(folder)
         if "throughput" in which:
             bench_throughput(args.jobs, folder)
         if "progress" in which:
