@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import httpx
 import pytest
 
 from tests.support.http_server import CuttingProxy, Gates, api_server, register_test_tasks, until
-from underway import Underway
+from underway import Job, Underway
 from underway.client import Client, parse_sse
 
 
@@ -151,3 +152,45 @@ def test_failed_job_done_event_has_no_traceback(url: str) -> None:
     done = events[-1][2]
     assert done["state"] == "failed" and done["error"]["type"] == "ValueError"
     assert done["error"]["traceback"] is None
+
+
+def test_many_watchers_of_one_job_each_get_every_event_once(uw: Underway, url: str) -> None:
+    # The watchers of a job share their store reads; each must still get exactly the
+    # events after its own position, in order, through a burst longer than one read.
+    go = threading.Event()
+
+    @uw.task
+    def flood(job: Job, n: int) -> int:
+        for i in range(30):
+            job.emit(i)
+        go.wait(30)
+        for i in range(30, n):
+            job.emit(i)
+        return n
+
+    watchers = 12
+    with httpx.Client(base_url=url, timeout=30) as http:
+        job_id = http.post("/v1/tasks/flood/jobs", json={"n": 2500}).json()["id"]
+        until(lambda: http.get(f"/v1/jobs/{job_id}").json()["output_count"] == 30)
+        results: list[list[tuple[int, str, Any]]] = [[] for _ in range(watchers)]
+
+        def watch(slot: int) -> None:
+            # Each starts at its own place: 0, 3, 6, ... events already seen.
+            with (
+                httpx.Client(base_url=url, timeout=30) as own,
+                own.stream("GET", f"/v1/jobs/{job_id}/events", params={"after": 3 * slot}) as r,
+            ):
+                results[slot].extend(read_events(r))
+
+        threads = [threading.Thread(target=watch, args=(i,)) for i in range(watchers)]
+        for thread in threads:
+            thread.start()
+        until(lambda: f"underway_sse_connections {watchers}" in http.get("/metrics").text)
+        go.set()
+        for thread in threads:
+            thread.join(30)
+    for slot, events in enumerate(results):
+        assert [e[0] for e in events] == list(range(3 * slot + 1, 3 * slot + 1 + len(events)))
+        items = [e[2]["item"] for e in events if e[1] == "output"]
+        assert items == list(range(items[0], 2500)) and items[0] <= 3 * slot
+        assert events[-1][1] == "done" and events[-1][2]["result"] == 2500

@@ -40,6 +40,7 @@ from .problems import (
 
 if TYPE_CHECKING:
     from ..app import Underway
+    from .sse import Watched
     from .webhooks import WebhookDispatcher
 
 JSON_MEDIA_TYPE = "application/json"
@@ -150,6 +151,7 @@ class Api:
         self._counts: Counter[tuple[str, int]] = Counter()
         self._counts_lock = threading.Lock()
         self.sse_connections = 0  # open event streams, for /metrics
+        self.sse_watched: dict[str, Watched] = {}  # per job: its streams' shared reads
         # Records of running and finished jobs, each with the notifier version it was
         # read at: a poll finds the job unchanged while the version is the same. Only
         # for stores whose every change (from any process) reaches the notifier.

@@ -7,7 +7,9 @@ stream ends after `done`.
 
 The asynchronous stream holds no thread while it waits: it subscribes to the
 store's notifier, whose callback wakes the event loop, so a thousand watchers cost
-a thousand small coroutines, not a thousand threads.
+a thousand small coroutines, not a thousand threads. Watchers of the same job on
+one event loop share their store reads: when the job changes, one read serves them
+all (see `_SharedRead`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._util import dumps
@@ -58,6 +61,75 @@ def _read(api: Api, job_id: str, after: int, check_ended: bool) -> tuple[list[Ev
     return store.events(job_id, after), ended
 
 
+READ_LIMIT = 1000  # events per store read
+
+
+@dataclass(kw_only=True)
+class _SharedRead:
+    """The latest read of a job's events with `seq > after`, begun when the job's
+    notifier stood at `version`: it serves every watcher woken at that version or
+    before whose own position is `after` or later."""
+
+    version: int
+    after: int
+    result: asyncio.Future[list[Event]]
+
+
+@dataclass(kw_only=True)
+class Watched:
+    """A job's watchers on one event loop, and their latest shared read."""
+
+    loop: asyncio.AbstractEventLoop
+    watchers: int = 0
+    read: _SharedRead | None = field(default=None)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so an error nobody awaited is not logged
+
+
+async def _shared_events(
+    api: Api, watched: Watched, job_id: str, after: int, run_sync: RunSync
+) -> list[Event]:
+    store = api.uw.store
+    version = store.notifier.version(job_id)
+    read = watched.read
+    if read is None or not _serves(read, version, after):
+        result = asyncio.ensure_future(run_sync(store.events, job_id, after, READ_LIMIT))
+        result.add_done_callback(_retrieve)
+        read = watched.read = _SharedRead(version=version, after=after, result=result)
+    events = await asyncio.shield(read.result)
+    return [e for e in events if e.seq > after]
+
+
+def _serves(read: _SharedRead, version: int, after: int) -> bool:
+    """Can a watcher at `after`, woken at `version`, take its events from `read`?"""
+    if read.version < version or read.after > after:
+        return False  # begun before the change that woke it, or starts past it
+    if not read.result.done():
+        return True
+    if read.result.cancelled() or read.result.exception() is not None:
+        return False
+    events = read.result.result()
+    # A read that hit its limit holds only the first events: past them, read on.
+    return len(events) < READ_LIMIT or events[-1].seq > after
+
+
+def _watch(api: Api, job_id: str, loop: asyncio.AbstractEventLoop) -> Watched:
+    watched = api.sse_watched.get(job_id)
+    if watched is None or watched.loop is not loop:
+        watched = api.sse_watched[job_id] = Watched(loop=loop)
+    watched.watchers += 1
+    return watched
+
+
+def _unwatch(api: Api, job_id: str, watched: Watched) -> None:
+    watched.watchers -= 1
+    if watched.watchers <= 0 and api.sse_watched.get(job_id) is watched:
+        del api.sse_watched[job_id]
+
+
 async def aiter_events(
     api: Api, stream: EventStream, *, ping_interval: float, run_sync: RunSync
 ) -> AsyncIterator[bytes]:
@@ -72,6 +144,7 @@ async def aiter_events(
             pass
 
     unsubscribe = api.uw.store.notifier.subscribe(stream.job_id, changed)
+    watched = _watch(api, stream.job_id, loop)
     after = stream.after
     next_ping = loop.time() + ping_interval
     check_ended = True
@@ -80,7 +153,11 @@ async def aiter_events(
         yield RETRY
         while True:
             wake.clear()
-            events, ended = await run_sync(_read, api, stream.job_id, after, check_ended)
+            if check_ended:
+                events, ended = await run_sync(_read, api, stream.job_id, after, True)
+            else:
+                events = await _shared_events(api, watched, stream.job_id, after, run_sync)
+                ended = False
             if events:
                 yield b"".join(format_event(e, tracebacks=api.tracebacks) for e in events)
                 after = events[-1].seq
@@ -103,6 +180,7 @@ async def aiter_events(
     finally:
         api.streams(-1)
         unsubscribe()
+        _unwatch(api, stream.job_id, watched)
 
 
 def iter_events(api: Api, stream: EventStream, *, ping_interval: float) -> Iterator[bytes]:
