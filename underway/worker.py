@@ -242,6 +242,7 @@ class Worker:
         except BaseException:
             for item in ended:  # one by one, each retried while the store is away
                 self._record(item.entry, item.outcome)
+                self._done(item.entry)
             raise
         for item in ended:
             self._done(item.entry)

@@ -21,6 +21,7 @@ from underway import (
     JobFinished,
     JobNotFound,
     State,
+    StoreUnavailable,
     TaskNotFound,
     Underway,
     ValidationError,
@@ -689,3 +690,34 @@ def test_submit_many_with_one_bad_item_queues_nothing(uw: Underway) -> None:
     with pytest.raises(ValidationError, match="at index 0"):
         uw.submit_many("double", ["not an object"])  # type: ignore[list-item]
     assert uw.store.count() == 0
+
+
+class FlakyStore(SQLiteStore):
+    """Fails the first few batched writes, as a store that is briefly away would."""
+
+    failures = 3
+
+    def finish_and_claim(self, finishes: Any, **options: Any) -> list[JobRecord]:
+        if finishes and type(self).failures > 0:
+            type(self).failures -= 1
+            raise StoreUnavailable("the store is away", retry_after=1)
+        return super().finish_and_claim(finishes, **options)
+
+
+def test_ends_are_kept_when_a_batched_write_fails(db_path: Any) -> None:
+    FlakyStore.failures = 3
+    uw = Underway(FlakyStore(str(db_path)))
+
+    @uw.task
+    def quick(n: int) -> int:
+        return n
+
+    handles = uw.submit_many("quick", [{"n": n} for n in range(60)])
+    worker = uw.start(1)
+    try:
+        assert [h.wait(30) for h in handles] == list(range(60))
+        assert FlakyStore.failures == 0
+        assert uw.store.count(state=State.RUNNING) == 0
+        wait_for(lambda: worker.running_ids == [], timeout=5)
+    finally:
+        uw.close()
