@@ -112,6 +112,7 @@ class Worker:
         self._ready: deque[JobRecord] = deque()  # claimed, not started yet
         self._ended: list[_Ended] = []  # short jobs' ends, not written yet
         self._cancel_before_start: set[str] = set()
+        self._monitor_wake = threading.Event()  # set when ends start to wait
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -131,6 +132,7 @@ class Worker:
     def stop(self, *, drain: float = 30.0) -> None:
         """Stop claiming; give running jobs up to `drain` seconds, then hand them back."""
         self._stopping.set()
+        self._monitor_wake.set()
         self._baton.close()
         self.store.notifier.notify_everything()
         self._hand_back_ready()
@@ -258,7 +260,7 @@ class Worker:
                 return False
             return (
                 len(self._ended) >= self._claim_size
-                or time.monotonic() - self._ended[0].at > self.SHORT_JOB
+                or time.monotonic() - self._ended[0].at >= self.SHORT_JOB
             )
 
     def _write_ended(self) -> None:
@@ -287,6 +289,8 @@ class Worker:
     SHORT_JOB = 0.002
 
     def _run(self, record: JobRecord, slot: _Slot) -> None:
+        if record.started_at is None:  # it waited in this worker: it starts now
+            record = record.evolve(started_at=time.time())
         task = self.app.get_task(record.task)
         job = Job(record, max_output_bytes=self.app.max_output_bytes)
         entry = _Running(
@@ -322,11 +326,26 @@ class Worker:
     def _monitor(self) -> None:
         renew_every = min(self.lease / 3.0, 0.5)  # also how fast a remote cancel arrives
         next_renew = next_janitor = time.monotonic()
-        while not self._stopping.wait(self.flush_interval):
+        next_upkeep = next_renew + self.flush_interval
+        while not self._stopping.is_set():
             now = time.monotonic()
+            wait = next_upkeep - now
+            with self._lock:
+                oldest = self._ended[0].at if self._ended else None
+            if oldest is not None:
+                # Ends wait for the next claim, but not for long: if the slot that left
+                # them is in a long job now, write them here.
+                wait = min(wait, oldest + self.SHORT_JOB - now)
+            if wait > 0:
+                self._monitor_wake.wait(wait)
+                self._monitor_wake.clear()
+                continue
             try:
                 if self._ended_due():
-                    self._write_ended()  # e.g. the only slot is in a long job now
+                    self._write_ended()
+                if now < next_upkeep:
+                    continue
+                next_upkeep = now + self.flush_interval
                 self._flush_all()
                 if now >= next_renew:
                     next_renew = now + renew_every
@@ -440,7 +459,10 @@ class Worker:
                 pass  # written below, one by one, with retries
             else:
                 with self._lock:
+                    first = not self._ended
                     self._ended.append(_Ended(entry=entry, outcome=outcome, at=time.monotonic()))
+                if first:
+                    self._monitor_wake.set()
                 return
         self._record(entry, outcome)
         self._done(entry)
@@ -492,6 +514,7 @@ class Worker:
             result=ended.outcome.result,
             error=ended.outcome.error,
             keep_for=ended.entry.task.settings.keep_for,
+            started_at=ended.entry.record.started_at,
         )
 
     def _interpret(self, entry: _Running, outcome: Outcome) -> Outcome:
@@ -541,4 +564,5 @@ class Worker:
             error=outcome.error,
             now=now,
             keep_for=settings.keep_for,
+            started_at=record.started_at,
         )

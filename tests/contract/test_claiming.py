@@ -54,6 +54,27 @@ def test_claim_takes_at_most_max_jobs(store: Store) -> None:
     assert (len(first), len(rest)) == (3, 2)
 
 
+def test_only_the_first_of_several_claimed_jobs_has_started(store: Store) -> None:
+    for _ in range(3):
+        submit(store)
+    now = time.time()
+    got = store.claim(worker=WORKER, tasks=["t"], limits={}, lease=LEASE, now=now, max_jobs=3)
+    assert [r.started_at for r in got] == [now, None, None]
+    assert [store.get(r.id).started_at for r in got] == [now, None, None]  # type: ignore[union-attr]
+    ends = [
+        Finish(job_id=r.id, state=State.SUCCEEDED, keep_for=100.0, started_at=now + 1)
+        for r in got[:2]
+    ]
+    store.finish_and_claim(ends, worker=WORKER, tasks=["t"], limits={}, lease=LEASE,
+                           now=now + 2, max_jobs=0)  # fmt: skip
+    # The start a claim recorded stays; one the worker reports fills in a missing one.
+    assert store.get(got[0].id).started_at == now  # type: ignore[union-attr]
+    assert store.get(got[1].id).started_at == now + 1  # type: ignore[union-attr]
+    assert store.finish(got[2].id, worker=WORKER, state=State.SUCCEEDED, result=None,
+                        error=None, now=now + 3, keep_for=100.0, started_at=now + 2)  # fmt: skip
+    assert store.get(got[2].id).started_at == now + 2  # type: ignore[union-attr]
+
+
 def test_claim_respects_run_at(store: Store) -> None:
     now = time.time()
     later = submit(store, run_at=now + 100)

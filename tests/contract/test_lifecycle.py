@@ -117,6 +117,22 @@ def test_recover_lost_requeues_while_attempts_remain(store: Store) -> None:
     assert store.events(job.id)[-1].kind is EventKind.DONE
 
 
+def test_recover_lost_gives_back_the_attempt_of_a_job_that_never_started(
+    store: Store,
+) -> None:
+    first = submit(store, max_attempts=1)
+    waiting = submit(store, max_attempts=1)
+    now = time.time()
+    got = store.claim(worker=WORKER, tasks=["t"], limits={}, lease=5.0, now=now, max_jobs=2)
+    assert [r.id for r in got] == [first.id, waiting.id]
+    lost = {r.id: r for r in store.recover_lost(now + 6)}
+    assert lost[first.id].state is State.FAILED  # it had started: its one attempt is gone
+    assert lost[first.id].error.type == "WorkerLost"  # type: ignore[union-attr]
+    assert lost[waiting.id].state is State.QUEUED and lost[waiting.id].attempt == 0
+    again = claim_one(store, worker="w2", now=now + 7)
+    assert again.id == waiting.id and again.attempt == 1 and again.started_at == now + 7
+
+
 def test_recover_lost_cancels_when_a_cancel_was_requested(store: Store) -> None:
     submit(store, max_attempts=3)
     now = time.time()

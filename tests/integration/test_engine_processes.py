@@ -204,3 +204,30 @@ def test_an_unversioned_file_is_migrated(db_path: Path) -> None:
         uw.close()
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_sigkill_does_not_use_up_the_attempts_of_jobs_that_never_started(
+    workers: Workers, client: Underway, tmp_path: Path
+) -> None:
+    # A worker with a backlog of short jobs claims them in batches: the jobs after
+    # the hanging one wait in it, claimed but not started, when it is killed.
+    marker = tmp_path / "started"
+    before = [client.submit("record_run", n=i) for i in range(20)]
+    hang = client.submit("hang_always", marker=str(marker))
+    after = [client.submit("record_run", n=i) for i in range(20, 40)]
+    first = workers.spawn(workers=1)
+    wait_for(marker.exists, what="the hanging job to start")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    workers.spawn()
+    try:
+        for handle in after:  # they never started: no attempt was used up
+            assert handle.wait(30) is not None
+            assert handle.refresh().attempt == 1
+        for handle in before:  # they ran; an end the killed worker had not written is
+            record = client.wait(handle.id, timeout=30)  # lost with it, as any would be
+            assert record.state is State.SUCCEEDED or (
+                record.error is not None and record.error.type == "WorkerLost"
+            )
+    finally:
+        client.cancel(hang.id)

@@ -30,6 +30,7 @@ class Finish:
     result: Any = None
     error: ErrorInfo | None = None
     keep_for: float
+    started_at: float | None = None  # when the worker started it (see `claim`)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,8 +208,11 @@ class Store(ABC):
 
         Order: priority, then id (oldest first). A task named in `limits` never has
         more than that many jobs running at once, counted across all workers. Each
-        claimed job gets `attempt + 1`, `started_at`, `worker` and a lease until
-        `now + lease`, and a `state` event.
+        claimed job gets `attempt + 1`, `worker` and a lease until `now + lease`, and
+        a `state` event. The first also gets `started_at`: the others wait in the
+        worker, and a job without `started_at` never started, as far as the store
+        knows. If its worker is lost, `recover_lost` requeues it and gives its
+        attempt back. Finishing it sets `started_at` from the `Finish`.
         """
 
     @abstractmethod
@@ -234,8 +238,11 @@ class Store(ABC):
         error: ErrorInfo | None,
         now: float,
         keep_for: float,
+        started_at: float | None = None,
     ) -> bool:
         """Move a running job (held by `worker`, or anyone's when None) to a terminal state.
+
+        `started_at` fills in the start of a job claimed without one (see `claim`).
 
         Appends `state` and `done` events. False when the job was not running under
         that worker (already finished, lost, deleted): nothing changes then.
@@ -268,6 +275,7 @@ class Store(ABC):
                 error=item.error,
                 now=now,
                 keep_for=item.keep_for,
+                started_at=item.started_at,
             )
         if max_jobs <= 0:
             return []
@@ -321,7 +329,9 @@ class Store(ABC):
     @abstractmethod
     def recover_lost(self, now: float) -> list[JobRecord]:
         """Running jobs whose lease ran out: requeued while attempts remain, else failed
-        with `WorkerLost` (cancelled when a cancel was requested). Returns them, updated."""
+        with `WorkerLost` (cancelled when a cancel was requested). A job that never
+        started (no `started_at`) is requeued with its attempt given back. Returns them,
+        updated."""
 
     @abstractmethod
     def purge(self, now: float, *, finished_before: float | None = None) -> int:

@@ -366,6 +366,7 @@ class RedisStore(Store):
                 dumps(item.result) if item.result is not None else "",
                 dumps(item.error.to_dict()) if item.error else "",
                 repr(item.keep_for),
+                "" if item.started_at is None else repr(item.started_at),
             )
         ]
         pairs = [x for name, cap in limits.items() for x in (name, cap)]
@@ -424,6 +425,7 @@ class RedisStore(Store):
         error: ErrorInfo | None,
         now: float,
         keep_for: float,
+        started_at: float | None = None,
     ) -> bool:
         try:
             reply = self._run_held(
@@ -436,6 +438,7 @@ class RedisStore(Store):
                 dumps(result) if result is not None else "",
                 dumps(error.to_dict()) if error else "",
                 repr(keep_for),
+                "" if started_at is None else repr(started_at),
             )
         finally:
             self._held.pop(job_id, None)

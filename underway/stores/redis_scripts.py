@@ -63,13 +63,15 @@ local function make_ready(id, task, queue, priority, run_at)
 end
 
 -- Leave queued or running for a terminal state, with `state` and `done` events.
--- `quiet`: wake no idle claimer (the caller decides once for a batch).
-local function terminate(id, from, to, result, err, keep_for, quiet)
+-- `quiet`: wake no idle claimer (the caller decides once for a batch). `started`:
+-- the start of a job claimed without one (it waited in its worker), or nil.
+local function terminate(id, from, to, result, err, keep_for, quiet, started)
   local j = k_job(id)
-  local f = redis.call('HMGET', j, 'task', 'queue', 'keep_for', 'supersede_key')
+  local f = redis.call('HMGET', j, 'task', 'queue', 'keep_for', 'supersede_key', 'started_at')
   if keep_for == nil or keep_for == '' then keep_for = f[3] end
   local expires = tonumber(NOW) + tonumber(keep_for)
   redis.call('HSET', j, 'state', to, 'finished_at', NOW, 'expires_at', expires)
+  if started and started ~= '' and not f[5] then redis.call('HSET', j, 'started_at', started) end
   redis.call('HDEL', j, 'worker', 'lease_until')
   for field, value in pairs({{result = result, error = err}}) do
     if value ~= '' then redis.call('HSET', j, field, value) else redis.call('HDEL', j, field) end
@@ -210,7 +212,8 @@ return {rec, position}
 # `claimer` names the calling thread ("process/thread"), to be woken when work comes.
 # Returns {claimed hashes, earliest run_at among delayed jobs or ''}.
 # ARGV: P, now, worker, lease_until, max_jobs, claimer, n, m, then n task names, then
-# m finishes of 5 fields (id, state, result JSON or '', error JSON or '', keep_for),
+# m finishes of 6 fields (id, state, result JSON or '', error JSON or '', keep_for,
+# started_at or ''),
 # then (task, limit) pairs. Finishes come first: ends and the next claim in one call.
 # -> {claimed records, earliest delayed run_at or '', ids finished}
 CLAIM = (
@@ -224,10 +227,11 @@ for _ = 1, m do
   local id = ARGV[at]
   local f = redis.call('HMGET', k_job(id), 'state', 'worker')
   if f[1] == 'running' and f[2] == worker then
-    terminate(id, 'running', ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], true)
+    terminate(id, 'running', ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], true,
+              ARGV[at + 5])
     finished[#finished + 1] = id
   end
-  at = at + 5
+  at = at + 6
 end
 local limits, limited = {}, false
 for i = at, #ARGV, 2 do
@@ -271,8 +275,14 @@ for _, c in ipairs(candidates) do
     redis.call('ZREM', k_ready(task), id)
     redis.call('ZREM', k_queue(redis.call('HGET', j, 'queue')), id)
     local attempt = redis.call('HINCRBY', j, 'attempt', 1)
-    redis.call('HSET', j, 'state', 'running', 'started_at', NOW, 'worker', worker,
+    redis.call('HSET', j, 'state', 'running', 'worker', worker,
                'lease_until', lease_until, 'cancel_requested', '0')
+    -- The first starts now; the others wait in the worker, not started yet.
+    if #out == 0 then
+      redis.call('HSET', j, 'started_at', NOW)
+    else
+      redis.call('HDEL', j, 'started_at')
+    end
     move_state(id, 'queued', 'running')
     redis.call('ZADD', K_LEASES, lease_until, id)
     redis.call('SADD', k_running(task), id)
@@ -363,14 +373,15 @@ return 1
 """
 )
 
-# ARGV: P, now, id, worker ('' = anyone), state, result JSON or '', error JSON or '', keep_for
+# ARGV: P, now, id, worker ('' = anyone), state, result JSON or '', error JSON or '',
+# keep_for, started_at or ''
 FINISH = (
     _HELPERS
     + """
 local id, worker = ARGV[3], ARGV[4]
 local f = redis.call('HMGET', k_job(id), 'state', 'worker')
 if f[1] ~= 'running' or (worker ~= '' and f[2] ~= worker) then return 0 end
-terminate(id, 'running', ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+terminate(id, 'running', ARGV[5], ARGV[6], ARGV[7], ARGV[8], false, ARGV[9])
 return 1
 """
 )
@@ -423,15 +434,19 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', '(' .. NOW, 'L
                                 tonumber(ARGV[3]))) do
   local j = k_job(id)
   local f = redis.call('HMGET', j, 'state', 'worker', 'cancel_requested', 'attempt',
-                       'max_attempts', 'task', 'queue', 'priority')
+                       'max_attempts', 'task', 'queue', 'priority', 'started_at')
   if f[1] ~= 'running' then
     redis.call('ZREM', K_LEASES, id)
   else
     local msg = 'worker ' .. (f[2] or 'None') .. ' stopped renewing its lease'
     local err = '{"type":"WorkerLost","message":' .. cjson.encode(msg) .. ',"traceback":null}'
+    if not f[9] and f[3] ~= '1' and tonumber(f[4]) > 0 then
+      -- Claimed but never started: not an attempt.
+      redis.call('HINCRBY', j, 'attempt', -1)
+    end
     if f[3] == '1' then
       terminate(id, 'running', 'cancelled', '', err, nil)
-    elseif tonumber(f[4]) < tonumber(f[5]) then
+    elseif not f[9] or tonumber(f[4]) < tonumber(f[5]) then
       redis.call('HSET', j, 'state', 'queued', 'run_at', NOW, 'error', err)
       redis.call('HDEL', j, 'worker', 'lease_until')
       redis.call('ZREM', K_LEASES, id)

@@ -248,11 +248,13 @@ class SQLiteStore(Store):
         where: str,
         args: tuple[Any, ...],
         returning: str = "",
+        started_at: float | None = None,
     ) -> sqlite3.Cursor:
         """Move a job to a terminal state (the triggers add the state and done events)."""
         return db.execute(
             "UPDATE jobs SET state = ?, result = ?, error = ?, finished_at = ?, "
             "expires_at = ? + coalesce(?, keep_for), worker = NULL, lease_until = NULL, "
+            "started_at = coalesce(started_at, ?), "
             f"event_seq = event_seq + 2 WHERE id = ? AND {where}{returning}",
             (
                 state.value,
@@ -261,6 +263,7 @@ class SQLiteStore(Store):
                 now,
                 now,
                 keep_for,
+                started_at,
                 job_id,
                 *args,
             ),
@@ -395,9 +398,12 @@ class SQLiteStore(Store):
     ) -> list[JobRecord]:
         if not tasks or max_jobs <= 0:
             return []
-        if not limits:
+        if not limits and max_jobs == 1:
             with self._lock:  # one statement, so one atomic transaction
                 claimed = self._claim_in(self._db, worker, tasks, lease, now, max_jobs)
+        elif not limits:
+            with self._write() as db:
+                claimed = self._claim_in(db, worker, tasks, lease, now, max_jobs)
         else:
             with self._write() as db:
                 claimed = self._claim_limited_in(db, worker, tasks, limits, lease, now, max_jobs)
@@ -434,6 +440,7 @@ class SQLiteStore(Store):
                     item.keep_for,
                     "state = 'running' AND worker = ?",
                     (worker,),
+                    started_at=item.started_at,
                 )
                 if cursor.rowcount:
                     finished.append(item.job_id)
@@ -467,7 +474,19 @@ class SQLiteStore(Store):
         ).fetchall()
         if len(rows) == 1:
             return [_row_to_record(rows[0])]
-        return sorted((_row_to_record(r) for r in rows), key=lambda r: (r.priority, r.id))
+        claimed = sorted((_row_to_record(r) for r in rows), key=lambda r: (r.priority, r.id))
+        return self._not_started(db, claimed)
+
+    def _not_started(self, db: sqlite3.Connection, claimed: list[JobRecord]) -> list[JobRecord]:
+        """All but the first of a batch wait in the worker: they have not started yet."""
+        if len(claimed) < 2:
+            return claimed
+        waiting = [r.id for r in claimed[1:]]
+        db.execute(
+            f"UPDATE jobs SET started_at = NULL WHERE id IN ({','.join('?' * len(waiting))})",
+            waiting,
+        )
+        return [claimed[0], *(r.evolve(started_at=None) for r in claimed[1:])]
 
     def _claim_limited_in(
         self,
@@ -513,7 +532,7 @@ class SQLiteStore(Store):
                 (now, worker, now + lease, job_id),
             ).fetchone()
             claimed.append(_row_to_record(row))
-        return claimed
+        return self._not_started(db, claimed)
 
     def renew(self, *, worker: str, job_ids: Collection[str], lease: float, now: float) -> set[str]:
         if not job_ids:
@@ -555,12 +574,22 @@ class SQLiteStore(Store):
         error: ErrorInfo | None,
         now: float,
         keep_for: float,
+        started_at: float | None = None,
     ) -> bool:
         where = "state = 'running'" if worker is None else "state = 'running' AND worker = ?"
         args = () if worker is None else (worker,)
         with self._lock:  # one statement: its own transaction
             changed = self._terminate(
-                self._db, job_id, state, result, error, now, keep_for, where, args
+                self._db,
+                job_id,
+                state,
+                result,
+                error,
+                now,
+                keep_for,
+                where,
+                args,
+                started_at=started_at,
             ).rowcount
         if changed:
             # Not WORK: the finishing worker claims again by itself; a job of a task with
@@ -664,6 +693,18 @@ class SQLiteStore(Store):
                         db, record.id, State.CANCELLED, None, lost, now, None,
                         "state = 'running'", (),
                     )  # fmt: skip
+                elif record.started_at is None:  # claimed, never started: not an attempt
+                    db.execute(
+                        f"UPDATE jobs SET {_REQUEUE_SET}, attempt = max(attempt - 1, 0) "
+                        "WHERE id = ?",
+                        (now, dumps(lost.to_dict()), record.id),
+                    )
+                    done = record.evolve(
+                        state=State.QUEUED,
+                        worker=None,
+                        error=lost,
+                        attempt=max(0, record.attempt - 1),
+                    )
                 elif record.attempt < record.max_attempts:
                     db.execute(
                         f"UPDATE jobs SET {_REQUEUE_SET} WHERE id = ?",
