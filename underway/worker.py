@@ -51,6 +51,7 @@ class _Running:
     record: JobRecord
     task: Task
     started: float  # monotonic
+    started_at: float = field(default_factory=time.time)  # for a start the store lacks
     flushed_version: int = 0
     rate_origin: tuple[float, float] | None = None  # (monotonic, current) for the ETA
     slot: _Slot
@@ -112,7 +113,6 @@ class Worker:
         self._ready: deque[JobRecord] = deque()  # claimed, not started yet
         self._ended: list[_Ended] = []  # short jobs' ends, not written yet
         self._cancel_before_start: set[str] = set()
-        self._monitor_wake = threading.Event()  # set when ends start to wait
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -132,7 +132,6 @@ class Worker:
     def stop(self, *, drain: float = 30.0) -> None:
         """Stop claiming; give running jobs up to `drain` seconds, then hand them back."""
         self._stopping.set()
-        self._monitor_wake.set()
         self._baton.close()
         self.store.notifier.notify_everything()
         self._hand_back_ready()
@@ -287,10 +286,10 @@ class Worker:
 
     # A job that takes less than this is short: its end may wait for the next batch.
     SHORT_JOB = 0.002
+    # While jobs run, how often the monitor looks for ends left waiting.
+    ENDS_CHECK = 0.02
 
     def _run(self, record: JobRecord, slot: _Slot) -> None:
-        if record.started_at is None:  # it waited in this worker: it starts now
-            record = record.evolve(started_at=time.time())
         task = self.app.get_task(record.task)
         job = Job(record, max_output_bytes=self.app.max_output_bytes)
         entry = _Running(
@@ -327,19 +326,15 @@ class Worker:
         renew_every = min(self.lease / 3.0, 0.5)  # also how fast a remote cancel arrives
         next_renew = next_janitor = time.monotonic()
         next_upkeep = next_renew + self.flush_interval
-        while not self._stopping.is_set():
+        while True:
+            wait = next_upkeep - time.monotonic()
+            if self._running:
+                # Ends wait for their slot's next claim; if that slot is in a long job
+                # now, they are written from here, a few milliseconds late at most.
+                wait = min(wait, self.ENDS_CHECK)
+            if self._stopping.wait(max(0.0, wait)):
+                return
             now = time.monotonic()
-            wait = next_upkeep - now
-            with self._lock:
-                oldest = self._ended[0].at if self._ended else None
-            if oldest is not None:
-                # Ends wait for the next claim, but not for long: if the slot that left
-                # them is in a long job now, write them here.
-                wait = min(wait, oldest + self.SHORT_JOB - now)
-            if wait > 0:
-                self._monitor_wake.wait(wait)
-                self._monitor_wake.clear()
-                continue
             try:
                 if self._ended_due():
                     self._write_ended()
@@ -459,10 +454,7 @@ class Worker:
                 pass  # written below, one by one, with retries
             else:
                 with self._lock:
-                    first = not self._ended
                     self._ended.append(_Ended(entry=entry, outcome=outcome, at=time.monotonic()))
-                if first:
-                    self._monitor_wake.set()
                 return
         self._record(entry, outcome)
         self._done(entry)
@@ -514,7 +506,7 @@ class Worker:
             result=ended.outcome.result,
             error=ended.outcome.error,
             keep_for=ended.entry.task.settings.keep_for,
-            started_at=ended.entry.record.started_at,
+            started_at=ended.entry.started_at,
         )
 
     def _interpret(self, entry: _Running, outcome: Outcome) -> Outcome:
@@ -564,5 +556,5 @@ class Worker:
             error=outcome.error,
             now=now,
             keep_for=settings.keep_for,
-            started_at=record.started_at,
+            started_at=entry.started_at,
         )

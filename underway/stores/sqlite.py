@@ -35,6 +35,7 @@ _REQUEUE_SET = (
     "event_seq = event_seq + 1"
 )
 _STATES = {s.value: s for s in State}
+_ID, _PRIORITY, _STARTED = 0, 3, 13  # positions in _COLUMNS
 
 
 _KINDS = {k.value: k for k in EventKind}
@@ -474,19 +475,21 @@ class SQLiteStore(Store):
         ).fetchall()
         if len(rows) == 1:
             return [_row_to_record(rows[0])]
-        claimed = sorted((_row_to_record(r) for r in rows), key=lambda r: (r.priority, r.id))
-        return self._not_started(db, claimed)
+        rows.sort(key=lambda r: (r[_PRIORITY], r[_ID]))
+        return [_row_to_record(r) for r in self._not_started(db, rows)]
 
-    def _not_started(self, db: sqlite3.Connection, claimed: list[JobRecord]) -> list[JobRecord]:
+    def _not_started(
+        self, db: sqlite3.Connection, rows: list[tuple[Any, ...]]
+    ) -> list[tuple[Any, ...]]:
         """All but the first of a batch wait in the worker: they have not started yet."""
-        if len(claimed) < 2:
-            return claimed
-        waiting = [r.id for r in claimed[1:]]
+        if len(rows) < 2:
+            return rows
+        waiting = [r[_ID] for r in rows[1:]]
         db.execute(
             f"UPDATE jobs SET started_at = NULL WHERE id IN ({','.join('?' * len(waiting))})",
             waiting,
         )
-        return [claimed[0], *(r.evolve(started_at=None) for r in claimed[1:])]
+        return [rows[0], *((*r[:_STARTED], None, *r[_STARTED + 1 :]) for r in rows[1:])]
 
     def _claim_limited_in(
         self,
@@ -498,7 +501,7 @@ class SQLiteStore(Store):
         now: float,
         max_jobs: int,
     ) -> list[JobRecord]:
-        claimed: list[JobRecord] = []
+        claimed: list[tuple[Any, ...]] = []
         allowed = set(tasks)
         room: dict[str, int] = {}
         running = dict(
@@ -527,12 +530,13 @@ class SQLiteStore(Store):
                 if room[task] <= 0:
                     continue
                 room[task] -= 1
-            row = db.execute(
-                f"UPDATE jobs SET {_CLAIM_SET} WHERE id = ? RETURNING {_COLUMNS}",
-                (now, worker, now + lease, job_id),
-            ).fetchone()
-            claimed.append(_row_to_record(row))
-        return self._not_started(db, claimed)
+            claimed.append(
+                db.execute(
+                    f"UPDATE jobs SET {_CLAIM_SET} WHERE id = ? RETURNING {_COLUMNS}",
+                    (now, worker, now + lease, job_id),
+                ).fetchone()
+            )
+        return [_row_to_record(r) for r in self._not_started(db, claimed)]
 
     def renew(self, *, worker: str, job_ids: Collection[str], lease: float, now: float) -> set[str]:
         if not job_ids:
