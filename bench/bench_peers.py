@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,18 +127,32 @@ def dramatiq_redis(url: str, n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        ours = underway_sqlite(args.jobs, folder)
-        theirs = huey_sqlite(args.jobs, folder)
-    print(f"SQLite, 2 thread workers: underway {ours:,.0f} jobs/s; Huey {theirs:,.0f} jobs/s; "
-          f"ratio {ours / theirs:.2f}")  # fmt: skip
+    ours: list[float] = []
+    theirs: list[float] = []
+    for _ in range(args.rounds):  # alternating, so a busy neighbour hits both alike
+        with tempfile.TemporaryDirectory() as folder:
+            ours.append(underway_sqlite(args.jobs, folder))
+            theirs.append(huey_sqlite(args.jobs, folder))
+    report("SQLite, 2 thread workers", "Huey", ours, theirs)
+    ours, theirs = [], []
     with RedisServer() as server:
-        ours = underway_redis(server.url, args.jobs)
-        redis.Redis.from_url(server.url).flushdb()
-        theirs = dramatiq_redis(server.url, args.jobs)
-    print(f"Redis, 2 worker processes: underway {ours:,.0f} jobs/s; Dramatiq {theirs:,.0f} "
-          f"jobs/s; ratio {ours / theirs:.2f}")  # fmt: skip
+        flush = redis.Redis.from_url(server.url)
+        for _ in range(args.rounds):
+            flush.flushdb()
+            ours.append(underway_redis(server.url, args.jobs))
+            flush.flushdb()
+            theirs.append(dramatiq_redis(server.url, args.jobs))
+        flush.close()
+    report("Redis, 2 worker processes", "Dramatiq", ours, theirs)
+
+
+def report(what: str, peer: str, ours: list[float], theirs: list[float]) -> None:
+    a, b = statistics.median(ours), statistics.median(theirs)
+    rounds = ", ".join(f"{x:,.0f}/{y:,.0f}" for x, y in zip(ours, theirs, strict=True))
+    print(f"{what}: underway {a:,.0f} jobs/s; {peer} {b:,.0f} jobs/s (medians); "
+          f"ratio {a / b:.2f}; rounds {rounds}")  # fmt: skip
 
 
 if __name__ == "__main__":
