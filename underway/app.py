@@ -235,28 +235,21 @@ class Underway:
         """Validate `params` and store a queued job; the lower-level twin of `submit`."""
         t = task if isinstance(task, Task) else self.get_task(task)
         checked = t.check(params)
-        now = time.time()
-        settings = t.settings
         stored_meta = dict(meta or {})
         key = None
         if idempotency_key is not None:
             key = f"{owner or ''}\x00{idempotency_key}"
             stored_meta["params_hash"] = _params_hash(t.name, checked)
-        record = JobRecord(
-            id=new_id(),
-            task=t.name,
-            params=checked,
-            max_attempts=settings.retries + 1,
-            created_at=now,
-            run_at=now + (delay or 0.0),
+        record = _new_record(
+            t,
+            checked,
+            now=time.time(),
             owner=owner,
-            queue=settings.queue,
-            priority=settings.priority if priority is None else priority,
-            timeout=settings.timeout,
-            keep_for=settings.keep_for,
+            priority=priority,
+            delay=delay,
+            meta=stored_meta,
             idempotency_key=key,
             supersede_key=f"{owner or ''}\x00{supersede}" if supersede is not None else None,
-            meta=stored_meta,
         )
         stored, created = self.store.enqueue(record)
         if not created and stored.meta.get("params_hash") != stored_meta.get("params_hash"):
@@ -316,20 +309,14 @@ class Underway:
                     f"invalid parameters for task {t.name!r} at index {index}", errors
                 ) from None
         now = time.time()
-        settings = t.settings
         records = [
-            JobRecord(
-                id=new_id(),
-                task=t.name,
-                params=params,
-                max_attempts=settings.retries + 1,
-                created_at=now,
-                run_at=now + (delay or 0.0),
+            _new_record(
+                t,
+                params,
+                now=now,
                 owner=owner,
-                queue=settings.queue,
-                priority=settings.priority if priority is None else priority,
-                timeout=settings.timeout,
-                keep_for=settings.keep_for,
+                priority=priority,
+                delay=delay,
                 meta=dict(meta or {}),
             )
             for params in checked
@@ -500,6 +487,38 @@ class Underway:
             if self._callbacks is None:
                 self._callbacks = CallbackDispatcher(self)
             return self._callbacks
+
+
+def _new_record(
+    task: Task,
+    params: dict[str, Any],
+    *,
+    now: float,
+    owner: str | None,
+    priority: int | None,
+    delay: float | None,
+    meta: dict[str, Any],
+    idempotency_key: str | None = None,
+    supersede_key: str | None = None,
+) -> JobRecord:
+    """A new queued job of `task` with checked `params`, from the task's settings."""
+    settings = task.settings
+    return JobRecord(
+        id=new_id(),
+        task=task.name,
+        params=params,
+        max_attempts=settings.retries + 1,
+        created_at=now,
+        run_at=now + (delay or 0.0),
+        owner=owner,
+        queue=settings.queue,
+        priority=settings.priority if priority is None else priority,
+        timeout=settings.timeout,
+        keep_for=settings.keep_for,
+        idempotency_key=idempotency_key,
+        supersede_key=supersede_key,
+        meta=meta,
+    )
 
 
 def _params_hash(task: str, params: dict[str, Any]) -> str:
