@@ -274,15 +274,14 @@ class Worker:
     def _hand_back_ready(self) -> None:
         """Give the claimed jobs no slot has started back to the queue."""
         with self._lock:
-            ready = list(self._ready)
+            ready = [r.id for r in self._ready]
             self._ready.clear()
-        now = time.time()
-        error = ErrorInfo(type="Shutdown", message="the worker stopped; job handed back")
-        for record in ready:
-            try:
-                self.store.retry(record.id, worker=self.id, run_at=now, error=error, now=now)
-            except Exception as exc:  # its lease runs out, and the janitor requeues it
-                log.warning("could not hand back job %s: %s", record.id, exc)
+        if not ready:
+            return
+        try:
+            self.store.release(ready, worker=self.id, now=time.time())
+        except Exception as exc:  # their leases run out, and the janitor requeues them
+            log.warning("could not hand back %d claimed jobs: %s", len(ready), exc)
 
     # A job that takes less than this is short: its end may wait for the next batch.
     SHORT_JOB = 0.002

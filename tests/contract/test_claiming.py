@@ -277,3 +277,22 @@ def test_finish_and_claim_frees_room_under_a_concurrency_limit(store: Store) -> 
         max_jobs=5,
     )
     assert [r.id for r in got] == [second.id]
+
+
+def test_release_gives_claimed_jobs_back_with_their_attempt(store: Store) -> None:
+    first = submit(store)
+    second = submit(store)
+    now = time.time()
+    held = store.claim(worker=WORKER, tasks=["t"], limits={}, lease=LEASE, now=now, max_jobs=2)
+    store.release([second.id], worker="intruder", now=now)
+    assert store.get(second.id).state is State.RUNNING  # type: ignore[union-attr]
+    store.release([r.id for r in held], worker=WORKER, now=now + 1)
+    for job in (first, second):
+        got = store.get(job.id)
+        assert got is not None and got.state is State.QUEUED
+        assert got.attempt == 0 and got.worker is None and got.started_at is None
+        assert got.run_at == now + 1
+        assert store.events(job.id)[-1].data["state"] == "queued"
+    again = store.claim(worker="w2", tasks=["t"], limits={}, lease=LEASE, now=now + 2, max_jobs=2)
+    assert [r.id for r in again] == [first.id, second.id]
+    assert [r.attempt for r in again] == [1, 1]

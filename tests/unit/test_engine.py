@@ -650,7 +650,9 @@ def test_stop_leaves_no_claimed_job_running(db_path: Any) -> None:
         job.wait_cancelled(30)
         job.check_cancelled()
 
-    handles = [uw.submit("quick") for _ in range(30)]
+    # Claims of 1, 2, 4, 8 and 16 jobs: the long one is claimed with ten quick ones
+    # after it, which wait in the worker when it stops.
+    handles = [uw.submit("quick") for _ in range(20)]
     handles.append(uw.submit("long"))
     handles += [uw.submit("quick") for _ in range(30)]
     uw.start(1)
@@ -658,10 +660,13 @@ def test_stop_leaves_no_claimed_job_running(db_path: Any) -> None:
     uw.stop(drain=0.1)
     states = {uw.get(h.id).state for h in handles}
     assert states <= {State.SUCCEEDED, State.QUEUED}, states
+    for handle in handles[:20] + handles[21:]:  # never started: no attempt used up
+        record = uw.get(handle.id)
+        assert record.state is State.SUCCEEDED or record.attempt == 0
     uw.start(2)
     try:
-        uw.cancel(handles[30].id)
-        for handle in handles[:30] + handles[31:]:
+        uw.cancel(handles[20].id)
+        for handle in handles[:20] + handles[21:]:
             handle.wait(10)
     finally:
         uw.close()

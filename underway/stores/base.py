@@ -289,6 +289,13 @@ class Store(ABC):
     ) -> bool:
         """Send a running job back to the queue, due at `run_at`, after a failed attempt."""
 
+    def release(self, job_ids: Collection[str], *, worker: str, now: float) -> None:
+        """Send running jobs `worker` claimed but never started back to the queue, due
+        now, with their attempt given back (a worker that stops hands them back)."""
+        error = ErrorInfo(type="Shutdown", message="the worker stopped; job handed back")
+        for job_id in job_ids:  # stores override this to give the attempt back too
+            self.retry(job_id, worker=worker, run_at=now, error=error, now=now)
+
     # -- callers ---------------------------------------------------------------------
     @abstractmethod
     def request_cancel(self, job_id: str, now: float) -> JobRecord | None:

@@ -177,6 +177,7 @@ class RedisStore(Store):
         self._append = s(scripts.APPEND)
         self._finish = s(scripts.FINISH)
         self._retry = s(scripts.RETRY)
+        self._release = s(scripts.RELEASE)
         self._cancel = s(scripts.CANCEL)
         self._update_meta = s(scripts.UPDATE_META)
         self._delete = s(scripts.DELETE)
@@ -466,6 +467,15 @@ class RedisStore(Store):
         if done:
             self.notifier.notify(job_id)
         return bool(done)
+
+    def release(self, job_ids: Collection[str], *, worker: str, now: float) -> None:
+        ids = list(job_ids)
+        if not ids:
+            return
+        self._run(self._release, now, worker, *ids)
+        for job_id in ids:
+            self._held.pop(job_id, None)
+        self.notifier.notify(*ids)
 
     # -- callers ---------------------------------------------------------------------
     def request_cancel(self, job_id: str, now: float) -> JobRecord | None:

@@ -386,6 +386,33 @@ return 1
 """
 )
 
+# ARGV: P, now, worker, ids... Jobs claimed but never started go back, due now, with
+# their attempt given back.
+RELEASE = (
+    _HELPERS
+    + """
+local worker = ARGV[3]
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local j = k_job(id)
+  local f = redis.call('HMGET', j, 'state', 'worker', 'task', 'queue', 'priority', 'attempt')
+  if f[1] == 'running' and f[2] == worker then
+    if tonumber(f[6]) > 0 then redis.call('HINCRBY', j, 'attempt', -1) end
+    redis.call('HSET', j, 'state', 'queued', 'run_at', NOW)
+    redis.call('HDEL', j, 'worker', 'lease_until', 'started_at')
+    redis.call('ZREM', K_LEASES, id)
+    redis.call('SREM', k_running(f[3]), id)
+    move_state(id, 'running', 'queued')
+    make_ready(id, f[3], f[4], f[5], NOW)
+    push_event(id, 'state', '{"state":"queued"}')
+    changed(id)
+    wake()
+  end
+end
+return 1
+"""
+)
+
 # ARGV: P, now, id, worker, run_at, error JSON, log event data, state event data
 RETRY = (
     _HELPERS

@@ -613,6 +613,20 @@ class SQLiteStore(Store):
             self.notifier.notify(job_id, WORK)
         return bool(changed)
 
+    def release(self, job_ids: Collection[str], *, worker: str, now: float) -> None:
+        ids = list(job_ids)
+        if not ids:
+            return
+        with self._lock:  # one statement: its own transaction
+            self._db.execute(
+                "UPDATE jobs SET state = 'queued', run_at = ?, worker = NULL, "
+                "lease_until = NULL, started_at = NULL, attempt = max(attempt - 1, 0), "
+                "event_seq = event_seq + 1 WHERE state = 'running' AND worker = ? "
+                f"AND id IN ({','.join('?' * len(ids))})",
+                (now, worker, *ids),
+            )
+        self.notifier.notify(WORK, *ids)
+
     # -- callers ---------------------------------------------------------------------
     def _cancel_locked(self, db: sqlite3.Connection, job_id: str, now: float) -> JobRecord | None:
         row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
