@@ -291,11 +291,10 @@ class SQLiteStore(Store):
     # -- submission ------------------------------------------------------------------
     def enqueue(self, record: JobRecord) -> tuple[JobRecord, bool]:
         values = _insert_values(record)
-        insert = _INSERT
         superseded: list[str] = []
         if record.idempotency_key is None and record.supersede_key is None:
             with self._lock:  # one statement: its own transaction
-                self._db.execute(insert, values)
+                self._db.execute(_INSERT, values)
         else:
             with self._write() as db:
                 if record.idempotency_key is not None:
@@ -307,7 +306,7 @@ class SQLiteStore(Store):
                         return _row_to_record(row), False
                 if record.supersede_key is not None:
                     superseded = self._supersede(db, record.supersede_key, record.created_at)
-                db.execute(insert, values)
+                db.execute(_INSERT, values)
         self.notifier.notify(WORK, *superseded)
         return record, True
 
@@ -402,12 +401,9 @@ class SQLiteStore(Store):
         if not limits and max_jobs == 1:
             with self._lock:  # one statement, so one atomic transaction
                 claimed = self._claim_in(self._db, worker, tasks, lease, now, max_jobs)
-        elif not limits:
-            with self._write() as db:
-                claimed = self._claim_in(db, worker, tasks, lease, now, max_jobs)
         else:
             with self._write() as db:
-                claimed = self._claim_limited_in(db, worker, tasks, limits, lease, now, max_jobs)
+                claimed = self._claim_any(db, worker, tasks, limits, lease, now, max_jobs)
         if claimed:
             self.notifier.notify(*(r.id for r in claimed))
         return claimed
@@ -446,15 +442,24 @@ class SQLiteStore(Store):
                 if cursor.rowcount:
                     finished.append(item.job_id)
             if tasks and max_jobs > 0:
-                if limits:
-                    claimed = self._claim_limited_in(
-                        db, worker, tasks, limits, lease, now, max_jobs
-                    )
-                else:
-                    claimed = self._claim_in(db, worker, tasks, lease, now, max_jobs)
+                claimed = self._claim_any(db, worker, tasks, limits, lease, now, max_jobs)
         if finished or claimed:
             self.notifier.notify(*finished, *(r.id for r in claimed))
         return claimed
+
+    def _claim_any(
+        self,
+        db: sqlite3.Connection,
+        worker: str,
+        tasks: Collection[str],
+        limits: Mapping[str, int],
+        lease: float,
+        now: float,
+        max_jobs: int,
+    ) -> list[JobRecord]:
+        if limits:
+            return self._claim_limited_in(db, worker, tasks, limits, lease, now, max_jobs)
+        return self._claim_in(db, worker, tasks, lease, now, max_jobs)
 
     def _claim_in(
         self,
