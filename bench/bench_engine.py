@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from underway import Job, State, Underway
-from underway.job import JobRecord
+from underway.records import JobRecord
 
 
 def noop() -> None:

@@ -38,6 +38,7 @@ def serve(port: int, db: str, workers: int) -> None:
     from starlette.routing import Route
 
     from underway import Job, Underway
+    from underway.http import asgi
 
     uw = Underway(f"sqlite:///{db}", workers=workers)
 
@@ -60,7 +61,7 @@ def serve(port: int, db: str, workers: int) -> None:
 
     # The bare endpoint goes into the API's own app, so both answer through the same
     # middleware stack and the ratio measures the API's own work.
-    app = uw.asgi()
+    app = asgi(uw)
     app.router.routes.insert(0, Route("/bare", bare))
     uw.start()
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

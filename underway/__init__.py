@@ -28,7 +28,8 @@ from .errors import (
     ValidationError,
 )
 from .handle import JobHandle
-from .job import ACTIVE, TERMINAL, ErrorInfo, Event, EventKind, Job, JobRecord, Progress, State
+from .job import Job
+from .records import ACTIVE, TERMINAL, ErrorInfo, Event, EventKind, JobRecord, Progress, State
 from .tasks import Task
 
 if TYPE_CHECKING:

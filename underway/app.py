@@ -20,8 +20,10 @@ from .errors import (
     ValidationError,
 )
 from .executors import Executor, create_executor
+from .feed import ChangeFeed
 from .handle import JobHandle
-from .job import MAX_OUTPUT_BYTES, TERMINAL, Event, EventKind, JobRecord, State
+from .job import MAX_OUTPUT_BYTES
+from .records import TERMINAL, Event, EventKind, JobRecord, State
 from .stores import Page, Store, open_store
 from .tasks import Task, make_settings
 from .worker import Worker
@@ -325,12 +327,41 @@ class Underway:
         return records
 
     # -- reading ---------------------------------------------------------------------
-    def get(self, job_id: str, *, owner: str | None = None) -> JobRecord:
-        """The job's current record; JobNotFound when unknown (or another owner's)."""
+    @property
+    def feed(self) -> ChangeFeed:
+        """The process's change feed: wake-ups keyed by job id (see `underway.feed`)."""
+        return self.store.notifier
+
+    @property
+    def where(self) -> str:
+        """The store's URL, for messages (opens the store)."""
+        return self.store.url
+
+    def find(self, job_id: str, *, owner: str | None = None) -> JobRecord | None:
+        """The job's current record, or None when unknown (or another owner's)."""
         record = self.store.get(job_id)
         if record is None or (owner is not None and record.owner != owner):
+            return None
+        return record
+
+    def get(self, job_id: str, *, owner: str | None = None) -> JobRecord:
+        """The job's current record; JobNotFound when unknown (or another owner's)."""
+        record = self.find(job_id, owner=owner)
+        if record is None:
             raise JobNotFound(job_id)
         return record
+
+    def count(self, *, state: State | None = None) -> int:
+        """How many jobs (in `state`) the store holds."""
+        return self.store.count(state=state)
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable when the store cannot be reached."""
+        self.store.ping()
+
+    def annotate(self, job_id: str, changes: dict[str, Any]) -> bool:
+        """Merge `changes` into the job's `meta` (delivery records such as webhooks')."""
+        return self.store.update_meta(job_id, changes)
 
     def job(self, job_id: str, *, owner: str | None = None) -> JobHandle:
         return JobHandle(self, self.get(job_id, owner=owner))
@@ -366,6 +397,11 @@ class Underway:
         if timeout <= 0:
             return self.store.events(job_id, after)
         return self.store.wait_events(job_id, after, timeout)
+
+    def events_after(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        """Events after `after`, without waiting or checking the owner (a stream's
+        reads, after it checked once)."""
+        return self.store.events(job_id, after, limit)
 
     def follow(
         self, job_id: str, *, after: int = 0, timeout: float | None = None
@@ -465,22 +501,6 @@ class Underway:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- web -----------------------------------------------------------------------
-    def asgi(self, **options: Any) -> Any:
-        """The HTTP API as a Starlette app: `app.mount("/jobs", uw.asgi())`.
-
-        Options go to `underway.http.starlette.create_app` (auth, limits). Needs the
-        `server` extra."""
-        try:
-            from .http.starlette import create_app
-        except ImportError as exc:
-            from .errors import ConfigurationError
-
-            raise ConfigurationError(
-                f"the HTTP API needs its extra: pip install 'underway[server]' ({exc})"
-            ) from None
-        return create_app(self, **options)
 
     def _callback_dispatcher(self) -> CallbackDispatcher:
         with self._lock:

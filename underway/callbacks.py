@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import JobNotFound
-from .job import TERMINAL, JobRecord, State
+from .records import TERMINAL, JobRecord, State
 
 if TYPE_CHECKING:
     from .app import Underway
@@ -52,7 +52,7 @@ class CallbackDispatcher:
                 self._dirty.add(job_id)
             self._wake.set()
 
-        unsubscribe = self.app.store.notifier.subscribe(job_id, changed)
+        unsubscribe = self.app.feed.subscribe(job_id, changed)
         with self._lock:
             self._watches[job_id] = _Watch(
                 job_id=job_id,

@@ -37,8 +37,7 @@ from .errors import (
 )
 from .errors import Unauthorized as _Unauthorized
 from .handle import JobHandle
-from .job import TERMINAL, ErrorInfo, Event, EventKind, JobRecord, Progress, State
-from .stores.base import Page
+from .records import TERMINAL, ErrorInfo, Event, EventKind, JobRecord, Page, Progress, State
 
 MAX_SERVER_WAIT = 30.0  # the server caps a long poll at this many seconds
 

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .job import JobRecord
+    from .records import JobRecord
 
 
 class UnderwayError(Exception):

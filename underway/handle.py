@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from .errors import JobCancelled, JobFailed
-from .job import ErrorInfo, Event, JobRecord, Progress, State
+from .records import ErrorInfo, Event, JobRecord, Progress, State
 
 
 class JobSource(Protocol):

@@ -35,8 +35,10 @@ from ._util import new_id
 from .baton import ClaimBaton
 from .errors import StoreUnavailable, UnderwayError
 from .executors.base import Executor, Outcome, failure
-from .job import ErrorInfo, Job, JobRecord, Progress, State
-from .stores.base import WORK, Finish
+from .feed import WORK
+from .job import Job
+from .records import ErrorInfo, JobRecord, Progress, State
+from .stores.base import Finish
 
 if TYPE_CHECKING:
     from .app import Underway

@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
 from underway import Job, JobFinished, JobNotFound, JobRecord, Underway
+from underway.http import asgi
 
 from .model import FakeLanguageModel
 
@@ -54,7 +55,7 @@ def create_app(store: str | None = None, tokens_per_second: float | None = None)
 
     app = FastAPI(title="Text generation", lifespan=lifespan)
     # The generic jobs API (SSE, long poll, ...) that the explore page's element uses.
-    app.mount("/jobs", uw.asgi())
+    app.mount("/jobs", asgi(uw))
 
     def status(record: JobRecord, response: Response) -> dict[str, Any]:
         """The job as this module reports it: its state and the reply so far."""

@@ -3,6 +3,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from underway import Job, Underway
+from underway.http import asgi
 
 uw = Underway()  # jobs live in ./underway.db; Underway("redis://host/0") shares them
 
@@ -25,4 +26,4 @@ async def lifespan(app: FastAPI):
 
 
 app = FastAPI(lifespan=lifespan)
-app.mount("/jobs", uw.asgi())
+app.mount("/jobs", asgi(uw))

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from underway._util import new_id
-from underway.job import ErrorInfo, EventKind, JobRecord, State
+from underway.records import ErrorInfo, EventKind, JobRecord, State
 from underway.stores import Store
 
 WORKER = "worker-a"

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 
 from tests.contract.helpers import LEASE, WORKER, claim_one, finish, record, submit
-from underway.job import ErrorInfo, State
+from underway.records import ErrorInfo, State
 from underway.stores import Finish, Store
 
 
@@ -190,7 +190,7 @@ def test_finish_by_anyone_and_with_an_error(store: Store) -> None:
 
 
 def test_retry_sends_a_running_job_back_to_the_queue(store: Store) -> None:
-    from underway.job import ErrorInfo
+    from underway.records import ErrorInfo
 
     submit(store, max_attempts=3)
     claimed = claim_one(store)

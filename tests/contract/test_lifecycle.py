@@ -6,9 +6,9 @@ import threading
 import time
 
 from tests.contract.helpers import LEASE, WORKER, claim_one, finish, output_item, record, submit
-from underway.job import EventKind, Progress, State
+from underway.feed import WORK
+from underway.records import EventKind, Progress, State
 from underway.stores import Store
-from underway.stores.base import WORK
 
 
 def test_progress_output_and_log_keep_one_order(store: Store) -> None:

@@ -12,7 +12,7 @@ from tests.contract.helpers import claim_one, finish, output_item, submit
 from tests.support.redis_server import RedisServer
 from tests.support.services import free_port, missing
 from underway.errors import ConfigurationError, StoreUnavailable
-from underway.job import EventKind
+from underway.records import EventKind
 from underway.stores import open_store
 from underway.stores.redis import RedisStore
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from tests.contract.helpers import claim_one, finish, output_item, record, submit
-from underway.job import EventKind, JobRecord, State
+from underway.records import EventKind, JobRecord, State
 from underway.stores import Store
 
 

@@ -20,6 +20,7 @@ from tests.support.browser import screenshot_path
 from tests.support.http_server import Gates, register_test_tasks, serve_asgi, serve_wsgi, until
 from underway import Job, JobFinished, Underway
 from underway.dashboard import ELEMENT_JS, STATIC_DIR
+from underway.http import asgi
 from underway.http.flask import UnderwayFlask
 
 try:
@@ -77,7 +78,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Underway,
 @pytest.fixture(scope="module")
 def server(engine: tuple[Underway, Gates]) -> Iterator[str]:
     uw, _ = engine
-    with serve_asgi(uw.asgi(start_workers=True)) as url:
+    with serve_asgi(asgi(uw, start_workers=True)) as url:
         yield url
 
 
@@ -240,7 +241,7 @@ def test_the_dashboard_with_a_token_shows_only_that_principals_jobs(
     engine: tuple[Underway, Gates], server: str, page: Page
 ) -> None:
     uw, _ = engine
-    with serve_asgi(uw.asgi(tokens=TOKENS)) as url:
+    with serve_asgi(asgi(uw, tokens=TOKENS)) as url:
         mine = submit(url, "add", {"x": 1}, token="tok-alice")
         theirs = submit(url, "add", {"x": 2}, token="tok-bob")
         page.goto(f"{url}/")
@@ -268,7 +269,7 @@ def test_the_dashboard_follows_the_mount_point(engine: tuple[Underway, Gates]) -
     from starlette.routing import Mount
 
     uw, _ = engine
-    host = Starlette(routes=[Mount("/jobs", app=uw.asgi())])
+    host = Starlette(routes=[Mount("/jobs", app=asgi(uw))])
     with serve_asgi(host) as url, httpx.Client(base_url=url) as http:
         index = http.get("/jobs/")
         assert index.status_code == 200
@@ -403,7 +404,7 @@ def demo_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, U
     uw = Underway(f"sqlite:///{tmp_path_factory.mktemp('demo')}/demo.db")
     for task in demo.uw.tasks.values():
         uw.task(name=task.name, executor=task.settings.executor, keep_for="1h")(task.func)
-    with serve_asgi(uw.asgi(start_workers=True)) as url:
+    with serve_asgi(asgi(uw, start_workers=True)) as url:
         yield url, uw
     uw.close()
 

@@ -14,6 +14,7 @@ from starlette.routing import Mount, Route
 
 from tests.support.http_server import Gates, api_server, register_test_tasks, serve_asgi, until
 from underway import StoreUnavailable, Underway
+from underway.http import asgi
 
 PROBLEM = "application/problem+json"
 
@@ -262,7 +263,7 @@ def test_mounted_under_a_prefix(uw: Underway, gates: Gates) -> None:
     async def home(request: Any) -> JSONResponse:
         return JSONResponse({"app": "host"})
 
-    host = Starlette(routes=[Route("/", home), Mount("/jobs", app=uw.asgi())])
+    host = Starlette(routes=[Route("/", home), Mount("/jobs", app=asgi(uw))])
     uw.start()
     with serve_asgi(host) as url, httpx.Client(base_url=url) as client:
         assert client.get("/").json() == {"app": "host"}

@@ -20,6 +20,7 @@ from tests.support.services import missing
 from tests.support.wait import wait_for
 from underway import State, Underway
 from underway.errors import StoreUnavailable
+from underway.http import asgi
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -201,7 +202,7 @@ def test_redis_outage_is_survived_without_loss_or_double_runs(
         ids = [app.submit("slow", token=i, seconds=0.2).id for i in range(total)]
         wait_for(lambda: app.store.count(state=State.SUCCEEDED) >= 8, timeout=20,
                  what="some jobs done")  # fmt: skip
-        with serve_asgi(app.asgi()) as api, httpx.Client(base_url=api, timeout=10) as http:
+        with serve_asgi(asgi(app)) as api, httpx.Client(base_url=api, timeout=10) as http:
             assert http.get(f"/v1/jobs/{ids[-1]}").status_code == 200
             server.stop()
             outage_end = time.monotonic() + 10.0  # Redis stays away for 10 s

@@ -15,6 +15,8 @@ from typing import Any
 import uvicorn
 from werkzeug.serving import make_server
 
+from underway.http import asgi
+
 from .services import free_port
 from .wait import wait_for
 
@@ -236,7 +238,7 @@ def register_test_tasks(uw: Any) -> Gates:
 
 @contextmanager
 def api_server(uw: Any, **options: Any) -> Iterator[str]:
-    """`uw.asgi(**options)` on uvicorn with embedded workers; yields the base URL."""
+    """`asgi(uw, **options)` on uvicorn with embedded workers; yields the base URL."""
     options.setdefault("start_workers", True)
-    with serve_asgi(uw.asgi(**options)) as url:
+    with serve_asgi(asgi(uw, **options)) as url:
         yield url

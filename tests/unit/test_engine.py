@@ -26,7 +26,7 @@ from underway import (
     Underway,
     ValidationError,
 )
-from underway.job import JobRecord
+from underway.records import JobRecord
 from underway.stores.sqlite import SQLiteStore
 
 

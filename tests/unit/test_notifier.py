@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 
-from underway.stores.base import Notifier
+from underway.feed import ChangeFeed
 
 
 def test_a_change_wakes_the_waiter_of_that_key_only() -> None:
-    notifier = Notifier()
+    notifier = ChangeFeed()
     woken: dict[str, threading.Event] = {"a": threading.Event(), "b": threading.Event()}
     ready = threading.Barrier(3)
 
@@ -32,12 +32,12 @@ def test_a_change_wakes_the_waiter_of_that_key_only() -> None:
 
 
 def test_versions_seen_before_the_table_is_cleared_still_count_as_changed() -> None:
-    notifier = Notifier()
+    notifier = ChangeFeed()
     notifier.notify("job")
     seen = notifier.version("job")
-    for n in range(Notifier.MAX_KEYS + 10):  # forces a clear
+    for n in range(ChangeFeed.MAX_KEYS + 10):  # forces a clear
         notifier.notify(f"other-{n}")
-    assert len(notifier._versions) <= Notifier.MAX_KEYS
+    assert len(notifier._versions) <= ChangeFeed.MAX_KEYS
     assert notifier.version("job") != seen
     # And a key read after the clear still sees its next change.
     again = notifier.version("job")
@@ -46,7 +46,7 @@ def test_versions_seen_before_the_table_is_cleared_still_count_as_changed() -> N
 
 
 def test_listeners_are_called_and_can_unsubscribe() -> None:
-    notifier = Notifier()
+    notifier = ChangeFeed()
     calls: list[str] = []
     unsubscribe = notifier.subscribe("k", lambda: calls.append("k"))
     notifier.notify("k")

@@ -22,7 +22,7 @@ import click
 
 from .._util import parse_duration
 from ..errors import UnderwayError
-from ..job import State
+from ..records import State
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, load_app, parse_params
 from .display import Follower, print_record, print_table
 from .jobs import jobs_options, open_jobs
@@ -64,7 +64,7 @@ def worker(app_spec: str, store: str | None, workers: int | None, drain: float) 
     """Run jobs of MODULE:ATTR from a shared store until SIGINT or SIGTERM."""
     uw = load_app(app_spec)
     uw.configure(store=store, workers=workers)
-    uw.store  # noqa: B018 - fail now, as one line, if the store is unusable
+    uw.where  # noqa: B018 - fail now, as one line, if the store is unusable
     log_to_stderr()
     stop = threading.Event()
 
@@ -76,7 +76,7 @@ def worker(app_spec: str, store: str | None, workers: int | None, drain: float) 
     try:
         running = uw.start()
         click.echo(
-            f"underway worker: {uw.workers} workers on {uw.store.url}, "
+            f"underway worker: {uw.workers} workers on {uw.where}, "
             f"tasks: {', '.join(uw.task_names) or 'none'}",
             err=True,
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import Underway
-from ..job import State
+from ..records import State
 
 if TYPE_CHECKING:
     pass

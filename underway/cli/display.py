@@ -11,7 +11,7 @@ import click
 
 from .._util import rfc3339
 from ..errors import JobFinished
-from ..job import TERMINAL, Event, JobRecord, Progress, State
+from ..records import TERMINAL, Event, JobRecord, Progress, State
 from .common import EXIT_FOR_STATE, EXIT_INTERRUPTED
 from .jobs import Jobs
 

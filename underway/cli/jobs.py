@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import click
 
 from .. import Underway
-from ..job import Event, JobRecord
+from ..records import Event, JobRecord
 from .common import C, CliError, load_app, sqlite_file
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class Jobs(Protocol):
 class LocalJobs:
     def __init__(self, app: Underway) -> None:
         self.app = app
-        self.where = f"store {app.store.url}"
+        self.where = f"store {app.where}"
 
     def submit(self, task: str, params: dict[str, Any]) -> JobRecord:
         return self.app.enqueue(task, params)
@@ -105,7 +105,7 @@ def open_jobs(
         path = sqlite_file(uw.store_url)
         if path is not None and not path.is_file():
             raise CliError(f"no job store at {path} (choose one with --store or --url)")
-    uw.store  # noqa: B018 - open it now so a bad store fails here, as one line
+    uw.where  # noqa: B018 - open it now so a bad store fails here, as one line
     return LocalJobs(uw)
 
 

@@ -98,7 +98,7 @@ def run_server(
     except ImportError as exc:
         raise CliError(f"serving needs its extra: pip install 'underway[server]' ({exc})") from None
     uw.configure(store=store, workers=workers)
-    uw.store  # noqa: B018 - open it now so a bad store fails before the server starts
+    uw.where  # noqa: B018 - open it now so a bad store fails before the server starts
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(
@@ -118,7 +118,7 @@ def run_server(
     log_to_stderr()
     where = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     mode = "no workers (enqueue only)" if no_workers else f"{uw.workers} workers"
-    click.echo(f"underway: {len(uw.tasks)} tasks, {mode}, store {uw.store.url}", err=True)
+    click.echo(f"underway: {len(uw.tasks)} tasks, {mode}, store {uw.where}", err=True)
     if banner:
         click.echo(banner.format(url=where), err=True)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)

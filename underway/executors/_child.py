@@ -34,7 +34,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .._util import dumps, loads
-from ..job import ErrorInfo, EventKind, Job, JobRecord, State
+from ..job import Job
+from ..records import ErrorInfo, EventKind, JobRecord, State
 from .base import Outcome, execute, failure
 
 if TYPE_CHECKING:

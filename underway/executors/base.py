@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._util import dumps, to_jsonable
 from ..errors import Cancelled
-from ..job import ErrorInfo, Job, State
+from ..job import Job
+from ..records import ErrorInfo, State
 
 if TYPE_CHECKING:
     from ..tasks import Task

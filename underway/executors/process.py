@@ -13,7 +13,8 @@ from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
 
-from ..job import ErrorInfo, Job, State
+from ..job import Job
+from ..records import ErrorInfo, State
 from . import _child
 from ._child import Channel, JobSpec, TaskNotImportable
 from .base import CANCELLED, Done, Executor, Outcome, failure

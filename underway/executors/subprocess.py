@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..command import peek_exit_code, signal_group
-from ..job import ErrorInfo, Job, State
+from ..job import Job
+from ..records import ErrorInfo, State
 from . import _child
 from ._child import Channel, JobSpec, TaskNotImportable
 from .base import CANCELLED, Done, Executor, Outcome, failure

@@ -31,7 +31,8 @@ from werkzeug.exceptions import HTTPException
 from .._util import dumps
 from ..dashboard.assets import MEDIA_TYPES, STATIC_PREFIX, static_file
 from ..errors import JobNotFound
-from ..job import TERMINAL, Job, State
+from ..job import Job
+from ..records import TERMINAL, State
 from .auth import Authenticator, AuthHook, TokenSource
 from .handlers import Api, ApiRequest, ApiResponse, EventStream, problem_response
 from .problems import Problem, payload_too_large

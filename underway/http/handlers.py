@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from .._util import dumps
 from ..errors import JobNotFound
-from ..job import TERMINAL, JobRecord, State
+from ..records import TERMINAL, JobRecord, State
 from .auth import Authenticator
 from .problems import (
     PROBLEM_MEDIA_TYPE,
@@ -275,15 +275,14 @@ class Api:
 
     def is_settled(self, pending: Pending) -> bool:
         """True once what `pending` waits for has happened (or the job is gone)."""
-        store = self.uw.store
         if pending.until == "change":
-            return store.notifier.version(pending.job_id) != pending.seen
-        record = store.get(pending.job_id)
+            return self.uw.feed.version(pending.job_id) != pending.seen
+        record = self.uw.find(pending.job_id)
         return record is None or record.state in TERMINAL
 
     def wait_blocking(self, pending: Pending) -> ApiResponse:
         """Wait for `pending` on this thread (for WSGI adapters), then answer."""
-        notifier = self.uw.store.notifier
+        notifier = self.uw.feed
         deadline = time.monotonic() + pending.timeout
         while True:
             seen = notifier.version(pending.job_id)
@@ -325,7 +324,7 @@ class Api:
             return self.job_response(request, record, 202, Location=location)
 
         def respond() -> ApiResponse:
-            final = self.uw.store.get(record.id) or record
+            final = self.uw.find(record.id) or record
             return self.job_response(
                 request, final, 202, Location=location, Preference_Applied=f"wait={wait:g}"
             )
@@ -334,7 +333,7 @@ class Api:
             job_id=record.id,
             timeout=wait,
             until="finished",
-            seen=self.uw.store.notifier.version(record.id),
+            seen=self.uw.feed.version(record.id),
             respond=respond,
         )
 
@@ -360,13 +359,13 @@ class Api:
 
     def read_job(self, job_id: str, owner: str | None) -> tuple[int, JobRecord]:
         """(notifier version, record); served from the record cache when unchanged."""
-        version = self.uw.store.notifier.version(job_id)
+        version = self.uw.feed.version(job_id)
         cached = self._records.get(job_id) if self.cache_records else None
         record: JobRecord | None
         if cached is not None and cached[0] == version:
             record = cached[1]
         else:
-            record = self.uw.store.get(job_id)
+            record = self.uw.find(job_id)
             # Queued records are not kept: their `position` moves without a wake-up.
             if self.cache_records and record is not None and record.state is not State.QUEUED:
                 self._records[job_id] = (version, record)
@@ -432,7 +431,7 @@ class Api:
         )
 
     def healthz(self, request: ApiRequest, params: dict[str, str]) -> Outcome:
-        self.uw.store.ping()
+        self.uw.ping()
         return json_response(200, {"status": "ok"})
 
     def metrics(self, request: ApiRequest, params: dict[str, str]) -> Outcome:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..job import State
+from ..records import State
 
 if TYPE_CHECKING:
     from .handlers import Api
@@ -15,13 +15,12 @@ def _escape(value: str) -> str:
 
 
 def render_metrics(api: Api) -> str:
-    store = api.uw.store
     lines = [
         "# HELP underway_jobs Jobs in the store, by state.",
         "# TYPE underway_jobs gauge",
     ]
     for state in State:
-        lines.append(f'underway_jobs{{state="{state.value}"}} {store.count(state=state)}')
+        lines.append(f'underway_jobs{{state="{state.value}"}} {api.uw.count(state=state)}')
     lines += [
         "# HELP underway_tasks Registered tasks.",
         "# TYPE underway_tasks gauge",

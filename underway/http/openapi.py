@@ -10,7 +10,7 @@ import copy
 import re
 from typing import TYPE_CHECKING, Any
 
-from ..job import State
+from ..records import State
 from .handlers import MAX_PAGE, MAX_WAIT
 from .problems import PROBLEM_MEDIA_TYPE
 

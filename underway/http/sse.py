@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._util import dumps
-from ..job import TERMINAL, Event, EventKind
+from ..records import TERMINAL, Event, EventKind
 
 if TYPE_CHECKING:
     from .handlers import Api, EventStream
@@ -53,12 +53,11 @@ def _read(api: Api, job_id: str, after: int, check_ended: bool) -> tuple[list[Ev
     The record is read before the events: a job that is finished by then has its
     `done` event stored already, so an empty read really means nothing is left.
     """
-    store = api.uw.store
     ended = False
     if check_ended:
-        record = store.get(job_id)
+        record = api.uw.find(job_id)
         ended = record is None or record.state in TERMINAL
-    return store.events(job_id, after), ended
+    return api.uw.events_after(job_id, after), ended
 
 
 READ_LIMIT = 1000  # events per store read
@@ -92,11 +91,10 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 async def _shared_events(
     api: Api, watched: Watched, job_id: str, after: int, run_sync: RunSync
 ) -> list[Event]:
-    store = api.uw.store
-    version = store.notifier.version(job_id)
+    version = api.uw.feed.version(job_id)
     read = watched.read
     if read is None or not _serves(read, version, after):
-        result = asyncio.ensure_future(run_sync(store.events, job_id, after, READ_LIMIT))
+        result = asyncio.ensure_future(run_sync(api.uw.events_after, job_id, after, READ_LIMIT))
         result.add_done_callback(_retrieve)
         read = watched.read = _SharedRead(version=version, after=after, result=result)
     events = await asyncio.shield(read.result)
@@ -143,7 +141,7 @@ async def aiter_events(
         except RuntimeError:  # the loop closed while this watcher was still subscribed
             pass
 
-    unsubscribe = api.uw.store.notifier.subscribe(stream.job_id, changed)
+    unsubscribe = api.uw.feed.subscribe(stream.job_id, changed)
     watched = _watch(api, stream.job_id, loop)
     after = stream.after
     next_ping = loop.time() + ping_interval
@@ -185,7 +183,7 @@ async def aiter_events(
 
 def iter_events(api: Api, stream: EventStream, *, ping_interval: float) -> Iterator[bytes]:
     """The same stream for a threaded (WSGI) server: blocks this thread while waiting."""
-    notifier = api.uw.store.notifier
+    notifier = api.uw.feed
     after = stream.after
     next_ping = time.monotonic() + ping_interval
     check_ended = True

@@ -1,4 +1,4 @@
-"""The HTTP API as a Starlette (ASGI) application: `uw.asgi()` or `create_app(uw)`.
+"""The HTTP API as a Starlette (ASGI) application: `underway.http.asgi(uw)`.
 
 A thin adapter over `underway.http.handlers`: it reads the request (enforcing the
 body limit while reading), resolves the principal, and runs the synchronous handler
@@ -144,7 +144,7 @@ class _Adapter:
     def inline_reads(self) -> bool:
         # Decided on first use: the store is not opened before the app serves.
         if self._inline_reads is None:
-            local = self.api.uw.store.url.startswith(("sqlite", "memory"))
+            local = self.api.uw.where.startswith(("sqlite", "memory"))
             self._inline_reads = local
             self.api.cache_records = local
         return self._inline_reads
@@ -223,7 +223,6 @@ class _Adapter:
 
     async def wait(self, pending: Pending) -> None:
         """Wait for `pending` without a thread: the notifier's callback wakes the loop."""
-        store = self.api.uw.store
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
 
@@ -231,7 +230,7 @@ class _Adapter:
             with contextlib.suppress(RuntimeError):  # loop already closed
                 loop.call_soon_threadsafe(wake.set)
 
-        unsubscribe = store.notifier.subscribe(pending.job_id, changed)
+        unsubscribe = self.api.uw.feed.subscribe(pending.job_id, changed)
         deadline = loop.time() + pending.timeout
         try:
             while True:

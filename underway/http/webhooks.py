@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from .._util import dumps, rfc3339
 from ..errors import ConfigurationError
-from ..job import TERMINAL
+from ..records import TERMINAL
 from .problems import invalid_query
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ class WebhookDispatcher:
                 self._changed.add(job_id)
             self._wake.set()
 
-        unsubscribe = self.uw.store.notifier.subscribe(job_id, changed)
+        unsubscribe = self.uw.feed.subscribe(job_id, changed)
         with self._lock:
             self._waiting[job_id] = unsubscribe
         self._wake.set()
@@ -181,7 +181,7 @@ class WebhookDispatcher:
         cursor: str | None = None
         seen = 0
         while seen < scan:
-            page = self.uw.store.list_jobs(limit=min(500, scan - seen), cursor=cursor)
+            page = self.uw.list_jobs(limit=min(500, scan - seen), cursor=cursor)
             for record in page.jobs:
                 url = record.meta.get("callback_url")
                 previous = record.meta.get("webhook") or {}
@@ -262,7 +262,7 @@ class WebhookDispatcher:
             self._wake.clear()
 
     def _check_finished(self, job_id: str) -> None:
-        record = self.uw.store.get(job_id)
+        record = self.uw.find(job_id)
         if record is not None and record.state not in TERMINAL:
             return
         with self._lock:
@@ -282,7 +282,7 @@ class WebhookDispatcher:
     def _attempt(self, job_id: str) -> None:
         with self._lock:
             delivery = self._deliveries.get(job_id)
-        record = self.uw.store.get(job_id)
+        record = self.uw.find(job_id)
         if delivery is None or record is None or self._client is None:
             return
         payload = record.to_dict(include_owner=True)
@@ -328,6 +328,6 @@ class WebhookDispatcher:
     def _record(self, job_id: str, public: dict[str, Any]) -> None:
         """Keep the attempts on the job itself, where every process can see them."""
         try:
-            self.uw.store.update_meta(job_id, {"webhook": public})
+            self.uw.annotate(job_id, {"webhook": public})
         except Exception:
             log.exception("could not record webhook attempts on job %s", job_id)

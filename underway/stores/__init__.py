@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from ..errors import ConfigurationError
-from .base import Finish, Notifier, Page, Store
+from ..feed import ChangeFeed
+from ..records import Page
+from .base import Finish, Store
 
-__all__ = ["Finish", "Notifier", "Page", "Store", "open_store"]
+__all__ = ["Finish", "ChangeFeed", "Page", "Store", "open_store"]
 
 
 def open_store(url: str | Store | None = None) -> Store:

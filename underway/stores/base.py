@@ -9,16 +9,13 @@ All methods are synchronous and thread-safe. Times are epoch seconds (floats).
 
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..job import ErrorInfo, Event, EventKind, JobRecord, Progress, State
-
-Listener = Callable[[], None]
-WORK = "\x00work"  # Notifier key for "a job may be ready to claim"
+from ..feed import WORK, ChangeFeed
+from ..records import ErrorInfo, Event, EventKind, JobRecord, Page, Progress, State
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -33,122 +30,11 @@ class Finish:
     started_at: float | None = None  # when the worker started it (see `claim`)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Page:
-    jobs: list[JobRecord]
-    next_cursor: str | None
-
-
-class Notifier:
-    """In-process wake-ups keyed by job id (or WORK).
-
-    A waiter sleeps on an event of its own, registered under its key, so a change to
-    one job wakes only those waiting for that job. Listeners (e.g. an asyncio loop's
-    `call_soon_threadsafe`) are called from the notifying thread and must be quick.
-    """
-
-    # Versions are stamps from one counter. A key without an entry reads as `_floor`,
-    # the counter's value when the table was last cleared, so clearing (to keep memory
-    # flat) only ever makes versions look changed: a waiter may wake for nothing, but
-    # never sleeps through a change.
-    MAX_KEYS = 10_000
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._versions: dict[str, int] = {}
-        self._waiters: dict[str, list[threading.Event]] = {}
-        self._listeners: dict[str, set[Listener]] = {}
-        self._counter = 0
-        self._floor = 0
-
-    def version(self, key: str) -> int:
-        return self._versions.get(key, self._floor)
-
-    def notify(self, *keys: str) -> None:
-        woken: list[threading.Event] = []
-        called: list[Listener] = []
-        with self._lock:
-            if len(self._versions) >= self.MAX_KEYS:
-                self._clear_versions()
-            for key in keys:
-                self._counter += 1
-                self._versions[key] = self._counter
-                if key == WORK:
-                    # One new job needs one idle slot: waking them all would have
-                    # every idle thread race for it (a herd, with many slots).
-                    waiters = self._waiters.get(key)
-                    if waiters:
-                        woken.append(waiters.pop(0))
-                    continue
-                waiters = self._waiters.pop(key, None)
-                if waiters:
-                    woken.extend(waiters)
-                listeners = self._listeners.get(key)
-                if listeners:
-                    called.extend(listeners)
-        for event in woken:
-            event.set()
-        for fn in called:
-            fn()
-
-    def notify_everything(self) -> None:
-        """Something changed that another process wrote: wake every waiter."""
-        with self._lock:
-            self._clear_versions()
-            woken = [e for events in self._waiters.values() for e in events]
-            self._waiters.clear()
-            called = [fn for fns in self._listeners.values() for fn in fns]
-        for event in woken:
-            event.set()
-        for fn in called:
-            fn()
-
-    def _clear_versions(self) -> None:
-        self._counter += 1
-        self._floor = self._counter
-        self._versions.clear()
-
-    def wait(self, key: str, seen: int, timeout: float | None) -> int:
-        """Block until `key`'s version differs from `seen` or `timeout` passes."""
-        event = threading.Event()
-        with self._lock:
-            current = self._versions.get(key, self._floor)
-            if current != seen:
-                return current
-            self._waiters.setdefault(key, []).append(event)
-        if not event.wait(timeout):
-            with self._lock:
-                waiters = self._waiters.get(key)
-                if waiters is not None and event in waiters:
-                    waiters.remove(event)
-                    if not waiters:
-                        del self._waiters[key]
-        return self._versions.get(key, self._floor)
-
-    def subscribe(self, key: str, fn: Listener) -> Callable[[], None]:
-        with self._lock:
-            self._listeners.setdefault(key, set()).add(fn)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                fns = self._listeners.get(key)
-                if fns is not None:
-                    fns.discard(fn)
-                    if not fns:
-                        del self._listeners[key]
-
-        return unsubscribe
-
-    def forget(self, key: str) -> None:
-        with self._lock:
-            self._versions.pop(key, None)
-
-
 class Store(ABC):
     """The interface every store implements. See the module docstring."""
 
     url: str
-    notifier: Notifier
+    notifier: ChangeFeed
 
     # -- submission ------------------------------------------------------------------
     @abstractmethod

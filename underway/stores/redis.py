@@ -5,7 +5,7 @@ atomic and a job costs a handful of round trips: enqueue, claim (batched), finis
 plus batched progress and output. Key names live in `redis_keys`.
 
 Waiting does not poll Redis: a background subscriber thread (`redis_listener`)
-turns pub/sub messages into `Notifier` wake-ups. Idle workers are woken by the
+turns pub/sub messages into `ChangeFeed` wake-ups. Idle workers are woken by the
 claim scripts: a claim that comes up short registers its thread as idle, and the
 next enqueue (or finish, retry, recovery) wakes one such thread through its
 process's own channel. Busy workers cost no messages at all.
@@ -34,9 +34,10 @@ from redis.retry import Retry
 
 from .._util import dumps, loads, new_id
 from ..errors import ConfigurationError, StoreUnavailable
-from ..job import ErrorInfo, Event, EventKind, JobRecord, Progress, State
+from ..feed import WORK
+from ..records import ErrorInfo, Event, EventKind, JobRecord, Page, Progress, State
 from . import redis_scripts as scripts
-from .base import WORK, Finish, Page, Store
+from .base import Finish, Store
 from .redis_keys import Keys
 from .redis_listener import RedisListener, RedisNotifier
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from .base import WORK, Listener, Notifier
+from ..feed import WORK, ChangeFeed, Listener
 
 log = logging.getLogger("underway.stores.redis")
 
@@ -30,8 +30,8 @@ LINGER = 30.0  # seconds a job channel stays subscribed after its last waiter le
 RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 
-class RedisNotifier(Notifier):
-    """A Notifier that asks the listener to follow the jobs someone waits on."""
+class RedisNotifier(ChangeFeed):
+    """A ChangeFeed that asks the listener to follow the jobs someone waits on."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -70,7 +70,7 @@ class RedisListener:
     def __init__(
         self,
         client: redis.Redis[str],
-        notifier: Notifier,
+        notifier: ChangeFeed,
         *,
         wake_channel: str,
         on_wake: Callable[[str], None],

@@ -2,7 +2,7 @@
 
 Writes go through one connection per process, serialised by a lock and wrapped in
 `BEGIN IMMEDIATE`, so claims are atomic across processes too. Waiters are woken
-in-process by the `Notifier`; changes made by other processes are noticed by
+in-process by the `ChangeFeed`; changes made by other processes are noticed by
 watching `PRAGMA data_version` on the writer connection a few times a second.
 """
 
@@ -17,8 +17,9 @@ from typing import Any
 
 from .._util import dumps, loads
 from ..errors import ConfigurationError
-from ..job import ErrorInfo, Event, EventKind, JobRecord, Progress, State
-from .base import WORK, Finish, Notifier, Page, Store
+from ..feed import WORK, ChangeFeed
+from ..records import ErrorInfo, Event, EventKind, JobRecord, Page, Progress, State
+from .base import Finish, Store
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION, statements
 
 _COLUMNS = (
@@ -110,7 +111,7 @@ class SQLiteStore(Store):
     def __init__(self, path: str = "underway.db", *, url: str | None = None) -> None:
         self.path = path
         self.url = url or f"sqlite:///{path}"
-        self.notifier = Notifier()
+        self.notifier = ChangeFeed()
         self._memory = path == ":memory:"
         self.poll_interval = 0.05 if not self._memory else 1.0
         self._lock = threading.RLock()
