@@ -20,6 +20,7 @@ from .errors import (
     ValidationError,
 )
 from .executors import Executor, create_executor
+from . import lifecycle
 from .feed import ChangeFeed
 from .handle import JobHandle
 from .job import MAX_OUTPUT_BYTES
@@ -253,7 +254,11 @@ class Underway:
             idempotency_key=key,
             supersede_key=f"{owner or ''}\x00{supersede}" if supersede is not None else None,
         )
-        stored, created = self.store.enqueue(record)
+        stored, created, superseded = self.store.enqueue(record, lifecycle.submitted())
+        if created:
+            lifecycle.log_submitted(stored)
+        for other in superseded:
+            self._cancel(other)
         if not created and stored.meta.get("params_hash") != stored_meta.get("params_hash"):
             raise IdempotencyConflict(
                 f"idempotency key {idempotency_key!r} was used for job {stored.id} with other "
@@ -323,7 +328,9 @@ class Underway:
             )
             for params in checked
         ]
-        self.store.enqueue_many(records)
+        self.store.enqueue_many(records, lifecycle.submitted())
+        for record in records:
+            lifecycle.log_submitted(record)
         return records
 
     # -- reading ---------------------------------------------------------------------
@@ -384,10 +391,20 @@ class Underway:
         )
 
     def output(
-        self, job_id: str, *, after: int = 0, limit: int = 1000, owner: str | None = None
+        self,
+        job_id: str,
+        *,
+        attempt: int | None = None,
+        after: int = 0,
+        limit: int = 1000,
+        owner: str | None = None,
     ) -> list[Any]:
-        self.get(job_id, owner=owner)
-        return self.store.output(job_id, after, limit)
+        """Output items of the job's latest attempt (or of `attempt`), from index
+        `after` (0-based within the attempt)."""
+        record = self.get(job_id, owner=owner)
+        return self.store.output(
+            job_id, record.attempt if attempt is None else attempt, after, limit
+        )
 
     def events(
         self, job_id: str, *, after: int = 0, timeout: float = 0.0, owner: str | None = None
@@ -444,12 +461,30 @@ class Underway:
         record = self.get(job_id, owner=owner)
         if record.state in (State.SUCCEEDED, State.FAILED):
             raise JobFinished(f"job {job_id} already {record.state.value}", record)
-        updated = self.store.request_cancel(job_id, time.time())
+        updated = self._cancel(job_id)
         if updated is None:
             raise JobNotFound(job_id)
-        if self._worker is not None:
-            self._worker.signal_cancel(job_id)
-        return self.store.get(job_id) or updated
+        if updated.state in (State.SUCCEEDED, State.FAILED):
+            raise JobFinished(f"job {job_id} already {updated.state.value}", updated)
+        return updated
+
+    def _cancel(self, job_id: str) -> JobRecord | None:
+        """Apply the lifecycle's cancel to the job as it is now; re-read and decide
+        again when it moved meanwhile (say, a worker claimed it)."""
+        for _ in range(10):
+            record = self.store.get(job_id)
+            if record is None:
+                return None
+            decision = lifecycle.cancel(record, now=time.time())
+            if decision is None:
+                return record
+            (applied,) = self.store.apply([decision], time.time())
+            if applied:
+                lifecycle.log_applied(record, decision, True)
+                if self._worker is not None and record.state is State.RUNNING:
+                    self._worker.signal_cancel(job_id)
+                return self.store.get(job_id)
+        return self.store.get(job_id)
 
     def delete(self, job_id: str, *, owner: str | None = None) -> None:
         """Remove a finished job with its output; JobActive while it is queued or running."""

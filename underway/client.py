@@ -289,9 +289,13 @@ class Client:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
 
-    def output(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[Any]:
-        """Output items after the first `after`."""
+    def output(
+        self, job_id: str, *, attempt: int | None = None, after: int = 0, limit: int = 1000
+    ) -> list[Any]:
+        """Output items of the latest attempt (or of `attempt`) after the first `after`."""
         params = {"after": after, "limit": limit}
+        if attempt is not None:
+            params["attempt"] = attempt
         items: list[Any] = self._request("GET", f"/v1/jobs/{job_id}/output", params=params).json()[
             "items"
         ]

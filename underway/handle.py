@@ -24,7 +24,9 @@ class JobSource(Protocol):
 
     def delete(self, job_id: str) -> None: ...
 
-    def output(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[Any]: ...
+    def output(
+        self, job_id: str, *, attempt: int | None = None, after: int = 0, limit: int = 1000
+    ) -> list[Any]: ...
 
     def follow(
         self, job_id: str, *, after: int = 0, timeout: float | None = None
@@ -86,8 +88,9 @@ class JobHandle:
     def delete(self) -> None:
         self._source.delete(self.id)
 
-    def output(self, after: int = 0, limit: int = 1000) -> list[Any]:
-        return self._source.output(self.id, after=after, limit=limit)
+    def output(self, after: int = 0, limit: int = 1000, *, attempt: int | None = None) -> list[Any]:
+        """Output items of the latest attempt (or of `attempt`), from index `after`."""
+        return self._source.output(self.id, attempt=attempt, after=after, limit=limit)
 
     def events(self, after: int = 0, *, timeout: float | None = None) -> Iterator[Event]:
         """Events with id > `after`, as they happen, until the `done` event (or `timeout`)."""

@@ -162,6 +162,7 @@ class Event:
     kind: EventKind
     data: Any
     at: float
+    attempt: int = 0  # the attempt it belongs to (0: before the first claim)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.seq, "event": self.kind.value, "data": self.data, "at": rfc3339(self.at)}
@@ -173,3 +174,48 @@ class Page:
 
     jobs: list[JobRecord]
     next_cursor: str | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Fence:
+    """The token a worker holds a job under: its id and the attempt it claimed.
+
+    A store refuses a worker's write whose fence is no longer the job's (the job was
+    recovered, and maybe claimed again), so a worker that lost its lease changes
+    nothing."""
+
+    worker: str
+    attempt: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Decision:
+    """One state change the lifecycle decided; a store applies it atomically, or not
+    at all when its guard does not hold.
+
+    Guard: the job is in one of `expect`, held under `fence` (when given), and its
+    lease ran out before `lease_before` (when given). Effect: `state`; `attempt` when
+    not None; `cancel_requested` when not None; a move out of `running` clears the
+    holder and its lease and writes `result`, `error` and `run_at` (queued) or
+    `finished_at`, `expires_at` (terminal); `started_at` fills in a start the store
+    has not recorded. Then `events` are appended in order."""
+
+    job_id: str
+    expect: frozenset[State]
+    fence: Fence | None = None
+    lease_before: float | None = None
+    state: State
+    attempt: int | None = None
+    cancel_requested: bool | None = None
+    run_at: float | None = None
+    result: Any = None
+    error: ErrorInfo | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+    events: tuple[tuple[EventKind, str], ...] = ()
+
+    @property
+    def moves(self) -> bool:
+        """Does it leave `running` or `queued` (rather than only flag the job)?"""
+        return self.state is not State.RUNNING

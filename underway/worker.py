@@ -31,14 +31,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from . import lifecycle
 from ._util import new_id
 from .baton import ClaimBaton
 from .errors import StoreUnavailable, UnderwayError
 from .executors.base import Executor, Outcome, failure
 from .feed import WORK
 from .job import Job
-from .records import ErrorInfo, JobRecord, Progress, State
-from .stores.base import Finish
+from .records import Decision, ErrorInfo, Fence, JobRecord, Progress, State
 
 if TYPE_CHECKING:
     from .app import Underway
@@ -52,6 +52,7 @@ class _Running:
     job: Job
     record: JobRecord
     task: Task
+    fence: Fence
     started: float  # monotonic
     started_at: float = field(default_factory=time.time)  # for a start the store lacks
     flushed_version: int = 0
@@ -232,14 +233,16 @@ class Worker:
         """Write the waiting ends and claim up to `max_jobs` jobs, in one store call."""
         with self._lock:
             ended, self._ended = self._ended, []
+        now = time.time()
+        decisions = [self._decide(e.entry, e.outcome, now) for e in ended]
         try:
-            records = self.store.finish_and_claim(
-                [self._finish_of(e) for e in ended],
+            applied, records = self.store.apply_and_claim(
+                decisions,
                 worker=self.id,
                 tasks=self.app.task_names,
                 limits=self.app.concurrency_limits,
                 lease=self.lease,
-                now=time.time(),
+                now=now,
                 max_jobs=max_jobs,
             )
         except BaseException:
@@ -247,8 +250,11 @@ class Worker:
                 self._record(item.entry, item.outcome)
                 self._done(item.entry)
             raise
-        for item in ended:
+        for item, decision, ok in zip(ended, decisions, applied, strict=True):
+            self._applied(item.entry, decision, ok)
             self._done(item.entry)
+        for record in records:
+            lifecycle.log_claimed(record, self.id)
         if len(records) == max_jobs and self._claim_size == max_jobs:
             self._claim_size = min(max_jobs * 2, self.batch)  # a backlog: take more next time
         return records
@@ -276,14 +282,36 @@ class Worker:
     def _hand_back_ready(self) -> None:
         """Give the claimed jobs no slot has started back to the queue."""
         with self._lock:
-            ready = [r.id for r in self._ready]
+            ready = list(self._ready)
             self._ready.clear()
         if not ready:
             return
+        now = time.time()
+        decisions = [
+            lifecycle.released(r, fence=Fence(worker=self.id, attempt=r.attempt), now=now)
+            for r in ready
+        ]
         try:
-            self.store.release(ready, worker=self.id, now=time.time())
+            applied = self.store.apply(decisions, now)
         except Exception as exc:  # their leases run out, and the janitor requeues them
             log.warning("could not hand back %d claimed jobs: %s", len(ready), exc)
+            return
+        for record, decision, ok in zip(ready, decisions, applied, strict=True):
+            lifecycle.log_applied(record, decision, ok)
+
+    # Claimed jobs wait in the worker for a slot only while the slots run short jobs:
+    # once every slot has been in its job this long, they go back to the queue, where
+    # another worker (or this one, later) takes them.
+    HOSTAGE_AFTER = 0.05
+
+    def _release_hostages(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if not self._ready or len(self._running) < self.concurrency:
+                return
+            if any(now - e.started < self.HOSTAGE_AFTER for e in self._running.values()):
+                return
+        self._hand_back_ready()
 
     # A job that takes less than this is short: its end may wait for the next batch.
     SHORT_JOB = 0.002
@@ -297,6 +325,7 @@ class Worker:
             job=job,
             record=record,
             task=task,
+            fence=Fence(worker=self.id, attempt=record.attempt),
             started=time.monotonic(),
             slot=slot,
         )
@@ -339,6 +368,7 @@ class Worker:
             try:
                 if self._ended_due():
                     self._write_ended()
+                self._release_hostages()
                 if now < next_upkeep:
                     continue
                 next_upkeep = now + self.flush_interval
@@ -364,19 +394,40 @@ class Worker:
     def _flush(self, entry: _Running) -> None:
         with entry.lock:
             now = time.time()
+            if entry.job.stop_reason == "lost":
+                entry.job.take_outbox()  # no longer ours to write
+                return
             items = entry.job.take_outbox()
             if items:
                 try:
-                    self.store.append(entry.job.id, items, now)
+                    held = self.store.append(entry.job.id, entry.fence, items, now)
                 except BaseException:
                     entry.job.return_outbox(items)  # keep them, in order, for the next flush
                     raise
+                if not held:
+                    self._lost(entry)
+                    return
             version, current, total, message = entry.job.snapshot()
             if version != entry.flushed_version:
-                self.store.save_progress(
-                    entry.job.id, self._with_eta(entry, current, total, message), now
-                )
+                progress = self._with_eta(entry, current, total, message)
+                if not self.store.save_progress(entry.job.id, entry.fence, progress, now):
+                    self._lost(entry)
+                    return
                 entry.flushed_version = version
+
+    def _lost(self, entry: _Running) -> None:
+        """The store refused a write: this worker no longer holds the job (its lease ran
+        out and it was recovered). Stop the code; nothing more of it is written."""
+        if entry.job.stop_reason != "lost":
+            log.warning(
+                "job %s (%s) attempt %d: no longer held by this worker; its writes are "
+                "refused and its code is asked to stop",
+                entry.job.id,
+                entry.record.task,
+                entry.fence.attempt,
+            )
+        entry.job.stop_reason = "lost"
+        self._begin_stop(entry, "lost")
 
     def _with_eta(
         self, entry: _Running, current: float | None, total: float | None, message: str | None
@@ -395,12 +446,23 @@ class Worker:
 
     def _renew(self) -> None:
         with self._lock:
-            ids = [*self._running, *(r.id for r in self._ready)]
-        if not ids:
+            fences = {job_id: e.fence.attempt for job_id, e in self._running.items()}
+            fences.update((r.id, r.attempt) for r in self._ready)
+        if not fences:
             return
-        cancelled = self.store.renew(worker=self.id, job_ids=ids, lease=self.lease, now=time.time())
+        held, cancelled = self.store.renew(
+            worker=self.id, fences=fences, lease=self.lease, now=time.time()
+        )
         for job_id in cancelled:
             self.signal_cancel(job_id)
+        gone = fences.keys() - held
+        if gone:
+            with self._lock:
+                entries = [self._running[i] for i in gone if i in self._running]
+                self._ready = deque(r for r in self._ready if r.id not in gone)
+            for entry in entries:
+                if not entry.ended:
+                    self._lost(entry)
 
     def _begin_stop(self, entry: _Running, reason: str) -> None:
         if entry.stop_at is None:
@@ -433,9 +495,17 @@ class Worker:
             self._start_slot(_Slot(number=entry.slot.number))
 
     def janitor(self) -> None:
+        """Recover jobs whose worker stopped renewing its lease; delete expired jobs."""
         now = time.time()
-        for record in self.store.recover_lost(now):
-            log.warning("job %s lost its worker; now %s", record.id, record.state.value)
+        # This worker's own jobs are not lost while it lives, even when it could not
+        # renew them (the store was unwritable): it writes their ends when it can.
+        expired = [r for r in self.store.expired(now) if r.worker != self.id]
+        if expired:
+            decisions = [lifecycle.lost(r, now=now) for r in expired]
+            applied = self.store.apply(decisions, now)
+            for record, decision, ok in zip(expired, decisions, applied, strict=True):
+                if ok:
+                    lifecycle.log_applied(record, decision, ok)
         self.store.purge(now)
 
     # -- the end of a job ------------------------------------------------------------
@@ -445,6 +515,11 @@ class Worker:
             if entry.ended or self._running.get(job_id) is not entry:
                 return  # already given up on (abandoned): its late outcome is discarded
             entry.ended = True
+        if entry.job.stop_reason == "lost":
+            # Recovered by another worker while it ran: its end is not ours to write.
+            log.warning("job %s: its code ended after this worker lost it; end discarded", job_id)
+            self._done(entry)
+            return
         # The entry stays in `_running` until the outcome is stored, so that the
         # monitor keeps renewing its lease while the store is briefly unreachable.
         outcome = self._interpret(entry, outcome)
@@ -490,72 +565,59 @@ class Worker:
             self.store.notifier.notify(WORK)
 
     def _is_final(self, entry: _Running, outcome: Outcome) -> bool:
-        """Does `outcome` end the job (`finish`), rather than send it back (`retry`)?"""
-        if outcome.state is State.QUEUED:
-            return False
-        return not (
-            outcome.state is State.FAILED
-            and outcome.error is not None
-            and outcome.error.type != "Timeout"
-            and entry.record.attempt < entry.record.max_attempts
-        )
-
-    def _finish_of(self, ended: _Ended) -> Finish:
-        return Finish(
-            job_id=ended.entry.job.id,
-            state=ended.outcome.state,
-            result=ended.outcome.result,
-            error=ended.outcome.error,
-            keep_for=ended.entry.task.settings.keep_for,
-            started_at=ended.entry.started_at,
-        )
+        """Does `outcome` end the job for good (rather than send it back to the queue)?"""
+        return not lifecycle.retries(entry.record, outcome.state, outcome.error)
 
     def _interpret(self, entry: _Running, outcome: Outcome) -> Outcome:
+        """What the job's end means, given why it was asked to stop (if it was).
+
+        A timed-out job fails with `Timeout` even if its code returned afterwards; a
+        job stopped at shutdown fails with `Shutdown` (retried at once while attempts
+        remain); a job whose cancel was asked but that returned normally succeeded."""
         reason = entry.job.stop_reason
-        if outcome.state is State.CANCELLED or (reason and outcome.state is State.FAILED):
-            if reason == "timeout":
-                return Outcome(
-                    state=State.FAILED,
-                    error=ErrorInfo(
-                        type="Timeout",
-                        message=f"the job ran longer than its timeout of "
-                        f"{entry.task.settings.timeout:g}s",
-                    ),
-                )
-            if reason == "shutdown":
-                return Outcome(state=State.QUEUED)  # hand it back
-            if outcome.state is State.CANCELLED or reason == "cancel":
-                return Outcome(
-                    state=State.CANCELLED,
-                    error=ErrorInfo(type="Cancelled", message="the job was cancelled"),
-                )
+        if reason == "timeout":
+            return Outcome(
+                state=State.FAILED,
+                error=ErrorInfo(
+                    type="Timeout",
+                    message=f"the job ran longer than its timeout of "
+                    f"{entry.task.settings.timeout:g}s",
+                ),
+            )
+        if reason == "shutdown" and outcome.state is not State.SUCCEEDED:
+            return Outcome(
+                state=State.FAILED,
+                error=ErrorInfo(type="Shutdown", message="the worker stopped during the job"),
+            )
+        if outcome.state is State.CANCELLED or (
+            reason == "cancel" and outcome.state is State.FAILED
+        ):
+            return Outcome(
+                state=State.CANCELLED,
+                error=ErrorInfo(type="Cancelled", message="the job was cancelled"),
+            )
         return outcome
 
-    def _record_outcome(self, entry: _Running, outcome: Outcome) -> None:
-        record = entry.record
-        now = time.time()
+    def _decide(self, entry: _Running, outcome: Outcome, now: float) -> Decision:
         settings = entry.task.settings
-        if outcome.state is State.QUEUED:
-            error = ErrorInfo(type="Shutdown", message="the worker stopped; job handed back")
-            self.store.retry(record.id, worker=self.id, run_at=now, error=error, now=now)
-            return
-        if not self._is_final(entry, outcome):
-            assert outcome.error is not None  # a failure with attempts left
-            delay = min(
-                settings.retry_backoff * 2 ** (record.attempt - 1), settings.retry_backoff_max
-            )
-            delay *= 0.75 + random.random() / 2  # jitter, so retries of a burst spread out
-            if self.store.retry(
-                record.id, worker=self.id, run_at=now + delay, error=outcome.error, now=now
-            ):
-                return
-        self.store.finish(
-            record.id,
-            worker=self.id,
+        return lifecycle.ended(
+            entry.record,
+            fence=entry.fence,
             state=outcome.state,
             result=outcome.result,
             error=outcome.error,
             now=now,
             keep_for=settings.keep_for,
             started_at=entry.started_at,
+            backoff=settings.retry_backoff,
+            backoff_max=settings.retry_backoff_max,
         )
+
+    def _applied(self, entry: _Running, decision: Decision, ok: bool) -> None:
+        lifecycle.log_applied(entry.record, decision, ok, duration=time.monotonic() - entry.started)
+
+    def _record_outcome(self, entry: _Running, outcome: Outcome) -> None:
+        now = time.time()
+        decision = self._decide(entry, outcome, now)
+        (ok,) = self.store.apply([decision], now)
+        self._applied(entry, decision, ok)

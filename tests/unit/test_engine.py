@@ -114,7 +114,7 @@ def test_events_are_ordered_with_progress_output_and_log(uw: Underway) -> None:
     assert kinds[-1] is EventKind.DONE and events[-1].data["result"] == "ok"
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     outputs = [e.data for e in events if e.kind is EventKind.OUTPUT]
-    assert outputs == [{"index": i, "item": {"i": i}} for i in range(3)]
+    assert outputs == [{"attempt": 1, "index": i, "item": {"i": i}} for i in range(3)]
     logs = [e.data for e in events if e.kind is EventKind.LOG]
     assert logs == ["line 0", "line 1", "line 2"]
     final = handle.refresh().progress
@@ -503,12 +503,19 @@ def test_callbacks_in_the_callers_process(uw: Underway) -> None:
     assert len(done_calls) == 2  # once each
 
 
-def test_stop_hands_running_jobs_back(db_path: Any) -> None:
+def test_stop_hands_running_jobs_back_while_attempts_remain(db_path: Any) -> None:
     uw = Underway(f"sqlite:///{db_path}")
     started = threading.Event()
 
-    @uw.task
+    @uw.task(retries=1)
     def long(job: Job) -> str:
+        started.set()
+        job.wait_cancelled(30)
+        job.check_cancelled()
+        return "finished"
+
+    @uw.task
+    def once(job: Job) -> str:
         started.set()
         job.wait_cancelled(30)
         job.check_cancelled()
@@ -519,11 +526,23 @@ def test_stop_hands_running_jobs_back(db_path: Any) -> None:
     assert started.wait(10)
     uw.stop(drain=0.1)
     record = uw.get(handle.id)
-    assert record.state is State.QUEUED
+    assert record.state is State.QUEUED and record.attempt == 1
+    assert record.error is not None and record.error.type == "Shutdown"
     started.clear()
     uw.start(1)
     assert started.wait(10)
-    uw.cancel(handle.id)
+    # Its second and last attempt: stopped again, it fails (a third start would break
+    # `retries=1`), and so does a job without retries.
+    uw.stop(drain=0.1)
+    record = uw.get(handle.id)
+    assert record.state is State.FAILED and record.attempt == 2
+    assert record.error is not None and record.error.type == "Shutdown"
+    started.clear()
+    single = uw.submit("once")
+    uw.start(1)
+    assert started.wait(10)
+    uw.stop(drain=0.1)
+    assert uw.get(single.id).state is State.FAILED
     uw.close()
 
 
@@ -644,7 +663,7 @@ def test_stop_leaves_no_claimed_job_running(db_path: Any) -> None:
     def quick() -> None:
         return None
 
-    @uw.task
+    @uw.task(retries=1)
     def long(job: Job) -> None:
         started.set()
         job.wait_cancelled(30)
@@ -702,11 +721,13 @@ class FlakyStore(SQLiteStore):
 
     failures = 3
 
-    def finish_and_claim(self, finishes: Any, **options: Any) -> list[JobRecord]:
-        if finishes and type(self).failures > 0:
+    def apply_and_claim(
+        self, decisions: Any, **options: Any
+    ) -> tuple[list[bool], list[JobRecord]]:
+        if decisions and options.get("max_jobs", 1) > 0 and type(self).failures > 0:
             type(self).failures -= 1
             raise StoreUnavailable("the store is away", retry_after=1)
-        return super().finish_and_claim(finishes, **options)
+        return super().apply_and_claim(decisions, **options)
 
 
 def test_ends_are_kept_when_a_batched_write_fails(db_path: Any) -> None:

@@ -406,8 +406,16 @@ class Api:
     def get_output(self, request: ApiRequest, params: dict[str, str]) -> Outcome:
         after = _int_query(request.query, "after", 0, 0, None)
         limit = _int_query(request.query, "limit", 1000, 1, 1000)
-        items = self.uw.output(params["id"], after=after, limit=limit, owner=self.owner(request))
-        return json_response(200, {"items": items, "after": after, "next": after + len(items)})
+        wanted = request.query.get("attempt")
+        attempt = None if not wanted else _int_query(request.query, "attempt", 1, 1, None)
+        owner = self.owner(request)
+        record = self.uw.get(params["id"], owner=owner)
+        attempt = record.attempt if attempt is None else attempt
+        items = self.uw.output(record.id, attempt=attempt, after=after, limit=limit, owner=owner)
+        return json_response(
+            200,
+            {"items": items, "after": after, "next": after + len(items), "attempt": attempt},
+        )
 
     def stream_events(self, request: ApiRequest, params: dict[str, str]) -> Outcome:
         job_id = params["id"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from ..errors import ConfigurationError
 from ..feed import ChangeFeed
 from ..records import Page
-from .base import Finish, Store
+from .base import Store
 
-__all__ = ["Finish", "ChangeFeed", "Page", "Store", "open_store"]
+__all__ = ["ChangeFeed", "Page", "Store", "open_store"]
 
 
 def open_store(url: str | Store | None = None) -> Store:

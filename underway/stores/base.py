@@ -11,23 +11,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ..feed import WORK, ChangeFeed
-from ..records import ErrorInfo, Event, EventKind, JobRecord, Page, Progress, State
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Finish:
-    """The end of a job, for `Store.finish_and_claim` (see `Store.finish`)."""
-
-    job_id: str
-    state: State
-    result: Any = None
-    error: ErrorInfo | None = None
-    keep_for: float
-    started_at: float | None = None  # when the worker started it (see `claim`)
+from ..records import Decision, Event, EventKind, Fence, JobRecord, Page, Progress, State
 
 
 class Store(ABC):
@@ -38,23 +25,27 @@ class Store(ABC):
 
     # -- submission ------------------------------------------------------------------
     @abstractmethod
-    def enqueue(self, record: JobRecord) -> tuple[JobRecord, bool]:
-        """Insert a queued job and its first `state` event.
+    def enqueue(
+        self, record: JobRecord, events: Sequence[tuple[EventKind, str]]
+    ) -> tuple[JobRecord, bool, list[str]]:
+        """Insert a queued job with its first `events`.
 
         When `record.idempotency_key` names a job that still exists, nothing is
-        inserted and `(that job, False)` is returned. When `record.supersede_key` is
-        set, every active job with the same key is asked to cancel first.
-        Returns `(record, True)` for a new job.
+        inserted and `(that job, False, [])` is returned. When `record.supersede_key`
+        is set, the job is registered under it and the ids of the other active jobs
+        registered under it come back third (the engine cancels them).
+        Returns `(record, True, superseded)` for a new job.
         """
 
-    def enqueue_many(self, records: Sequence[JobRecord]) -> None:
-        """Store new queued jobs, none with an idempotency or a supersede key.
-
-        Where the store can, in one go (one SQLite transaction; one Redis script call
-        per `MANY_CHUNK` jobs). This default stores them one by one.
+    def enqueue_many(
+        self, records: Sequence[JobRecord], events: Sequence[tuple[EventKind, str]]
+    ) -> None:
+        """Store new queued jobs, none with an idempotency or a supersede key, each with
+        `events`. Where the store can, in one go (one SQLite transaction; one Redis
+        script call per `MANY_CHUNK` jobs). This default stores them one by one.
         """
         for record in records:
-            self.enqueue(record)
+            self.enqueue(record, events)
 
     MANY_CHUNK = 1000
 
@@ -78,8 +69,38 @@ class Store(ABC):
     def count(self, *, state: State | None = None) -> int:
         """How many jobs (in `state`) the store holds."""
 
-    # -- workers ---------------------------------------------------------------------
+    # -- state changes -----------------------------------------------------------------
     @abstractmethod
+    def apply_and_claim(
+        self,
+        decisions: Sequence[Decision],
+        *,
+        worker: str,
+        tasks: Collection[str],
+        limits: Mapping[str, int],
+        lease: float,
+        now: float,
+        max_jobs: int = 1,
+    ) -> tuple[list[bool], list[JobRecord]]:
+        """Apply `decisions` (see `Decision`), then claim up to `max_jobs` jobs: one
+        transaction or round trip where the store can. Returns whether each decision
+        applied (its guard held), and the claimed jobs.
+
+        A claim atomically moves due, queued jobs of `tasks` to running, in order of
+        priority, then id (oldest first). A task named in `limits` never has more than
+        that many jobs running at once, counted across all workers. Each claimed job
+        gets `attempt + 1` (its fence is `(worker, attempt)`), `worker`, a lease until
+        `now + lease`, `started_at = now`, a fresh output segment (`output_count` 0),
+        and one `state` event `{"state": "running", "attempt": N}`.
+        """
+
+    def apply(self, decisions: Sequence[Decision], now: float) -> list[bool]:
+        """Apply `decisions` without claiming; whether each applied."""
+        done, _ = self.apply_and_claim(
+            decisions, worker="", tasks=(), limits={}, lease=0.0, now=now, max_jobs=0
+        )
+        return done
+
     def claim(
         self,
         *,
@@ -90,103 +111,36 @@ class Store(ABC):
         now: float,
         max_jobs: int = 1,
     ) -> list[JobRecord]:
-        """Atomically move up to `max_jobs` due, queued jobs of `tasks` to running.
-
-        Order: priority, then id (oldest first). A task named in `limits` never has
-        more than that many jobs running at once, counted across all workers. Each
-        claimed job gets `attempt + 1`, `worker` and a lease until `now + lease`, and
-        a `state` event. The first also gets `started_at`: the others wait in the
-        worker, and a job without `started_at` never started, as far as the store
-        knows. If its worker is lost, `recover_lost` requeues it and gives its
-        attempt back. Finishing it sets `started_at` from the `Finish`.
-        """
-
-    @abstractmethod
-    def renew(self, *, worker: str, job_ids: Collection[str], lease: float, now: float) -> set[str]:
-        """Extend the leases `worker` holds; return the ids among them with a cancel request."""
-
-    @abstractmethod
-    def save_progress(self, job_id: str, progress: Progress, now: float) -> None:
-        """Store the latest progress snapshot and append a `progress` event."""
-
-    @abstractmethod
-    def append(self, job_id: str, items: Sequence[tuple[EventKind, str]], now: float) -> None:
-        """Append `output`/`log` items (serialised JSON) in order; counts output items."""
-
-    @abstractmethod
-    def finish(
-        self,
-        job_id: str,
-        *,
-        worker: str | None,
-        state: State,
-        result: Any,
-        error: ErrorInfo | None,
-        now: float,
-        keep_for: float,
-        started_at: float | None = None,
-    ) -> bool:
-        """Move a running job (held by `worker`, or anyone's when None) to a terminal state.
-
-        `started_at` fills in the start of a job claimed without one (see `claim`).
-
-        Appends `state` and `done` events. False when the job was not running under
-        that worker (already finished, lost, deleted): nothing changes then.
-        """
-
-    def finish_and_claim(
-        self,
-        finishes: Sequence[Finish],
-        *,
-        worker: str,
-        tasks: Collection[str],
-        limits: Mapping[str, int],
-        lease: float,
-        now: float,
-        max_jobs: int = 1,
-    ) -> list[JobRecord]:
-        """`finish` each of `finishes` (jobs `worker` holds), then `claim` up to `max_jobs`.
-
-        A worker with a backlog records a batch of ends and takes its next jobs in one
-        go. Stores do it in one transaction or round trip where they can. Finishing is
-        safe to repeat, so after an error the caller may record the ends one by one.
-        This default makes the separate calls.
-        """
-        for item in finishes:
-            self.finish(
-                item.job_id,
-                worker=worker,
-                state=item.state,
-                result=item.result,
-                error=item.error,
-                now=now,
-                keep_for=item.keep_for,
-                started_at=item.started_at,
-            )
-        if max_jobs <= 0:
-            return []
-        return self.claim(
-            worker=worker, tasks=tasks, limits=limits, lease=lease, now=now, max_jobs=max_jobs
+        """Claim up to `max_jobs` jobs (see `apply_and_claim`)."""
+        _, claimed = self.apply_and_claim(
+            (), worker=worker, tasks=tasks, limits=limits, lease=lease, now=now, max_jobs=max_jobs
         )
+        return claimed
 
     @abstractmethod
-    def retry(
-        self, job_id: str, *, worker: str, run_at: float, error: ErrorInfo, now: float
-    ) -> bool:
-        """Send a running job back to the queue, due at `run_at`, after a failed attempt."""
+    def renew(
+        self, *, worker: str, fences: Mapping[str, int], lease: float, now: float
+    ) -> tuple[set[str], set[str]]:
+        """Extend the leases `worker` holds (job id -> attempt). Returns the ids it
+        still holds, and those among them with a cancel request."""
 
-    def release(self, job_ids: Collection[str], *, worker: str, now: float) -> None:
-        """Send running jobs `worker` claimed but never started back to the queue, due
-        now, with their attempt given back (a worker that stops hands them back)."""
-        error = ErrorInfo(type="Shutdown", message="the worker stopped; job handed back")
-        for job_id in job_ids:  # stores override this to give the attempt back too
-            self.retry(job_id, worker=worker, run_at=now, error=error, now=now)
+    @abstractmethod
+    def save_progress(self, job_id: str, fence: Fence, progress: Progress, now: float) -> bool:
+        """Store the latest progress snapshot and append a `progress` event, while the
+        job is running under `fence`; False (nothing written) otherwise."""
+
+    @abstractmethod
+    def append(
+        self, job_id: str, fence: Fence, items: Sequence[tuple[EventKind, str]], now: float
+    ) -> bool:
+        """Append `output`/`log` items (serialised JSON) to the attempt's segment, in
+        order, while the job is running under `fence`; False (nothing written) else."""
+
+    @abstractmethod
+    def expired(self, now: float, limit: int = 500) -> list[JobRecord]:
+        """Running jobs whose lease ran out before `now` (for `lifecycle.lost`)."""
 
     # -- callers ---------------------------------------------------------------------
-    @abstractmethod
-    def request_cancel(self, job_id: str, now: float) -> JobRecord | None:
-        """Queued: cancelled at once. Running: flag set. Terminal: unchanged. None if unknown."""
-
     @abstractmethod
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
         """Merge `changes` into the job's `meta` atomically (e.g. webhook attempts)."""
@@ -200,8 +154,11 @@ class Store(ABC):
         """The job's events with `seq > after`, in order, without waiting."""
 
     @abstractmethod
-    def output(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Any]:
-        """Output items with index >= after (0-based), as Python values, in order."""
+    def output(
+        self, job_id: str, attempt: int | None = None, after: int = 0, limit: int = 1000
+    ) -> list[Any]:
+        """Output items of `attempt` (default: the job's latest) with index >= after
+        (0-based within the attempt), as Python values, in order."""
 
     def wait_events(self, job_id: str, after: int, timeout: float) -> list[Event]:
         """The events after `after`, waiting up to `timeout` seconds for one to come."""
@@ -219,13 +176,6 @@ class Store(ABC):
             self.notifier.wait(job_id, seen, min(left, self.poll_interval))
 
     # -- housekeeping ----------------------------------------------------------------
-    @abstractmethod
-    def recover_lost(self, now: float) -> list[JobRecord]:
-        """Running jobs whose lease ran out: requeued while attempts remain, else failed
-        with `WorkerLost` (cancelled when a cancel was requested). A job that never
-        started (no `started_at`) is requeued with its attempt given back. Returns them,
-        updated."""
-
     @abstractmethod
     def purge(self, now: float, *, finished_before: float | None = None) -> int:
         """Delete finished jobs whose `expires_at` has passed (or that finished before

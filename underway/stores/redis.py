@@ -227,7 +227,10 @@ class RedisStore(Store):
                     raise
 
     # -- submission ------------------------------------------------------------------
-    def enqueue(self, record: JobRecord) -> tuple[JobRecord, bool]:
+    def enqueue(
+        self, record: JobRecord, events: Sequence[tuple[EventKind, str]]
+    ) -> tuple[JobRecord, bool, list[str]]:
+        fields = _fields(record)
         reply = self._run(
             self._enqueue,
             record.created_at,
@@ -239,16 +242,21 @@ class RedisStore(Store):
             record.owner or "",
             record.idempotency_key or "",
             record.supersede_key or "",
-            *_fields(record),
+            len(fields),
+            len(events),
+            *fields,
+            *_flat_events(events),
         )
         if reply[0] == 0:
-            return _record(reply[1]), False
-        return record, True
+            return _record(reply[1]), False, []
+        return record, True, list(reply[1])
 
-    def enqueue_many(self, records: Sequence[JobRecord]) -> None:
+    def enqueue_many(
+        self, records: Sequence[JobRecord], events: Sequence[tuple[EventKind, str]]
+    ) -> None:
         for start in range(0, len(records), self.MANY_CHUNK):
             chunk = records[start : start + self.MANY_CHUNK]
-            args: list[Any] = [len(chunk)]
+            args: list[Any] = [len(chunk), len(events), *_flat_events(events)]
             for record in chunk:
                 fields = _fields(record)
                 args += (
@@ -258,10 +266,11 @@ class RedisStore(Store):
                     record.priority,
                     repr(record.run_at),
                     record.owner or "",
+                    repr(record.created_at),
                     len(fields),
                     *fields,
                 )
-            self._run(self._enqueue_many, chunk[0].created_at, *args)
+            self._run(self._enqueue_many, max(r.created_at for r in chunk), *args)
 
     def get(self, job_id: str) -> JobRecord | None:
         reply = self._run(self._get, 0.0, job_id)
@@ -326,9 +335,10 @@ class RedisStore(Store):
         with self._guard():
             return int(self._redis.zcard(key))
 
-    # -- workers ---------------------------------------------------------------------
-    def claim(
+    # -- state changes -----------------------------------------------------------------
+    def apply_and_claim(
         self,
+        decisions: Sequence[Decision],
         *,
         worker: str,
         tasks: Collection[str],
@@ -336,156 +346,97 @@ class RedisStore(Store):
         lease: float,
         now: float,
         max_jobs: int = 1,
-    ) -> list[JobRecord]:
-        if not tasks or max_jobs <= 0:
-            return []
-        return self.finish_and_claim(
-            (), worker=worker, tasks=tasks, limits=limits, lease=lease, now=now, max_jobs=max_jobs
-        )
-
-    def finish_and_claim(
-        self,
-        finishes: Sequence[Finish],
-        *,
-        worker: str,
-        tasks: Collection[str],
-        limits: Mapping[str, int],
-        lease: float,
-        now: float,
-        max_jobs: int = 1,
-    ) -> list[JobRecord]:
+    ) -> tuple[list[bool], list[JobRecord]]:
         if not tasks:
             max_jobs = 0
-        if not finishes and max_jobs <= 0:
-            return []
+        if not decisions and max_jobs <= 0:
+            return [], []
         names = list(tasks)
-        ends = [
-            x
-            for item in finishes
-            for x in (
-                item.job_id,
-                item.state.value,
-                dumps(item.result) if item.result is not None else "",
-                dumps(item.error.to_dict()) if item.error else "",
-                repr(item.keep_for),
-                "" if item.started_at is None else repr(item.started_at),
-            )
-        ]
+        encoded = [x for d in decisions for x in _decision_args(d)]
         pairs = [x for name, cap in limits.items() for x in (name, cap)]
         thread = str(threading.get_ident())
+        args = (
+            worker,
+            repr(now + lease),
+            max(max_jobs, 0),
+            f"{self._process}/{thread}",
+            len(names),
+            len(decisions),
+            *names,
+            *encoded,
+            *pairs,
+        )
         if max_jobs > 0:
             # Before the call: a wake-up that comes while it runs must not be missed.
             self._local.seen = self.notifier.version(_sleeper_key(thread))
-        claimed, next_due, finished = self._run(
-            self._claim,
-            now,
-            worker,
-            repr(now + lease),
-            max_jobs,
-            f"{self._process}/{thread}",
-            len(names),
-            len(finishes),
-            *names,
-            *ends,
-            *pairs,
-        )
-        for item in finishes:
-            self._held.pop(item.job_id, None)
+        held = [d.job_id for d in decisions if d.job_id in self._held]
+        try:
+            if max_jobs <= 0 and held:
+                # Only decisions, some about jobs this instance holds: retried while
+                # Redis is away and the lease lasts (a claim is never sent twice).
+                reply = self._run_held(held, self._apply_and_claim, now, *args)
+            else:
+                reply = self._run(self._apply_and_claim, now, *args)
+        finally:
+            for d in decisions:
+                if d.moves:
+                    self._held.pop(d.job_id, None)
+        flags, claimed, next_due = reply
+        done = [bool(flag) for flag in flags]
         if max_jobs > 0:
             self._next_due = float(next_due) if next_due else None
         records = [_record(flat) for flat in claimed]
         self._hold([r.id for r in records], lease)
-        if finished:
-            self.notifier.notify(*finished)
-        return records
+        changed = [d.job_id for d, ok in zip(decisions, done, strict=True) if ok]
+        if changed or records:
+            self.notifier.notify(*changed, *(r.id for r in records))
+        return done, records
 
-    def renew(self, *, worker: str, job_ids: Collection[str], lease: float, now: float) -> set[str]:
-        if not job_ids:
-            return set()
-        cancelled = set(self._run(self._renew, now, worker, repr(now + lease), *job_ids))
-        self._hold([job_id for job_id in job_ids if job_id in self._held], lease)
-        return cancelled
+    def renew(
+        self, *, worker: str, fences: Mapping[str, int], lease: float, now: float
+    ) -> tuple[set[str], set[str]]:
+        if not fences:
+            return set(), set()
+        pairs = [x for job_id, attempt in fences.items() for x in (job_id, str(attempt))]
+        held, cancelled = self._run(self._renew, now, worker, repr(now + lease), *pairs)
+        still = set(held)
+        self._hold([job_id for job_id in still if job_id in self._held], lease)
+        for job_id in fences:
+            if job_id not in still:
+                self._held.pop(job_id, None)
+        return still, set(cancelled)
 
-    def save_progress(self, job_id: str, progress: Progress, now: float) -> None:
-        self._run_held(job_id, self._progress, now, job_id, dumps(progress.to_dict()))
-        self.notifier.notify(job_id)
-
-    def append(self, job_id: str, items: Sequence[tuple[EventKind, str]], now: float) -> None:
-        if not items:
-            return
-        flat = [x for kind, data in items for x in (kind.value, data)]
-        self._run_held(job_id, self._append, now, job_id, *flat)
-        self.notifier.notify(job_id)
-
-    def finish(
-        self,
-        job_id: str,
-        *,
-        worker: str | None,
-        state: State,
-        result: Any,
-        error: ErrorInfo | None,
-        now: float,
-        keep_for: float,
-        started_at: float | None = None,
-    ) -> bool:
-        try:
-            reply = self._run_held(
-                job_id,
-                self._finish,
-                now,
-                job_id,
-                worker or "",
-                state.value,
-                dumps(result) if result is not None else "",
-                dumps(error.to_dict()) if error else "",
-                repr(keep_for),
-                "" if started_at is None else repr(started_at),
-            )
-        finally:
-            self._held.pop(job_id, None)
-        if reply:
-            self.notifier.notify(job_id)
-        return bool(reply)
-
-    def retry(
-        self, job_id: str, *, worker: str, run_at: float, error: ErrorInfo, now: float
-    ) -> bool:
-        try:
-            done = self._run_held(
-                job_id,
-                self._retry,
-                now,
-                job_id,
-                worker,
-                repr(run_at),
-                dumps(error.to_dict()),
-                dumps(f"attempt failed: {error.type}: {error.message}"),
-                dumps({"state": State.QUEUED.value, "retry_at": run_at}),
-            )
-        finally:
-            self._held.pop(job_id, None)
+    def save_progress(self, job_id: str, fence: Fence, progress: Progress, now: float) -> bool:
+        done = self._run_held(
+            [job_id],
+            self._progress,
+            now,
+            job_id,
+            fence.worker,
+            str(fence.attempt),
+            dumps(progress.to_dict()),
+        )
         if done:
             self.notifier.notify(job_id)
         return bool(done)
 
-    def release(self, job_ids: Collection[str], *, worker: str, now: float) -> None:
-        ids = list(job_ids)
-        if not ids:
-            return
-        self._run(self._release, now, worker, *ids)
-        for job_id in ids:
-            self._held.pop(job_id, None)
-        self.notifier.notify(*ids)
+    def append(
+        self, job_id: str, fence: Fence, items: Sequence[tuple[EventKind, str]], now: float
+    ) -> bool:
+        if not items:
+            return True
+        flat = [x for kind, data in items for x in (kind.value, data)]
+        done = self._run_held(
+            [job_id], self._append, now, job_id, fence.worker, str(fence.attempt), *flat
+        )
+        if done:
+            self.notifier.notify(job_id)
+        return bool(done)
+
+    def expired(self, now: float, limit: int = 500) -> list[JobRecord]:
+        return [_record(flat) for flat in self._run(self._expired, now, limit)]
 
     # -- callers ---------------------------------------------------------------------
-    def request_cancel(self, job_id: str, now: float) -> JobRecord | None:
-        reply = self._run(self._cancel, now, job_id)
-        if not reply:
-            return None
-        self.notifier.notify(job_id)
-        return _record(reply)
-
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
         changed = self._run(self._update_meta, 0.0, job_id, dumps(dict(changes)))
         if changed:

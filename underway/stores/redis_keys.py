@@ -2,13 +2,19 @@
 
 Python builds names with `Keys`; the Lua scripts build the same names with the
 functions of `LUA_KEYS`, generated here from the same constants, so the layout
-cannot drift between the two. All names start with the store's prefix.
+cannot drift between the two. All names start with the store's prefix and the
+layout version (`underway:v2:` by default): a store whose stored format changes
+incompatibly bumps `LAYOUT`, so it never reads what an older one wrote.
 
-Layout (`{id}` is a job id)::
+Layout (`{id}` is a job id, `{n}` an attempt)::
 
-    job:{id}          hash    the job's fields (absent field = None)
-    ev:{id}           list    its events; the event with seq N is element N-1
-    out:{id}          list    its output items (JSON); item i is element i
+    job:{id}          hash    the job's fields (absent field = None); `out_top` is the
+                              highest attempt ever claimed (for erasing its output)
+    ev:{id}           list    its events; the event with seq N is element N-1, stored
+                              as `kind|at|attempt|idx|data` (`idx` only for output)
+    out:{id}:{n}      list    the output items (JSON) of attempt n; item i is
+                              element i (an output event leaves `data` empty and
+                              points here, so an item is stored once)
     all               zset    every job id (score 0: ordered by id)
     task:{name}       zset    ids by task          (score 0)
     owner:{name}      zset    ids by owner         (score 0)
@@ -32,6 +38,7 @@ someone in a process waits on the job).
 
 from __future__ import annotations
 
+LAYOUT = "v2"  # bump when the stored format changes incompatibly
 JOB = "job:"
 EVENTS = "ev:"
 OUTPUT = "out:"
@@ -59,7 +66,8 @@ class Keys:
     """Key and channel names under one prefix."""
 
     def __init__(self, prefix: str) -> None:
-        self.prefix = prefix if prefix.endswith(":") else prefix + ":"
+        base = prefix if prefix.endswith(":") else prefix + ":"
+        self.prefix = f"{base}{LAYOUT}:"
         p = self.prefix
         self.all = p + ALL
         self.delayed = p + DELAYED
@@ -75,8 +83,8 @@ class Keys:
     def events(self, job_id: str) -> str:
         return self.prefix + EVENTS + job_id
 
-    def output(self, job_id: str) -> str:
-        return self.prefix + OUTPUT + job_id
+    def output(self, job_id: str, attempt: int) -> str:
+        return f"{self.prefix}{OUTPUT}{job_id}:{attempt}"
 
     def by_task(self, task: str) -> str:
         return self.prefix + BY_TASK + task
@@ -105,7 +113,7 @@ LUA_KEYS = f"""
 local P = ARGV[1]
 local function k_job(id) return P .. '{JOB}' .. id end
 local function k_events(id) return P .. '{EVENTS}' .. id end
-local function k_output(id) return P .. '{OUTPUT}' .. id end
+local function k_output(id, n) return P .. '{OUTPUT}' .. id .. ':' .. n end
 local function k_task(t) return P .. '{BY_TASK}' .. t end
 local function k_owner(o) return P .. '{BY_OWNER}' .. o end
 local function k_state(s) return P .. '{BY_STATE}' .. s end

@@ -1,30 +1,31 @@
-"""The Lua scripts of the Redis store: each state change is one atomic script call.
+"""The Lua scripts of the Redis store: each change is one atomic script call.
 
 Every script gets ARGV[1] = key prefix and ARGV[2] = now (epoch seconds, as the
-caller formatted it, so stored times round-trip exactly). Times the caller knows
-(lease ends, run_at) are computed in Python; Lua only adds `keep_for`.
+caller formatted it, so stored times round-trip exactly). The scripts hold no
+policy: what a job becomes, its attempt count, its retry time and the events to
+append all come from the lifecycle's decisions (`underway.lifecycle`). Lua only
+keeps the indexes in step with each job's fields, fences writes, and claims.
 
-An event is stored as `kind|at|idx|data`; output events leave `data` empty and
-point into the output list by `idx`, so an item is stored once.
+An event is stored as `kind|at|attempt|idx|data`; output events leave `data`
+empty and point by `idx` into their attempt's output list, so an item is stored
+once. `EVENTS` hands them back with the item in place of the empty `data`.
 """
 
 from __future__ import annotations
 
-from .._util import dumps
 from .redis_keys import LUA_KEYS
-
-_CANCELLED_ERROR = dumps(
-    {"type": "Cancelled", "message": "cancelled before it started", "traceback": None}
-)
 
 _HELPERS = (
     LUA_KEYS
-    + f"""
+    + """
 local NOW = ARGV[2]
-local CANCELLED_ERROR = [==[{_CANCELLED_ERROR}]==]
 
-local function push_event(id, kind, data)
-  redis.call('RPUSH', k_events(id), kind .. '|' .. NOW .. '||' .. data)
+local function entry(kind, at, attempt, data)
+  return kind .. '|' .. at .. '|' .. attempt .. '||' .. data
+end
+
+local function push_event(id, kind, attempt, data)
+  redis.call('RPUSH', k_events(id), entry(kind, NOW, attempt, data))
 end
 
 local function changed(id)
@@ -49,12 +50,14 @@ local function wake()
 end
 
 local function move_state(id, from, to)
+  if from == to then return end
   redis.call('ZREM', k_state(from), id)
   redis.call('ZADD', k_state(to), 0, id)
 end
 
-local function make_ready(id, task, queue, priority, run_at)
-  if tonumber(run_at) > tonumber(NOW) then
+-- A queued job goes to its task's ready set when due at `now`, else to `delayed`.
+local function make_ready(id, task, queue, priority, run_at, now)
+  if tonumber(run_at) > tonumber(now) then
     redis.call('ZADD', K_DELAYED, run_at, id)
   else
     redis.call('ZADD', k_ready(task), priority, id)
@@ -62,63 +65,29 @@ local function make_ready(id, task, queue, priority, run_at)
   redis.call('ZADD', k_queue(queue), priority, id)
 end
 
--- Leave queued or running for a terminal state, with `state` and `done` events.
--- `quiet`: wake no idle claimer (the caller decides once for a batch). `started`:
--- the start of a job claimed without one (it waited in its worker), or nil.
-local function terminate(id, from, to, result, err, keep_for, quiet, started)
-  local j = k_job(id)
-  local f = redis.call('HMGET', j, 'task', 'queue', 'keep_for', 'supersede_key', 'started_at')
-  if keep_for == nil or keep_for == '' then keep_for = f[3] end
-  local expires = tonumber(NOW) + tonumber(keep_for)
-  redis.call('HSET', j, 'state', to, 'finished_at', NOW, 'expires_at', expires)
-  if started and started ~= '' and not f[5] then redis.call('HSET', j, 'started_at', started) end
-  redis.call('HDEL', j, 'worker', 'lease_until')
-  for field, value in pairs({{result = result, error = err}}) do
-    if value ~= '' then redis.call('HSET', j, field, value) else redis.call('HDEL', j, field) end
-  end
+-- Take a job out of the indexes of the state it leaves.
+local function leave(id, from, task, queue)
   if from == 'queued' then
-    redis.call('ZREM', k_ready(f[1]), id)
+    redis.call('ZREM', k_ready(task), id)
     redis.call('ZREM', K_DELAYED, id)
-    redis.call('ZREM', k_queue(f[2]), id)
-  else
+    redis.call('ZREM', k_queue(queue), id)
+  elseif from == 'running' then
     redis.call('ZREM', K_LEASES, id)
-    redis.call('SREM', k_running(f[1]), id)
+    redis.call('SREM', k_running(task), id)
+  else
+    redis.call('ZREM', K_EXPIRY, id)
+    redis.call('ZREM', K_FINISHED, id)
   end
-  move_state(id, from, to)
-  redis.call('ZADD', K_EXPIRY, expires, id)
-  redis.call('ZADD', K_FINISHED, NOW, id)
-  if f[4] then redis.call('SREM', k_sup(f[4]), id) end
-  push_event(id, 'state', '{{"state":"' .. to .. '"}}')
-  local r = result
-  if r == '' then r = 'null' end
-  local e = err
-  if e == '' then e = 'null' end
-  push_event(id, 'done', '{{"state":"' .. to .. '","result":' .. r .. ',"error":' .. e .. '}}')
-  changed(id)
-  if not quiet then wake() end
-end
-
-local function cancel(id)
-  local j = k_job(id)
-  local f = redis.call('HMGET', j, 'state', 'cancel_requested')
-  if not f[1] then return false end
-  if f[1] == 'queued' then
-    terminate(id, 'queued', 'cancelled', '', CANCELLED_ERROR, nil)
-  elseif f[1] == 'running' and f[2] ~= '1' then
-    redis.call('HSET', j, 'cancel_requested', '1')
-    push_event(id, 'log', '"cancel requested"')
-    changed(id)
-  end
-  return true
 end
 
 -- Remove every trace of a job: its hash, events, output and index entries.
 local function erase(id)
   local j = k_job(id)
   local f = redis.call('HMGET', j, 'task', 'queue', 'state', 'owner', 'idempotency_key',
-                       'supersede_key')
-  redis.call('DEL', j, k_events(id), k_output(id))
+                       'supersede_key', 'out_top')
+  redis.call('DEL', j, k_events(id))
   if not f[1] then return 0 end
+  for n = 1, tonumber(f[7] or '0') do redis.call('DEL', k_output(id, n)) end
   redis.call('ZREM', K_ALL, id)
   redis.call('ZREM', k_task(f[1]), id)
   redis.call('ZREM', k_queue(f[2]), id)
@@ -135,15 +104,34 @@ local function erase(id)
   changed(id)
   return 1
 end
+
+-- Store a new queued job from `nfields` hash field pairs at ARGV[at], with `nevents`
+-- (kind, data) pairs at ARGV[ev] as its first events, stamped `now`.
+local function insert(id, task, queue, priority, run_at, owner, now, at, nfields, ev, nevents)
+  redis.call('HSET', k_job(id), unpack(ARGV, at, at + nfields - 1))
+  local events = {}
+  for i = ev, ev + 2 * nevents - 1, 2 do
+    events[#events + 1] = entry(ARGV[i], now, 0, ARGV[i + 1])
+  end
+  if #events > 0 then redis.call('RPUSH', k_events(id), unpack(events)) end
+  redis.call('ZADD', K_ALL, 0, id)
+  redis.call('ZADD', k_task(task), 0, id)
+  redis.call('ZADD', k_state('queued'), 0, id)
+  if owner ~= '' then redis.call('ZADD', k_owner(owner), 0, id) end
+  make_ready(id, task, queue, priority, run_at, now)
+end
 """
 )
 
-# ARGV: P, now, id, task, queue, priority, run_at, owner, idem, sup, then field pairs.
+# ARGV: P, now, id, task, queue, priority, run_at, owner, idem, sup, nfields, nevents,
+# then nfields hash field pairs (flattened), then nevents (kind, data) pairs.
+# -> {0, existing hash} (idempotency key taken) or {1, other active ids under sup}
 ENQUEUE = (
     _HELPERS
     + """
 local id, task, queue, priority, run_at = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local owner, idem, sup = ARGV[8], ARGV[9], ARGV[10]
+local nfields, nevents = tonumber(ARGV[11]), tonumber(ARGV[12])
 if idem ~= '' then
   local existing = redis.call('GET', k_idem(idem))
   if existing then
@@ -151,42 +139,40 @@ if idem ~= '' then
     if #rec > 0 then return {0, rec} end
   end
 end
+local others = {}
 if sup ~= '' then
-  for _, other in ipairs(redis.call('SMEMBERS', k_sup(sup))) do cancel(other) end
+  for _, other in ipairs(redis.call('SMEMBERS', k_sup(sup))) do
+    local state = redis.call('HGET', k_job(other), 'state')
+    if state == 'queued' or state == 'running' then
+      others[#others + 1] = other
+    else
+      redis.call('SREM', k_sup(sup), other)
+    end
+  end
+  table.sort(others)
   redis.call('SADD', k_sup(sup), id)
 end
-redis.call('HSET', k_job(id), unpack(ARGV, 11))
-redis.call('RPUSH', k_events(id), 'state|' .. NOW .. '||{"state":"queued"}')
-redis.call('ZADD', K_ALL, 0, id)
-redis.call('ZADD', k_task(task), 0, id)
-redis.call('ZADD', k_state('queued'), 0, id)
-if owner ~= '' then redis.call('ZADD', k_owner(owner), 0, id) end
+insert(id, task, queue, priority, run_at, owner, NOW, 13, nfields, 13 + nfields, nevents)
 if idem ~= '' then redis.call('SET', k_idem(idem), id) end
-make_ready(id, task, queue, priority, run_at)
 wake()
-return {1}
+return {1, others}
 """
 )
 
-# ARGV: P, now, count, then per job: id, task, queue, priority, run_at, owner,
-# number of hash fields, then the field pairs. Jobs without idempotency or supersede keys.
+# ARGV: P, now, count, nevents, then nevents (kind, data) pairs shared by every job,
+# then per job: id, task, queue, priority, run_at, owner, created_at, nfields, then
+# the field pairs. Jobs without idempotency or supersede keys.
 ENQUEUE_MANY = (
     _HELPERS
     + """
-local at = 4
-local count = tonumber(ARGV[3])
+local count, nevents = tonumber(ARGV[3]), tonumber(ARGV[4])
+local ev = 5
+local at = ev + 2 * nevents
 for _ = 1, count do
-  local id, task, queue, priority, run_at = ARGV[at], ARGV[at + 1], ARGV[at + 2],
-                                            ARGV[at + 3], ARGV[at + 4]
-  local owner, nfields = ARGV[at + 5], tonumber(ARGV[at + 6])
-  redis.call('HSET', k_job(id), unpack(ARGV, at + 7, at + 6 + nfields))
-  redis.call('RPUSH', k_events(id), 'state|' .. NOW .. '||{"state":"queued"}')
-  redis.call('ZADD', K_ALL, 0, id)
-  redis.call('ZADD', k_task(task), 0, id)
-  redis.call('ZADD', k_state('queued'), 0, id)
-  if owner ~= '' then redis.call('ZADD', k_owner(owner), 0, id) end
-  make_ready(id, task, queue, priority, run_at)
-  at = at + 7 + nfields
+  local nfields = tonumber(ARGV[at + 7])
+  insert(ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5],
+         ARGV[at + 6], at + 8, nfields, ev, nevents)
+  at = at + 8 + nfields
 end
 for _ = 1, count do
   if not wake() then break end
@@ -208,39 +194,147 @@ return {rec, position}
 """
 )
 
-# ARGV: P, now, worker, lease_until, max_jobs, claimer, n_tasks, tasks..., (task, limit) pairs...
-# `claimer` names the calling thread ("process/thread"), to be woken when work comes.
-# Returns {claimed hashes, earliest run_at among delayed jobs or ''}.
-# ARGV: P, now, worker, lease_until, max_jobs, claimer, n, m, then n task names, then
-# m finishes of 6 fields (id, state, result JSON or '', error JSON or '', keep_for,
-# started_at or ''),
-# then (task, limit) pairs. Finishes come first: ends and the next claim in one call.
-# -> {claimed records, earliest delayed run_at or '', ids finished}
-CLAIM = (
+# One decision (see `underway.records.Decision`) is DECISION_FIELDS arguments, then
+# its events as (kind, data) pairs:
+#   id, expected states (comma-separated), fence worker, fence attempt ('' = no
+#   fence), lease_before, state, attempt, cancel_requested ('0'/'1'), run_at, result
+#   JSON, error JSON, started_at, finished_at, expires_at, number of events
+# ('' = None throughout).
+DECISION_FIELDS = 15
+
+# ARGV: P, now, worker, lease_until, max_jobs, claimer, n_tasks, n_decisions, then the
+# task names, then the decisions, then (task, limit) pairs. Decisions are applied
+# first, then up to max_jobs jobs are claimed. `claimer` names the calling thread
+# ("process/thread"), to be woken when work comes.
+# -> {applied flags (1/0), claimed hashes, earliest delayed run_at or ''}
+APPLY_AND_CLAIM = (
     _HELPERS
     + """
 local worker, lease_until, max_jobs = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local claimer, n, m = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
-local finished = {}
+
+local function opt(value)
+  if value == '' then return nil end
+  return value
+end
+
+-- Apply the decision at ARGV[at]; returns where the next one starts, whether it
+-- applied, and what it did: 'requeued', 'freed' (left running, ended) or nil.
+local function apply(at)
+  local id = ARGV[at]
+  local nev = tonumber(ARGV[at + 14])
+  local nxt = at + 15 + 2 * nev
+  local j = k_job(id)
+  local f = redis.call('HMGET', j, 'state', 'worker', 'attempt', 'lease_until', 'task',
+                       'queue', 'priority', 'supersede_key')
+  local from = f[1]
+  if not from then return nxt, false end
+  local ok = false
+  for s in string.gmatch(ARGV[at + 1], '[^,]+') do
+    if s == from then ok = true end
+  end
+  if ok and ARGV[at + 3] ~= '' then
+    ok = f[2] == ARGV[at + 2] and tonumber(f[3]) == tonumber(ARGV[at + 3])
+  end
+  if ok and ARGV[at + 4] ~= '' then
+    ok = f[4] ~= false and tonumber(f[4]) < tonumber(ARGV[at + 4])
+  end
+  if not ok then return nxt, false end
+  local to = ARGV[at + 5]
+  local attempt, cancel, run_at = opt(ARGV[at + 6]), opt(ARGV[at + 7]), opt(ARGV[at + 8])
+  local started, finished, expires = opt(ARGV[at + 11]), opt(ARGV[at + 12]), opt(ARGV[at + 13])
+  local sets, dels = {'state', to}, {}
+  local function put(field, value)
+    if value then
+      sets[#sets + 1] = field
+      sets[#sets + 1] = value
+    else
+      dels[#dels + 1] = field
+    end
+  end
+  if attempt then put('attempt', attempt) end
+  if cancel then put('cancel_requested', cancel) end
+  local moves = to ~= 'running'
+  if moves then
+    put('result', opt(ARGV[at + 9]))
+    put('error', opt(ARGV[at + 10]))
+    put('worker', nil)
+    put('lease_until', nil)
+    if to == 'queued' then
+      run_at = run_at or NOW
+      put('run_at', run_at)
+    else
+      put('finished_at', finished)
+      put('expires_at', expires)
+    end
+  end
+  if started then put('started_at', started) end
+  redis.call('HSET', j, unpack(sets))
+  if #dels > 0 then redis.call('HDEL', j, unpack(dels)) end
+  local task, queue, priority, sup = f[5], f[6], f[7], f[8]
+  local did = nil
+  if moves or from ~= to then
+    leave(id, from, task, queue)
+    if to == 'queued' then
+      make_ready(id, task, queue, priority, run_at, NOW)
+      did = 'requeued'
+    elseif to == 'running' then
+      redis.call('SADD', k_running(task), id)
+      local lease = redis.call('HGET', j, 'lease_until')
+      if lease then redis.call('ZADD', K_LEASES, lease, id) end
+    else
+      if expires then redis.call('ZADD', K_EXPIRY, expires, id) end
+      if finished then redis.call('ZADD', K_FINISHED, finished, id) end
+      if from == 'running' then did = 'freed' end
+    end
+    if sup then
+      if to == 'queued' or to == 'running' then
+        redis.call('SADD', k_sup(sup), id)
+      else
+        redis.call('SREM', k_sup(sup), id)
+      end
+    end
+    move_state(id, from, to)
+  end
+  if nev > 0 then
+    local now_attempt = redis.call('HGET', j, 'attempt') or '0'
+    local events = {}
+    for i = at + 15, nxt - 1, 2 do
+      events[#events + 1] = entry(ARGV[i], NOW, now_attempt, ARGV[i + 1])
+    end
+    redis.call('RPUSH', k_events(id), unpack(events))
+  end
+  changed(id)
+  return nxt, true, did, task
+end
+
+local applied, requeued, freed = {}, 0, {}
 local at = 9 + n
 for _ = 1, m do
-  local id = ARGV[at]
-  local f = redis.call('HMGET', k_job(id), 'state', 'worker')
-  if f[1] == 'running' and f[2] == worker then
-    terminate(id, 'running', ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], true,
-              ARGV[at + 5])
-    finished[#finished + 1] = id
-  end
-  at = at + 6
+  local nxt, ok, did, task = apply(at)
+  applied[#applied + 1] = ok and 1 or 0
+  if did == 'requeued' then requeued = requeued + 1 end
+  if did == 'freed' then freed[#freed + 1] = task end
+  at = nxt
 end
 local limits, limited = {}, false
 for i = at, #ARGV, 2 do
   limits[ARGV[i]] = tonumber(ARGV[i + 1])
   limited = true
 end
--- Ends free room under concurrency limits: an idle claimer elsewhere may take it.
-if #finished > 0 and (limited or max_jobs <= 0) then wake() end
-if max_jobs <= 0 then return {{}, '', finished} end
+-- Requeued jobs are work for idle claimers; an end frees room under a concurrency
+-- limit (unknown here when the caller claims nothing), which an idle claimer may take.
+for _ = 1, requeued do
+  if not wake() then break end
+end
+if requeued == 0 and #freed > 0 then
+  local room = max_jobs <= 0
+  for _, task in ipairs(freed) do
+    if limits[task] then room = true end
+  end
+  if room then wake() end
+end
+if max_jobs <= 0 then return {applied, {}, ''} end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', NOW, 'LIMIT', 0, 500)) do
   local f = redis.call('HMGET', k_job(id), 'task', 'priority')
   if f[1] then redis.call('ZADD', k_ready(f[1]), f[2], id) end
@@ -275,18 +369,18 @@ for _, c in ipairs(candidates) do
     redis.call('ZREM', k_ready(task), id)
     redis.call('ZREM', k_queue(redis.call('HGET', j, 'queue')), id)
     local attempt = redis.call('HINCRBY', j, 'attempt', 1)
-    redis.call('HSET', j, 'state', 'running', 'worker', worker,
-               'lease_until', lease_until, 'cancel_requested', '0')
-    -- The first starts now; the others wait in the worker, not started yet.
-    if #out == 0 then
-      redis.call('HSET', j, 'started_at', NOW)
-    else
-      redis.call('HDEL', j, 'started_at')
+    redis.call('HSET', j, 'state', 'running', 'worker', worker, 'lease_until', lease_until,
+               'cancel_requested', '0', 'started_at', NOW, 'output_count', '0')
+    redis.call('HDEL', j, 'progress')
+    -- A fresh output segment for this attempt (one given back may have had a list).
+    if attempt > tonumber(redis.call('HGET', j, 'out_top') or '0') then
+      redis.call('HSET', j, 'out_top', attempt)
     end
+    redis.call('DEL', k_output(id, attempt))
     move_state(id, 'queued', 'running')
     redis.call('ZADD', K_LEASES, lease_until, id)
     redis.call('SADD', k_running(task), id)
-    push_event(id, 'state', '{"state":"running","attempt":' .. attempt .. '}')
+    push_event(id, 'state', attempt, '{"state":"running","attempt":' .. attempt .. '}')
     changed(id)
     out[#out + 1] = redis.call('HGETALL', j)
   end
@@ -302,67 +396,76 @@ else
   end
 end
 local nxt = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
-return {out, nxt[2] or '', finished}
+return {applied, out, nxt[2] or ''}
 """
 )
 
-# ARGV: P, now, worker, lease_until, ids... -> ids with a cancel request
+# ARGV: P, now, worker, lease_until, then (id, attempt) pairs
+# -> {ids still held, those among them with a cancel request}
 RENEW = (
     LUA_KEYS
     + """
 local worker, lease_until = ARGV[3], ARGV[4]
-local out = {}
-for i = 5, #ARGV do
+local held, cancelled = {}, {}
+for i = 5, #ARGV, 2 do
   local id = ARGV[i]
   local j = k_job(id)
-  local f = redis.call('HMGET', j, 'state', 'worker', 'cancel_requested')
-  if f[1] == 'running' and f[2] == worker then
+  local f = redis.call('HMGET', j, 'state', 'worker', 'attempt', 'cancel_requested')
+  if f[1] == 'running' and f[2] == worker and tonumber(f[3]) == tonumber(ARGV[i + 1]) then
     redis.call('HSET', j, 'lease_until', lease_until)
     redis.call('ZADD', K_LEASES, lease_until, id)
-    if f[3] == '1' then out[#out + 1] = id end
+    held[#held + 1] = id
+    if f[4] == '1' then cancelled[#cancelled + 1] = id end
   end
 end
-return out
+return {held, cancelled}
 """
 )
 
-# ARGV: P, now, id, progress JSON
+_FENCED = """
+local id, worker, attempt = ARGV[3], ARGV[4], ARGV[5]
+local j = k_job(id)
+local f = redis.call('HMGET', j, 'state', 'worker', 'attempt', 'output_count')
+if f[1] ~= 'running' or f[2] ~= worker or tonumber(f[3]) ~= tonumber(attempt) then
+  return 0
+end
+"""
+
+# ARGV: P, now, id, fence worker, fence attempt, progress JSON -> 1, or 0 when not held
 PROGRESS = (
     _HELPERS
+    + _FENCED
     + """
-local id = ARGV[3]
-if redis.call('HGET', k_job(id), 'state') ~= 'running' then return 0 end
-redis.call('HSET', k_job(id), 'progress', ARGV[4])
-push_event(id, 'progress', ARGV[4])
+redis.call('HSET', j, 'progress', ARGV[6])
+push_event(id, 'progress', attempt, ARGV[6])
 changed(id)
 return 1
 """
 )
 
-# ARGV: P, now, id, (kind, data) pairs
+# ARGV: P, now, id, fence worker, fence attempt, then (kind, data) pairs
+# -> 1, or 0 when not held
 APPEND = (
     _HELPERS
+    + _FENCED
     + """
-local id = ARGV[3]
-local j = k_job(id)
-if redis.call('EXISTS', j) == 0 then return 0 end
-local first = tonumber(redis.call('HGET', j, 'output_count') or '0')
+local first = tonumber(f[4] or '0')
 local idx = first
 local events, items = {}, {}
 local function flush()
   -- unpack() is bounded by Lua's C stack, so long batches go in slices
   if #events > 0 then redis.call('RPUSH', k_events(id), unpack(events)) end
-  if #items > 0 then redis.call('RPUSH', k_output(id), unpack(items)) end
+  if #items > 0 then redis.call('RPUSH', k_output(id, attempt), unpack(items)) end
   events, items = {}, {}
 end
-for i = 4, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local kind = ARGV[i]
   if kind == 'output' then
-    events[#events + 1] = 'output|' .. NOW .. '|' .. idx .. '|'
+    events[#events + 1] = 'output|' .. NOW .. '|' .. attempt .. '|' .. idx .. '|'
     items[#items + 1] = ARGV[i + 1]
     idx = idx + 1
   else
-    events[#events + 1] = kind .. '|' .. NOW .. '||' .. ARGV[i + 1]
+    events[#events + 1] = entry(kind, NOW, attempt, ARGV[i + 1])
   end
   if #events >= 1000 then flush() end
 end
@@ -373,74 +476,20 @@ return 1
 """
 )
 
-# ARGV: P, now, id, worker ('' = anyone), state, result JSON or '', error JSON or '',
-# keep_for, started_at or ''
-FINISH = (
-    _HELPERS
+# ARGV: P, now, limit -> hashes of running jobs whose lease ran out before now
+EXPIRED = (
+    LUA_KEYS
     + """
-local id, worker = ARGV[3], ARGV[4]
-local f = redis.call('HMGET', k_job(id), 'state', 'worker')
-if f[1] ~= 'running' or (worker ~= '' and f[2] ~= worker) then return 0 end
-terminate(id, 'running', ARGV[5], ARGV[6], ARGV[7], ARGV[8], false, ARGV[9])
-return 1
-"""
-)
-
-# ARGV: P, now, worker, ids... Jobs claimed but never started go back, due now, with
-# their attempt given back.
-RELEASE = (
-    _HELPERS
-    + """
-local worker = ARGV[3]
-for i = 4, #ARGV do
-  local id = ARGV[i]
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', '(' .. ARGV[2], 'LIMIT', 0,
+                                tonumber(ARGV[3]))) do
   local j = k_job(id)
-  local f = redis.call('HMGET', j, 'state', 'worker', 'task', 'queue', 'priority', 'attempt')
-  if f[1] == 'running' and f[2] == worker then
-    if tonumber(f[6]) > 0 then redis.call('HINCRBY', j, 'attempt', -1) end
-    redis.call('HSET', j, 'state', 'queued', 'run_at', NOW)
-    redis.call('HDEL', j, 'worker', 'lease_until', 'started_at')
-    redis.call('ZREM', K_LEASES, id)
-    redis.call('SREM', k_running(f[3]), id)
-    move_state(id, 'running', 'queued')
-    make_ready(id, f[3], f[4], f[5], NOW)
-    push_event(id, 'state', '{"state":"queued"}')
-    changed(id)
-    wake()
+  local f = redis.call('HMGET', j, 'state', 'lease_until')
+  if f[1] == 'running' and f[2] and tonumber(f[2]) < tonumber(ARGV[2]) then
+    out[#out + 1] = redis.call('HGETALL', j)
   end
 end
-return 1
-"""
-)
-
-# ARGV: P, now, id, worker, run_at, error JSON, log event data, state event data
-RETRY = (
-    _HELPERS
-    + """
-local id, worker, run_at = ARGV[3], ARGV[4], ARGV[5]
-local j = k_job(id)
-local f = redis.call('HMGET', j, 'state', 'worker', 'task', 'queue', 'priority')
-if f[1] ~= 'running' or f[2] ~= worker then return 0 end
-redis.call('HSET', j, 'state', 'queued', 'run_at', run_at, 'error', ARGV[6])
-redis.call('HDEL', j, 'worker', 'lease_until')
-redis.call('ZREM', K_LEASES, id)
-redis.call('SREM', k_running(f[3]), id)
-move_state(id, 'running', 'queued')
-make_ready(id, f[3], f[4], f[5], run_at)
-push_event(id, 'log', ARGV[7])
-push_event(id, 'state', ARGV[8])
-changed(id)
-wake()
-return 1
-"""
-)
-
-# ARGV: P, now, id -> the job's hash after the request ({} when unknown)
-CANCEL = (
-    _HELPERS
-    + """
-if not cancel(ARGV[3]) then return {} end
-return redis.call('HGETALL', k_job(ARGV[3]))
+return out
 """
 )
 
@@ -449,48 +498,6 @@ DELETE = (
     _HELPERS
     + """
 return erase(ARGV[3])
-"""
-)
-
-# ARGV: P, now, batch -> hashes of the jobs recovered
-RECOVER = (
-    _HELPERS
-    + """
-local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', '(' .. NOW, 'LIMIT', 0,
-                                tonumber(ARGV[3]))) do
-  local j = k_job(id)
-  local f = redis.call('HMGET', j, 'state', 'worker', 'cancel_requested', 'attempt',
-                       'max_attempts', 'task', 'queue', 'priority', 'started_at')
-  if f[1] ~= 'running' then
-    redis.call('ZREM', K_LEASES, id)
-  else
-    local msg = 'worker ' .. (f[2] or 'None') .. ' stopped renewing its lease'
-    local err = '{"type":"WorkerLost","message":' .. cjson.encode(msg) .. ',"traceback":null}'
-    if not f[9] and f[3] ~= '1' and tonumber(f[4]) > 0 then
-      -- Claimed but never started: not an attempt.
-      redis.call('HINCRBY', j, 'attempt', -1)
-    end
-    if f[3] == '1' then
-      terminate(id, 'running', 'cancelled', '', err, nil)
-    elseif not f[9] or tonumber(f[4]) < tonumber(f[5]) then
-      redis.call('HSET', j, 'state', 'queued', 'run_at', NOW, 'error', err)
-      redis.call('HDEL', j, 'worker', 'lease_until')
-      redis.call('ZREM', K_LEASES, id)
-      redis.call('SREM', k_running(f[6]), id)
-      move_state(id, 'running', 'queued')
-      make_ready(id, f[6], f[7], f[8], NOW)
-      push_event(id, 'log', cjson.encode(msg .. '; requeued'))
-      push_event(id, 'state', '{"state":"queued"}')
-      changed(id)
-      wake()
-    else
-      terminate(id, 'running', 'failed', '', err, nil)
-    end
-    out[#out + 1] = redis.call('HGETALL', j)
-  end
-end
-return out
 """
 )
 
@@ -507,25 +514,55 @@ return #ids
 """
 )
 
-# ARGV: P, now, id, after, limit -> {entries, first output index, output items}
+# ARGV: P, now, id, after, limit -> the entries; output entries end with their item
 EVENTS = (
     LUA_KEYS
     + """
 local id, after, limit = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local entries = redis.call('LRANGE', k_events(id), after, after + limit - 1)
-local lo, hi = nil, nil
-for _, e in ipairs(entries) do
+local spans, outputs = {}, {}
+for i, e in ipairs(entries) do
   if string.sub(e, 1, 7) == 'output|' then
-    local idx = tonumber(string.match(e, '^output|[^|]*|(%d+)|'))
-    if lo == nil or idx < lo then lo = idx end
-    if hi == nil or idx > hi then hi = idx end
+    local attempt, idx = string.match(e, '^output|[^|]*|(%d+)|(%d+)|')
+    idx = tonumber(idx)
+    local s = spans[attempt]
+    if s == nil then
+      spans[attempt] = {idx, idx}
+    else
+      if idx < s[1] then s[1] = idx end
+      if idx > s[2] then s[2] = idx end
+    end
+    outputs[#outputs + 1] = {i, attempt, idx}
   end
 end
-if lo == nil then return {entries, -1, {}} end
-return {entries, lo, redis.call('LRANGE', k_output(id), lo, hi)}
+local items = {}
+for attempt, s in pairs(spans) do
+  items[attempt] = redis.call('LRANGE', k_output(id, attempt), s[1], s[2])
+end
+for _, o in ipairs(outputs) do
+  local i, attempt, idx = o[1], o[2], o[3]
+  local item = items[attempt][idx - spans[attempt][1] + 1] or 'null'
+  entries[i] = entries[i] .. item
+end
+return entries
 """
 )
 
+# ARGV: P, now, id, attempt ('' = the job's latest), after, limit -> output items
+OUTPUT = (
+    LUA_KEYS
+    + """
+local id, attempt = ARGV[3], ARGV[4]
+local after, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
+if attempt == '' then
+  attempt = redis.call('HGET', k_job(id), 'attempt')
+  if not attempt then return {} end
+end
+return redis.call('LRANGE', k_output(id, attempt), after, after + limit - 1)
+"""
+)
+
+# ARGV: P, now, id, changes JSON -> 1 when the job exists
 UPDATE_META = (
     _HELPERS
     + """

@@ -1,9 +1,14 @@
 """The embedded store: one SQLite file in WAL mode, shared safely by many processes.
 
 Writes go through one connection per process, serialised by a lock and wrapped in
-`BEGIN IMMEDIATE`, so claims are atomic across processes too. Waiters are woken
-in-process by the `ChangeFeed`; changes made by other processes are noticed by
-watching `PRAGMA data_version` on the writer connection a few times a second.
+`BEGIN IMMEDIATE`, so claims are atomic across processes too. The store applies the
+lifecycle's decisions (`Decision`) as guarded UPDATEs and writes the events they
+carry; it decides nothing itself. Waiters are woken in-process by the change feed;
+changes made by other processes are noticed by one watcher thread per store that
+looks at `PRAGMA data_version` a few times a second.
+
+A full disk (or a file that cannot be written) raises `StoreUnavailable`: the
+caller keeps what it could not write and tries again.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from .._util import dumps, loads
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK, ChangeFeed
-from ..records import ErrorInfo, Event, EventKind, JobRecord, Page, Progress, State
-from .base import Finish, Store
+from ..records import Decision, ErrorInfo, Event, EventKind, Fence, JobRecord, Page, Progress, State
+from .base import Store
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION, statements
 
 _COLUMNS = (
@@ -29,14 +34,24 @@ _COLUMNS = (
 )
 _CLAIM_SET = (
     "state = 'running', attempt = attempt + 1, started_at = ?, worker = ?, lease_until = ?, "
-    "cancel_requested = 0, event_seq = event_seq + 1"
-)
-_REQUEUE_SET = (
-    "state = 'queued', run_at = ?, error = ?, worker = NULL, lease_until = NULL, "
-    "event_seq = event_seq + 1"
+    "cancel_requested = 0, output_count = 0, progress = NULL, event_seq = event_seq + 1"
 )
 _STATES = {s.value: s for s in State}
-_ID, _PRIORITY, _STARTED = 0, 3, 13  # positions in _COLUMNS
+_ID, _PRIORITY, _ATTEMPT = 0, 3, 10  # positions in _COLUMNS
+_EVENT_INSERT = (
+    "INSERT INTO events (job_id, seq, kind, idx, data, at, attempt) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# Errors that mean "cannot write now" rather than "this is wrong": the caller retries.
+_UNAVAILABLE = frozenset(
+    {
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_READONLY,
+    }
+)
 
 
 _KINDS = {k.value: k for k in EventKind}
@@ -82,11 +97,11 @@ def _row_to_record(row: sqlite3.Row | tuple[Any, ...], position: int | None = No
 _INSERT = (
     "INSERT INTO jobs (id, task, queue, priority, state, params, max_attempts, "
     "created_at, run_at, timeout, keep_for, owner, idempotency_key, supersede_key, meta, "
-    "event_seq) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
+    "event_seq) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
-def _insert_values(record: JobRecord) -> tuple[Any, ...]:
+def _insert_values(record: JobRecord, n_events: int) -> tuple[Any, ...]:
     return (
         record.id,
         record.task,
@@ -102,7 +117,17 @@ def _insert_values(record: JobRecord) -> tuple[Any, ...]:
         record.idempotency_key,
         record.supersede_key,
         dumps(record.meta) if record.meta else None,
+        n_events,
     )
+
+
+def _first_events(
+    record: JobRecord, events: Sequence[tuple[EventKind, str]]
+) -> list[tuple[Any, ...]]:
+    return [
+        (record.id, seq, kind.value, None, data, record.created_at, 0)
+        for seq, (kind, data) in enumerate(events, 1)
+    ]
 
 
 class SQLiteStore(Store):
@@ -171,15 +196,29 @@ class SQLiteStore(Store):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        """One write transaction; a full disk or an unwritable file is StoreUnavailable."""
+        with self._lock, self._unavailable_as_error():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             else:
                 self._db.execute("COMMIT")
+
+    @contextmanager
+    def _unavailable_as_error(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None and (code & 0xFF) in _UNAVAILABLE:
+                raise StoreUnavailable(
+                    f"job store {self.path} cannot be written: {exc}", retry_after=5.0
+                ) from None
+            raise
 
     def _migrate(self) -> None:
         try:
@@ -209,126 +248,111 @@ class SQLiteStore(Store):
                 self.notifier.notify_everything()
 
     # -- helpers ---------------------------------------------------------------------
-    def _events_insert(
+    def _insert_events(
         self,
         db: sqlite3.Connection,
         job_id: str,
         items: Sequence[tuple[EventKind, str]],
         now: float,
+        last_seq: int,
+        attempt: int,
+        last_idx: int | None = None,
     ) -> None:
-        n_out = sum(1 for kind, _ in items if kind is EventKind.OUTPUT)
-        row = db.execute(
-            "UPDATE jobs SET event_seq = event_seq + ?, output_count = output_count + ? "
-            "WHERE id = ? RETURNING event_seq, output_count",
-            (len(items), n_out, job_id),
-        ).fetchone()
-        if row is None:
-            return
-        seq = row[0] - len(items)
-        idx = row[1] - n_out
-        rows = []
+        """Insert `items` as the events ending at `last_seq` (output items numbered up
+        to `last_idx` within `attempt`)."""
+        seq = last_seq - len(items)
+        idx = 0 if last_idx is None else last_idx - sum(k is EventKind.OUTPUT for k, _ in items)
+        rows: list[tuple[Any, ...]] = []
         for kind, data in items:
             seq += 1
             if kind is EventKind.OUTPUT:
-                rows.append((job_id, seq, kind.value, idx, data, now))
+                rows.append((job_id, seq, kind.value, idx, data, now, attempt))
                 idx += 1
             else:
-                rows.append((job_id, seq, kind.value, None, data, now))
-        db.executemany(
-            "INSERT INTO events (job_id, seq, kind, idx, data, at) VALUES (?, ?, ?, ?, ?, ?)", rows
-        )
+                rows.append((job_id, seq, kind.value, None, data, now, attempt))
+        db.executemany(_EVENT_INSERT, rows)
 
-    def _terminate(
-        self,
-        db: sqlite3.Connection,
-        job_id: str,
-        state: State,
-        result: Any,
-        error: ErrorInfo | None,
-        now: float,
-        keep_for: float | None,
-        where: str,
-        args: tuple[Any, ...],
-        returning: str = "",
-        started_at: float | None = None,
-    ) -> sqlite3.Cursor:
-        """Move a job to a terminal state (the triggers add the state and done events)."""
-        return db.execute(
-            "UPDATE jobs SET state = ?, result = ?, error = ?, finished_at = ?, "
-            "expires_at = ? + coalesce(?, keep_for), worker = NULL, lease_until = NULL, "
-            "started_at = coalesce(started_at, ?), "
-            f"event_seq = event_seq + 2 WHERE id = ? AND {where}{returning}",
-            (
-                state.value,
-                dumps(result) if result is not None else None,
-                dumps(error.to_dict()) if error else None,
-                now,
-                now,
-                keep_for,
-                started_at,
-                job_id,
-                *args,
-            ),
-        )
-
-    def _finish_locked(
-        self,
-        db: sqlite3.Connection,
-        job_id: str,
-        state: State,
-        result: Any,
-        error: ErrorInfo | None,
-        now: float,
-        keep_for: float | None,
-        where: str,
-        args: tuple[Any, ...],
-    ) -> JobRecord | None:
-        """`_terminate`, reading the final record back."""
-        rows = self._terminate(
-            db, job_id, state, result, error, now, keep_for, where, args, f" RETURNING {_COLUMNS}"
-        ).fetchall()  # fetch to the end: that completes (commits) the statement
-        return _row_to_record(rows[0]) if rows else None
+    def _apply_one(self, db: sqlite3.Connection, d: Decision, now: float) -> bool:
+        where = [f"id = ? AND state IN ({','.join('?' * len(d.expect))})"]
+        args: list[Any] = [d.job_id, *(s.value for s in d.expect)]
+        if d.fence is not None:
+            where.append("worker = ? AND attempt = ?")
+            args += [d.fence.worker, d.fence.attempt]
+        if d.lease_before is not None:
+            where.append("lease_until < ?")
+            args.append(d.lease_before)
+        sets = ["state = ?", "event_seq = event_seq + ?"]
+        values: list[Any] = [d.state.value, len(d.events)]
+        if d.attempt is not None:
+            sets.append("attempt = ?")
+            values.append(d.attempt)
+        if d.cancel_requested is not None:
+            sets.append("cancel_requested = ?")
+            values.append(int(d.cancel_requested))
+        if d.moves:
+            sets += ["result = ?", "error = ?", "worker = NULL", "lease_until = NULL"]
+            values += [
+                dumps(d.result) if d.result is not None else None,
+                dumps(d.error.to_dict()) if d.error else None,
+            ]
+            if d.state is State.QUEUED:
+                sets.append("run_at = ?")
+                values.append(d.run_at if d.run_at is not None else now)
+            else:
+                sets += ["finished_at = ?", "expires_at = ?"]
+                values += [d.finished_at, d.expires_at]
+        if d.started_at is not None:
+            sets.append("started_at = ?")
+            values.append(d.started_at)
+        row = db.execute(
+            f"UPDATE jobs SET {', '.join(sets)} WHERE {' AND '.join(where)} "
+            "RETURNING event_seq, attempt",
+            (*values, *args),
+        ).fetchone()
+        if row is None:
+            return False
+        if d.events:
+            self._insert_events(db, d.job_id, d.events, now, row[0], row[1])
+        return True
 
     # -- submission ------------------------------------------------------------------
-    def enqueue(self, record: JobRecord) -> tuple[JobRecord, bool]:
-        values = _insert_values(record)
+    def enqueue(
+        self, record: JobRecord, events: Sequence[tuple[EventKind, str]]
+    ) -> tuple[JobRecord, bool, list[str]]:
         superseded: list[str] = []
-        if record.idempotency_key is None and record.supersede_key is None:
-            with self._lock:  # one statement: its own transaction
-                self._db.execute(_INSERT, values)
-        else:
-            with self._write() as db:
-                if record.idempotency_key is not None:
-                    row = db.execute(
-                        f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?",
-                        (record.idempotency_key,),
-                    ).fetchone()
-                    if row is not None:
-                        return _row_to_record(row), False
-                if record.supersede_key is not None:
-                    superseded = self._supersede(db, record.supersede_key, record.created_at)
-                db.execute(_INSERT, values)
-        self.notifier.notify(WORK, *superseded)
-        return record, True
+        with self._write() as db:
+            if record.idempotency_key is not None:
+                row = db.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?",
+                    (record.idempotency_key,),
+                ).fetchone()
+                if row is not None:
+                    return _row_to_record(row), False, []
+            if record.supersede_key is not None:
+                superseded = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT id FROM jobs WHERE supersede_key = ? "
+                        "AND state IN ('queued', 'running')",
+                        (record.supersede_key,),
+                    )
+                ]
+            db.execute(_INSERT, _insert_values(record, len(events)))
+            db.executemany(_EVENT_INSERT, _first_events(record, events))
+        self.notifier.notify(WORK, record.id)
+        return record, True, superseded
 
-    def enqueue_many(self, records: Sequence[JobRecord]) -> None:
+    def enqueue_many(
+        self, records: Sequence[JobRecord], events: Sequence[tuple[EventKind, str]]
+    ) -> None:
         if not records:
             return
         with self._write() as db:
-            db.executemany(_INSERT, [_insert_values(r) for r in records])
-        self.notifier.notify(WORK)
-
-    def _supersede(self, db: sqlite3.Connection, key: str, now: float) -> list[str]:
-        ids = [
-            r[0]
-            for r in db.execute(
-                "SELECT id FROM jobs WHERE supersede_key = ? AND state IN ('queued', 'running')",
-                (key,),
+            db.executemany(_INSERT, [_insert_values(r, len(events)) for r in records])
+            db.executemany(
+                _EVENT_INSERT, [row for r in records for row in _first_events(r, events)]
             )
-        ]
-        for job_id in ids:
-            self._cancel_locked(db, job_id, now)
-        return ids
+        self.notifier.notify(WORK)
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._read() as db:
@@ -380,15 +404,13 @@ class SQLiteStore(Store):
         with self._read() as db:
             if state is None:
                 return int(db.execute("SELECT count(*) FROM jobs").fetchone()[0])
-            return int(
-                db.execute("SELECT count(*) FROM jobs WHERE state = ?", (state.value,)).fetchone()[
-                    0
-                ]
-            )
+            row = db.execute("SELECT count(*) FROM jobs WHERE state = ?", (state.value,))
+            return int(row.fetchone()[0])
 
-    # -- workers ---------------------------------------------------------------------
-    def claim(
+    # -- state changes ---------------------------------------------------------------
+    def apply_and_claim(
         self,
+        decisions: Sequence[Decision],
         *,
         worker: str,
         tasks: Collection[str],
@@ -396,57 +418,24 @@ class SQLiteStore(Store):
         lease: float,
         now: float,
         max_jobs: int = 1,
-    ) -> list[JobRecord]:
-        if not tasks or max_jobs <= 0:
-            return []
-        if not limits and max_jobs == 1:
-            with self._lock:  # one statement, so one atomic transaction
-                claimed = self._claim_in(self._db, worker, tasks, lease, now, max_jobs)
-        else:
-            with self._write() as db:
-                claimed = self._claim_any(db, worker, tasks, limits, lease, now, max_jobs)
-        if claimed:
-            self.notifier.notify(*(r.id for r in claimed))
-        return claimed
-
-    def finish_and_claim(
-        self,
-        finishes: Sequence[Finish],
-        *,
-        worker: str,
-        tasks: Collection[str],
-        limits: Mapping[str, int],
-        lease: float,
-        now: float,
-        max_jobs: int = 1,
-    ) -> list[JobRecord]:
-        if not finishes:
-            return self.claim(
-                worker=worker, tasks=tasks, limits=limits, lease=lease, now=now, max_jobs=max_jobs
-            )
-        finished: list[str] = []
-        claimed: list[JobRecord] = []
+    ) -> tuple[list[bool], list[JobRecord]]:
+        if not tasks:
+            max_jobs = 0
+        if not decisions and max_jobs <= 0:
+            return [], []
         with self._write() as db:  # one transaction: one commit for the whole batch
-            for item in finishes:
-                cursor = self._terminate(
-                    db,
-                    item.job_id,
-                    item.state,
-                    item.result,
-                    item.error,
-                    now,
-                    item.keep_for,
-                    "state = 'running' AND worker = ?",
-                    (worker,),
-                    started_at=item.started_at,
-                )
-                if cursor.rowcount:
-                    finished.append(item.job_id)
-            if tasks and max_jobs > 0:
-                claimed = self._claim_any(db, worker, tasks, limits, lease, now, max_jobs)
-        if finished or claimed:
-            self.notifier.notify(*finished, *(r.id for r in claimed))
-        return claimed
+            done = [self._apply_one(db, d, now) for d in decisions]
+            claimed = (
+                self._claim_any(db, worker, tasks, limits, lease, now, max_jobs)
+                if max_jobs > 0
+                else []
+            )
+        changed = [d.job_id for d, ok in zip(decisions, done, strict=True) if ok]
+        if any(d.state is State.QUEUED for d, ok in zip(decisions, done, strict=True) if ok):
+            changed.append(WORK)
+        if changed or claimed:
+            self.notifier.notify(*changed, *(r.id for r in claimed))
+        return done, claimed
 
     def _claim_any(
         self,
@@ -459,43 +448,27 @@ class SQLiteStore(Store):
         max_jobs: int,
     ) -> list[JobRecord]:
         if limits:
-            return self._claim_limited_in(db, worker, tasks, limits, lease, now, max_jobs)
-        return self._claim_in(db, worker, tasks, lease, now, max_jobs)
-
-    def _claim_in(
-        self,
-        db: sqlite3.Connection,
-        worker: str,
-        tasks: Collection[str],
-        lease: float,
-        now: float,
-        max_jobs: int,
-    ) -> list[JobRecord]:
-        marks = ",".join("?" * len(tasks))
-        rows = db.execute(
-            f"UPDATE jobs SET {_CLAIM_SET} WHERE id IN (SELECT id FROM jobs "
-            f"INDEXED BY jobs_ready WHERE state = 'queued' AND run_at <= ? "
-            f"AND task IN ({marks}) "
-            f"ORDER BY priority, id LIMIT ?) RETURNING {_COLUMNS}",
-            (now, worker, now + lease, now, *tasks, max_jobs),
-        ).fetchall()
-        if len(rows) == 1:
-            return [_row_to_record(rows[0])]
+            rows = self._claim_limited_in(db, worker, tasks, limits, lease, now, max_jobs)
+        else:
+            marks = ",".join("?" * len(tasks))
+            rows = db.execute(
+                f"UPDATE jobs SET {_CLAIM_SET} WHERE id IN (SELECT id FROM jobs "
+                f"INDEXED BY jobs_ready WHERE state = 'queued' AND run_at <= ? "
+                f"AND task IN ({marks}) "
+                f"ORDER BY priority, id LIMIT ?) RETURNING {_COLUMNS}, event_seq",
+                (now, worker, now + lease, now, *tasks, max_jobs),
+            ).fetchall()
+        if not rows:
+            return []
         rows.sort(key=lambda r: (r[_PRIORITY], r[_ID]))
-        return [_row_to_record(r) for r in self._not_started(db, rows)]
-
-    def _not_started(
-        self, db: sqlite3.Connection, rows: list[tuple[Any, ...]]
-    ) -> list[tuple[Any, ...]]:
-        """All but the first of a batch wait in the worker: they have not started yet."""
-        if len(rows) < 2:
-            return rows
-        waiting = [r[_ID] for r in rows[1:]]
-        db.execute(
-            f"UPDATE jobs SET started_at = NULL WHERE id IN ({','.join('?' * len(waiting))})",
-            waiting,
+        db.executemany(
+            _EVENT_INSERT,
+            [
+                (r[_ID], r[-1], "state", None, dumps(_running_event(r[_ATTEMPT])), now, r[_ATTEMPT])
+                for r in rows
+            ],
         )
-        return [rows[0], *((*r[:_STARTED], None, *r[_STARTED + 1 :]) for r in rows[1:])]
+        return [_row_to_record(r[:-1]) for r in rows]
 
     def _claim_limited_in(
         self,
@@ -506,7 +479,7 @@ class SQLiteStore(Store):
         lease: float,
         now: float,
         max_jobs: int,
-    ) -> list[JobRecord]:
+    ) -> list[tuple[Any, ...]]:
         claimed: list[tuple[Any, ...]] = []
         allowed = set(tasks)
         room: dict[str, int] = {}
@@ -538,128 +511,80 @@ class SQLiteStore(Store):
                 room[task] -= 1
             claimed.append(
                 db.execute(
-                    f"UPDATE jobs SET {_CLAIM_SET} WHERE id = ? RETURNING {_COLUMNS}",
+                    f"UPDATE jobs SET {_CLAIM_SET} WHERE id = ? RETURNING {_COLUMNS}, event_seq",
                     (now, worker, now + lease, job_id),
                 ).fetchone()
             )
-        return [_row_to_record(r) for r in self._not_started(db, claimed)]
+        return claimed
 
-    def renew(self, *, worker: str, job_ids: Collection[str], lease: float, now: float) -> set[str]:
-        if not job_ids:
-            return set()
-        ids = list(job_ids)
-        marks = ",".join("?" * len(ids))
+    def renew(
+        self, *, worker: str, fences: Mapping[str, int], lease: float, now: float
+    ) -> tuple[set[str], set[str]]:
+        if not fences:
+            return set(), set()
+        held: set[str] = set()
+        cancelled: set[str] = set()
         with self._write() as db:
-            rows = db.execute(
-                f"UPDATE jobs SET lease_until = ? WHERE worker = ? AND state = 'running' AND id IN "
-                f"({marks}) RETURNING id, cancel_requested",
-                (now + lease, worker, *ids),
-            ).fetchall()
-        return {r[0] for r in rows if r[1]}
+            for job_id, attempt in fences.items():
+                row = db.execute(
+                    "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running' "
+                    "AND worker = ? AND attempt = ? RETURNING cancel_requested",
+                    (now + lease, job_id, worker, attempt),
+                ).fetchone()
+                if row is not None:
+                    held.add(job_id)
+                    if row[0]:
+                        cancelled.add(job_id)
+        return held, cancelled
 
-    def save_progress(self, job_id: str, progress: Progress, now: float) -> None:
+    def save_progress(self, job_id: str, fence: Fence, progress: Progress, now: float) -> bool:
         data = dumps(progress.to_dict())
         with self._write() as db:
-            changed = db.execute(
-                "UPDATE jobs SET progress = ? WHERE id = ? AND state = 'running'", (data, job_id)
-            ).rowcount
-            if changed:
-                self._events_insert(db, job_id, [(EventKind.PROGRESS, data)], now)
-        self.notifier.notify(job_id)
-
-    def append(self, job_id: str, items: Sequence[tuple[EventKind, str]], now: float) -> None:
-        if not items:
-            return
-        with self._write() as db:
-            self._events_insert(db, job_id, items, now)
-        self.notifier.notify(job_id)
-
-    def finish(
-        self,
-        job_id: str,
-        *,
-        worker: str | None,
-        state: State,
-        result: Any,
-        error: ErrorInfo | None,
-        now: float,
-        keep_for: float,
-        started_at: float | None = None,
-    ) -> bool:
-        where = "state = 'running'" if worker is None else "state = 'running' AND worker = ?"
-        args = () if worker is None else (worker,)
-        with self._lock:  # one statement: its own transaction
-            changed = self._terminate(
-                self._db,
-                job_id,
-                state,
-                result,
-                error,
-                now,
-                keep_for,
-                where,
-                args,
-                started_at=started_at,
-            ).rowcount
-        if changed:
-            # Not WORK: the finishing worker claims again by itself; a job of a task with
-            # a concurrency limit wakes the others through the worker (see Worker).
+            row = db.execute(
+                "UPDATE jobs SET progress = ?, event_seq = event_seq + 1 WHERE id = ? "
+                "AND state = 'running' AND worker = ? AND attempt = ? RETURNING event_seq",
+                (data, job_id, fence.worker, fence.attempt),
+            ).fetchone()
+            if row is not None:
+                db.execute(
+                    _EVENT_INSERT,
+                    (job_id, row[0], EventKind.PROGRESS.value, None, data, now, fence.attempt),
+                )
+        if row is not None:
             self.notifier.notify(job_id)
-        return bool(changed)
+        return row is not None
 
-    def retry(
-        self, job_id: str, *, worker: str, run_at: float, error: ErrorInfo, now: float
+    def append(
+        self, job_id: str, fence: Fence, items: Sequence[tuple[EventKind, str]], now: float
     ) -> bool:
-        with self._lock:
-            changed = self._db.execute(
-                f"UPDATE jobs SET {_REQUEUE_SET} WHERE id = ? AND state = 'running' AND worker = ?",
-                (run_at, dumps(error.to_dict()), job_id, worker),
-            ).rowcount
-        if changed:
-            self.notifier.notify(job_id, WORK)
-        return bool(changed)
+        if not items:
+            return True
+        n_out = sum(1 for kind, _ in items if kind is EventKind.OUTPUT)
+        with self._write() as db:
+            row = db.execute(
+                "UPDATE jobs SET event_seq = event_seq + ?, output_count = output_count + ? "
+                "WHERE id = ? AND state = 'running' AND worker = ? AND attempt = ? "
+                "RETURNING event_seq, output_count",
+                (len(items), n_out, job_id, fence.worker, fence.attempt),
+            ).fetchone()
+            if row is not None:
+                self._insert_events(db, job_id, items, now, row[0], fence.attempt, row[1])
+        if row is not None:
+            self.notifier.notify(job_id)
+        return row is not None
 
-    def release(self, job_ids: Collection[str], *, worker: str, now: float) -> None:
-        ids = list(job_ids)
-        if not ids:
-            return
-        with self._lock:  # one statement: its own transaction
-            self._db.execute(
-                "UPDATE jobs SET state = 'queued', run_at = ?, worker = NULL, "
-                "lease_until = NULL, started_at = NULL, attempt = max(attempt - 1, 0), "
-                "event_seq = event_seq + 1 WHERE state = 'running' AND worker = ? "
-                f"AND id IN ({','.join('?' * len(ids))})",
-                (now, worker, *ids),
-            )
-        self.notifier.notify(WORK, *ids)
+    def expired(self, now: float, limit: int = 500) -> list[JobRecord]:
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE state = 'running' AND lease_until < ? LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [_row_to_record(r) for r in rows]
 
     # -- callers ---------------------------------------------------------------------
-    def _cancel_locked(self, db: sqlite3.Connection, job_id: str, now: float) -> JobRecord | None:
-        row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            return None
-        record = _row_to_record(row)
-        if record.state is State.QUEUED:
-            error = ErrorInfo(type="Cancelled", message="cancelled before it started")
-            return self._finish_locked(
-                db, job_id, State.CANCELLED, None, error, now, None, "state = 'queued'", ()
-            )
-        if record.state is State.RUNNING and not record.cancel_requested:
-            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
-            self._events_insert(db, job_id, [(EventKind.LOG, dumps("cancel requested"))], now)
-            return record.evolve(cancel_requested=True)
-        return record
-
-    def request_cancel(self, job_id: str, now: float) -> JobRecord | None:
-        with self._write() as db:
-            record = self._cancel_locked(db, job_id, now)
-        if record is not None:
-            self.notifier.notify(job_id, WORK)
-        return record
-
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
-        with self._lock:  # one statement: its own transaction
-            changed = self._db.execute(
+        with self._write() as db:
+            changed = db.execute(
                 "UPDATE jobs SET meta = json_patch(coalesce(meta, '{}'), ?) WHERE id = ?",
                 (dumps(dict(changes)), job_id),
             ).rowcount
@@ -679,72 +604,35 @@ class SQLiteStore(Store):
     def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         with self._read() as db:
             rows = db.execute(
-                "SELECT seq, kind, idx, data, at FROM events WHERE job_id = ? AND seq > ? "
-                "ORDER BY seq LIMIT ?",
+                "SELECT seq, kind, idx, data, at, attempt FROM events WHERE job_id = ? "
+                "AND seq > ? ORDER BY seq LIMIT ?",
                 (job_id, after, limit),
             ).fetchall()
         out = []
-        for seq, kind, idx, data, at in rows:
+        for seq, kind, idx, data, at, attempt in rows:
             value = loads(data)
             if idx is not None:
-                value = {"index": idx, "item": value}
-            out.append(Event(seq=seq, kind=_KINDS[kind], data=value, at=at))
+                value = {"attempt": attempt, "index": idx, "item": value}
+            out.append(Event(seq=seq, kind=_KINDS[kind], data=value, at=at, attempt=attempt))
         return out
 
-    def output(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Any]:
+    def output(
+        self, job_id: str, attempt: int | None = None, after: int = 0, limit: int = 1000
+    ) -> list[Any]:
         with self._read() as db:
+            if attempt is None:
+                row = db.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None:
+                    return []
+                attempt = int(row[0])
             rows = db.execute(
-                "SELECT data FROM events WHERE job_id = ? AND idx >= ? ORDER BY idx LIMIT ?",
-                (job_id, after, limit),
+                "SELECT data FROM events WHERE job_id = ? AND attempt = ? AND idx >= ? "
+                "ORDER BY idx LIMIT ?",
+                (job_id, attempt, after, limit),
             ).fetchall()
         return [loads(r[0]) for r in rows]
 
     # -- housekeeping ----------------------------------------------------------------
-    def recover_lost(self, now: float) -> list[JobRecord]:
-        recovered: list[JobRecord] = []
-        with self._write() as db:
-            rows = db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE state = 'running' AND lease_until < ?", (now,)
-            ).fetchall()
-            for row in rows:
-                record = _row_to_record(row)
-                lost = ErrorInfo(
-                    type="WorkerLost",
-                    message=f"worker {record.worker} stopped renewing its lease",
-                )
-                if record.cancel_requested:
-                    done = self._finish_locked(
-                        db, record.id, State.CANCELLED, None, lost, now, None,
-                        "state = 'running'", (),
-                    )  # fmt: skip
-                elif record.started_at is None:  # claimed, never started: not an attempt
-                    db.execute(
-                        f"UPDATE jobs SET {_REQUEUE_SET}, attempt = max(attempt - 1, 0) "
-                        "WHERE id = ?",
-                        (now, dumps(lost.to_dict()), record.id),
-                    )
-                    done = record.evolve(
-                        state=State.QUEUED,
-                        worker=None,
-                        error=lost,
-                        attempt=max(0, record.attempt - 1),
-                    )
-                elif record.attempt < record.max_attempts:
-                    db.execute(
-                        f"UPDATE jobs SET {_REQUEUE_SET} WHERE id = ?",
-                        (now, dumps(lost.to_dict()), record.id),
-                    )
-                    done = record.evolve(state=State.QUEUED, worker=None, error=lost)
-                else:
-                    done = self._finish_locked(
-                        db, record.id, State.FAILED, None, lost, now, None, "state = 'running'", ()
-                    )
-                if done is not None:
-                    recovered.append(done)
-        if recovered:
-            self.notifier.notify(WORK, *(r.id for r in recovered))
-        return recovered
-
     def purge(self, now: float, *, finished_before: float | None = None) -> int:
         with self._write() as db:
             if finished_before is None:
@@ -772,3 +660,7 @@ class SQLiteStore(Store):
             self._watcher.join(timeout=2)
         with self._lock:
             self._db.close()
+
+
+def _running_event(attempt: int) -> dict[str, Any]:
+    return {"state": State.RUNNING.value, "attempt": attempt}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry upgrades a file from version N-1 to N. Never edit a released entry:
 # add the next one, so that every earlier file still opens.
@@ -82,6 +82,18 @@ MIGRATIONS: dict[int, str] = {
                             'error', json(coalesce(NEW.error, 'null'))),
                 NEW.finished_at);
     END;
+    """,
+    # The engine writes every event itself (see underway/lifecycle.py): no triggers.
+    # Events and output items belong to an attempt; output indexes restart at 0 with
+    # each attempt.
+    2: """
+    DROP TRIGGER IF EXISTS jobs_queued_event;
+    DROP TRIGGER IF EXISTS jobs_state_event;
+    DROP TRIGGER IF EXISTS jobs_done_event;
+    ALTER TABLE events ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX IF EXISTS events_output;
+    CREATE INDEX IF NOT EXISTS events_output ON events (job_id, attempt, idx)
+        WHERE idx IS NOT NULL;
     """,
 }
 
