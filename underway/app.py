@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar, overload
 
+from . import lifecycle
 from ._util import new_id, parse_duration
 from .callbacks import CallbackDispatcher
 from .errors import (
@@ -20,7 +21,6 @@ from .errors import (
     ValidationError,
 )
 from .executors import Executor, create_executor
-from . import lifecycle
 from .feed import ChangeFeed
 from .handle import JobHandle
 from .job import MAX_OUTPUT_BYTES

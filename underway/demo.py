@@ -30,7 +30,7 @@ def count(job: Job, to: int = 10, pause: float = 0.5) -> Iterator[int]:
         yield n
 
 
-@uw.task(keep_for="1h")
+@uw.task(keep_for="1h", retries=2)
 def long_process(job: Job, steps: int = 10, pause: float = 1.0) -> str:
     """Build "1 2 3 ... 10" one step at a time, emitting each interim result."""
     text = ""

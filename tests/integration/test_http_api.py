@@ -131,7 +131,7 @@ def test_output_after(http: httpx.Client, gates: Gates) -> None:
     job_id = r.json()["id"]
     assert http.get(f"/v1/jobs/{job_id}/output").json()["items"] == [{"i": 0}, {"i": 1}, {"i": 2}]
     page = http.get(f"/v1/jobs/{job_id}/output", params={"after": 1}).json()
-    assert page == {"items": [{"i": 1}, {"i": 2}], "after": 1, "next": 3}
+    assert page == {"items": [{"i": 1}, {"i": 2}], "after": 1, "next": 3, "attempt": 1}
 
 
 def test_cancel_and_delete(http: httpx.Client, gates: Gates) -> None:

@@ -721,9 +721,7 @@ class FlakyStore(SQLiteStore):
 
     failures = 3
 
-    def apply_and_claim(
-        self, decisions: Any, **options: Any
-    ) -> tuple[list[bool], list[JobRecord]]:
+    def apply_and_claim(self, decisions: Any, **options: Any) -> tuple[list[bool], list[JobRecord]]:
         if decisions and options.get("max_jobs", 1) > 0 and type(self).failures > 0:
             type(self).failures -= 1
             raise StoreUnavailable("the store is away", retry_after=1)

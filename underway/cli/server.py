@@ -29,7 +29,8 @@ drain_option = click.option(
     "--drain",
     default=DRAIN_SECONDS,
     show_default=True,
-    help="Seconds running jobs get to finish on stop before they are handed back.",
+    help="Seconds running jobs get to finish on stop before they are handed back "
+    "(while attempts remain).",
 )
 
 
@@ -142,7 +143,8 @@ def stop_workers(uw: Underway, worker: Worker | None, drain: float) -> None:
     if worker is not None and worker.running_ids:
         click.echo(
             f"underway: stopping; {len(worker.running_ids)} running jobs get {drain:g}s to "
-            "finish, then go back to the queue",
+            "finish, then go back to the queue while attempts remain (else they fail "
+            "with Shutdown)",
             err=True,
         )
     uw.stop(drain=drain)

@@ -5,11 +5,15 @@ Each event's `id:` is its `seq`, so a client that reconnects with `Last-Event-ID
 ping every `ping_interval` seconds to keep proxies from closing an idle stream. The
 stream ends after `done`.
 
+A stream that starts from the beginning shows the job's latest attempt: the
+output, log and progress events of earlier attempts are skipped (a client that
+watches live resets its view at each `state` event `running` of a new attempt).
+
 The asynchronous stream holds no thread while it waits: it subscribes to the
-store's notifier, whose callback wakes the event loop, so a thousand watchers cost
-a thousand small coroutines, not a thousand threads. Watchers of the same job on
-one event loop share their store reads: when the job changes, one read serves them
-all (see `_SharedRead`).
+engine's change feed, whose callback wakes the event loop, so a thousand watchers
+cost a thousand small coroutines, not a thousand threads; an idle stream reads
+nothing and only pings. Watchers of the same job on one event loop share their
+store reads: when the job changes, one read serves them all (see `_SharedRead`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._util import dumps
-from ..records import TERMINAL, Event, EventKind
+from ..records import TERMINAL, Event, EventKind, JobRecord
 
 if TYPE_CHECKING:
     from .handlers import Api, EventStream
@@ -47,17 +51,24 @@ def format_event(event: Event, *, tracebacks: bool = False) -> bytes:
     return f"id: {event.seq}\nevent: {event.kind.value}\ndata: {dumps(data)}\n\n".encode()
 
 
-def _read(api: Api, job_id: str, after: int, check_ended: bool) -> tuple[list[Event], bool]:
-    """New events, and whether the stream is over with none left to send.
+def _read(api: Api, job_id: str, after: int) -> tuple[list[Event], JobRecord | None]:
+    """New events, and the job as it was just before they were read.
 
-    The record is read before the events: a job that is finished by then has its
-    `done` event stored already, so an empty read really means nothing is left.
+    The record is read first: a job that is finished by then has its `done` event
+    stored already, so an empty read of a finished job means nothing is left.
     """
-    ended = False
-    if check_ended:
-        record = api.uw.find(job_id)
-        ended = record is None or record.state in TERMINAL
-    return api.uw.events_after(job_id, after), ended
+    record = api.uw.find(job_id)
+    return api.uw.events_after(job_id, after), record
+
+
+_PER_ATTEMPT = frozenset({EventKind.OUTPUT, EventKind.LOG, EventKind.PROGRESS})
+
+
+def _shown(events: list[Event], since_attempt: int) -> list[Event]:
+    """The events a stream shows: those of earlier attempts' segments are skipped."""
+    if since_attempt <= 1:
+        return events
+    return [e for e in events if e.kind not in _PER_ATTEMPT or e.attempt >= since_attempt]
 
 
 READ_LIMIT = 1000  # events per store read
@@ -145,36 +156,44 @@ async def aiter_events(
     watched = _watch(api, stream.job_id, loop)
     after = stream.after
     next_ping = loop.time() + ping_interval
-    check_ended = True
+    check_record = True  # at the start, and after a wake-up that brought no event
+    since_attempt = 0
     api.streams(+1)
     try:
         yield RETRY
         while True:
             wake.clear()
-            if check_ended:
-                events, ended = await run_sync(_read, api, stream.job_id, after, True)
+            if check_record:
+                events, record = await run_sync(_read, api, stream.job_id, after)
+                if record is None:
+                    return  # deleted
+                if stream.after == 0 and not since_attempt:
+                    since_attempt = record.attempt
             else:
                 events = await _shared_events(api, watched, stream.job_id, after, run_sync)
-                ended = False
             if events:
-                yield b"".join(format_event(e, tracebacks=api.tracebacks) for e in events)
+                shown = _shown(events, since_attempt)
+                if shown:
+                    yield b"".join(format_event(e, tracebacks=api.tracebacks) for e in shown)
                 after = events[-1].seq
                 if events[-1].kind is EventKind.DONE:
                     return
+                check_record = False
                 continue
-            if ended:
+            if check_record and record.state in TERMINAL:
                 return
-            timeout = max(0.0, min(next_ping - loop.time(), api.poll_interval))
-            try:
-                await asyncio.wait_for(wake.wait(), timeout)
-                check_ended = False
-            except TimeoutError:
-                # No wake-up: look at the record too, in case the job was finished or
-                # deleted by a process whose changes this notifier does not hear.
-                check_ended = True
-            if loop.time() >= next_ping:
-                yield PING
-                next_ping = loop.time() + ping_interval
+            if not check_record:
+                check_record = True  # a change without an event: look at the record
+                continue
+            # Idle: no read until the feed says the job changed; only pings.
+            while True:
+                try:
+                    await asyncio.wait_for(wake.wait(), max(0.0, next_ping - loop.time()))
+                    break
+                except TimeoutError:
+                    yield PING
+                    next_ping = loop.time() + ping_interval
+            check_record = False
     finally:
         api.streams(-1)
         unsubscribe()
@@ -183,27 +202,29 @@ async def aiter_events(
 
 def iter_events(api: Api, stream: EventStream, *, ping_interval: float) -> Iterator[bytes]:
     """The same stream for a threaded (WSGI) server: blocks this thread while waiting."""
-    notifier = api.uw.feed
+    feed = api.uw.feed
     after = stream.after
     next_ping = time.monotonic() + ping_interval
-    check_ended = True
+    since_attempt = 0
     api.streams(+1)
     try:
         yield RETRY
         while True:
-            seen = notifier.version(stream.job_id)
-            events, ended = _read(api, stream.job_id, after, check_ended)
+            seen = feed.version(stream.job_id)
+            events, record = _read(api, stream.job_id, after)
+            if record is not None and stream.after == 0 and not since_attempt:
+                since_attempt = record.attempt
             if events:
-                yield b"".join(format_event(e, tracebacks=api.tracebacks) for e in events)
+                shown = _shown(events, since_attempt)
+                if shown:
+                    yield b"".join(format_event(e, tracebacks=api.tracebacks) for e in shown)
                 after = events[-1].seq
                 if events[-1].kind is EventKind.DONE:
                     return
                 continue
-            if ended:
+            if record is None or record.state in TERMINAL:
                 return
-            timeout = max(0.0, min(next_ping - time.monotonic(), api.poll_interval))
-            check_ended = notifier.wait(stream.job_id, seen, timeout) == seen
-            if time.monotonic() >= next_ping:
+            while feed.wait(stream.job_id, seen, max(0.0, next_ping - time.monotonic())) == seen:
                 yield PING
                 next_ping = time.monotonic() + ping_interval
     finally:

@@ -1,20 +1,25 @@
 """The Redis store: one Redis server shared by any number of processes and machines.
 
 Every change of a job is one Lua script call (see `redis_scripts`), so claiming is
-atomic and a job costs a handful of round trips: enqueue, claim (batched), finish,
-plus batched progress and output. Key names live in `redis_keys`.
+atomic and a job costs a handful of round trips: enqueue, claim (batched, with the
+ends of the previous jobs), plus batched progress and output. The store applies
+the lifecycle's decisions (`Decision`) and fences writes; it decides nothing
+itself. Key names live in `redis_keys`.
 
 Waiting does not poll Redis: a background subscriber thread (`redis_listener`)
 turns pub/sub messages into `ChangeFeed` wake-ups. Idle workers are woken by the
-claim scripts: a claim that comes up short registers its thread as idle, and the
-next enqueue (or finish, retry, recovery) wakes one such thread through its
-process's own channel. Busy workers cost no messages at all.
+scripts: a claim that comes up short registers its thread as idle, and the next
+enqueue (or a decision that requeues a job, or ends one and so frees room under a
+concurrency limit) wakes one such thread through its process's own channel. Busy
+workers cost no messages at all.
 
 While Redis cannot be reached, every call raises `StoreUnavailable`; the
 subscriber reconnects by itself. One exception: the writes of a lease holder
-(`append`, `save_progress`, `finish`, `retry` of a job this store instance claimed)
-are retried while its lease lasts, since nobody else may take the job meanwhile;
-giving up at once would lose output or let a finished job run again after recovery.
+(`append`, `save_progress`, and `apply` without a claim, about jobs this store
+instance claimed) are retried while its lease lasts, since nobody else may take the
+job meanwhile; giving up at once would lose output or let a finished job run again
+after recovery. A retried decision whose first try did land finds its guard no
+longer holds and reports False.
 
 Redis Cluster is not supported (scripts touch keys they compute).
 """
@@ -35,16 +40,26 @@ from redis.retry import Retry
 from .._util import dumps, loads, new_id
 from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK
-from ..records import ErrorInfo, Event, EventKind, JobRecord, Page, Progress, State
+from ..records import (
+    Decision,
+    ErrorInfo,
+    Event,
+    EventKind,
+    Fence,
+    JobRecord,
+    Page,
+    Progress,
+    State,
+)
 from . import redis_scripts as scripts
-from .base import Finish, Store
+from .base import Store
 from .redis_keys import Keys
 from .redis_listener import RedisListener, RedisNotifier
 
 RETRY_AFTER = 2.0  # seconds callers are told to wait while Redis is unreachable
 MAX_IDLE_WAIT = 5.0  # an idle worker looks again at least this often, in case a wake-up got lost
 HELD_RETRY_STEP = 0.2  # seconds between attempts of a lease holder's write during an outage
-BATCH = 200  # jobs per script call in recover_lost / purge, so no call blocks Redis for long
+BATCH = 200  # jobs per script call in purge, so no call blocks Redis for long
 
 _STATES = {s.value: s for s in State}
 _KINDS = {k.value: k for k in EventKind}
@@ -135,10 +150,46 @@ def _fields(record: JobRecord) -> list[str]:
     return flat
 
 
-def _event(seq: int, entry: str, items: Mapping[int, str]) -> Event:
-    kind, at, idx, data = entry.split("|", 3)
-    value = {"index": int(idx), "item": loads(items[int(idx)])} if idx else loads(data)
-    return Event(seq=seq, kind=_KINDS[kind], data=value, at=float(at))
+def _flat_events(events: Sequence[tuple[EventKind, str]]) -> list[str]:
+    return [x for kind, data in events for x in (EventKind(kind).value, data)]
+
+
+def _opt(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def _decision_args(d: Decision) -> list[Any]:
+    """A decision as the arguments `APPLY_AND_CLAIM` reads (see `DECISION_FIELDS`)."""
+    if any(kind is EventKind.OUTPUT for kind, _ in d.events):
+        raise ValueError("a decision carries no output: append it under the job's fence")
+    args: list[Any] = [
+        d.job_id,
+        ",".join(sorted(s.value for s in d.expect)),
+        "" if d.fence is None else d.fence.worker,
+        "" if d.fence is None else str(d.fence.attempt),
+        _opt(d.lease_before),
+        d.state.value,
+        "" if d.attempt is None else str(d.attempt),
+        "" if d.cancel_requested is None else str(int(d.cancel_requested)),
+        _opt(d.run_at),
+        "" if d.result is None else dumps(d.result),
+        "" if d.error is None else dumps(d.error.to_dict()),
+        _opt(d.started_at),
+        _opt(d.finished_at),
+        _opt(d.expires_at),
+        len(d.events),
+    ]
+    assert len(args) == scripts.DECISION_FIELDS
+    return args + _flat_events(d.events)
+
+
+def _event(seq: int, entry: str) -> Event:
+    """An event from its stored entry (`kind|at|attempt|idx|data`; `EVENTS` puts an
+    output event's item in place of its empty data)."""
+    kind, at, attempt, idx, data = entry.split("|", 4)
+    n = int(attempt)
+    value = {"attempt": n, "index": int(idx), "item": loads(data)} if idx else loads(data)
+    return Event(seq=seq, kind=_KINDS[kind], data=value, at=float(at), attempt=n)
 
 
 class RedisStore(Store):
@@ -172,19 +223,16 @@ class RedisStore(Store):
         self._enqueue = s(scripts.ENQUEUE)
         self._enqueue_many = s(scripts.ENQUEUE_MANY)
         self._get = s(scripts.GET)
-        self._claim = s(scripts.CLAIM)
+        self._apply_and_claim = s(scripts.APPLY_AND_CLAIM)
         self._renew = s(scripts.RENEW)
         self._progress = s(scripts.PROGRESS)
         self._append = s(scripts.APPEND)
-        self._finish = s(scripts.FINISH)
-        self._retry = s(scripts.RETRY)
-        self._release = s(scripts.RELEASE)
-        self._cancel = s(scripts.CANCEL)
+        self._expired = s(scripts.EXPIRED)
         self._update_meta = s(scripts.UPDATE_META)
         self._delete = s(scripts.DELETE)
-        self._recover = s(scripts.RECOVER)
         self._purge = s(scripts.PURGE)
         self._events = s(scripts.EVENTS)
+        self._output = s(scripts.OUTPUT)
         self.notifier = RedisNotifier()
         self._listener = RedisListener(
             self._redis,
@@ -215,12 +263,14 @@ class RedisStore(Store):
         for job_id in job_ids:
             self._held[job_id] = until
 
-    def _run_held(self, job_id: str, script: Any, now: float, *args: Any) -> Any:
+    def _run_held(self, job_ids: Collection[str], script: Any, now: float, *args: Any) -> Any:
+        """Run `script`, retrying while Redis is away and we hold all of `job_ids`."""
         while True:
             try:
                 return self._run(script, now, *args)
             except StoreUnavailable:
-                until = self._held.get(job_id)
+                ends = [self._held.get(job_id) for job_id in job_ids]
+                until = None if None in ends else min(e for e in ends if e is not None)
                 if until is None or time.monotonic() + HELD_RETRY_STEP >= until:
                     raise
                 if self._closing.wait(HELD_RETRY_STEP):
@@ -451,27 +501,20 @@ class RedisStore(Store):
         return bool(gone)
 
     def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
-        entries, first, items = self._run(self._events, 0.0, job_id, max(after, 0), limit)
-        by_index = {first + i: item for i, item in enumerate(items)}
-        return [_event(after + n + 1, entry, by_index) for n, entry in enumerate(entries)]
+        after = max(after, 0)
+        entries = self._run(self._events, 0.0, job_id, after, limit)
+        return [_event(after + n + 1, entry) for n, entry in enumerate(entries)]
 
-    def output(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Any]:
-        with self._guard():
-            items = self._redis.lrange(self.keys.output(job_id), after, after + limit - 1)
+    def output(
+        self, job_id: str, attempt: int | None = None, after: int = 0, limit: int = 1000
+    ) -> list[Any]:
+        if limit <= 0:
+            return []
+        which = "" if attempt is None else str(attempt)
+        items = self._run(self._output, 0.0, job_id, which, max(after, 0), limit)
         return [loads(item) for item in items]
 
     # -- housekeeping ----------------------------------------------------------------
-    def recover_lost(self, now: float) -> list[JobRecord]:
-        recovered: list[JobRecord] = []
-        while True:
-            batch = self._run(self._recover, now, BATCH)
-            recovered += [_record(flat) for flat in batch]
-            if len(batch) < BATCH:
-                break
-        if recovered:
-            self.notifier.notify(*(r.id for r in recovered))
-        return recovered
-
     def purge(self, now: float, *, finished_before: float | None = None) -> int:
         index, bound = ("expiry", now) if finished_before is None else ("finished", finished_before)
         total = 0
