@@ -26,7 +26,14 @@ from ..records import State
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, load_app, parse_params
 from .display import Follower, print_record, print_table
 from .jobs import jobs_options, open_jobs
-from .server import drain_option, log_to_stderr, run_server, server_options, stop_workers
+from .server import (
+    drain_option,
+    log_options,
+    log_to_stderr,
+    run_server,
+    server_options,
+    stop_workers,
+)
 
 __all__ = ["cli", "main"]
 
@@ -60,12 +67,21 @@ def demo(**options: Any) -> int:
 @click.option("--store", help="Store URL shared with the web processes.")
 @click.option("--workers", type=click.IntRange(min=1), help="Jobs run at once.")
 @drain_option
-def worker(app_spec: str, store: str | None, workers: int | None, drain: float) -> int:
+@log_options[0]
+@log_options[1]
+def worker(
+    app_spec: str,
+    store: str | None,
+    workers: int | None,
+    drain: float,
+    log_level: str,
+    log_format: str,
+) -> int:
     """Run jobs of MODULE:ATTR from a shared store until SIGINT or SIGTERM."""
     uw = load_app(app_spec)
     uw.configure(store=store, workers=workers)
     uw.where  # noqa: B018 - fail now, as one line, if the store is unusable
-    log_to_stderr()
+    log_to_stderr(log_level, log_format)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 from collections.abc import Sequence
 from types import FrameType
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from .. import Underway
+from ..logs import FORMATS, LEVELS
 from .common import DRAIN_SECONDS, EXIT_ERROR, EXIT_OK, C, CliError, is_loopback
 
 if TYPE_CHECKING:
@@ -24,6 +24,25 @@ class _Terminated(Exception):
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise _Terminated()
 
+
+log_options = [
+    click.option(
+        "--log-level",
+        type=click.Choice(LEVELS),
+        default="info",
+        show_default=True,
+        envvar="UNDERWAY_LOG_LEVEL",
+        help="The least severe log lines shown (every job transition is logged at info).",
+    ),
+    click.option(
+        "--log-format",
+        type=click.Choice(FORMATS),
+        default="text",
+        show_default=True,
+        envvar="UNDERWAY_LOG_FORMAT",
+        help="Log lines as text, or as one JSON object per line.",
+    ),
+]
 
 drain_option = click.option(
     "--drain",
@@ -62,6 +81,7 @@ def server_options(func: C) -> C:
             help="Show failed jobs' tracebacks through the API (for development).",
         ),
         drain_option,
+        *log_options,
     ]
     for option in reversed(options):
         func = option(func)
@@ -83,6 +103,8 @@ def run_server(
     drain: float,
     tracebacks: bool = False,
     banner: str | None = None,
+    log_level: str = "info",
+    log_format: str = "text",
 ) -> int:
     from ..http.auth import load_tokens
 
@@ -116,7 +138,7 @@ def run_server(
             timeout_graceful_shutdown=3,
         )
     )
-    log_to_stderr()
+    log_to_stderr(log_level, log_format)
     where = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     mode = "no workers (enqueue only)" if no_workers else f"{uw.workers} workers"
     click.echo(f"underway: {len(uw.tasks)} tasks, {mode}, store {uw.where}", err=True)
@@ -150,13 +172,10 @@ def stop_workers(uw: Underway, worker: Worker | None, drain: float) -> None:
     uw.stop(drain=drain)
 
 
-def log_to_stderr() -> None:
-    logger = logging.getLogger("underway")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+def log_to_stderr(level: str = "info", fmt: str = "text") -> None:
+    from ..logs import configure
+
+    configure(level, fmt)
 
 
 # -- the commands ---------------------------------------------------------------------
