@@ -24,7 +24,7 @@ from .executors import Executor, create_executor
 from .feed import ChangeFeed
 from .handle import JobHandle
 from .job import MAX_OUTPUT_BYTES
-from .records import TERMINAL, Event, EventKind, JobRecord, State
+from .records import TERMINAL, Event, EventKind, JobRecord, State, latest_segment
 from .stores import Page, Store, open_store
 from .tasks import Task, make_settings
 from .worker import Worker
@@ -423,35 +423,50 @@ class Underway:
     def follow(
         self, job_id: str, *, after: int = 0, timeout: float | None = None
     ) -> Iterator[Event]:
-        """Events with id > `after` as they happen, until `done` (or `timeout` seconds)."""
+        """Events with id > `after` as they happen, until `done` (or `timeout` seconds).
+
+        From the start (`after=0`) it shows the latest attempt: the output, log and
+        progress events of earlier attempts are skipped. It reads only when the change
+        feed says the job changed."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        feed = self.feed
+        since_attempt: int | None = None
         while True:
-            left = 1.0 if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                return
-            for event in self.store.wait_events(job_id, after, min(left, 1.0)):
-                after = event.seq
-                yield event
-                if event.kind is EventKind.DONE:
+            seen = feed.version(job_id)
+            record = self.store.get(job_id)
+            events = self.store.events(job_id, after)
+            if record is not None and since_attempt is None:
+                since_attempt = record.attempt if after == 0 else 0
+            yield from latest_segment(events, since_attempt or 0)
+            if events:
+                after = events[-1].seq
+                if events[-1].kind is EventKind.DONE:
                     return
-            if self.store.get(job_id) is None:
+                continue
+            if record is None or record.state in TERMINAL:
                 return
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            feed.wait(job_id, seen, left)
 
     def wait(
         self, job_id: str, *, timeout: float | None = None, owner: str | None = None
     ) -> JobRecord:
-        """Block until the job is finished; its final record. TimeoutError past `timeout`."""
+        """Block until the job is finished; its final record. TimeoutError past `timeout`.
+
+        It reads the job only when the change feed says it changed."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        notifier = self.store.notifier
+        feed = self.feed
         while True:
-            seen = notifier.version(job_id)
+            seen = feed.version(job_id)
             record = self.get(job_id, owner=owner)
             if record.state in TERMINAL:
                 return record
-            left = 1.0 if deadline is None else deadline - time.monotonic()
-            if left <= 0:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
-            notifier.wait(job_id, seen, min(left, 1.0))
+            feed.wait(job_id, seen, left)
 
     # -- changing --------------------------------------------------------------------
     def cancel(self, job_id: str, *, owner: str | None = None) -> JobRecord:

@@ -168,6 +168,17 @@ class Event:
         return {"id": self.seq, "event": self.kind.value, "data": self.data, "at": rfc3339(self.at)}
 
 
+PER_ATTEMPT: frozenset[EventKind] = frozenset({EventKind.OUTPUT, EventKind.LOG, EventKind.PROGRESS})
+
+
+def latest_segment(events: list[Event], since_attempt: int) -> list[Event]:
+    """`events` without the output, log and progress of attempts before `since_attempt`
+    (what a watcher that starts from the beginning is shown)."""
+    if since_attempt <= 1:
+        return events
+    return [e for e in events if e.kind not in PER_ATTEMPT or e.attempt >= since_attempt]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Page:
     """One page of a job listing, newest first; `next_cursor` continues it."""
@@ -197,8 +208,9 @@ class Decision:
     lease ran out before `lease_before` (when given). Effect: `state`; `attempt` when
     not None; `cancel_requested` when not None; a move out of `running` clears the
     holder and its lease and writes `result`, `error` and `run_at` (queued) or
-    `finished_at`, `expires_at` (terminal); `started_at` fills in a start the store
-    has not recorded. Then `events` are appended in order."""
+    `finished_at`, `expires_at` (terminal); `started_at`, when given, replaces the
+    claim time with the moment the code really started. Then `events` are appended
+    in order."""
 
     job_id: str
     expect: frozenset[State]

@@ -331,15 +331,15 @@ class Worker:
         )
         with self._lock:
             self._running[record.id] = entry
-            cancelled = record.id in self._cancel_before_start
+            # Cancelled while it waited here, or before it was handed back and claimed
+            # again: it ends without its code starting.
+            cancelled = record.id in self._cancel_before_start or record.cancel_requested
             if cancelled:
                 self._cancel_before_start.discard(record.id)
         if cancelled:
             self._begin_stop(entry, "cancel")
             self._finished(entry, Outcome(state=State.CANCELLED))
             return
-        if record.cancel_requested:
-            self._begin_stop(entry, "cancel")
         try:
             entry.executor = self.app.executor_for(task.settings.executor)
             outcome = entry.executor.call(job, task)

@@ -8,11 +8,21 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.contract.helpers import claim_one, finish, output_item, submit
+from tests.contract.helpers import (
+    cancel,
+    claim_one,
+    fence,
+    finish,
+    log_item,
+    output_item,
+    recover,
+    release,
+    submit,
+)
 from tests.support.redis_server import RedisServer
 from tests.support.services import free_port, missing
 from underway.errors import ConfigurationError, StoreUnavailable
-from underway.records import EventKind
+from underway.records import Progress, State
 from underway.stores import open_store
 from underway.stores.redis import RedisStore
 
@@ -39,17 +49,39 @@ def test_purged_jobs_leave_no_keys_behind(redis_store: RedisStore, redis_url: st
     now = time.time()
     submit(redis_store, now=now, owner="alice", idempotency_key="k", supersede_key="s")
     job = claim_one(redis_store, now=now)
-    redis_store.append(job.id, [output_item(1), (EventKind.LOG, '"x"')], now)
-    finish(redis_store, job.id, now=now, keep_for=1.0)
+    assert redis_store.append(job.id, fence(job), [output_item(1), log_item("x")], now)
+    assert finish(redis_store, job, now=now, keep_for=1.0) is not None
     assert any(job.id in key for key in _keys(redis_url))
     assert redis_store.purge(now + 2) == 1
     leftovers = [k for k in _keys(redis_url) if not k.endswith((":idle",))]
     assert leftovers == []
 
 
+def test_a_job_of_several_attempts_leaves_no_keys_behind(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    now = time.time()
+    submit(redis_store, now=now, max_attempts=3, idempotency_key="k", supersede_key="s")
+    first = claim_one(redis_store, now=now, lease=5.0)
+    assert redis_store.append(first.id, fence(first), [output_item("a"), log_item("x")], now)
+    assert redis_store.save_progress(first.id, fence(first), Progress(current=1), now)
+    [lost] = recover(redis_store, now + 6)
+    assert lost.state is State.QUEUED
+    second = claim_one(redis_store, now=now + 7)
+    assert release(redis_store, [second], now=now + 7) == [True]
+    third = claim_one(redis_store, now=now + 8)
+    assert third.attempt == 2
+    assert redis_store.append(third.id, fence(third), [output_item("b")], now + 8)
+    assert finish(redis_store, third, now=now + 9, keep_for=1.0) is not None
+    assert redis_store.output(first.id, attempt=1) == ["a"]
+    assert redis_store.output(first.id) == ["b"]
+    assert redis_store.purge(now + 11) == 1
+    assert [k for k in _keys(redis_url) if not k.endswith(":idle")] == []
+
+
 def test_deleted_jobs_leave_no_keys_behind(redis_store: RedisStore, redis_url: str) -> None:
     job = submit(redis_store, owner="bob")
-    redis_store.request_cancel(job.id, time.time())
+    cancel(redis_store, job.id)
     assert redis_store.delete(job.id)
     assert [k for k in _keys(redis_url) if not k.endswith(":idle")] == []
 

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import time
 
-from tests.contract.helpers import claim_one, finish, output_item, record, submit
-from underway.records import EventKind, JobRecord, State
+from tests.contract.helpers import (
+    cancel,
+    claim,
+    claim_one,
+    enqueue,
+    fence,
+    finish,
+    log_item,
+    output_item,
+    record,
+    submit,
+)
+from underway import lifecycle
+from underway.records import JobRecord, State
 from underway.stores import Store
 
 
 def test_enqueue_then_get_returns_the_queued_job(store: Store) -> None:
     rec = record("t", params={"text": "héllo", "n": [1, 2]}, owner="alice", priority=3,
                  meta={"callback_url": "http://x"}, timeout=12.5, max_attempts=3)  # fmt: skip
-    stored, created = store.enqueue(rec)
-    assert created and stored.id == rec.id
+    stored, created, superseded = enqueue(store, rec)
+    assert created and stored.id == rec.id and superseded == []
     got = store.get(rec.id)
     assert got is not None
     assert got.state is State.QUEUED
@@ -23,23 +35,29 @@ def test_enqueue_then_get_returns_the_queued_job(store: Store) -> None:
     assert got.created_at == rec.created_at
     assert got.attempt == 0 and not got.cancel_requested and got.output_count == 0
     assert got.position == 0
-    assert [e.data for e in store.events(rec.id)] == [{"state": "queued"}]
+    events = store.events(rec.id)
+    assert [(e.kind.value, e.data, e.attempt) for e in events] == [
+        ("state", {"state": "queued"}, 0)
+    ]
+    assert events[0].seq == 1 and events[0].at == rec.created_at
 
 
 def test_enqueue_many_stores_every_job_queued_in_order(store: Store) -> None:
     now = time.time()
     recs = [record("t", params={"i": i}, owner="bob", now=now) for i in range(2500)]
     later = record("t", run_at=now + 100, now=now)
-    store.enqueue_many([*recs, later])
+    store.enqueue_many([*recs, later], lifecycle.submitted())
     got = store.get(recs[1234].id)
     assert got is not None and got.state is State.QUEUED and got.params == {"i": 1234}
     assert got.owner == "bob" and got.created_at == now
     assert [e.data for e in store.events(recs[0].id)] == [{"state": "queued"}]
     assert store.count(state=State.QUEUED) == 2501
     assert store.list_jobs(owner="bob", limit=1).jobs[0].id == recs[-1].id
-    claimed = store.claim(worker="w", tasks=["t"], limits={}, lease=30.0, now=now, max_jobs=3000)
+    claimed = claim(store, worker="w", now=now, max_jobs=3000)
     assert [r.id for r in claimed] == [r.id for r in recs]  # the delayed one is not due
-    store.enqueue_many([])
+    assert {(r.attempt, r.started_at) for r in claimed} == {(1, now)}
+    store.enqueue_many([], lifecycle.submitted())
+    assert store.count() == 2501
 
 
 def test_get_unknown_is_none(store: Store) -> None:
@@ -61,42 +79,54 @@ def test_position_follows_priority_then_age_within_a_queue(store: Store) -> None
 
 def test_idempotency_key_returns_the_existing_job(store: Store) -> None:
     first = submit(store, idempotency_key="k1", params={"n": 1})
-    again, created = store.enqueue(record(idempotency_key="k1", params={"n": 2}))
-    assert not created
+    again, created, superseded = enqueue(store, record(idempotency_key="k1", params={"n": 2}))
+    assert not created and superseded == []
     assert again.id == first.id and again.params == {"n": 1}
     assert store.count() == 1
-    other, created = store.enqueue(record(idempotency_key="k2"))
+    assert len(store.events(first.id)) == 1
+    other, created, _ = enqueue(store, record(idempotency_key="k2"))
     assert created and other.id != first.id
 
 
 def test_idempotency_key_is_free_again_once_the_job_is_gone(store: Store) -> None:
     first = submit(store, idempotency_key="k")
-    store.request_cancel(first.id, time.time())
+    cancel(store, first.id)
     assert store.delete(first.id)
-    second, created = store.enqueue(record(idempotency_key="k"))
+    second, created, _ = enqueue(store, record(idempotency_key="k"))
     assert created and second.id != first.id
 
 
-def test_supersede_cancels_active_jobs_with_the_same_key(store: Store) -> None:
+def test_supersede_returns_the_active_jobs_with_the_same_key(store: Store) -> None:
     running = submit(store, "r", supersede_key="render")
     claim_one(store, "r")
     finished = submit(store, "f", supersede_key="render")
-    claim_one(store, "f")
-    finish(store, finished.id)
+    finish(store, claim_one(store, "f"))
     queued = submit(store, "q", supersede_key="render")
     unrelated = submit(store, "q", supersede_key="other")
-    newest = submit(store, "q", supersede_key="render")
+    newest = record("q", supersede_key="render")
+    stored, created, superseded = enqueue(store, newest)
+    assert created and stored.id == newest.id
+    assert sorted(superseded) == sorted([running.id, queued.id])
 
     def get(job_id: str) -> JobRecord:
         got = store.get(job_id)
         assert got is not None
         return got
 
+    # The store only reports them; nothing changed yet.
+    assert get(running.id).state is State.RUNNING and not get(running.id).cancel_requested
+    assert get(queued.id).state is State.QUEUED
+    # The engine cancels them as any cancel: the queued one ends, the running one is flagged.
+    for job_id in superseded:
+        cancel(store, job_id)
     assert get(running.id).state is State.RUNNING and get(running.id).cancel_requested
     assert get(finished.id).state is State.SUCCEEDED
     assert get(queued.id).state is State.CANCELLED
     assert get(unrelated.id).state is State.QUEUED
     assert get(newest.id).state is State.QUEUED and not get(newest.id).cancel_requested
+    # A job that ended leaves the key: the next one supersedes only the newest.
+    _, _, after = enqueue(store, record("q", supersede_key="render"))
+    assert sorted(after) == sorted([running.id, newest.id])
 
 
 def test_list_is_newest_first_with_cursor_pagination(store: Store) -> None:
@@ -155,13 +185,13 @@ def test_count_all_and_by_state(store: Store) -> None:
 def test_delete_removes_the_job_its_events_and_output(store: Store) -> None:
     submit(store)
     job = claim_one(store)
-    store.append(job.id, [output_item("x"), (EventKind.LOG, '"hi"')], time.time())
-    finish(store, job.id)
+    assert store.append(job.id, fence(job), [output_item("x"), log_item("hi")], time.time())
+    assert finish(store, job) is not None
     keep = submit(store)
     assert store.delete(job.id)
     assert store.get(job.id) is None
     assert store.events(job.id) == []
-    assert store.output(job.id) == []
+    assert store.output(job.id) == [] and store.output(job.id, attempt=1) == []
     assert not store.delete(job.id)
     assert [r.id for r in store.list_jobs().jobs] == [keep.id]
     assert store.count() == 1

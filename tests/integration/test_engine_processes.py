@@ -206,28 +206,34 @@ def test_an_unversioned_file_is_migrated(db_path: Path) -> None:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
-def test_sigkill_does_not_use_up_the_attempts_of_jobs_that_never_started(
+def test_jobs_waiting_behind_a_long_job_are_handed_back_before_a_sigkill(
     workers: Workers, client: Underway, tmp_path: Path
 ) -> None:
     # A worker with a backlog of short jobs claims them in batches: the jobs after
-    # the hanging one wait in it, claimed but not started, when it is killed.
+    # the hanging one wait in it, claimed but not started, until it hands them back
+    # (the long job holds its only slot), so the kill does not take them down too.
     marker = tmp_path / "started"
     before = [client.submit("record_run", n=i) for i in range(20)]
     hang = client.submit("hang_always", marker=str(marker))
     after = [client.submit("record_run", n=i) for i in range(20, 40)]
     first = workers.spawn(workers=1)
     wait_for(marker.exists, what="the hanging job to start")
+    wait_for(
+        lambda: all(client.get(h.id).state is not State.RUNNING for h in after),
+        what="the waiting jobs to be handed back",
+    )
     first.send_signal(signal.SIGKILL)
     first.wait()
     workers.spawn()
-    try:
-        for handle in after:  # they never started: no attempt was used up
-            assert handle.wait(30) is not None
-            assert handle.refresh().attempt == 1
-        for handle in before:  # they ran; an end the killed worker had not written is
-            record = client.wait(handle.id, timeout=30)  # lost with it, as any would be
-            assert record.state is State.SUCCEEDED or (
-                record.error is not None and record.error.type == "WorkerLost"
-            )
-    finally:
-        client.cancel(hang.id)
+    for handle in after:  # they never started: no attempt was used up
+        assert handle.wait(30) is not None
+        assert handle.refresh().attempt == 1
+    for handle in before:  # they ran; an end the killed worker had not written is
+        record = client.wait(handle.id, timeout=30)  # lost with it, as any would be
+        assert record.state is State.SUCCEEDED or (
+            record.error is not None and record.error.type == "WorkerLost"
+        )
+    # The hanging job started once and has no retries: it is not started again.
+    record = client.wait(hang.id, timeout=30)
+    assert record.state is State.FAILED and record.attempt == 1
+    assert record.error is not None and record.error.type == "WorkerLost"

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._util import dumps
-from ..records import TERMINAL, Event, EventKind, JobRecord
+from ..records import TERMINAL, Event, EventKind, JobRecord, latest_segment
 
 if TYPE_CHECKING:
     from .handlers import Api, EventStream
@@ -59,16 +59,6 @@ def _read(api: Api, job_id: str, after: int) -> tuple[list[Event], JobRecord | N
     """
     record = api.uw.find(job_id)
     return api.uw.events_after(job_id, after), record
-
-
-_PER_ATTEMPT = frozenset({EventKind.OUTPUT, EventKind.LOG, EventKind.PROGRESS})
-
-
-def _shown(events: list[Event], since_attempt: int) -> list[Event]:
-    """The events a stream shows: those of earlier attempts' segments are skipped."""
-    if since_attempt <= 1:
-        return events
-    return [e for e in events if e.kind not in _PER_ATTEMPT or e.attempt >= since_attempt]
 
 
 READ_LIMIT = 1000  # events per store read
@@ -172,7 +162,7 @@ async def aiter_events(
             else:
                 events = await _shared_events(api, watched, stream.job_id, after, run_sync)
             if events:
-                shown = _shown(events, since_attempt)
+                shown = latest_segment(events, since_attempt)
                 if shown:
                     yield b"".join(format_event(e, tracebacks=api.tracebacks) for e in shown)
                 after = events[-1].seq
@@ -215,7 +205,7 @@ def iter_events(api: Api, stream: EventStream, *, ping_interval: float) -> Itera
             if record is not None and stream.after == 0 and not since_attempt:
                 since_attempt = record.attempt
             if events:
-                shown = _shown(events, since_attempt)
+                shown = latest_segment(events, since_attempt)
                 if shown:
                     yield b"".join(format_event(e, tracebacks=api.tracebacks) for e in shown)
                 after = events[-1].seq

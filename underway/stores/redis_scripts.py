@@ -370,7 +370,7 @@ for _, c in ipairs(candidates) do
     redis.call('ZREM', k_queue(redis.call('HGET', j, 'queue')), id)
     local attempt = redis.call('HINCRBY', j, 'attempt', 1)
     redis.call('HSET', j, 'state', 'running', 'worker', worker, 'lease_until', lease_until,
-               'cancel_requested', '0', 'started_at', NOW, 'output_count', '0')
+               'started_at', NOW, 'output_count', '0')
     redis.call('HDEL', j, 'progress')
     -- A fresh output segment for this attempt (one given back may have had a list).
     if attempt > tonumber(redis.call('HGET', j, 'out_top') or '0') then

@@ -34,7 +34,7 @@ _COLUMNS = (
 )
 _CLAIM_SET = (
     "state = 'running', attempt = attempt + 1, started_at = ?, worker = ?, lease_until = ?, "
-    "cancel_requested = 0, output_count = 0, progress = NULL, event_seq = event_seq + 1"
+    "output_count = 0, progress = NULL, event_seq = event_seq + 1"
 )
 _STATES = {s.value: s for s in State}
 _ID, _PRIORITY, _ATTEMPT = 0, 3, 10  # positions in _COLUMNS

@@ -142,6 +142,13 @@ export class JobView extends View {
 
   onEvent(type, data, seq) {
     const job = this.job;
+    const attempt = type === "output" || (type === "state" && data.state === "running") ? data.attempt : 0;
+    if (attempt > (this.attempt || 0)) {
+      // A retry starts a fresh output segment (its indexes start at 0 again): show it alone.
+      this.attempt = attempt;
+      this.items = new Map();
+      this.renderOutput(true);
+    }
     if (type === "output") {
       this.addOutput(data.index, data.item);
       return;

@@ -460,12 +460,14 @@
       if (type === "state") {
         job.state = data.state;
         if (data.state === "running") job.started_at = job.started_at || new Date().toISOString();
+        if (data.state === "running" && data.attempt > (this._attempt || 0)) this._newAttempt(data.attempt);
         this._render(job);
       } else if (type === "progress") {
         job.progress = data;
         this._render(job);
         this._emit("underway:progress", { id: job.id, progress: data, job });
       } else if (type === "output") {
+        if (data.attempt > (this._attempt || 0)) this._newAttempt(data.attempt);
         this._addOutput(data.index, data.item);
         this._emit("underway:output", { id: job.id, index: data.index, item: data.item });
       } else if (type === "done") {
@@ -511,6 +513,13 @@
       this._el.title.textContent = this.getAttribute("heading") || task;
       this._el.start.textContent = this.getAttribute("label") || "Start";
       this._el.bar.setAttribute("aria-label", `${task || "job"} progress`);
+    }
+
+    // A retry starts a fresh output segment (its indexes start at 0 again): show it alone.
+    _newAttempt(attempt) {
+      this._attempt = attempt;
+      this._items = new Map();
+      this._el.output.textContent = "";
     }
 
     _addOutput(index, item) {
