@@ -12,6 +12,8 @@ latest attempt's output are B's alone.
 from __future__ import annotations
 
 import signal
+import sqlite3
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +40,26 @@ def lines(log: Path) -> list[list[str]]:
     return [line.split()[:2] for line in log.read_text().splitlines()] if log.exists() else []
 
 
+def freeze_outside_a_write(proc: subprocess.Popen[str], store_url: str) -> None:
+    """SIGSTOP `proc`, at a moment it holds no SQLite write lock: a process frozen
+    inside a transaction would hold every other process's writes up (that is
+    SQLite's locking, not what this test is about)."""
+    for _ in range(50):
+        proc.send_signal(signal.SIGSTOP)
+        if not store_url.startswith("sqlite"):
+            return
+        db = sqlite3.connect(store_url.removeprefix("sqlite:///"), timeout=0.2)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # frozen mid-write: let it finish, try again
+            proc.send_signal(signal.SIGCONT)
+        finally:
+            db.close()
+    raise AssertionError("could not freeze the worker outside a write")
+
+
 def test_a_worker_that_lost_its_lease_can_no_longer_write(
     store_url: str, client: Underway, tmp_path: Path
 ) -> None:
@@ -49,7 +71,7 @@ def test_a_worker_that_lost_its_lease_can_no_longer_write(
         job = client.submit("pid_stream", log=str(log), gate=str(gate), items=ITEMS)
         wait_for(lambda: len(client.output(job.id)) >= 3, timeout=15,
                  what="A to have written some output")  # fmt: skip
-        a.send_signal(signal.SIGSTOP)
+        freeze_outside_a_write(a, store_url)
         before_stop = len(client.output(job.id))
 
         b = group.spawn()

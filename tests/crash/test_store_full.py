@@ -22,6 +22,7 @@ from tests.crash.small_disk import fill, free, small_disk
 from tests.support.http_server import serve_asgi
 from tests.support.wait import wait_for
 from underway import Job, State, StoreUnavailable, Underway
+from underway.http import asgi
 
 pytestmark = [pytest.mark.slow]
 
@@ -105,7 +106,7 @@ def test_submitting_to_a_full_store_says_store_unavailable(disk: Path) -> None:
     problems = []
     try:
         uw.submit("noop")  # the file exists and works
-        with serve_asgi(uw.asgi()) as api, httpx.Client(base_url=api, timeout=10) as http:
+        with serve_asgi(asgi(uw)) as api, httpx.Client(base_url=api, timeout=10) as http:
             fill(disk)
             try:
                 uw.submit("noop")
