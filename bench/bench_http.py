@@ -43,6 +43,10 @@ def serve(port: int, db: str, workers: int) -> None:
     uw = Underway(f"sqlite:///{db}", workers=workers)
 
     @uw.task
+    def parked(job: Job) -> None:  # runs, silent, until cancelled
+        job.wait_cancelled(3600)
+
+    @uw.task
     def noop() -> None:
         pass
 
@@ -196,6 +200,61 @@ async def bench_sse(port: int, server_pid: int) -> None:
     conn.close()
 
 
+async def open_stream(port: int, job_id: str) -> asyncio.StreamWriter:
+    """An event stream left open and unread (its job does not change)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+    await writer.drain()
+    while (await reader.readline()).strip():  # the headers: the stream is open
+        pass
+    return writer
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _latencies(port: int, path: str, n: int) -> list[float]:
+    conn = await Conn.open(port)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        status, _, _ = await conn.request("GET", path)
+        assert status == 200, status
+        times.append(time.perf_counter() - t0)
+        await asyncio.sleep(0.01)
+    conn.close()
+    return sorted(times)
+
+
+async def bench_idle_streams(port: int, server_pid: int, streams: int = 5000) -> None:
+    # 4. Idle event streams: what they cost the server while nothing happens.
+    conn = await Conn.open(port)
+    _, _, body = await conn.request("POST", "/v1/tasks/parked/jobs", b"{}")
+    job_id = json.loads(body)["id"]  # it runs, silent, while the streams watch it
+    conn.close()
+    before = await _latencies(port, f"/v1/jobs/{job_id}", 200)
+    writers = []
+    for start in range(0, streams, 500):
+        writers += await asyncio.gather(
+            *(open_stream(port, job_id) for _ in range(min(500, streams - start)))
+        )
+    await asyncio.sleep(2.0)  # let the opening settle before measuring the idle cost
+    cpu0, t0 = _cpu_seconds(server_pid), time.monotonic()
+    await asyncio.sleep(10.0)
+    idle_cpu = (_cpu_seconds(server_pid) - cpu0) / (time.monotonic() - t0) * 100
+    during = await _latencies(port, f"/v1/jobs/{job_id}", 200)
+    p50_before, p50_during = before[len(before) // 2] * 1000, during[len(during) // 2] * 1000
+    print(f"{streams} idle SSE streams     server CPU {idle_cpu:.1f}% of a core while idle (< 5%)")
+    print(
+        f"GET /v1/jobs/{{id}} p50         {p50_during:.2f} ms with them, {p50_before:.2f} ms "
+        f"without (ratio {p50_during / p50_before:.2f}; p50 <= 20 ms)"
+    )
+    for writer in writers:
+        writer.close()
+
+
 def _epoch(text: str) -> float:
     from datetime import datetime
 
@@ -220,8 +279,13 @@ def main() -> None:
         return
     # Requests and latency on a server with the default worker pool; the watchers on
     # one with a thread per job, since the 100 jobs must all run at once.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 20000)), hard))
     with_server(4, bench_requests)
     with_server(110, bench_sse)
+    with_server(4, bench_idle_streams)
 
 
 def with_server(workers: int, run: Callable[[int, int], Awaitable[None]]) -> None:
