@@ -2,9 +2,10 @@
 
 A thin adapter over `underway.http.handlers`, like the Flask one: it reads the
 request (under the body limit), decides who is asking, and sends back what the
-handlers answer. Under WSGI, long polls wait on the request's thread and event
-streams are a blocking iterator; under ASGI, event streams are an asynchronous
-iterator that holds no thread while the job is quiet.
+handlers answer. The views are synchronous, so a long poll (`?wait=`, `Prefer:
+wait=`) holds the request's thread, under ASGI too, for at most `MAX_WAIT` seconds.
+Event streams are a blocking iterator under WSGI and an asynchronous one under ASGI,
+which holds no thread while the job is quiet.
 
 Who is asking:
 
