@@ -22,11 +22,12 @@ from .wait import wait_for
 
 
 @contextmanager
-def serve_asgi(app: Any, *, port: int | None = None) -> Iterator[str]:
-    """Run `app` on uvicorn in a thread; yields its base URL."""
+def serve_asgi(app: Any, *, port: int | None = None, lifespan: str = "on") -> Iterator[str]:
+    """Run `app` on uvicorn in a thread; yields its base URL. `lifespan="off"` for apps
+    that refuse lifespan events (Django's)."""
     port = port or free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", ws="none", lifespan="on"
+        app, host="127.0.0.1", port=port, log_level="warning", ws="none", lifespan=lifespan
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)

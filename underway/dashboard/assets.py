@@ -32,10 +32,24 @@ SECURITY_HEADERS = {
 }
 
 
-def render_index(root: str = "") -> str:
-    """The dashboard page for an API mounted at `root` ("" or e.g. "/jobs")."""
+def render_index(
+    root: str = "", *, csrf_token: str | None = None, csrf_header: str = "X-CSRFToken"
+) -> str:
+    """The dashboard page for an API mounted at `root` ("" or e.g. "/jobs").
+
+    `csrf_token`: for an API behind a cookie session (Django), the token the page's
+    requests carry in the `csrf_header` header."""
     template = (STATIC_DIR / INDEX_HTML).read_text(encoding="utf-8")
-    return template.replace("{{root}}", html.escape(root.rstrip("/"), quote=True))
+    csrf = ""
+    if csrf_token:
+        token = html.escape(csrf_token, quote=True)
+        header = html.escape(csrf_header, quote=True)
+        csrf = (
+            f'<meta name="csrf-token" content="{token}">\n  '
+            f'<meta name="csrf-header" content="{header}">\n  '
+        )
+    page = template.replace("{{csrf}}", csrf)
+    return page.replace("{{root}}", html.escape(root.rstrip("/"), quote=True))
 
 
 def static_file(name: str) -> Path | None:

@@ -30,7 +30,7 @@ export const storage = {
   },
 };
 
-export const client = new Client(ROOT, storage.get(sessionStorage, TOKEN_KEY));
+export const client = new Client(ROOT, storage.get(sessionStorage, TOKEN_KEY), Client.pageCsrf());
 
 /* -- small DOM helpers ----------------------------------------------------------- */
 

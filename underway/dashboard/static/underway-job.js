@@ -7,7 +7,10 @@
  * Attributes: task, params (JSON object), api (where the underway API is mounted;
  * requests go to `${api}/v1/...`), token (a bearer token, optional), job-id (attach
  * to an existing job instead of starting one), label (the start button's text),
- * heading (shown instead of the task name), autostart (start once on the page).
+ * heading (shown instead of the task name), autostart (start once on the page),
+ * csrf-token and csrf-header (for APIs behind a cookie session, such as Django's;
+ * by default read from the page's <meta name="csrf-token"> and
+ * <meta name="csrf-header">, header X-CSRFToken; sent to the page's own origin only).
  *
  * Events (bubbling, composed, detail = the job record): underway:start,
  * underway:progress (detail = {id, progress, job}), underway:output (detail =
@@ -148,11 +151,26 @@
     return new ApiError(response.status, problem);
   };
 
-  /* Calls to the underway API mounted at `base`, with an optional bearer token. */
+  /* The page's CSRF token for a cookie-session API: the element's own attributes
+   * first, then <meta name="csrf-token"> (and csrf-header); null when there is none. */
+  function pageCsrf(element) {
+    const pick = (name) => {
+      const own = element ? element.getAttribute(name) : null;
+      if (own) return own;
+      const meta = document.querySelector(`meta[name="${name}"]`);
+      return meta ? meta.content : null;
+    };
+    const token = pick("csrf-token");
+    return token ? { token, header: pick("csrf-header") || "X-CSRFToken" } : null;
+  }
+
+  /* Calls to the underway API mounted at `base`, with an optional bearer token and
+   * an optional CSRF token ({token, header}). */
   class Client {
-    constructor(base, token) {
+    constructor(base, token, csrf) {
       this.base = (base || "").replace(/\/+$/, "");
       this.token = token || null;
+      this.csrf = csrf || null;
     }
 
     url(path) {
@@ -164,6 +182,10 @@
       // send it without a CORS preflight, which the API does not grant.
       const headers = { "X-Underway": "1", ...(extra || {}) };
       if (this.token) headers.Authorization = `Bearer ${this.token}`;
+      // The CSRF token goes to this page's own origin only, never to another site's API.
+      if (this.csrf && new URL(this.url("/"), location.href).origin === location.origin) {
+        headers[this.csrf.header] = this.csrf.token;
+      }
       return headers;
     }
 
@@ -369,7 +391,7 @@
     }
 
     get client() {
-      return new Client(this.getAttribute("api") || "", this.getAttribute("token"));
+      return new Client(this.getAttribute("api") || "", this.getAttribute("token"), pageCsrf(this));
     }
 
     connectedCallback() {
@@ -589,6 +611,7 @@
     }
   }
 
+  Client.pageCsrf = pageCsrf;
   UnderwayJob.Client = Client;
   UnderwayJob.ApiError = ApiError;
   UnderwayJob.formatDuration = formatDuration;
