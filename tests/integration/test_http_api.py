@@ -54,11 +54,19 @@ def test_submit_answers_202_with_location_and_retry_after(http: httpx.Client) ->
 
 def test_prefer_wait_returns_the_finished_job(http: httpx.Client) -> None:
     r = http.post("/v1/tasks/add/jobs", json={"x": 2, "y": 3}, headers={"Prefer": "wait=10"})
-    assert r.status_code == 202
+    assert r.status_code == 200  # finished within the wait: the complete answer
     assert r.json()["state"] == "succeeded"
     assert r.json()["result"] == 5
     assert "retry-after" not in r.headers
     assert r.headers["preference-applied"] == "wait=10"
+
+
+def test_prefer_wait_answers_202_when_the_job_is_not_done(http: httpx.Client, gates: Gates) -> None:
+    r = http.post("/v1/tasks/hold/jobs", json={"gate": "late"}, headers={"Prefer": "wait=0.2"})
+    assert r.status_code == 202
+    assert r.json()["state"] in ("queued", "running")
+    assert r.headers["preference-applied"] == "wait=0.2"
+    gates.open("late")
 
 
 def test_prefer_wait_is_capped(http: httpx.Client, gates: Gates) -> None:

@@ -15,6 +15,7 @@ import hashlib
 import heapq
 import hmac
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -73,6 +74,22 @@ class HostAllowList:
             if pattern.startswith("*.") and host.endswith(pattern[1:]):
                 return True
         return False
+
+    def url_pattern(self) -> str:
+        """A regular expression for callback URLs this list allows (or the empty
+        string), for the OpenAPI document. Narrower than `allows`: ports 1-9999 where
+        any port is allowed, and plain path characters."""
+        hosts: list[str] = []
+        for pattern, port in self.entries:
+            if pattern.startswith("*."):
+                name = r"[a-z0-9](?:[a-z0-9-]{0,20}[a-z0-9])?" + re.escape(pattern[1:])
+            elif ":" in pattern:
+                name = re.escape(f"[{pattern}]")
+            else:
+                name = re.escape(pattern)
+            hosts.append(name + (f":{port}" if port is not None else "(?::[1-9][0-9]{0,3})?"))
+        path = r"(?:/[A-Za-z0-9._~/-]*)?(?:\?[A-Za-z0-9._~=&-]*)?"
+        return rf"^(?:|https?://(?:{'|'.join(hosts)}){path})$"
 
     def __bool__(self) -> bool:
         return bool(self.entries)
