@@ -263,8 +263,20 @@ def test_healthz_and_metrics(http: httpx.Client) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
     http.post("/v1/tasks/add/jobs", json={"x": 1}, headers={"Prefer": "wait=10"})
     text = http.get("/metrics").text
-    assert 'underway_jobs{state="succeeded"} 1' in text
-    assert 'underway_http_requests_total{route="submit_job",status="202"} 1' in text
+    assert 'underway_jobs{state="succeeded"} 1.0' in text
+    assert 'underway_http_requests_total{route="submit_job",status="200"} 1.0' in text
+    http.post("/v1/tasks/boom/jobs", json={}, headers={"Prefer": "wait=10"})
+    text = http.get("/metrics").text
+    assert 'underway_task_jobs{state="succeeded",task="add"} 1.0' in text
+    assert 'underway_task_jobs{state="failed",task="boom"} 1.0' in text
+    assert 'underway_task_jobs{state="queued",task="add"} 0.0' in text
+    assert 'underway_job_outcomes_total{outcome="succeeded",task="add"} 1.0' in text
+    assert 'underway_job_outcomes_total{outcome="failed",task="boom"} 1.0' in text
+    assert 'underway_job_run_seconds_bucket{le="+Inf",task="add"} 1.0' in text
+    assert 'underway_job_queue_wait_seconds_count{task="boom"} 1.0' in text
+    # Scraped again: each finished job is counted once.
+    again = http.get("/metrics").text
+    assert 'underway_job_outcomes_total{outcome="succeeded",task="add"} 1.0' in again
 
 
 def test_mounted_under_a_prefix(uw: Underway, gates: Gates) -> None:

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -45,6 +45,8 @@ from .problems import (
 )
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from ..app import Underway
     from .sse import Watched
     from .webhooks import WebhookDispatcher
@@ -166,6 +168,7 @@ class Api:
         self._counts: Counter[tuple[str, int]] = Counter()
         self._counts_lock = threading.Lock()
         self.sse_connections = 0  # open event streams, for /metrics
+        self._metrics: CollectorRegistry | None = None
         self.sse_watched: dict[str, Watched] = {}  # per job: its streams' shared reads
         # Records of running and finished jobs, each with the notifier version it was
         # read at: a poll finds the job unchanged while the version is the same. Only
@@ -221,10 +224,17 @@ class Api:
             problem = Problem.from_exception(exc)
             self.count(route.name, problem.status)
             return problem_response(problem, request.path)
-        status = outcome.status if isinstance(outcome, ApiResponse) else 200
-        if isinstance(outcome, Pending) and route.name == "submit_job":
-            status = 202
-        self.count(route.name, status)
+        if isinstance(outcome, Pending):
+            # Counted once answered: its status depends on how the wait ends.
+            respond = outcome.respond
+
+            def counted() -> ApiResponse:
+                response = respond()
+                self.count(route.name, response.status)
+                return response
+
+            return replace(outcome, respond=counted)
+        self.count(route.name, outcome.status if isinstance(outcome, ApiResponse) else 200)
         return outcome
 
     def count(self, route: str, status: int) -> None:
@@ -469,13 +479,12 @@ class Api:
         return json_response(200, {"status": "ok"})
 
     def metrics(self, request: ApiRequest, params: dict[str, str]) -> Outcome:
-        from .metrics import render_metrics
+        from .metrics import MEDIA_TYPE, make_registry, render_metrics
 
-        return ApiResponse(
-            status=200,
-            body=render_metrics(self).encode(),
-            media_type="text/plain; version=0.0.4; charset=utf-8",
-        )
+        with self._counts_lock:  # this API's own registry, made on first scrape
+            if self._metrics is None:
+                self._metrics = make_registry(self)
+        return ApiResponse(status=200, body=render_metrics(self._metrics), media_type=MEDIA_TYPE)
 
 
 def parse_json_body(body: bytes) -> Any:
