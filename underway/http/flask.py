@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Blueprint, Flask, Response, g, request, send_file, url_for
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 
 from .._util import dumps
 from ..dashboard.assets import MEDIA_TYPES, STATIC_PREFIX, static_file
@@ -36,7 +36,7 @@ from ..records import TERMINAL, State
 from .auth import Authenticator, AuthHook, TokenSource
 from .handlers import Api, ApiRequest, ApiResponse, EventStream, problem_response
 from .hosts import HostCheck
-from .problems import Problem, misdirected, payload_too_large
+from .problems import Problem, misdirected, not_found_route, payload_too_large
 from .sse import HEADERS as SSE_HEADERS
 from .sse import MEDIA_TYPE as SSE_MEDIA_TYPE
 from .sse import iter_events
@@ -107,6 +107,9 @@ class UnderwayFlask:
         bp.add_url_rule(STATIC_PREFIX + "/<name>", "asset", _asset, methods=["GET"])
         bp.before_request(self._check_host)
         bp.after_request(_nosniff)
+        # A path no rule can match (one with a newline in it) is werkzeug's HTML 404;
+        # under the API's own paths it is a problem like every other error.
+        bp.app_errorhandler(NotFound)(self._not_found)
         self.blueprint = bp
         if app is not None:
             self.init_app(app)
@@ -124,6 +127,14 @@ class UnderwayFlask:
             threading.Thread(target=webhooks.resume, name="underway-webhooks-resume").start()
 
     # -- the API ---------------------------------------------------------------------
+    def _not_found(self, error: NotFound) -> Response | NotFound:
+        path = request.path[len(self.url_prefix) :] if self.url_prefix else request.path
+        if not request.path.startswith(self.url_prefix) or not path.startswith(
+            ("/v1/", "/healthz", "/metrics")
+        ):
+            return error  # the host application's own 404
+        return _nosniff(_to_flask(problem_response(not_found_route(path), path)))
+
     def _check_host(self) -> Response | None:
         host = request.headers.get("Host")
         if self.hosts.allows(host):

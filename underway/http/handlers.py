@@ -57,8 +57,8 @@ MAX_PAGE = 500
 RECORD_CACHE_SIZE = 10_000
 MAX_DEPTH = 64  # how deeply arrays and objects may nest in a request body
 MAX_INT64 = (1 << 63) - 1  # the largest integer a query parameter or event id may be
-# A cursor is the id of the last job of the previous page (a ULID).
-CURSOR_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
+# A cursor is the id of the last job of the previous page (a ULID); empty: the first.
+CURSOR_PATTERN = r"^(?:|[0-9A-HJKMNP-TV-Z]{26})$"
 _CURSOR = re.compile(CURSOR_PATTERN)
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
@@ -562,8 +562,11 @@ def check_strictly(task: Task, body: bytes) -> None:
 def resume_point(last_event_id: str | None, after: str | None) -> int:
     """Where an event stream resumes: `Last-Event-ID` (set by a reconnecting client)
     wins over `?after=`, which a browser's EventSource keeps in the URL."""
+    found: list[int] = []
     for name, raw in (("header.Last-Event-ID", last_event_id), ("query.after", after)):
-        if raw is None or raw.strip() == "":
+        # An EventSource sends the header only with an id to resume from: an empty one
+        # is not an event id. An empty `?after=` is no parameter, as elsewhere.
+        if raw is None or (name == "query.after" and raw.strip() == ""):
             continue
         try:
             value = int(raw.strip())
@@ -571,8 +574,8 @@ def resume_point(last_event_id: str | None, after: str | None) -> int:
             raise invalid_query(name, "must be an event id (an integer)") from None
         if value < 0 or value > MAX_INT64:
             raise invalid_query(name, f"must be from 0 to {MAX_INT64}")
-        return value
-    return 0
+        found.append(value)  # both checked, even where one wins
+    return found[0] if found else 0
 
 
 def _prefer_wait(prefer: str | None) -> str | None:

@@ -385,6 +385,30 @@ def build_openapi(
             )
         },
     }
+    paths["/v1/openapi.json"] = {
+        "get": _operation(
+            "openapi", "This document", {"200": _json({"type": "object"}, "OpenAPI 3.1")}
+        )
+    }
+    health = _operation(
+        "healthz",
+        "Liveness: the store answers",
+        {"200": _json({"type": "object", "required": ["status"]}, "Up")},
+    )
+    health["security"] = []  # public
+    paths["/healthz"] = {"get": health}
+    paths["/metrics"] = {
+        "get": _operation(
+            "metrics",
+            "Prometheus text format (the metrics token, when one is set)",
+            {
+                "200": {
+                    "description": "Metrics",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        )
+    }
     for name, task in uw.tasks.items():
         body_schema = _task_schema(name, task.schema(), components)
         parameters = [
@@ -416,7 +440,8 @@ def build_openapi(
         )
         op["description"] = task.description
         op["requestBody"] = {
-            "required": True,
+            # An empty body is `{}`: enough for a task without required parameters.
+            "required": bool(task.schema().get("required")),
             "content": {"application/json": {"schema": body_schema}},
         }
         paths[f"/v1/tasks/{name}/jobs"] = {"post": op}
