@@ -54,11 +54,19 @@ def test_submit_answers_202_with_location_and_retry_after(http: httpx.Client) ->
 
 def test_prefer_wait_returns_the_finished_job(http: httpx.Client) -> None:
     r = http.post("/v1/tasks/add/jobs", json={"x": 2, "y": 3}, headers={"Prefer": "wait=10"})
-    assert r.status_code == 202
+    assert r.status_code == 200  # finished within the wait: the complete answer
     assert r.json()["state"] == "succeeded"
     assert r.json()["result"] == 5
     assert "retry-after" not in r.headers
     assert r.headers["preference-applied"] == "wait=10"
+
+
+def test_prefer_wait_answers_202_when_the_job_is_not_done(http: httpx.Client, gates: Gates) -> None:
+    r = http.post("/v1/tasks/hold/jobs", json={"gate": "late"}, headers={"Prefer": "wait=0.2"})
+    assert r.status_code == 202
+    assert r.json()["state"] in ("queued", "running")
+    assert r.headers["preference-applied"] == "wait=0.2"
+    gates.open("late")
 
 
 def test_prefer_wait_is_capped(http: httpx.Client, gates: Gates) -> None:
@@ -255,8 +263,20 @@ def test_healthz_and_metrics(http: httpx.Client) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
     http.post("/v1/tasks/add/jobs", json={"x": 1}, headers={"Prefer": "wait=10"})
     text = http.get("/metrics").text
-    assert 'underway_jobs{state="succeeded"} 1' in text
-    assert 'underway_http_requests_total{route="submit_job",status="202"} 1' in text
+    assert 'underway_jobs{state="succeeded"} 1.0' in text
+    assert 'underway_http_requests_total{route="submit_job",status="200"} 1.0' in text
+    http.post("/v1/tasks/boom/jobs", json={}, headers={"Prefer": "wait=10"})
+    text = http.get("/metrics").text
+    assert 'underway_task_jobs{state="succeeded",task="add"} 1.0' in text
+    assert 'underway_task_jobs{state="failed",task="boom"} 1.0' in text
+    assert 'underway_task_jobs{state="queued",task="add"} 0.0' in text
+    assert 'underway_job_outcomes_total{outcome="succeeded",task="add"} 1.0' in text
+    assert 'underway_job_outcomes_total{outcome="failed",task="boom"} 1.0' in text
+    assert 'underway_job_run_seconds_bucket{le="+Inf",task="add"} 1.0' in text
+    assert 'underway_job_queue_wait_seconds_count{task="boom"} 1.0' in text
+    # Scraped again: each finished job is counted once.
+    again = http.get("/metrics").text
+    assert 'underway_job_outcomes_total{outcome="succeeded",task="add"} 1.0' in again
 
 
 def test_mounted_under_a_prefix(uw: Underway, gates: Gates) -> None:

@@ -45,9 +45,12 @@ def test_missing_or_unknown_token_is_401(url: str) -> None:
         assert http.get("/v1/jobs").status_code == 401
 
 
-def test_health_is_public(url: str) -> None:
+def test_health_is_public_and_metrics_need_a_token(url: str) -> None:
     with client(url, None) as http:
         assert http.get("/healthz").status_code == 200
+        r = http.get("/metrics")
+        assert r.status_code == 401 and r.json()["code"] == "unauthorized"
+    with client(url, "tok-alice") as http:
         assert http.get("/metrics").status_code == 200
 
 

@@ -76,6 +76,18 @@ def server_options(func: C) -> C:
             help="HMAC key that signs webhook deliveries.",
         ),
         click.option(
+            "--allowed-host",
+            "allowed_hosts",
+            multiple=True,
+            help="A Host name to answer besides loopback ones, e.g. jobs.example.com or "
+            "*.example.com (repeatable). Without tokens, other names get 421.",
+        ),
+        click.option(
+            "--metrics-token",
+            envvar="UNDERWAY_METRICS_TOKEN",
+            help="A bearer token for /metrics alone (default: the API's tokens).",
+        ),
+        click.option(
             "--tracebacks",
             is_flag=True,
             help="Show failed jobs' tracebacks through the API (for development).",
@@ -102,6 +114,8 @@ def run_server(
     webhook_secret: str | None,
     drain: float,
     tracebacks: bool = False,
+    allowed_hosts: Sequence[str] = (),
+    metrics_token: str | None = None,
     banner: str | None = None,
     log_level: str = "info",
     log_format: str = "text",
@@ -130,6 +144,8 @@ def run_server(
                 callback_hosts=callback_hosts,
                 webhook_secret=webhook_secret,
                 tracebacks=tracebacks,
+                allowed_hosts=list(allowed_hosts) or None,
+                metrics_token=metrics_token,
             ),
             host=host,
             port=port,

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Blueprint, Flask, Response, g, request, send_file, url_for
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 
 from .._util import dumps
 from ..dashboard.assets import MEDIA_TYPES, STATIC_PREFIX, static_file
@@ -35,7 +35,8 @@ from ..job import Job
 from ..records import TERMINAL, State
 from .auth import Authenticator, AuthHook, TokenSource
 from .handlers import Api, ApiRequest, ApiResponse, EventStream, problem_response
-from .problems import Problem, payload_too_large
+from .hosts import HostCheck
+from .problems import Problem, misdirected, not_found_route, payload_too_large
 from .sse import HEADERS as SSE_HEADERS
 from .sse import MEDIA_TYPE as SSE_MEDIA_TYPE
 from .sse import iter_events
@@ -46,7 +47,9 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 _VIEW_TASK_PREFIX = "flask-view:"
-_ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+# Every method a client may try reaches the API, so a wrong one is a 405 problem with
+# `Allow` (werkzeug's own 405 is an HTML page).
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "QUERY"]
 
 
 class UnderwayFlask:
@@ -69,6 +72,8 @@ class UnderwayFlask:
         poll_interval: float = 1.0,
         tracebacks: bool = False,
         start_workers: bool = False,
+        allowed_hosts: Iterable[str] | None = None,
+        metrics_token: str | None = None,
         name: str = "underway",
     ) -> None:
         self.uw = uw
@@ -86,7 +91,10 @@ class UnderwayFlask:
             max_wait=max_wait,
             poll_interval=poll_interval,
             tracebacks=tracebacks,
+            metrics_token=metrics_token,
         )
+        # As under Starlette (`underway.http.hosts`), for the blueprint's routes.
+        self.hosts = HostCheck(allowed_hosts, enforce=self.api.auth.anonymous)
         self.ping_interval = ping_interval
         self.start_workers = start_workers
         self.url_prefix = url_prefix.rstrip("/")
@@ -97,6 +105,11 @@ class UnderwayFlask:
         bp.add_url_rule("/status/<job_id>", "view_status", self._view_status, methods=["GET"])
         # The <underway-job> element's script, at the same path as under Starlette.
         bp.add_url_rule(STATIC_PREFIX + "/<name>", "asset", _asset, methods=["GET"])
+        bp.before_request(self._check_host)
+        bp.after_request(_nosniff)
+        # A path no rule can match (one with a newline in it) is werkzeug's HTML 404;
+        # under the API's own paths it is a problem like every other error.
+        bp.app_errorhandler(NotFound)(self._not_found)
         self.blueprint = bp
         if app is not None:
             self.init_app(app)
@@ -114,6 +127,20 @@ class UnderwayFlask:
             threading.Thread(target=webhooks.resume, name="underway-webhooks-resume").start()
 
     # -- the API ---------------------------------------------------------------------
+    def _not_found(self, error: NotFound) -> Response | NotFound:
+        path = request.path[len(self.url_prefix) :] if self.url_prefix else request.path
+        if not request.path.startswith(self.url_prefix) or not path.startswith(
+            ("/v1/", "/healthz", "/metrics")
+        ):
+            return error  # the host application's own 404
+        return _nosniff(_to_flask(problem_response(not_found_route(path), path)))
+
+    def _check_host(self) -> Response | None:
+        host = request.headers.get("Host")
+        if self.hosts.allows(host):
+            return None
+        return _to_flask(problem_response(misdirected(host or ""), request.path))
+
     def _principal(self) -> str | None:
         hook = self.api.auth.hook
         if hook is None:
@@ -257,6 +284,11 @@ class UnderwayFlask:
         if record.error is not None and record.state is State.FAILED:
             detail += f": {record.error.type}"
         return _to_flask(problem_response(Problem(status, code, detail), request.path))
+
+
+def _nosniff(response: Response) -> Response:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
 
 
 def _asset(name: str) -> Response:

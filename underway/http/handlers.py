@@ -15,18 +15,22 @@ Handlers are synchronous, like the engine. Every error leaves as a `Problem`.
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+import pydantic
+
 from .._util import dumps
-from ..errors import JobNotFound
+from ..errors import JobNotFound, ValidationError
 from ..records import TERMINAL, JobRecord, State
+from ..tasks import Task, field_errors
 from .auth import Authenticator
 from .problems import (
     PROBLEM_MEDIA_TYPE,
@@ -34,11 +38,15 @@ from .problems import (
     invalid_query,
     malformed_json,
     method_not_allowed,
+    nested_too_deeply,
+    non_finite_number,
     not_found_route,
     unauthorized,
 )
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from ..app import Underway
     from .sse import Watched
     from .webhooks import WebhookDispatcher
@@ -47,6 +55,11 @@ JSON_MEDIA_TYPE = "application/json"
 MAX_WAIT = 30.0  # seconds a caller may hold a request open with Prefer: wait / ?wait
 MAX_PAGE = 500
 RECORD_CACHE_SIZE = 10_000
+MAX_DEPTH = 64  # how deeply arrays and objects may nest in a request body
+MAX_INT64 = (1 << 63) - 1  # the largest integer a query parameter or event id may be
+# A cursor is the id of the last job of the previous page (a ULID); empty: the first.
+CURSOR_PATTERN = r"^(?:|[0-9A-HJKMNP-TV-Z]{26})$"
+_CURSOR = re.compile(CURSOR_PATTERN)
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
 
@@ -134,8 +147,12 @@ class Api:
         retry_after: int = 1,
         poll_interval: float = 1.0,
         tracebacks: bool = False,
+        metrics_token: str | None = None,
     ) -> None:
         self.uw = uw
+        # `/metrics` shows every owner's counts: with this token, it takes only this
+        # one (a scraper's); without, the API's own auth.
+        self.metrics_auth = Authenticator({metrics_token: "metrics"}) if metrics_token else None
         # A failed task's traceback names files and code lines of the server; clients
         # get it only where the operator says so (a developer's own machine).
         self.tracebacks = tracebacks
@@ -151,6 +168,7 @@ class Api:
         self._counts: Counter[tuple[str, int]] = Counter()
         self._counts_lock = threading.Lock()
         self.sse_connections = 0  # open event streams, for /metrics
+        self._metrics: CollectorRegistry | None = None
         self.sse_watched: dict[str, Watched] = {}  # per job: its streams' shared reads
         # Records of running and finished jobs, each with the notifier version it was
         # read at: a poll finds the job unchanged while the version is the same. Only
@@ -190,7 +208,10 @@ class Api:
     def dispatch(self, route: Route, params: dict[str, str], request: ApiRequest) -> Outcome:
         """Run a matched route (adapters that matched already call this directly)."""
         try:
-            if not route.public and request.principal is None and not self.auth.anonymous:
+            if route.name == "metrics" and self.metrics_auth is not None:
+                if self.metrics_auth.from_header(request.headers.get("authorization")) is None:
+                    raise unauthorized("the metrics token is required")
+            elif not route.public and request.principal is None and not self.auth.anonymous:
                 raise unauthorized()
             if is_cross_site(request):
                 raise Problem(
@@ -203,10 +224,17 @@ class Api:
             problem = Problem.from_exception(exc)
             self.count(route.name, problem.status)
             return problem_response(problem, request.path)
-        status = outcome.status if isinstance(outcome, ApiResponse) else 200
-        if isinstance(outcome, Pending) and route.name == "submit_job":
-            status = 202
-        self.count(route.name, status)
+        if isinstance(outcome, Pending):
+            # Counted once answered: its status depends on how the wait ends.
+            respond = outcome.respond
+
+            def counted() -> ApiResponse:
+                response = respond()
+                self.count(route.name, response.status)
+                return response
+
+            return replace(outcome, respond=counted)
+        self.count(route.name, outcome.status if isinstance(outcome, ApiResponse) else 200)
         return outcome
 
     def count(self, route: str, status: int) -> None:
@@ -269,7 +297,9 @@ class Api:
             value = float(raw)
         except ValueError:
             raise invalid_query(what, "must be a number of seconds") from None
-        if not value >= 0:  # also refuses NaN
+        if not math.isfinite(value):
+            raise invalid_query(what, "must be a finite number")
+        if value < 0:
             raise invalid_query(what, "must not be negative")
         return min(value, self.max_wait)
 
@@ -299,9 +329,11 @@ class Api:
     def submit(self, request: ApiRequest, params: dict[str, str]) -> Outcome:
         task = self.uw.get_task(params["task"])
         body = parse_json_body(request.body)
+        check_strictly(task, request.body)
         wait = self.wait_seconds(_prefer_wait(request.headers.get("prefer")), "header.Prefer")
         meta: dict[str, Any] = {}
-        callback_url = request.query.get("callback_url")
+        # Empty means "none", as for `supersede`: the document allows the empty string.
+        callback_url = request.query.get("callback_url") or None
         if callback_url is not None:
             if self.webhooks is None:
                 raise invalid_query(
@@ -320,13 +352,20 @@ class Api:
         if callback_url is not None and self.webhooks is not None:
             self.webhooks.watch(record.id, meta["callback_url"])
         location = self.job_url(request, record.id)
-        if wait <= 0 or record.state in TERMINAL:
+        if wait <= 0:
             return self.job_response(request, record, 202, Location=location)
+        applied = f"wait={wait:g}"
+        if record.state in TERMINAL:  # an idempotent resubmission of a finished job
+            return self.job_response(
+                request, record, 200, Location=location, Preference_Applied=applied
+            )
 
         def respond() -> ApiResponse:
+            # 200 when the job finished within the wait: the answer is complete.
             final = self.uw.find(record.id) or record
+            status = 200 if final.state in TERMINAL else 202
             return self.job_response(
-                request, final, 202, Location=location, Preference_Applied=f"wait={wait:g}"
+                request, final, status, Location=location, Preference_Applied=applied
             )
 
         return Pending(
@@ -345,12 +384,15 @@ class Api:
                 "query.state", f"must be one of {', '.join(s.value for s in State)}"
             )
         limit = _int_query(q, "limit", 50, 1, MAX_PAGE)
+        cursor = q.get("cursor") or None
+        if cursor is not None and not _CURSOR.fullmatch(cursor):
+            raise invalid_query("query.cursor", "must be the next_cursor of a previous page")
         page = self.uw.list_jobs(
             task=q.get("task") or None,
             state=state,
             owner=self.owner(request),
             limit=limit,
-            cursor=q.get("cursor") or None,
+            cursor=cursor,
         )
         return json_response(
             200,
@@ -434,52 +476,114 @@ class Api:
     def openapi(self, request: ApiRequest, params: dict[str, str]) -> Outcome:
         from .openapi import build_openapi
 
-        return json_response(
-            200, build_openapi(self.uw, root=request.root, secured=not self.auth.anonymous)
+        pattern = None if self.webhooks is None else self.webhooks.allow.url_pattern()
+        doc = build_openapi(
+            self.uw, root=request.root, secured=not self.auth.anonymous, callback_pattern=pattern
         )
+        return json_response(200, doc)
 
     def healthz(self, request: ApiRequest, params: dict[str, str]) -> Outcome:
         self.uw.ping()
         return json_response(200, {"status": "ok"})
 
     def metrics(self, request: ApiRequest, params: dict[str, str]) -> Outcome:
-        from .metrics import render_metrics
+        from .metrics import MEDIA_TYPE, make_registry, render_metrics
 
-        return ApiResponse(
-            status=200,
-            body=render_metrics(self).encode(),
-            media_type="text/plain; version=0.0.4; charset=utf-8",
-        )
+        with self._counts_lock:  # this API's own registry, made on first scrape
+            if self._metrics is None:
+                self._metrics = make_registry(self)
+        return ApiResponse(status=200, body=render_metrics(self._metrics), media_type=MEDIA_TYPE)
 
 
 def parse_json_body(body: bytes) -> Any:
-    """The submitted parameters: an empty body is `{}`; anything not JSON is a 400."""
+    """The submitted parameters: an empty body is `{}`; anything not JSON is a 400.
+
+    Stricter than `json.loads`: `NaN`, `Infinity` and numbers too large for a float
+    (`1e999`) are 422 `validation-failed` (JSON has no such numbers, and they would be
+    stored as null); strings with lone surrogates (`"\\ud800"`) are 400
+    `malformed-json` (not Unicode); nesting deeper than `MAX_DEPTH` is 400
+    `nested-too-deeply`.
+    """
     if not body.strip():
         return {}
     try:
-        return json.loads(body)
+        value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
     except UnicodeDecodeError:
         raise malformed_json("not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise malformed_json(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
-        raise malformed_json("nested too deeply") from None
+        raise nested_too_deeply(MAX_DEPTH) from None
+    except ValueError:  # an integer with more digits than Python converts
+        raise malformed_json("a number is too long") from None
+    _check_tree(value)
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise non_finite_number(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise non_finite_number(text)
+    return value
+
+
+def _check_tree(value: Any) -> None:
+    """Depth and Unicode checks, without recursion (the value may be deep)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            _check_unicode(node)
+        elif isinstance(node, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise nested_too_deeply(MAX_DEPTH)
+            if isinstance(node, dict):
+                for key, item in node.items():
+                    _check_unicode(key)
+                    stack.append((item, depth + 1))
+            else:
+                stack.extend((item, depth + 1) for item in node)
+
+
+def _check_unicode(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise malformed_json("a string is not valid Unicode (a lone surrogate)") from None
+
+
+def check_strictly(task: Task, body: bytes) -> None:
+    """Parameters over HTTP are checked as their JSON Schema says: `true` is not a
+    number and `"1"` is not an integer (Python callers keep pydantic's lax mode)."""
+    try:
+        task.model.model_validate_json(body if body.strip() else b"{}", strict=True)
+    except pydantic.ValidationError as exc:
+        raise ValidationError(
+            f"invalid parameters for task {task.name!r}", field_errors(exc)
+        ) from None
 
 
 def resume_point(last_event_id: str | None, after: str | None) -> int:
     """Where an event stream resumes: `Last-Event-ID` (set by a reconnecting client)
     wins over `?after=`, which a browser's EventSource keeps in the URL."""
+    found: list[int] = []
     for name, raw in (("header.Last-Event-ID", last_event_id), ("query.after", after)):
-        if raw is None or raw.strip() == "":
+        # An EventSource sends the header only with an id to resume from: an empty one
+        # is not an event id. An empty `?after=` is no parameter, as elsewhere.
+        if raw is None or (name == "query.after" and raw.strip() == ""):
             continue
         try:
             value = int(raw.strip())
         except ValueError:
             raise invalid_query(name, "must be an event id (an integer)") from None
-        if value < 0:
-            raise invalid_query(name, "must not be negative")
-        return value
-    return 0
+        if value < 0 or value > MAX_INT64:
+            raise invalid_query(name, f"must be from 0 to {MAX_INT64}")
+        found.append(value)  # both checked, even where one wins
+    return found[0] if found else 0
 
 
 def _prefer_wait(prefer: str | None) -> str | None:
@@ -492,6 +596,8 @@ def _prefer_wait(prefer: str | None) -> str | None:
 def _int_query(
     query: Mapping[str, str], name: str, default: int, low: int, high: int | None
 ) -> int:
+    """An integer query parameter; `high=None` still means at most `MAX_INT64`, which
+    every store can hold."""
     raw = query.get(name)
     if raw is None or raw == "":
         return default
@@ -499,9 +605,9 @@ def _int_query(
         value = int(raw)
     except ValueError:
         raise invalid_query(f"query.{name}", "must be an integer") from None
-    if value < low or (high is not None and value > high):
-        bounds = f"from {low}" + (f" to {high}" if high is not None else "")
-        raise invalid_query(f"query.{name}", f"must be {bounds}")
+    top = MAX_INT64 if high is None else high
+    if value < low or value > top:
+        raise invalid_query(f"query.{name}", f"must be from {low} to {top}")
     return value
 
 
@@ -530,7 +636,7 @@ ROUTES: tuple[Route, ...] = (
     _route("POST", "/v1/jobs/{id}/cancel", Api.cancel, "cancel_job"),
     _route("GET", "/v1/openapi.json", Api.openapi, "openapi"),
     _route("GET", "/healthz", Api.healthz, "healthz", public=True),
-    _route("GET", "/metrics", Api.metrics, "metrics", public=True),
+    _route("GET", "/metrics", Api.metrics, "metrics"),
 )
 
 __all__ = [

@@ -10,8 +10,8 @@ import copy
 import re
 from typing import TYPE_CHECKING, Any
 
-from ..records import State
-from .handlers import MAX_PAGE, MAX_WAIT
+from ..records import EventKind, State
+from .handlers import CURSOR_PATTERN, MAX_INT64, MAX_PAGE, MAX_WAIT
 from .problems import PROBLEM_MEDIA_TYPE
 
 if TYPE_CHECKING:
@@ -146,6 +146,17 @@ SCHEMAS: dict[str, Any] = {
             "next": {"type": "integer", "minimum": 0},
         },
     },
+    "ServerSentEvent": {
+        "description": "One event of a job's stream (keep-alive comments are not events).",
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "event": {"enum": [k.value for k in EventKind]},
+            "data": {"type": "string", "description": "The event's JSON"},
+            "id": {"type": "string", "pattern": "^[0-9]+$"},
+            "retry": {"type": "integer", "minimum": 0},
+        },
+    },
     "Problem": {
         "type": "object",
         "required": ["type", "title", "status", "detail", "code"],
@@ -223,14 +234,17 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     }
 
 
-def _header(name: str, description: str) -> dict[str, Any]:
+def _header(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "name": name,
         "in": "header",
         "required": False,
-        "schema": {"type": "string"},
+        "schema": schema or {"type": "string"},
         "description": description,
     }
+
+
+_EVENT_ID = {"type": "integer", "minimum": 0, "maximum": MAX_INT64}
 
 
 def _task_schema(name: str, schema: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
@@ -257,8 +271,14 @@ def _task_schema(name: str, schema: dict[str, Any], components: dict[str, Any]) 
     return _ref(f"{prefix}.params")
 
 
-def build_openapi(uw: Underway, *, root: str = "", secured: bool = True) -> dict[str, Any]:
-    """The document for `uw`'s tasks, with `root` (the mount prefix) as its server."""
+def build_openapi(
+    uw: Underway, *, root: str = "", secured: bool = True, callback_pattern: str | None = None
+) -> dict[str, Any]:
+    """The document for `uw`'s tasks, with `root` (the mount prefix) as its server.
+
+    `callback_pattern`: the URLs `?callback_url=` accepts (from the operator's host
+    allow-list); None when the server sends no webhooks, and the parameter is left out.
+    """
     components: dict[str, Any] = copy.deepcopy(SCHEMAS)
     job_headers = {"Retry-After": _RETRY}
     paths: dict[str, Any] = {
@@ -280,7 +300,11 @@ def build_openapi(uw: Underway, *, root: str = "", secured: bool = True) -> dict
                     _query(
                         "limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "Page size"
                     ),
-                    _query("cursor", {"type": "string"}, "`next_cursor` of the previous page"),
+                    _query(
+                        "cursor",
+                        {"type": "string", "pattern": CURSOR_PATTERN},
+                        "`next_cursor` of the previous page",
+                    ),
                 ],
             )
         },
@@ -293,8 +317,9 @@ def build_openapi(uw: Underway, *, root: str = "", secured: bool = True) -> dict
                     _JOB_ID,
                     _query(
                         "wait",
-                        {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
-                        "Long-poll: hold the answer until the job changes",
+                        {"type": "number", "minimum": 0},
+                        "Long-poll: hold the answer until the job changes (seconds; the "
+                        f"server caps it, by default at {MAX_WAIT:g})",
                     ),
                 ],
             ),
@@ -325,7 +350,11 @@ def build_openapi(uw: Underway, *, root: str = "", secured: bool = True) -> dict
                 {"200": _json(_ref("OutputPage"), "Output items in order")},
                 [
                     _JOB_ID,
-                    _query("after", {"type": "integer", "minimum": 0}, "Items to skip"),
+                    _query(
+                        "after",
+                        {"type": "integer", "minimum": 0, "maximum": MAX_INT64},
+                        "Items to skip",
+                    ),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "At most"),
                 ],
             )
@@ -337,13 +366,13 @@ def build_openapi(uw: Underway, *, root: str = "", secured: bool = True) -> dict
                 {
                     "200": {
                         "description": "An event stream that ends after `done`",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        "content": {"text/event-stream": {"schema": _ref("ServerSentEvent")}},
                     }
                 },
                 [
                     _JOB_ID,
-                    _query("after", {"type": "integer", "minimum": 0}, "Resume after this id"),
-                    _header("Last-Event-ID", "Resume after this id (wins over `after`)"),
+                    _query("after", _EVENT_ID, "Resume after this id"),
+                    _header("Last-Event-ID", "Resume after this id (wins over `after`)", _EVENT_ID),
                 ],
             )
         },
@@ -356,22 +385,63 @@ def build_openapi(uw: Underway, *, root: str = "", secured: bool = True) -> dict
             )
         },
     }
+    paths["/v1/openapi.json"] = {
+        "get": _operation(
+            "openapi", "This document", {"200": _json({"type": "object"}, "OpenAPI 3.1")}
+        )
+    }
+    health = _operation(
+        "healthz",
+        "Liveness: the store answers",
+        {"200": _json({"type": "object", "required": ["status"]}, "Up")},
+    )
+    health["security"] = []  # public
+    paths["/healthz"] = {"get": health}
+    paths["/metrics"] = {
+        "get": _operation(
+            "metrics",
+            "Prometheus text format (the metrics token, when one is set)",
+            {
+                "200": {
+                    "description": "Metrics",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        )
+    }
     for name, task in uw.tasks.items():
         body_schema = _task_schema(name, task.schema(), components)
+        parameters = [
+            _header("Idempotency-Key", "Same key and body: the same job"),
+            _header("Prefer", f"wait=N: hold the answer up to N (at most {MAX_WAIT:g}) s"),
+            _query("supersede", {"type": "string"}, "Cancel active jobs with this key"),
+        ]
+        if callback_pattern is not None:
+            parameters.append(
+                _query(
+                    "callback_url",
+                    {"type": "string", "pattern": callback_pattern},
+                    "POST the final job here (an allowed host; empty: none)",
+                )
+            )
         op = _operation(
             f"submit_{name}",
             f"Submit a job of {name}",
-            {"202": _json(_ref("Job"), "Queued", Location="The job", **job_headers)},
-            [
-                _header("Idempotency-Key", "Same key and body: the same job"),
-                _header("Prefer", f"wait=N: hold the answer up to N (at most {MAX_WAIT:g}) s"),
-                _query("supersede", {"type": "string"}, "Cancel active jobs with this key"),
-                _query("callback_url", {"type": "string"}, "POST the final job here"),
-            ],
+            {
+                "200": _json(
+                    _ref("Job"),
+                    "Finished within `Prefer: wait`",
+                    Location="The job",
+                    **{"Preference-Applied": "The wait that was applied"},
+                ),
+                "202": _json(_ref("Job"), "Queued", Location="The job", **job_headers),
+            },
+            parameters,
         )
         op["description"] = task.description
         op["requestBody"] = {
-            "required": True,
+            # An empty body is `{}`: enough for a task without required parameters.
+            "required": bool(task.schema().get("required")),
             "content": {"application/json": {"schema": body_schema}},
         }
         paths[f"/v1/tasks/{name}/jobs"] = {"post": op}

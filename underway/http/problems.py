@@ -37,6 +37,8 @@ TITLES: dict[str, str] = {
     "job-cancelled": "Job cancelled",
     "payload-too-large": "Payload too large",
     "malformed-json": "Malformed JSON",
+    "nested-too-deeply": "Request body nested too deeply",
+    "misdirected-request": "Misdirected request",
     "unauthorized": "Unauthorized",
     "cross-site-request": "Cross-site request refused",
     "queue-full": "Queue full",
@@ -171,4 +173,33 @@ def invalid_query(field: str, message: str) -> Problem:
         "validation-failed",
         f"{field}: {message}",
         errors=[{"field": field, "message": message, "type": "value_error"}],
+    )
+
+
+def non_finite_number(text: str) -> Problem:
+    """NaN, Infinity or a number beyond a float's range in a JSON body."""
+    message = f"numbers must be finite ({text[:40]} is not)"
+    return Problem(
+        422,
+        "validation-failed",
+        f"body: {message}",
+        errors=[{"field": None, "message": message, "type": "finite_number"}],
+    )
+
+
+def nested_too_deeply(limit: int) -> Problem:
+    return Problem(
+        400,
+        "nested-too-deeply",
+        f"arrays and objects in the request body may nest at most {limit} levels deep",
+    )
+
+
+def misdirected(host: str) -> Problem:
+    """A `Host` this server does not answer for (DNS rebinding, or a wrong name)."""
+    return Problem(
+        421,
+        "misdirected-request",
+        f"this server does not answer for host {host[:100]!r}; the operator may allow "
+        "it (--allowed-host, allowed_hosts=)",
     )

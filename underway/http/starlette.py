@@ -13,19 +13,22 @@ import asyncio
 import contextlib
 import importlib
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import Authenticator, AuthHook, TokenSource
 from .handlers import Api, ApiRequest, ApiResponse, EventStream, Pending, problem_response
-from .problems import Problem, not_found_route, payload_too_large
+from .hosts import HostCheck
+from .problems import Problem, misdirected, not_found_route, payload_too_large
 from .sse import HEADERS as SSE_HEADERS
 from .sse import MEDIA_TYPE as SSE_MEDIA_TYPE
 from .sse import aiter_events
@@ -35,8 +38,6 @@ if TYPE_CHECKING:
     from ..app import Underway
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# Every method reaches the adapter, so a wrong one is a 405 problem, not plain text.
-_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
 
 
 def create_app(
@@ -55,6 +56,8 @@ def create_app(
     inline_reads: bool | None = None,
     dashboard: bool = True,
     tracebacks: bool = False,
+    allowed_hosts: Iterable[str] | None = None,
+    metrics_token: str | None = None,
     debug: bool = False,
 ) -> Starlette:
     """Build the API app for `uw`.
@@ -73,6 +76,11 @@ def create_app(
     - `inline_reads`: answer single-record reads on the event loop (default: on for
       SQLite and memory stores, whose reads do not wait on the network).
     - `dashboard`: serve the dashboard at `/` once `underway.dashboard` provides one.
+    - `allowed_hosts`: `Host` names answered besides loopback ones (`*.example.com`;
+      `*` for any). Without tokens or a hook, other names get 421 (DNS rebinding);
+      with them, names are checked only when this is given.
+    - `metrics_token`: a bearer token for `/metrics` alone (for a scraper); by default
+      `/metrics` takes the API's tokens, and is open only when the API is.
     """
     webhooks = None
     hosts = list(callback_hosts)
@@ -88,7 +96,9 @@ def create_app(
         max_wait=max_wait,
         poll_interval=poll_interval,
         tracebacks=tracebacks,
+        metrics_token=metrics_token,
     )
+    host_check = HostCheck(allowed_hosts, enforce=api.auth.anonymous)
     adapter = _Adapter(api, ping_interval=ping_interval, inline_reads=inline_reads)
 
     @contextlib.asynccontextmanager
@@ -106,18 +116,19 @@ def create_app(
                 await run_in_threadpool(uw.stop)
 
     routes: list[BaseRoute] = [
-        Route("/v1/{rest:path}", adapter.endpoint, methods=_ALL_METHODS),
-        Route("/healthz", adapter.endpoint, methods=_ALL_METHODS),
-        Route("/metrics", adapter.endpoint, methods=_ALL_METHODS),
+        Route("/v1/{rest:path}", _AnyMethod(adapter.endpoint)),
+        Route("/healthz", _AnyMethod(adapter.endpoint)),
+        Route("/metrics", _AnyMethod(adapter.endpoint)),
     ]
     if dashboard:
         routes.extend(_dashboard_routes(uw))
     # Last, so that any other path is a 404 problem rather than Starlette's plain text.
-    routes.append(Route("/{rest:path}", adapter.endpoint, methods=_ALL_METHODS))
+    routes.append(Route("/{rest:path}", _AnyMethod(adapter.endpoint)))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         debug=debug,
+        middleware=[Middleware(_Guard, hosts=host_check)],
         exception_handlers={HTTPException: adapter.http_error, Exception: adapter.server_error},
     )
     app.state.underway_api = api
@@ -255,6 +266,50 @@ class _Adapter:
             media_type=SSE_MEDIA_TYPE,
             headers=SSE_HEADERS,
         )
+
+
+class _AnyMethod:
+    """An endpoint as an ASGI app, which Starlette routes for every method (even
+    QUERY or TRACE), so that a wrong one is the API's 405 problem with `Allow`."""
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.endpoint(Request(scope, receive))
+        await response(scope, receive, send)
+
+
+class _Guard:
+    """Every answer of the app, the dashboard's too: the `Host` check (421 problem),
+    and `X-Content-Type-Options: nosniff`, so that no browser reads JSON or text
+    as a script or a page."""
+
+    def __init__(self, app: ASGIApp, hosts: HostCheck) -> None:
+        self.app = app
+        self.hosts = hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_nosniff(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-content-type-options" for k, _ in headers):
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        if self.hosts.active:
+            host = next((v for k, v in scope["headers"] if k == b"host"), None)
+            name = host.decode("latin-1") if host is not None else None
+            if not self.hosts.allows(name):
+                response = _to_response(problem_response(misdirected(name or ""), scope["path"]))
+                await response(scope, receive, send_nosniff)
+                return
+        await self.app(scope, receive, send_nosniff)
 
 
 def _to_response(response: ApiResponse) -> Response:

@@ -1,8 +1,10 @@
 """Webhooks: POST a job's final record to its `callback_url` once it finishes.
 
-The body is signed with HMAC-SHA256 under the operator's secret and sent with
-`Underway-Signature: sha256=<hex>`; a receiver recomputes it over the raw body (see
-`verify_signature`). Failed deliveries are retried with doubling delays. Every
+Deliveries follow the Standard Webhooks convention (`underway.webhooks`): signed
+with HMAC-SHA256 over `{webhook-id}.{webhook-timestamp}.{body}` under the operator's
+secret (`whsec_...`), so a receiver calling `underway.webhooks.verify` rejects a
+changed body, a stale timestamp and a replayed delivery. Failed deliveries are
+retried with doubling delays, each attempt with its own id and timestamp. Every
 attempt is recorded under the job's `webhook` member.
 
 Only hosts on the operator's allow-list are ever contacted, and redirects are not
@@ -11,10 +13,9 @@ followed, so a submitter cannot make the server send requests into its network.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-import hmac
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .. import webhooks as standard
 from .._util import dumps, rfc3339
 from ..errors import ConfigurationError
 from ..records import TERMINAL
@@ -36,20 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("underway.webhooks")
 
-SIGNATURE_HEADER = "Underway-Signature"
+SIGNATURE_HEADER = standard.SIGNATURE_HEADER
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _KEEP_STATUSES = 10_000  # deliveries this process tracks at most (the job keeps the record)
-
-
-def sign(secret: str | bytes, body: bytes) -> str:
-    """The `Underway-Signature` header value for `body`."""
-    key = secret.encode() if isinstance(secret, str) else secret
-    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
-
-
-def verify_signature(secret: str | bytes, body: bytes, header: str | None) -> bool:
-    """For receivers: True when `header` is the signature of `body` under `secret`."""
-    return header is not None and hmac.compare_digest(sign(secret, body), header)
 
 
 class HostAllowList:
@@ -73,6 +64,22 @@ class HostAllowList:
             if pattern.startswith("*.") and host.endswith(pattern[1:]):
                 return True
         return False
+
+    def url_pattern(self) -> str:
+        """A regular expression for callback URLs this list allows (or the empty
+        string), for the OpenAPI document. Narrower than `allows`: ports 1-9999 where
+        any port is allowed, and plain path characters."""
+        hosts: list[str] = []
+        for pattern, port in self.entries:
+            if pattern.startswith("*."):
+                name = r"[a-z0-9](?:[a-z0-9-]{0,20}[a-z0-9])?" + re.escape(pattern[1:])
+            elif ":" in pattern:
+                name = re.escape(f"[{pattern}]")
+            else:
+                name = re.escape(pattern)
+            hosts.append(name + (f":{port}" if port is not None else "(?::[1-9][0-9]{0,3})?"))
+        path = r"(?:/[A-Za-z0-9._~/-]*)?(?:\?[A-Za-z0-9._~=&-]*)?"
+        return rf"^(?:|https?://(?:{'|'.join(hosts)}){path})$"
 
     def __bool__(self) -> bool:
         return bool(self.entries)
@@ -114,7 +121,8 @@ class WebhookDispatcher:
         self.allow = HostAllowList(allowed_hosts)
         if self.allow and not secret:
             raise ConfigurationError("webhooks need a signing secret: pass webhook_secret=...")
-        self.secret = secret or b""
+        # Checked now, so that a malformed secret stops the server from starting.
+        self.secret = standard.secret_key(secret) if secret else b""
         self.max_attempts = max(1, max_attempts)
         self.backoff = backoff
         self.backoff_max = backoff_max
@@ -293,7 +301,9 @@ class WebhookDispatcher:
         number = len(delivery.attempts) + 1
         headers = {
             "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(self.secret, body),
+            # One id per attempt: a receiver that failed may take the retry, while a
+            # captured attempt replayed is refused.
+            **standard.headers_for(self.secret, f"{job_id}_{number}", body),
             "Underway-Job": job_id,
             "Underway-Delivery-Attempt": str(number),
             "User-Agent": "underway-webhook",
