@@ -114,6 +114,7 @@ class Worker:
         self.linger = linger
         self._claim_size = 1  # grows while jobs are short and the queue deep
         self._ready: deque[JobRecord] = deque()  # claimed, not started yet
+        self._ready_since = 0.0  # monotonic time `_ready` last became non-empty
         self._ended: list[_Ended] = []  # short jobs' ends, not written yet
         self._cancel_before_start: set[str] = set()
 
@@ -218,6 +219,8 @@ class Worker:
                     record = records[0]
                     if len(records) > 1:
                         with self._lock:
+                            if not self._ready:
+                                self._ready_since = time.monotonic()
                             self._ready.extend(records[1:])
                 baton.running(slot)
                 self._run(record, slot)
@@ -255,8 +258,11 @@ class Worker:
             self._done(item.entry)
         for record in records:
             lifecycle.log_claimed(record, self.id)
-        if len(records) == max_jobs and self._claim_size == max_jobs:
-            self._claim_size = min(max_jobs * 2, self.batch)  # a backlog: take more next time
+        if max_jobs and len(records) == max_jobs:
+            # More may be waiting: wake another idle slot rather than leave it asleep.
+            self.store.notifier.notify(WORK)
+            if self._claim_size == max_jobs:
+                self._claim_size = min(max_jobs * 2, self.batch)  # a backlog: take more
         return records
 
     def _ended_due(self) -> bool:
@@ -305,9 +311,12 @@ class Worker:
     HOSTAGE_AFTER = 0.05
 
     def _release_hostages(self) -> None:
+        """Hand the claimed jobs back when no slot will start them soon: every running
+        job has run longer than a short one would (idle slots of this worker sleep until
+        new work is announced, which the hand-back does)."""
         now = time.monotonic()
         with self._lock:
-            if not self._ready or len(self._running) < self.concurrency:
+            if not self._ready or now - self._ready_since < self.HOSTAGE_AFTER:
                 return
             if any(now - e.started < self.HOSTAGE_AFTER for e in self._running.values()):
                 return

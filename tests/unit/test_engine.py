@@ -745,3 +745,27 @@ def test_ends_are_kept_when_a_batched_write_fails(db_path: Any) -> None:
         wait_for(lambda: worker.running_ids == [], timeout=5)
     finally:
         uw.close()
+
+
+def test_claimed_jobs_never_wait_behind_a_long_job_while_slots_are_free(uw: Underway) -> None:
+    # Twenty jobs that can only finish together: each waits for all the others to
+    # start. A slot that claimed several at once runs them one after another, so they
+    # finish only if the ones it cannot start yet go to the free slots.
+    together = threading.Barrier(20)
+
+    @uw.task
+    def meet() -> bool:
+        together.wait(timeout=20)
+        return True
+
+    @uw.task
+    def quick() -> None:
+        return None
+
+    # A backlog of quick jobs first, so that the worker claims in batches; idle slots
+    # then sleep until new work is announced (no polling to find the waiting jobs).
+    uw.start(24, idle_poll=60)
+    for handle in uw.submit_many("quick", [{} for _ in range(300)]):
+        handle.wait(30)
+    handles = uw.submit_many("meet", [{} for _ in range(20)])
+    assert all(h.wait(30) for h in handles)

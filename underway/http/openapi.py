@@ -139,11 +139,16 @@ SCHEMAS: dict[str, Any] = {
     },
     "OutputPage": {
         "type": "object",
-        "required": ["items", "after", "next"],
+        "required": ["items", "after", "next", "attempt"],
         "properties": {
             "items": {"type": "array"},
             "after": {"type": "integer", "minimum": 0},
             "next": {"type": "integer", "minimum": 0},
+            "attempt": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "The attempt whose output this is (each starts at index 0)",
+            },
         },
     },
     "ServerSentEvent": {
@@ -346,7 +351,7 @@ def build_openapi(
         "/v1/jobs/{id}/output": {
             "get": _operation(
                 "get_output",
-                "Output items after the first `after`",
+                "Output items of the latest attempt (or of `attempt`) after the first `after`",
                 {"200": _json(_ref("OutputPage"), "Output items in order")},
                 [
                     _JOB_ID,
@@ -354,6 +359,11 @@ def build_openapi(
                         "after",
                         {"type": "integer", "minimum": 0, "maximum": MAX_INT64},
                         "Items to skip",
+                    ),
+                    _query(
+                        "attempt",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_INT64},
+                        "The attempt to read (default: the latest)",
                     ),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "At most"),
                 ],
