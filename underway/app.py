@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -44,13 +45,16 @@ SUBMIT_OPTIONS = frozenset(
     }
 )
 ProgressCallback = Callable[[JobRecord], None]
+STORE_ENV = "UNDERWAY_STORE"
 
 
 class Underway:
     """One job system: tasks, a store, and (once started) embedded workers.
 
-    `Underway()` uses the SQLite file `./underway.db`; `Underway("redis://host/0")`
-    shares jobs between machines; `Underway("memory://")` keeps them in memory.
+    `Underway()` uses the store `UNDERWAY_STORE` names, else the SQLite file
+    `./underway.db`; `Underway("redis://host/0")` shares jobs between machines;
+    `Underway("memory://")` keeps them in memory. An explicit store wins over the
+    environment.
     The store is opened on first use, so a module can declare `uw = Underway()` and
     its tasks at import time and a command line can still choose another store.
     """
@@ -64,7 +68,8 @@ class Underway:
         max_output_bytes: int = MAX_OUTPUT_BYTES,
         name: str = "underway",
     ) -> None:
-        self.store_url = store
+        # Argument, then environment, then the default (./underway.db, in open_store).
+        self.store_url = store if store is not None else (os.environ.get(STORE_ENV) or None)
         self.name = name
         self.workers = workers
         self.lease = parse_duration(lease) or 30.0

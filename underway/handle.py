@@ -6,7 +6,7 @@ The same handle serves a job in a local store (`Underway`) and on a server
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
 
 from .errors import JobCancelled, JobFailed
@@ -73,8 +73,18 @@ class JobHandle:
     def wait(self, timeout: float | None = None) -> Any:
         """The result once the job succeeded; raises JobFailed, JobCancelled, or
         TimeoutError when `timeout` seconds pass first."""
-        record = self._source.wait(self.id, timeout=timeout)
-        self.record = record
+        self.record = self._source.wait(self.id, timeout=timeout)
+        return self._outcome(self.record)
+
+    async def result_async(self, timeout: float | None = None) -> Any:
+        """`wait()` for a caller on an event loop: the loop keeps serving while the job
+        runs (no thread is held per waiter; see `underway.aio`)."""
+        from . import aio
+
+        self.record = await aio.wait(self._source, self.id, timeout)
+        return self._outcome(self.record)
+
+    def _outcome(self, record: JobRecord) -> Any:
         if record.state is State.FAILED:
             raise JobFailed(record)
         if record.state is State.CANCELLED:
@@ -95,6 +105,12 @@ class JobHandle:
     def events(self, after: int = 0, *, timeout: float | None = None) -> Iterator[Event]:
         """Events with id > `after`, as they happen, until the `done` event (or `timeout`)."""
         return self._source.follow(self.id, after=after, timeout=timeout)
+
+    def aevents(self, after: int = 0) -> AsyncIterator[Event]:
+        """`events()` for a caller on an event loop: `async for event in job.aevents()`."""
+        from . import aio
+
+        return aio.events(self._source, self.id, after)
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.record.task} {self.id} {self.record.state.value}>"

@@ -18,15 +18,19 @@ from underway.http.flask import UnderwayFlask
 
 
 def checksum_folder(job: Job, folder: str, pause: float = 0.0) -> dict[str, Any]:
-    """Checksum every file in `folder` (SHA-256); `pause` slows each file down for a demo."""
-    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
+    """Checksum every file in `folder` and its subfolders (SHA-256); `pause` slows each
+    file down for a demo."""
+    root = Path(folder)
+    # Subfolders too: a folder such as Debian's /usr/share/doc holds only folders.
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
     job.progress(0, total=len(files), message=f"0 files (0%) of {len(files)}")
     checksums = {}
     for n, path in enumerate(files, 1):
         if job.wait_cancelled(pause):  # also the place where a cancel is noticed
             job.check_cancelled()
-        checksums[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-        job.emit(f"{checksums[path.name][:12]}  {path.name}")
+        name = path.relative_to(root).as_posix()
+        checksums[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        job.emit(f"{checksums[name][:12]}  {name}")
         job.progress(n, message=f"{n} files ({100 * n // len(files)}%)")
     return {"files": len(files), "checksums": checksums}
 

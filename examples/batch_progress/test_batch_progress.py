@@ -27,11 +27,17 @@ FILES = 5
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
+    # Only subfolders at the top, as in Debian's /usr/share/doc.
     photos = tmp_path / "photos"
-    photos.mkdir()
     for n in range(1, FILES + 1):
-        (photos / f"photo-{n}.jpg").write_bytes(bytes([n]) * 1000 * n)
+        album = photos / album_of(n)
+        album.mkdir(parents=True, exist_ok=True)
+        (album / f"photo-{n}.jpg").write_bytes(bytes([n]) * 1000 * n)
     return photos
+
+
+def album_of(n: int) -> str:
+    return "2024" if n <= 3 else "2025"
 
 
 @pytest.fixture
@@ -62,7 +68,7 @@ def test_follow_the_batch_from_the_terminal(base_url: str, folder: Path, tmp_pat
     lines = done.stdout.splitlines()
     # Each file as it is done, then the bar's last state, then the outcome.
     assert [line.split()[-1] for line in lines[:FILES]] == [
-        f"photo-{n}.jpg" for n in range(1, FILES + 1)
+        f"{album_of(n)}/photo-{n}.jpg" for n in range(1, FILES + 1)
     ]
     assert re.search(r"100%.*5 files \(100%\)", lines[FILES]), lines[FILES]
     assert "succeeded" in lines[-1]

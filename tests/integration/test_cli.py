@@ -7,8 +7,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -343,3 +345,86 @@ def test_serve_no_workers_on_redis_with_a_dedicated_worker(tmp_path: Path) -> No
                 assert worker.stop(signal.SIGTERM) == 0, worker.err
         finally:
             server.stop()
+
+
+# -- the first hour: helpful failures --------------------------------------------------------
+def test_an_app_that_raises_at_import_is_shown_with_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "brokenapp.py").write_text(
+        "from underway import Underway\n\nuw = Underway()\nSETTING = {}['missing']\n"
+    )
+    result = cli("serve", "brokenapp:uw", cwd=tmp_path)
+    assert result.returncode == ERROR
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"{tmp_path / 'brokenapp.py'}:4: KeyError: 'missing'" in result.stderr
+
+
+def test_a_busy_port_fails_before_any_job_runs(tmp_path: Path, store: str) -> None:
+    queued = cli("submit", "count", "to=1", "pause=0", "--app", APP, "--store", store, cwd=tmp_path)
+    job_id = queued.stdout.strip()
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        result = cli("serve", APP, "--store", store, "--port", str(port), cwd=tmp_path)
+    assert result.returncode == ERROR, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use (another server "
+        "is running there? choose another with --port)"
+    ]
+    shown = record(store, job_id)
+    assert shown.state is State.QUEUED and shown.attempt == 0
+
+
+def test_follow_says_when_no_worker_takes_the_job(tmp_path: Path, store: str) -> None:
+    follower = Running(
+        ["submit", "count", "to=1", "--follow", "--app", APP, "--store", store],
+        cwd=tmp_path,
+        name="follow",
+    )
+    started = time.monotonic()
+    wait_for(lambda: "no worker is taking jobs" in follower.out, timeout=10, what="the note")
+    assert time.monotonic() - started < 6
+    assert f"from store {store}" in follower.out and "underway worker" in follower.out
+    assert follower.stop(signal.SIGINT) == 130
+
+
+def test_a_second_ctrl_c_says_what_it_abandons(tmp_path: Path, store: str) -> None:
+    port = free_port()
+    server = Running(
+        ["serve", APP, "--store", store, "--port", str(port), "--drain", "60"],
+        cwd=tmp_path,
+        name="server",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert "underway: 6 tasks," in wait_for(lambda: server.err, what="the banner")
+        wait_for(lambda: _healthy(url), timeout=15, what="the server's /healthz")
+        job = httpx.post(f"{url}/v1/tasks/long_process/jobs", json={"steps": 100, "pause": 0.2})
+        job_id = job.json()["id"]
+        wait_for(lambda: record(store, job_id).output_count >= 1, timeout=15, what="the job")
+        server.proc.send_signal(signal.SIGINT)
+        wait_for(lambda: "Ctrl-C again" in server.err, timeout=15, what="the drain notice")
+        assert "running jobs (1) get 60s to finish" in server.err
+    finally:
+        code = server.stop(signal.SIGINT)
+    assert code == 130, server.err
+    assert (
+        f"interrupted again; abandoning 1 running job ({job_id}): they stay 'running' until "
+        "their lease expires (30s)"
+    ) in server.err
+    assert "Traceback" not in server.err
+    assert record(store, job_id).state is State.RUNNING
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_the_jobs_table_keeps_age_on_the_line_with_a_long_task_name() -> None:
+    from underway.cli.display import shorten_middle
+
+    name = "flask-view:examples.flask_slow_view.app.create_app.<locals>.render"
+    short = shorten_middle(name, 28)
+    assert len(short) == 28 and short.startswith("flask-view:") and short.endswith(".render")
+    assert shorten_middle("add", 28) == "add"

@@ -49,7 +49,7 @@ def register_dashboard_tasks(uw: Underway) -> Gates:
         layout: Literal["portrait", "landscape"] = "portrait",
         draft: bool = False,
     ) -> dict[str, Any]:
-        """Build a report, one section at a time."""
+        """Build a report, one section at a time (`sections`, in order)."""
         for i, name in enumerate(sections, 1):
             job.check_cancelled()
             job.emit(f"{name}: {pages} pages, {layout}")
@@ -126,6 +126,13 @@ def test_start_a_job_from_a_task_form_and_watch_it_finish(server: str, page: Pag
     expect(page.locator("#job-output")).to_contain_text("summary: 7 pages, landscape")
     expect(page.locator("#job-result")).to_contain_text('"draft": true')
     expect(page.locator("#job-params")).to_contain_text('"layout": "landscape"')
+
+
+def test_task_descriptions_show_code_spans_as_code(server: str, page: Page) -> None:
+    page.goto(f"{server}/#/tasks")
+    description = page.locator('[data-task="make_report"] .desc')
+    expect(description).to_have_text("Build a report, one section at a time (sections, in order).")
+    expect(description.locator("code")).to_have_text("sections")
 
 
 def test_a_form_shows_the_servers_validation_errors(server: str, page: Page) -> None:

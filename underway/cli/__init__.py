@@ -30,6 +30,7 @@ from .server import (
     drain_option,
     log_options,
     log_to_stderr,
+    plural,
     run_server,
     server_options,
     stop_workers,
@@ -45,7 +46,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("app_spec", metavar="MODULE:ATTR")
+@click.argument("app_spec", metavar="MODULE:ATTR", envvar="UNDERWAY_APP")
 @server_options
 def serve(app_spec: str, **options: Any) -> int:
     """Serve the HTTP API (and run jobs) for the app MODULE:ATTR."""
@@ -63,8 +64,8 @@ def demo(**options: Any) -> int:
 
 
 @cli.command()
-@click.argument("app_spec", metavar="MODULE:ATTR")
-@click.option("--store", help="Store URL shared with the web processes.")
+@click.argument("app_spec", metavar="MODULE:ATTR", envvar="UNDERWAY_APP")
+@click.option("--store", envvar="UNDERWAY_STORE", help="Store URL shared with the web processes.")
 @click.option("--workers", type=click.IntRange(min=1), help="Jobs run at once.")
 @drain_option
 @log_options[0]
@@ -93,15 +94,17 @@ def worker(
         running = uw.start()
         click.echo(
             f"underway worker: {uw.workers} workers on {uw.where}, "
-            f"tasks: {', '.join(uw.task_names) or 'none'}",
+            f"{plural(len(uw.tasks), 'task')}: {', '.join(uw.task_names) or 'none'}",
             err=True,
         )
         while not stop.wait(1.0):
             pass
     finally:
+        # While draining, a second signal interrupts the wait (stop_workers says what
+        # it leaves behind).
+        signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
+        signal.signal(signal.SIGINT, previous[signal.SIGINT])
         stop_workers(uw, running, drain)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     click.echo("underway worker: stopped", err=True)
     return EXIT_OK
 
@@ -116,7 +119,10 @@ def submit(task: str, params: tuple[str, ...], follow: bool, yes: bool, **where:
     """Start a job of TASK; values are JSON when they parse as JSON (n=3, tags='["a"]')."""
     values = parse_params(params)
     if not where["url"] and not where["app_spec"]:
-        raise CliError("submitting to a local store needs --app MODULE:ATTR (to know the tasks)")
+        raise CliError(
+            "submitting to a local store needs --app MODULE:ATTR or UNDERWAY_APP (to know the "
+            "tasks)"
+        )
     jobs = open_jobs(existing=False, **where)
     record = jobs.submit(task, values)
     if not follow:

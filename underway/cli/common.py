@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -57,7 +58,9 @@ def load_app(spec: str) -> Underway:
             raise CliError(f"cannot import {module_name!r}: no module named {exc.name!r}") from None
         raise CliError(f"cannot import {module_name!r}: {exc}") from None
     except Exception as exc:
-        raise CliError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+        raise CliError(
+            f"importing {module_name!r} failed{_where_raised(exc)}: {type(exc).__name__}: {exc}"
+        ) from None
     if attr:
         try:
             app = getattr(module, attr)
@@ -72,6 +75,23 @@ def load_app(spec: str) -> Underway:
         found = "no" if not apps else "several"
         raise CliError(f"{found} Underway apps in {module_name!r}: name one as {module_name}:ATTR")
     return apps[0]
+
+
+def _where_raised(exc: BaseException) -> str:
+    """` at FILE:LINE`: the deepest frame of the traceback in the user's own code (not
+    in Python's import machinery, the standard library or installed packages). A
+    SyntaxError names its place in its own message."""
+    if isinstance(exc, SyntaxError):
+        return ""
+    installed = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix})
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith(("<", *installed))
+    ]
+    if not frames:
+        return ""
+    return f" at {frames[-1].filename}:{frames[-1].lineno}"
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, Any]:

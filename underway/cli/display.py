@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ STATE_STYLE = {
     State.FAILED: "red",
     State.CANCELLED: "magenta",
 }
+TASK_WIDTH = 28
 
 
 def console(stderr: bool = False) -> Console:
@@ -74,6 +76,13 @@ def as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
+def shorten_middle(text: str, width: int) -> str:
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (width - 1 - head) :]}"
+
+
 def print_table(records: list[JobRecord]) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -85,8 +94,11 @@ def print_table(records: list[JobRecord]) -> None:
         progress = describe_progress(r.progress, running=r.state is State.RUNNING)
         if r.state is State.QUEUED and r.position is not None:
             progress = f"#{r.position + 1} in queue"
-        rows.append((r.id, r.task, r.state, progress, format_seconds(now - r.created_at)))
-    # Ids and names must stay whole on a narrow terminal; the progress text gives way.
+        task = shorten_middle(r.task, TASK_WIDTH)
+        rows.append((r.id, task, r.state, progress, format_seconds(now - r.created_at)))
+    # Ids, task names and states must stay whole on a narrow terminal; the progress
+    # text gives way. A task name longer than TASK_WIDTH (a Flask view's module path)
+    # loses its middle, so that AGE stays on the line.
     for n, name in enumerate(("ID", "TASK", "STATE")):
         table.add_column(name, no_wrap=True, min_width=max(len(str(row[n])) for row in rows))
     table.add_column("AGE", justify="right", no_wrap=True, min_width=5)
@@ -143,6 +155,11 @@ def print_record(record: JobRecord) -> None:
 
 
 # -- following a job -------------------------------------------------------------------
+# How long a job may sit first in line, with nothing running, before --follow says
+# that no worker seems to be taking jobs.
+NO_WORKER_AFTER = 3.0
+
+
 class Follower:
     """A live bar (percent, ETA, message) with output items printed above it as they come."""
 
@@ -231,10 +248,42 @@ class Follower:
         # A shell starts background commands with SIGINT ignored; following is
         # interactive, so an interrupt must reach it wherever it was started.
         previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        stop_watching = threading.Event()
+        watcher = threading.Thread(
+            target=self._watch_queue, args=(stop_watching,), name="underway-queue-watch"
+        )
+        watcher.daemon = True
+        watcher.start()
         try:
             return self._follow(yes=yes)
         finally:
+            stop_watching.set()
             signal.signal(signal.SIGINT, previous)
+
+    def _watch_queue(self, stop: threading.Event) -> None:
+        """Say so when nobody takes the job. The store keeps no list of live workers,
+        so this goes by what it shows: the job is still queued, first in line and due,
+        NO_WORKER_AFTER seconds after submission, and no job at all is running."""
+        while not stop.wait(NO_WORKER_AFTER):
+            if self.state is not State.QUEUED:
+                return
+            try:
+                running = self.jobs.list(state=State.RUNNING.value, task=None, limit=1)
+                record = self.jobs.get(self.record.id)
+            except Exception:
+                return  # the main loop reports trouble with the store or server
+            if record.state is not State.QUEUED or stop.is_set():
+                return
+            if record.position in (0, None) and record.run_at <= time.time() and not running:
+                self.out.print(
+                    f"no worker is taking jobs from {self.jobs.where}: job {record.id} is "
+                    f"first in line and nothing runs. Start one with: underway worker "
+                    f"MODULE:ATTR (Ctrl-C stops following)",
+                    style="yellow",
+                    markup=False,
+                )
+                self.bar.update(self.row, message="waiting for a worker")
+                return
 
     def _follow(self, *, yes: bool) -> int:
         cancel_sent = False

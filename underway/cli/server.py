@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import signal
+import socket
 from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -55,7 +57,11 @@ drain_option = click.option(
 
 def server_options(func: C) -> C:
     options = [
-        click.option("--store", help="Store URL: sqlite:///path, redis://host:port/db, memory://"),
+        click.option(
+            "--store",
+            envvar="UNDERWAY_STORE",
+            help="Store URL: sqlite:///path, redis://host:port/db, memory://",
+        ),
         click.option("--host", default="127.0.0.1", show_default=True),
         click.option("--port", default=8000, show_default=True, type=int),
         click.option("--workers", type=click.IntRange(min=1), help="Embedded worker threads."),
@@ -154,10 +160,12 @@ def run_server(
             timeout_graceful_shutdown=3,
         )
     )
+    # Bound before any worker starts: a busy port fails here, before a job could run.
+    sock = _bind(host, port)
     log_to_stderr(log_level, log_format)
     where = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     mode = "no workers (enqueue only)" if no_workers else f"{uw.workers} workers"
-    click.echo(f"underway: {len(uw.tasks)} tasks, {mode}, store {uw.where}", err=True)
+    click.echo(f"underway: {plural(len(uw.tasks), 'task')}, {mode}, store {uw.where}", err=True)
     if banner:
         click.echo(banner.format(url=where), err=True)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -165,27 +173,73 @@ def run_server(
     try:
         if not no_workers:
             worker = uw.start()
-        server.run()
+        server.run(sockets=[sock])
     except (KeyboardInterrupt, _Terminated):
         pass  # uvicorn has shut down; now the workers
     except SystemExit as exc:
-        # uvicorn exits on its own after logging why (e.g. the port is taken).
+        # uvicorn exits on its own after logging why.
         return exc.code if isinstance(exc.code, int) and exc.code else EXIT_ERROR
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        stop_workers(uw, worker, drain)
+        sock.close()
+        try:
+            stop_workers(uw, worker, drain)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     return EXIT_OK
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            reason += " (another server is running there? choose another with --port)"
+        raise CliError(f"cannot listen on {host}:{port}: {reason}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def stop_workers(uw: Underway, worker: Worker | None, drain: float) -> None:
+    """Stop the workers, draining running jobs; a second Ctrl-C (or SIGTERM) stops
+    waiting and says which jobs it leaves behind."""
     if worker is not None and worker.running_ids:
         click.echo(
-            f"underway: stopping; {len(worker.running_ids)} running jobs get {drain:g}s to "
-            "finish, then go back to the queue while attempts remain (else they fail "
-            "with Shutdown)",
+            f"underway: stopping; running jobs ({len(worker.running_ids)}) get {drain:g}s to "
+            "finish, then go back to the queue while attempts remain, else they fail with "
+            "Shutdown (Ctrl-C again to stop at once)",
             err=True,
         )
-    uw.stop(drain=drain)
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_terminated),
+    }
+    try:
+        uw.stop(drain=drain)
+    except (KeyboardInterrupt, _Terminated):
+        left = worker.running_ids if worker is not None else []
+        if left:
+            click.echo(
+                f"underway: interrupted again; abandoning {plural(len(left), 'running job')} "
+                f"({', '.join(left)}): they stay 'running' until their lease expires "
+                f"({uw.lease:g}s), then go back to the queue (or fail with WorkerLost after "
+                "their last attempt)",
+                err=True,
+            )
+        else:
+            click.echo("underway: interrupted again; no running job is abandoned", err=True)
+        raise KeyboardInterrupt from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def log_to_stderr(level: str = "info", fmt: str = "text") -> None:

@@ -11,15 +11,26 @@
 `POST /render/42` now answers 202 at once with `Location: /jobs/status/<job id>`;
 that URL answers 202 (with `Retry-After`) while the view runs on a worker, and then
 the view's own response: its status, headers and body. The view runs inside a copy
-of the original request's context (method, path, query, headers, cookies, body),
-and can report progress through `flask.g.underway_job`.
+of the original request's context (method, path, query, headers, body) and can
+report progress through `flask.g.underway_job`. Credentials are not kept: the copy
+has no `Authorization`, `Cookie` or `Proxy-Authorization` header; the principal who
+started it is `flask.g.underway_principal`. The status URL applies the API's rules:
+401 without a valid token when tokens are configured, 404 for another owner's job.
+
+With `start_workers=True` the app's process runs jobs; when it ends (Ctrl-C or
+SIGTERM of `flask run`, a gunicorn worker stopping), running jobs get `drain`
+seconds to finish and are then handed back to the queue, as `underway serve` does.
+With a `url_prefix`, the dashboard is served at `{url_prefix}/`.
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
 import functools
 import io
+import logging
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -29,14 +40,20 @@ from flask import Blueprint, Flask, Response, g, request, send_file, url_for
 from werkzeug.exceptions import HTTPException, NotFound
 
 from .._util import dumps
-from ..dashboard.assets import MEDIA_TYPES, STATIC_PREFIX, static_file
+from ..dashboard.assets import (
+    MEDIA_TYPES,
+    SECURITY_HEADERS,
+    STATIC_PREFIX,
+    render_index,
+    static_file,
+)
 from ..errors import JobNotFound
 from ..job import Job
 from ..records import TERMINAL, State
 from .auth import Authenticator, AuthHook, TokenSource
 from .handlers import Api, ApiRequest, ApiResponse, EventStream, problem_response
 from .hosts import HostCheck
-from .problems import Problem, misdirected, not_found_route, payload_too_large
+from .problems import Problem, misdirected, not_found_route, payload_too_large, unauthorized
 from .sse import HEADERS as SSE_HEADERS
 from .sse import MEDIA_TYPE as SSE_MEDIA_TYPE
 from .sse import iter_events
@@ -44,9 +61,13 @@ from .webhooks import WebhookDispatcher
 
 if TYPE_CHECKING:
     from ..app import Underway
+    from ..worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("underway.flask")
 _VIEW_TASK_PREFIX = "flask-view:"
+# Request headers (as WSGI environ keys) that the stored copy of a request never keeps.
+_CREDENTIALS = frozenset({"HTTP_AUTHORIZATION", "HTTP_COOKIE", "HTTP_PROXY_AUTHORIZATION"})
 # Every method a client may try reaches the API, so a wrong one is a 405 problem with
 # `Allow` (werkzeug's own 405 is an HTML page).
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "QUERY"]
@@ -74,6 +95,8 @@ class UnderwayFlask:
         start_workers: bool = False,
         allowed_hosts: Iterable[str] | None = None,
         metrics_token: str | None = None,
+        drain: float = 10.0,
+        dashboard: bool = True,
         name: str = "underway",
     ) -> None:
         self.uw = uw
@@ -97,6 +120,7 @@ class UnderwayFlask:
         self.hosts = HostCheck(allowed_hosts, enforce=self.api.auth.anonymous)
         self.ping_interval = ping_interval
         self.start_workers = start_workers
+        self.drain = drain
         self.url_prefix = url_prefix.rstrip("/")
         self.app: Flask | None = None
         bp = Blueprint(name, __name__, url_prefix=self.url_prefix or None)
@@ -110,6 +134,8 @@ class UnderwayFlask:
         # A path no rule can match (one with a newline in it) is werkzeug's HTML 404;
         # under the API's own paths it is a problem like every other error.
         bp.app_errorhandler(NotFound)(self._not_found)
+        if dashboard and self.url_prefix:
+            bp.add_url_rule("/", "dashboard", self._dashboard, methods=["GET"])
         self.blueprint = bp
         if app is not None:
             self.init_app(app)
@@ -119,7 +145,7 @@ class UnderwayFlask:
         app.extensions["underway"] = self
         self.app = app
         if self.start_workers:
-            self.uw.start()
+            _stop_at_exit(self.uw, self.uw.start(), self.drain)
         webhooks = self.api.webhooks
         if webhooks is not None:
             # Deliveries a previous process left unfinished; in the background, so that
@@ -186,6 +212,14 @@ class UnderwayFlask:
             outcome = self.api.wait_blocking(outcome)
         return _to_flask(outcome)
 
+    def _dashboard(self) -> Response:
+        root = request.script_root + self.url_prefix
+        return Response(
+            render_index(root),
+            mimetype="text/html",
+            headers={**SECURITY_HEADERS, "Cache-Control": "no-cache"},
+        )
+
     # -- background views ------------------------------------------------------------
     def background_view(
         self, *, keep_for: str | float = "1h", timeout: str | float | None = None
@@ -201,8 +235,9 @@ class UnderwayFlask:
             def run_view(job: Job) -> dict[str, Any]:
                 # The request copy lives in the job's meta, not its params, so that the
                 # API never shows its cookies and Authorization header to anyone.
-                saved = self.uw.get(job.id).meta["request"]
-                return self._run_view(view, job, saved["environ"], saved["body"])
+                record = self.uw.get(job.id)
+                saved = record.meta["request"]
+                return self._run_view(view, job, record.owner, saved["environ"], saved["body"])
 
             task = self.uw.task(name=task_name, keep_for=keep_for, timeout=timeout)(run_view)
 
@@ -210,8 +245,13 @@ class UnderwayFlask:
             def start(*args: Any, **kwargs: Any) -> Response:
                 body = request.get_data(cache=True)
                 # Only plain strings survive the trip through the store; the input
-                # stream is rebuilt from the body when the view runs.
-                environ = {k: v for k, v in request.environ.items() if isinstance(v, str)}
+                # stream is rebuilt from the body when the view runs. Credentials stay
+                # out of the store: the job knows its principal as its owner.
+                environ = {
+                    k: v
+                    for k, v in request.environ.items()
+                    if isinstance(v, str) and k not in _CREDENTIALS
+                }
                 record = self.uw.enqueue(
                     task,
                     {},
@@ -240,7 +280,12 @@ class UnderwayFlask:
             return None
 
     def _run_view(
-        self, view: Callable[..., Any], job: Job, environ: dict[str, Any], body: str
+        self,
+        view: Callable[..., Any],
+        job: Job,
+        principal: str | None,
+        environ: dict[str, Any],
+        body: str,
     ) -> dict[str, Any]:
         app = self.app
         if app is None:
@@ -251,6 +296,7 @@ class UnderwayFlask:
         env.setdefault("wsgi.url_scheme", "http")
         with app.request_context(env):
             g.underway_job = job
+            g.underway_principal = principal
             try:
                 if request.routing_exception is not None:
                     raise request.routing_exception
@@ -261,7 +307,12 @@ class UnderwayFlask:
 
     def _view_status(self, job_id: str) -> Response:
         try:
-            record = self.uw.get(job_id)
+            # The API's rules: a token when tokens are configured, and only the
+            # owner's jobs (another owner's is 404, as if it did not exist).
+            principal = self._principal()
+            if principal is None and not self.api.auth.anonymous:
+                raise unauthorized()
+            record = self.uw.get(job_id, owner=principal)
             if not record.task.startswith(_VIEW_TASK_PREFIX):
                 raise JobNotFound(job_id)
         except Exception as exc:
@@ -282,13 +333,50 @@ class UnderwayFlask:
         )
         detail = f"the view's job {record.state.value}"
         if record.error is not None and record.state is State.FAILED:
-            detail += f": {record.error.type}"
+            detail += f": {record.error.type}: {record.error.message}"
         return _to_flask(problem_response(Problem(status, code, detail), request.path))
 
 
 def _nosniff(response: Response) -> Response:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     return response
+
+
+def _stop_at_exit(uw: Underway, worker: Worker, drain: float) -> None:
+    """Stop the embedded workers when the process ends, as `underway serve` does.
+
+    The hook runs before the interpreter joins its non-daemon threads (the job
+    threads among them), so running jobs get `drain` seconds and the rest go back to
+    the queue instead of being found lost later. SIGTERM, whose default ends the
+    process without any clean-up, becomes an interrupt when nobody else handles it
+    (`flask run`); gunicorn handles it itself and then exits normally.
+    """
+
+    def stop() -> None:
+        running = len(worker.running_ids)
+        if running:
+            log.warning(
+                "underway: stopping; running jobs (%d) get %gs to finish, then go back "
+                "to the queue while attempts remain, else they fail with Shutdown",
+                running,
+                drain,
+            )
+        uw.stop(drain=drain)
+
+    # threading's own exit hooks run before its threads are joined (concurrent.futures
+    # uses the same); atexit's run after, too late for the job threads.
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(stop)
+    else:
+        atexit.register(stop)
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _asset(name: str) -> Response:

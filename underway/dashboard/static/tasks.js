@@ -12,6 +12,11 @@ function prose(text) {
     .join("\n\n");
 }
 
+/* Text with `code` spans as nodes: backticks become <code>, never markup from the text. */
+function withCode(text) {
+  return (text || "").split(/`([^`\n]+)`/).map((part, i) => (i % 2 ? h("code", { text: part }) : part));
+}
+
 let fieldCounter = 0;
 
 function resolveRef(schema, root) {
@@ -148,7 +153,7 @@ function buildField(name, raw, root, required) {
     };
   }
   if (nullable && !hints.length) hints.push("Optional.");
-  hint.textContent = hints.join(" ");
+  append(hint, withCode(hints.join(" ")));
   hint.hidden = !hints.length;
   const label =
     type === "boolean" && !schema.enum
@@ -267,7 +272,7 @@ export class TasksView extends View {
         "div",
         { class: "card-body" },
         h("header", {}, h("h2", { id: headingId, text: task.name }), h("span", {}, meta.map((m) => h("span", { class: "tag", text: m })))),
-        h("p", { class: "desc", text: prose(task.description) }),
+        h("p", { class: "desc" }, withCode(prose(task.description))),
         form,
       ),
     );
