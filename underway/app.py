@@ -25,9 +25,10 @@ from .executors import Executor, create_executor
 from .feed import ChangeFeed
 from .handle import JobHandle
 from .job import MAX_OUTPUT_BYTES
-from .records import TERMINAL, Event, EventKind, JobRecord, State, latest_segment
+from .records import TERMINAL, Event, EventKind, JobRecord, State, Waiting, latest_segment
 from .stores import Page, Store, open_store
 from .tasks import Task, make_settings
+from .waiting import why_waiting
 from .worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -357,11 +358,28 @@ class Underway:
         return record
 
     def get(self, job_id: str, *, owner: str | None = None) -> JobRecord:
-        """The job's current record; JobNotFound when unknown (or another owner's)."""
+        """The job's current record; JobNotFound when unknown (or another owner's).
+
+        A queued job says why it waits (`record.waiting`, see `underway.waiting`)."""
         record = self.find(job_id, owner=owner)
         if record is None:
             raise JobNotFound(job_id)
+        if record.state is State.QUEUED:
+            record = record.evolve(waiting=self.why_waiting(record))
         return record
+
+    def why_waiting(self, record: JobRecord) -> Waiting:
+        """Why a queued job has not started (see `underway.waiting`)."""
+        task = self.tasks.get(record.task)
+        limit = task.settings.concurrency if task is not None else None
+        now = time.time()
+        return why_waiting(
+            record,
+            now=now,
+            workers=self.store.live_workers(now),
+            limit=limit,
+            running=self.store.running_of(record.task) if limit is not None else None,
+        )
 
     def count(self, *, state: State | None = None) -> int:
         """How many jobs (in `state`) the store holds."""

@@ -37,7 +37,17 @@ from .errors import (
 )
 from .errors import Unauthorized as _Unauthorized
 from .handle import JobHandle
-from .records import TERMINAL, ErrorInfo, Event, EventKind, JobRecord, Page, Progress, State
+from .records import (
+    TERMINAL,
+    ErrorInfo,
+    Event,
+    EventKind,
+    JobRecord,
+    Page,
+    Progress,
+    State,
+    Waiting,
+)
 
 MAX_SERVER_WAIT = 30.0  # the server caps a long poll at this many seconds
 
@@ -81,6 +91,17 @@ def record_from_dict(data: dict[str, Any]) -> JobRecord:
         owner=data.get("owner"),
         queue=data.get("queue", "default"),
         meta=meta,
+        waiting=_waiting_from(data.get("waiting")),
+    )
+
+
+def _waiting_from(data: Any) -> Waiting | None:
+    if not isinstance(data, dict) or "reason" not in data:
+        return None
+    return Waiting(
+        reason=str(data["reason"]),
+        message=str(data.get("message") or ""),
+        until=parse_rfc3339(data.get("until")),
     )
 
 

@@ -80,6 +80,18 @@ class ErrorInfo:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Waiting:
+    """Why a queued job has not started (see `underway.waiting`)."""
+
+    reason: str  # scheduled | retry-backoff | no-worker | concurrency-limit | queue
+    message: str
+    until: float | None = None  # when it becomes due (scheduled, retry-backoff)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "message": self.message, "until": rfc3339(self.until)}
+
+
+@dataclass(frozen=True, kw_only=True)
 class JobRecord:
     """A frozen snapshot of one job, as every API returns it."""
 
@@ -110,6 +122,7 @@ class JobRecord:
     worker: str | None = None  # lease holder while running
     lease_until: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # callback_url, webhook attempts, ...
+    waiting: Waiting | None = None  # why it has not started, while queued (`Underway.get`)
 
     @property
     def finished(self) -> bool:
@@ -141,6 +154,8 @@ class JobRecord:
         }
         if include_owner:
             data["owner"] = self.owner
+        if self.waiting is not None and self.state is State.QUEUED:
+            data["waiting"] = self.waiting.to_dict()
         if self.meta.get("webhook"):
             data["webhook"] = self.meta["webhook"]
         return data

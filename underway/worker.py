@@ -119,7 +119,19 @@ class Worker:
         self._cancel_before_start: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------
+    # Workers say they are alive this often; a worker silent for HEARTBEAT_TTL is gone.
+    HEARTBEAT = 5.0
+    HEARTBEAT_TTL = 20.0
+
+    def _heartbeat(self, *, stopping: bool = False) -> None:
+        until = 0.0 if stopping else time.time() + self.HEARTBEAT_TTL
+        try:
+            self.store.heartbeat(self.id, self.app.task_names, until)
+        except Exception as exc:  # presence is advice: a missed beat costs nothing else
+            log.warning("could not record this worker's heartbeat: %s", exc)
+
     def start(self) -> None:
+        self._heartbeat()
         for number in range(self.concurrency):
             self._start_slot(_Slot(number=number))
         monitor = threading.Thread(target=self._monitor, name="underway-monitor", daemon=True)
@@ -163,6 +175,7 @@ class Worker:
         self._write_ended()
         self._hand_back_ready()
         self._flush_all()
+        self._heartbeat(stopping=True)
 
     @property
     def running_ids(self) -> list[str]:
@@ -364,6 +377,7 @@ class Worker:
     def _monitor(self) -> None:
         renew_every = min(self.lease / 3.0, 0.5)  # also how fast a remote cancel arrives
         next_renew = next_janitor = time.monotonic()
+        next_heartbeat = next_renew + self.HEARTBEAT
         next_upkeep = next_renew + self.flush_interval
         while True:
             wait = next_upkeep - time.monotonic()
@@ -386,6 +400,9 @@ class Worker:
                     next_renew = now + renew_every
                     self._renew()
                 self._enforce_deadlines(now)
+                if now >= next_heartbeat:
+                    next_heartbeat = now + self.HEARTBEAT
+                    self._heartbeat()
                 if now >= next_janitor:
                     next_janitor = now + self.janitor_interval * (0.5 + random.random())
                     self.janitor()

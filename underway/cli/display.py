@@ -127,6 +127,8 @@ def print_record(record: JobRecord) -> None:
         rows.append(("cancel", "requested"))
     if record.state is State.QUEUED and record.position is not None:
         rows.append(("position", str(record.position + 1)))
+    if record.state is State.QUEUED and record.waiting is not None:
+        rows.append(("waiting", escape(record.waiting.message)))
     for label, ts in (
         ("created", record.created_at),
         ("started", record.started_at),
@@ -274,6 +276,22 @@ class Follower:
                 return  # the main loop reports trouble with the store or server
             if record.state is not State.QUEUED or stop.is_set():
                 return
+            if record.waiting is not None:  # the engine knows why it waits
+                if record.waiting.reason in ("no-worker", "concurrency-limit"):
+                    lead = (
+                        "no worker is taking jobs"
+                        if record.waiting.reason == "no-worker"
+                        else ("the job waits")
+                    )
+                    self.out.print(
+                        f"{lead} from {self.jobs.where}: {record.waiting.message} "
+                        "(Ctrl-C stops following)",
+                        style="yellow",
+                        markup=False,
+                    )
+                    self.bar.update(self.row, message=record.waiting.reason)
+                    return
+                continue
             if record.position in (0, None) and record.run_at <= time.time() and not running:
                 self.out.print(
                     f"no worker is taking jobs from {self.jobs.where}: job {record.id} is "

@@ -416,6 +416,8 @@ class Api:
                     self._bodies.pop(gone, None)
         if record is None or (owner is not None and record.owner != owner):
             raise JobNotFound(job_id)
+        if record.state is State.QUEUED:
+            record = record.evolve(waiting=self.uw.why_waiting(record))
         return version, record
 
     def get_job(self, request: ApiRequest, params: dict[str, str]) -> Outcome:

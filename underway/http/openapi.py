@@ -107,6 +107,24 @@ SCHEMAS: dict[str, Any] = {
             "queue": {"type": "string"},
             "owner": _NULLABLE_STRING,
             "webhook": {"$ref": "#/components/schemas/WebhookDelivery"},
+            "waiting": {
+                "description": "While queued: why it has not started",
+                "type": "object",
+                "required": ["reason", "message", "until"],
+                "properties": {
+                    "reason": {
+                        "enum": [
+                            "scheduled",
+                            "retry-backoff",
+                            "no-worker",
+                            "concurrency-limit",
+                            "queue",
+                        ]
+                    },
+                    "message": {"type": "string"},
+                    "until": _NULLABLE_TIME,
+                },
+            },
         },
     },
     "JobPage": {

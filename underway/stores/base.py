@@ -69,6 +69,19 @@ class Store(ABC):
     def count(self, *, state: State | None = None) -> int:
         """How many jobs (in `state`) the store holds."""
 
+    @abstractmethod
+    def running_of(self, task: str) -> int:
+        """How many jobs of `task` are running now (for its concurrency limit)."""
+
+    # -- workers' presence -----------------------------------------------------------
+    def heartbeat(self, worker: str, tasks: Collection[str], until: float) -> None:
+        """Say that `worker` serves `tasks` until `until` (0: it stopped)."""
+
+    def live_workers(self, now: float) -> dict[str, list[str]] | None:
+        """The workers whose heartbeat runs past `now`, with their tasks; None when
+        this store does not know."""
+        return None
+
     # -- state changes -----------------------------------------------------------------
     @abstractmethod
     def apply_and_claim(

@@ -385,6 +385,36 @@ class RedisStore(Store):
         with self._guard():
             return int(self._redis.zcard(key))
 
+    def running_of(self, task: str) -> int:
+        with self._guard():
+            return int(self._redis.scard(self.keys.running(task)))
+
+    def heartbeat(self, worker: str, tasks: Collection[str], until: float) -> None:
+        with self._guard():
+            if until <= 0:
+                self._redis.hdel(self.keys.workers, worker)
+                return
+            self._redis.hset(
+                self.keys.workers, worker, dumps({"tasks": sorted(tasks), "until": until})
+            )
+            stale = [
+                name
+                for name, value in self._redis.hgetall(self.keys.workers).items()
+                if loads(value)["until"] < until - 3600
+            ]
+            if stale:
+                self._redis.hdel(self.keys.workers, *stale)
+
+    def live_workers(self, now: float) -> dict[str, list[str]] | None:
+        with self._guard():
+            entries = self._redis.hgetall(self.keys.workers)
+        live = {}
+        for name, value in entries.items():
+            data = loads(value)
+            if data["until"] >= now:
+                live[name] = list(data["tasks"])
+        return live
+
     # -- state changes -----------------------------------------------------------------
     def apply_and_claim(
         self,

@@ -28,6 +28,7 @@ Layout (`{id}` is a job id, `{n}` an attempt)::
     finished          zset    finished ids, score = finished_at
     idem:{key}        string  the id of the job submitted with that idempotency key
     sup:{key}         set     active ids submitted with that supersede key
+    workers           hash    worker id -> {"tasks": [...], "until": epoch s} (heartbeats)
     idle              zset    worker slots that found nothing to claim ("process/thread"),
                               score = when that stops being true (Redis clock)
 
@@ -56,6 +57,7 @@ FINISHED = "finished"
 IDEMPOTENCY = "idem:"
 SUPERSEDE = "sup:"
 IDLE = "idle"
+WORKERS = "workers"
 WAKE_CHANNEL = "wake:"
 JOB_CHANNEL = "ch:"
 
@@ -75,6 +77,7 @@ class Keys:
         self.expiry = p + EXPIRY
         self.finished = p + FINISHED
         self.idle = p + IDLE
+        self.workers = p + WORKERS
         self.job_channel_prefix = p + JOB_CHANNEL
 
     def job(self, job_id: str) -> str:
@@ -94,6 +97,9 @@ class Keys:
 
     def by_state(self, state: str) -> str:
         return self.prefix + BY_STATE + state
+
+    def running(self, task: str) -> str:
+        return self.prefix + RUNNING + task
 
     def queue(self, queue: str) -> str:
         return self.prefix + QUEUE + queue

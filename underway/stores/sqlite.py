@@ -407,6 +407,30 @@ class SQLiteStore(Store):
             row = db.execute("SELECT count(*) FROM jobs WHERE state = ?", (state.value,))
             return int(row.fetchone()[0])
 
+    def running_of(self, task: str) -> int:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT count(*) FROM jobs WHERE state = 'running' AND task = ?", (task,)
+            )
+            return int(row.fetchone()[0])
+
+    def heartbeat(self, worker: str, tasks: Collection[str], until: float) -> None:
+        with self._write() as db:
+            if until <= 0:
+                db.execute("DELETE FROM workers WHERE id = ?", (worker,))
+                return
+            db.execute(
+                "INSERT OR REPLACE INTO workers (id, tasks, until) VALUES (?, ?, ?)",
+                (worker, dumps(sorted(tasks)), until),
+            )
+            # Rows of workers that died without saying so, an hour on.
+            db.execute("DELETE FROM workers WHERE until < ?", (until - 3600,))
+
+    def live_workers(self, now: float) -> dict[str, list[str]] | None:
+        with self._read() as db:
+            rows = db.execute("SELECT id, tasks FROM workers WHERE until >= ?", (now,)).fetchall()
+        return {worker: loads(tasks) for worker, tasks in rows}
+
     # -- state changes ---------------------------------------------------------------
     def apply_and_claim(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry upgrades a file from version N-1 to N. Never edit a released entry:
 # add the next one, so that every earlier file still opens.
@@ -94,6 +94,14 @@ MIGRATIONS: dict[int, str] = {
     DROP INDEX IF EXISTS events_output;
     CREATE INDEX IF NOT EXISTS events_output ON events (job_id, attempt, idx)
         WHERE idx IS NOT NULL;
+    """,
+    # Workers say which tasks they serve, so that a queued job can tell why it waits.
+    3: """
+    CREATE TABLE IF NOT EXISTS workers (
+        id    TEXT PRIMARY KEY,
+        tasks TEXT NOT NULL,
+        until REAL NOT NULL
+    );
     """,
 }
 
