@@ -42,6 +42,7 @@ from .postgres_sql import COLUMNS, Statements, job_values, lock_key, row_to_reco
 _KINDS = {k.value: k for k in EventKind}
 RETRY_AFTER = 2.0  # seconds callers are told to wait while the server is unreachable
 POOL_TIMEOUT = 5.0  # seconds a call waits for a pooled connection before giving up
+DOWN_TIMEOUT = 0.5  # the same while the server was lost at the last call
 POOL_SIZE = 16  # connections at most, per store (one more for the listener)
 
 
@@ -87,12 +88,17 @@ class PostgresStore(Store):
             max_size=POOL_SIZE,
             kwargs={"autocommit": True, "connect_timeout": 5},
             timeout=POOL_TIMEOUT,
+            # Give up a failing reconnection soon: the next call starts a fresh one at
+            # once, so the store is back as soon as the server is.
+            reconnect_timeout=1.0,
             open=False,
             name=f"underway-{self.schema}",
         )
+        self._healthy = True  # False after a lost server: calls then wait less long
         try:
+            with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
+                self._migrate(conn)
             self._pool.open(wait=True, timeout=10.0)
-            self._migrate()
         except psycopg.Error as exc:
             self._pool.close()
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -114,34 +120,33 @@ class PostgresStore(Store):
         self._listener.connected.wait(5.0)
 
     # -- plumbing --------------------------------------------------------------------
-    def _migrate(self) -> None:
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         s = schema.quote(self.schema)
         version_table = schema.VERSION_TABLE.format(s=s)
-        with self._pool.connection() as conn:
-            if self._version(conn, version_table) == schema.SCHEMA_VERSION:
-                return
-            conn.execute("SELECT pg_advisory_lock(%s)", (schema.lock_key(self.schema),))
-            try:
-                with conn.transaction():
-                    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
-                    conn.execute(f"CREATE TABLE IF NOT EXISTS {version_table} (version integer)")
-                    version = self._version(conn, version_table) or 0
-                    if version > schema.SCHEMA_VERSION:
-                        raise ConfigurationError(
-                            f"the PostgreSQL store at {safe_url(self.url)} (schema "
-                            f"{self.schema}) has schema version {version}, newer than this "
-                            f"underway understands ({schema.SCHEMA_VERSION}); upgrade underway"
-                        )
-                    for target in range(version + 1, schema.SCHEMA_VERSION + 1):
-                        for statement in schema.MIGRATIONS[target]:
-                            conn.execute(statement.format(s=s))
-                    conn.execute(f"DELETE FROM {version_table}")
-                    conn.execute(
-                        f"INSERT INTO {version_table} (version) VALUES (%s)",
-                        (schema.SCHEMA_VERSION,),
+        if self._version(conn, version_table) == schema.SCHEMA_VERSION:
+            return
+        conn.execute("SELECT pg_advisory_lock(%s)", (schema.lock_key(self.schema),))
+        try:
+            with conn.transaction():
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {version_table} (version integer)")
+                version = self._version(conn, version_table) or 0
+                if version > schema.SCHEMA_VERSION:
+                    raise ConfigurationError(
+                        f"the PostgreSQL store at {safe_url(self.url)} (schema "
+                        f"{self.schema}) has schema version {version}, newer than this "
+                        f"underway understands ({schema.SCHEMA_VERSION}); upgrade underway"
                     )
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (schema.lock_key(self.schema),))
+                for target in range(version + 1, schema.SCHEMA_VERSION + 1):
+                    for statement in schema.MIGRATIONS[target]:
+                        conn.execute(statement.format(s=s))
+                conn.execute(f"DELETE FROM {version_table}")
+                conn.execute(
+                    f"INSERT INTO {version_table} (version) VALUES (%s)",
+                    (schema.SCHEMA_VERSION,),
+                )
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (schema.lock_key(self.schema),))
 
     def _version(self, conn: psycopg.Connection[Any], table: str) -> int | None:
         exists = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
@@ -154,9 +159,11 @@ class PostgresStore(Store):
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection; a lost or unreachable server is StoreUnavailable."""
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection(POOL_TIMEOUT if self._healthy else DOWN_TIMEOUT) as conn:
                 yield conn
+            self._healthy = True
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self._healthy = False
             if not self._pool.closed:
                 try:
                     self._pool.check()  # drop the other connections the server lost too
@@ -368,15 +375,25 @@ class PostgresStore(Store):
         ]
         done = [False] * len(decisions)
         claimed: list[JobRecord] = []
-        with self._connection() as conn, conn.transaction():
-            if params:
-                with conn.pipeline(), conn.cursor() as cur:
-                    cur.executemany(self._sql.apply, params, returning=True)
-                    for i in order:
+        with self._connection() as conn:
+            if max_jobs <= 0 and len(params) == 1:  # one statement is a transaction
+                done[order[0]] = conn.execute(self._sql.apply, params[0]).fetchone() is not None
+            else:
+                # One pipeline: BEGIN, the decisions, the claim and COMMIT go out
+                # together, and their answers come back together.
+                claim: psycopg.Cursor[Any] | None = None
+                with conn.cursor() as cur:
+                    with conn.pipeline(), conn.transaction():
+                        if params:
+                            cur.executemany(self._sql.apply, params, returning=True)
+                        if max_jobs > 0:
+                            claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
+                    for n, i in enumerate(order):
+                        if n:
+                            cur.nextset()
                         done[i] = cur.fetchone() is not None
-                        cur.nextset()
-            if max_jobs > 0:
-                claimed = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
+                if claim is not None:
+                    claimed = [row_to_record(row) for row in claim.fetchall()]
         changed = [d.job_id for d, ok in zip(decisions, done, strict=True) if ok]
         if any(d.state is State.QUEUED for d, ok in zip(decisions, done, strict=True) if ok):
             changed.append(WORK)
@@ -393,7 +410,8 @@ class PostgresStore(Store):
         lease: float,
         now: float,
         max_jobs: int,
-    ) -> list[JobRecord]:
+    ) -> psycopg.Cursor[Any] | None:
+        """Send the claim; its cursor yields the claimed rows (None: no room)."""
         sql = self._sql
         capped = sorted(t for t in set(tasks) if t in limits)
         free = sorted(t for t in set(tasks) if t not in limits)
@@ -411,7 +429,7 @@ class PostgresStore(Store):
                 if room > 0:
                     groups.append(([task], room))
         if not groups:
-            return []
+            return None
         values: dict[str, Any] = {
             **self._names(),
             "now": now,
@@ -431,12 +449,11 @@ class PostgresStore(Store):
         else:
             union = " UNION ALL ".join(f"SELECT id, priority FROM g{n}" for n in range(len(groups)))
             picked = f"SELECT id FROM ({union}) AS u ORDER BY priority, id LIMIT %(n)s"
-        rows = conn.execute(
+        return conn.execute(
             f"WITH {', '.join(ctes)}, picked AS ({picked}), c AS ({sql.claim_set}), "
             f"{sql.claim_tail}",
             values,
-        ).fetchall()
-        return [row_to_record(row) for row in rows]
+        )
 
     def renew(
         self, *, worker: str, fences: Mapping[str, int], lease: float, now: float
@@ -523,7 +540,7 @@ class PostgresStore(Store):
         return row is not None
 
     def delete(self, job_id: str) -> bool:
-        with self._connection() as conn, conn.transaction():
+        with self._connection() as conn:
             row = conn.execute(self._sql.delete, {**self._names(), "id": job_id}).fetchone()
         if row is not None:
             self.notifier.notify(job_id)
@@ -558,7 +575,7 @@ class PostgresStore(Store):
         column, bound = (
             ("expires_at", now) if finished_before is None else ("finished_at", finished_before)
         )
-        with self._connection() as conn, conn.transaction():
+        with self._connection() as conn:
             rows = conn.execute(self._sql.purge.format(column=column), (bound,)).fetchall()
         for (job_id,) in rows:
             self.notifier.forget(job_id)
