@@ -115,6 +115,7 @@ class PostgresStore(Store):
             work_channel=self._work_channel,
             own_channel=f"{self._jobs_channel[:40]}.{self._origin}",
             origin=self._origin,
+            on_reconnect=self._drop_lost_connections,
         )
         self._listener.start()
         self._listener.connected.wait(5.0)
@@ -164,16 +165,19 @@ class PostgresStore(Store):
             self._healthy = True
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._healthy = False
-            if not self._pool.closed:
-                try:
-                    self._pool.check()  # drop the other connections the server lost too
-                except psycopg.Error:
-                    pass
+            self._drop_lost_connections()  # the others the server lost too
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StoreUnavailable(
                 f"PostgreSQL at {safe_url(self.url)} is unavailable: {reason}",
                 retry_after=RETRY_AFTER,
             ) from None
+
+    def _drop_lost_connections(self) -> None:
+        if not self._pool.closed:
+            try:
+                self._pool.check()
+            except psycopg.Error:
+                pass
 
     def _names(self) -> dict[str, Any]:
         return {

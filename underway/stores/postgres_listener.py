@@ -9,7 +9,8 @@ store's own writes wake its waiters directly, so its echoes are skipped.
 When the connection drops, the thread wakes everyone (they read again, and see
 `StoreUnavailable` while the server is away), keeps waking them at a slow pace
 (the fallback poll) while it reconnects, and wakes them once more when it is back,
-since notifications may have been lost meanwhile.
+since notifications may have been lost meanwhile (and has the store drop the
+pooled connections that died with the server, so that its next calls do not fail).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class PostgresListener:
         work_channel: str,
         own_channel: str,
         origin: str,
+        on_reconnect: Callable[[], None] = lambda: None,
     ) -> None:
         self._conninfo = conninfo
         self._notifier = notifier
@@ -48,6 +50,7 @@ class PostgresListener:
         self._work = work_channel
         self.own_channel = own_channel  # only this store's close() notifies it
         self._origin = origin
+        self._on_reconnect = on_reconnect  # e.g. drop pooled connections the server lost
         self.connected = threading.Event()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="underway-pg-listen", daemon=True)
@@ -74,6 +77,7 @@ class PostgresListener:
                     self.connected.set()
                     if failures:
                         log.info("PostgreSQL notifications are back")
+                        self._on_reconnect()
                     failures = 0
                     # Changes made before LISTEN took effect were not announced to us.
                     self._notifier.notify_everything()
