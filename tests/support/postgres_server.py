@@ -50,12 +50,13 @@ def find_bindir() -> Path | None:
 class PostgresServer:
     """One private cluster; `url` names its `postgres` database as superuser."""
 
-    def __init__(self, *, port: int | None = None) -> None:
+    def __init__(self, *, port: int | None = None, settings: dict[str, str] | None = None) -> None:
         bindir = find_bindir()
         if bindir is None:
             raise FileNotFoundError("initdb")
         self.bindir = bindir
         self.port = port or free_port()
+        self.settings = dict(settings or {})  # more `-c name=value` server settings
         self._as: list[str] = []
         if os.geteuid() == 0:
             runuser = shutil.which("runuser")
@@ -112,6 +113,7 @@ class PostgresServer:
                 "-c fsync=off",
                 "-c synchronous_commit=off",
                 "-c full_page_writes=off",
+                *(f"-c {name}={value}" for name, value in self.settings.items()),
             ]
         )
         self._run(
