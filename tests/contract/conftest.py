@@ -1,8 +1,10 @@
-"""Fixtures of the store contract suite: one `store` per kind, and a Redis server.
+"""Fixtures of the store contract suite: one `store` per kind, and the servers.
 
 `UNDERWAY_TEST_REDIS_URL` points the Redis runs at a server of your own (its
 database is flushed before each test); otherwise a private `redis-server` is
-started on a free port for the session.
+started on a free port for the session. Likewise `UNDERWAY_TEST_POSTGRES_URL`
+names a PostgreSQL database of your own (each test gets a schema of its own in it,
+dropped afterwards); otherwise a private cluster is made for the session.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.postgres_server import PostgresServer, drop_schema, fresh_schema, with_schema
 from tests.support.redis_server import RedisServer
 from tests.support.services import missing
 from underway.stores import Store, open_store
@@ -51,7 +54,29 @@ def redis_url(redis_session_url: str) -> str:
     return redis_session_url
 
 
-STORE_KINDS = ["memory", "sqlite", "redis"]
+@pytest.fixture(scope="session")
+def postgres_session_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    url = os.environ.get("UNDERWAY_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    try:
+        server = PostgresServer()
+    except FileNotFoundError as exc:
+        missing(f"PostgreSQL ({exc})")
+    with server:
+        yield server.url
+
+
+@pytest.fixture
+def postgres_url(postgres_session_url: str) -> Iterator[str]:
+    """The URL of an empty schema of its own, dropped after the test."""
+    name = fresh_schema()
+    yield with_schema(postgres_session_url, name)
+    drop_schema(postgres_session_url, name)
+
+
+STORE_KINDS = ["memory", "sqlite", "redis", "postgres"]
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -61,6 +86,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return "memory://"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'jobs.db'}"
+    if kind == "postgres":
+        pg: str = request.getfixturevalue("postgres_url")
+        return pg
     url: str = request.getfixturevalue("redis_url")
     return url
 

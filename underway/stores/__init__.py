@@ -1,4 +1,5 @@
-"""Stores, chosen by URL: `sqlite:///path`, `memory://`, `redis://host:port/db`."""
+"""Stores, chosen by URL: `sqlite:///path`, `memory://`, `redis://host:port/db`,
+`postgresql://user@host/db?schema=NAME`."""
 
 from __future__ import annotations
 
@@ -39,6 +40,14 @@ def open_store(url: str | Store | None = None) -> Store:
                 f"the Redis store needs redis-py: pip install 'underway[redis]' ({exc})"
             ) from None
         return RedisStore(url)
+    if url.startswith(("postgresql:", "postgres:")):
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:  # psycopg is an extra
+            raise ConfigurationError(
+                f"the PostgreSQL store needs psycopg: pip install 'underway[postgres]' ({exc})"
+            ) from None
+        return PostgresStore(url)
     if "://" not in url:
         from .sqlite import SQLiteStore
 
@@ -46,5 +55,5 @@ def open_store(url: str | Store | None = None) -> Store:
     scheme = url.split("://", 1)[0]
     raise ConfigurationError(
         f"unknown store URL scheme {scheme!r} in {url!r} (use sqlite:///path, redis://host, "
-        "or memory://)"
+        "postgresql://host/db or memory://)"
     )

@@ -1,0 +1,218 @@
+"""What only the PostgreSQL store promises: its schema, its URL, its wake-ups, outages."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.contract.helpers import claim, claim_one, ended, fence, output_item, submit
+from tests.support.postgres_server import PostgresServer, drop_schema, fresh_schema, with_schema
+from tests.support.services import free_port, missing
+from underway.errors import ConfigurationError, StoreUnavailable
+from underway.records import State
+from underway.stores import open_store
+from underway.stores.postgres import PostgresStore, split_url
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg_store(postgres_url: str) -> Iterator[PostgresStore]:
+    store = open_store(postgres_url)
+    assert isinstance(store, PostgresStore)
+    yield store
+    store.close()
+
+
+def _tables(url: str, schema: str) -> list[str]:
+    with psycopg.connect(split_url(url)[0]) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (schema,)
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_the_schema_option_keeps_the_tables_apart(postgres_session_url: str) -> None:
+    name = fresh_schema()
+    url = with_schema(postgres_session_url, name).replace("postgresql://", "postgres://")
+    try:
+        store = open_store(url)
+        try:
+            submit(store)
+            assert store.count() == 1
+        finally:
+            store.close()
+        assert _tables(postgres_session_url, name) == [
+            "underway_events",
+            "underway_jobs",
+            "underway_schema",
+            "underway_workers",
+        ]
+    finally:
+        drop_schema(postgres_session_url, name)
+
+
+def test_split_url_strips_the_schema_option_only() -> None:
+    assert split_url("postgresql://u@h:5/db?schema=jobs&sslmode=disable") == (
+        "postgresql://u@h:5/db?sslmode=disable",
+        "jobs",
+    )
+    assert split_url("postgres://h/db") == ("postgres://h/db", "public")
+
+
+def test_a_newer_schema_is_refused_in_one_line(pg_store: PostgresStore, postgres_url: str) -> None:
+    pg_store.close()
+    conninfo, name = split_url(postgres_url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'UPDATE "{name}".underway_schema SET version = 99')
+    with pytest.raises(ConfigurationError) as caught:
+        open_store(postgres_url)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "schema version 99" in message and "upgrade underway" in message
+
+
+def test_stores_opened_together_migrate_once(postgres_url: str) -> None:
+    import threading
+
+    stores: list[PostgresStore] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            opened = open_store(postgres_url)
+            assert isinstance(opened, PostgresStore)
+            stores.append(opened)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        submit(stores[0])
+        assert all(s.count() == 1 for s in stores)
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_unreachable_server_is_a_one_line_configuration_error() -> None:
+    url = f"postgresql://u:s3cret@127.0.0.1:{free_port()}/db"
+    with pytest.raises(ConfigurationError) as caught:
+        open_store(url)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "s3cret" not in message
+    assert "127.0.0.1" in message
+
+
+def test_a_missing_extra_names_the_pip_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "underway.stores.postgres", None)
+    with pytest.raises(ConfigurationError, match=r"pip install 'underway\[postgres\]'"):
+        open_store("postgresql://localhost/db")
+
+
+def test_another_store_instance_is_woken_by_notify(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    other = open_store(postgres_url)
+    try:
+        job = submit(pg_store)
+        key_seen = other.notifier.version(job.id)
+        started = time.monotonic()
+        claimed = claim_one(pg_store)
+        # Far less than the safety-net poll: the change came by NOTIFY.
+        assert other.notifier.wait(job.id, key_seen, 5.0) != key_seen
+        assert time.monotonic() - started < 2.0
+        assert pg_store.append(claimed.id, fence(claimed), [output_item(1)], time.time())
+        work_seen = other.notifier.version("\x00work")
+        submit(pg_store)
+        assert other.wait_for_work(work_seen, 5.0) != work_seen
+    finally:
+        other.close()
+
+
+def test_a_bulk_claim_and_finish_takes_few_statements(pg_store: PostgresStore) -> None:
+    """Ends and claims go out as one pipeline: one statement per decision and one
+    per claim, between one BEGIN and one COMMIT."""
+    jobs = 60
+    for _ in range(jobs):
+        submit(pg_store)
+    sent: list[int] = []
+    real_execute = psycopg.Cursor.execute
+    real_executemany = psycopg.Cursor.executemany
+
+    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(1)
+        return real_execute(self, *args, **kwargs)
+
+    def executemany(self: Any, query: Any, params: Any, **kwargs: Any) -> None:
+        items = list(params)
+        sent.append(len(items))
+        real_executemany(self, query, items, **kwargs)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(psycopg.Cursor, "execute", execute)
+    patch.setattr(psycopg.Cursor, "executemany", executemany)
+    try:
+        now = time.time()
+        held = claim(pg_store, max_jobs=20, now=now)
+        finished = 0
+        while held:
+            decisions = [ended(r, now=now) for r in held]
+            done, held = pg_store.apply_and_claim(
+                decisions, worker="worker-a", tasks=["t"], limits={}, lease=30.0, now=now,
+                max_jobs=20,
+            )  # fmt: skip
+            assert all(done)
+            finished += len(done)
+    finally:
+        patch.undo()
+    assert finished == jobs
+    assert pg_store.count(state=State.SUCCEEDED) == jobs
+    per_job = sum(sent) / jobs
+    assert per_job <= 1.2, f"{sum(sent)} statements for {jobs} jobs"
+
+
+def test_calls_raise_store_unavailable_while_the_server_is_down_then_resume() -> None:
+    try:
+        server = PostgresServer()
+    except FileNotFoundError as exc:
+        missing(f"PostgreSQL ({exc})")
+    with server:
+        store = PostgresStore(server.url)
+        try:
+            job = submit(store)
+            server.stop()
+            with pytest.raises(StoreUnavailable) as caught:
+                store.get(job.id)
+            assert caught.value.retry_after > 0
+            with pytest.raises(StoreUnavailable):
+                submit(store)
+            with pytest.raises(StoreUnavailable):
+                store.ping()
+            server.start()
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    got = store.get(job.id)
+                    break
+                except StoreUnavailable:
+                    assert time.monotonic() < deadline, "the store did not come back"
+                    time.sleep(0.05)
+            assert got is not None and got.id == job.id
+            # The listener reconnects by itself.
+            assert store._listener.connected.wait(10)
+            claimed = claim_one(store)
+            assert claimed.id == job.id
+        finally:
+            store.close()

@@ -1,0 +1,633 @@
+"""The PostgreSQL store: the database a web application often runs already.
+
+`postgresql://user:password@host:port/db?schema=NAME` (also `postgres://`); the
+tables (`underway_jobs`, `underway_events`, `underway_schema`) live in schema
+NAME (default `public`), created and migrated on first use (`postgres_schema`).
+
+Connections come from a psycopg pool. Every change is one statement (a CTE that
+updates the job, writes its events and announces it with `pg_notify`), guarded and
+fenced like the other stores: the store applies the lifecycle's decisions
+(`Decision`) and decides nothing itself. A worker's batch (the ends of its last
+jobs, then a claim with `FOR UPDATE SKIP LOCKED`) is one transaction, sent as one
+pipeline: one statement per decision and one for the whole claim. Claims of tasks
+with a concurrency limit take a transaction-level advisory lock per limited task,
+so two workers never both fill the last free place.
+
+Waiting does not poll: a listener thread (`postgres_listener`) LISTENs on the
+store's channels and feeds the change feed; this instance's own writes wake its
+waiters directly. While the server cannot be reached, every call raises
+`StoreUnavailable`; workers keep what they could not write and retry, and the
+listener reconnects by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from .._util import dumps, loads, new_id
+from ..errors import ConfigurationError, StoreUnavailable
+from ..feed import WORK, ChangeFeed
+from ..records import Decision, Event, EventKind, Fence, JobRecord, Page, Progress, State
+from . import postgres_schema as schema
+from .base import Store
+from .postgres_listener import PostgresListener
+from .postgres_sql import COLUMNS, Statements, job_values, lock_key, row_to_record
+
+_KINDS = {k.value: k for k in EventKind}
+RETRY_AFTER = 2.0  # seconds callers are told to wait while the server is unreachable
+POOL_TIMEOUT = 5.0  # seconds a call waits for a pooled connection before giving up
+DOWN_TIMEOUT = 0.5  # the same while the server was lost at the last call
+POOL_SIZE = 16  # connections at most, per store (one more for the listener)
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """The libpq URL (without underway's own `schema` option) and the schema name."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    names = [value for key, value in query if key == "schema"]
+    rest = [(key, value) for key, value in query if key != "schema"]
+    name = names[-1] if names else "public"
+    if not name:
+        raise ConfigurationError(f"empty schema name in store URL {safe_url(url)!r}")
+    return urlunsplit(parts._replace(query=urlencode(rest))), name
+
+
+class PostgresStore(Store):
+    """`postgresql://user:password@host:port/db?schema=NAME` (or `postgres://`)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conninfo, self.schema = split_url(url)
+        self.notifier = ChangeFeed()
+        self.poll_interval = 10.0  # a safety net only: waiters are woken by LISTEN/NOTIFY
+        self._sql = Statements(self.schema)
+        self._origin = new_id()[-12:]  # names this instance's own notifications
+        self._jobs_channel, self._work_channel = schema.channels(self.schema)
+        self._lock_prefix = f"underway:{self.schema}:"
+        self._pool = ConnectionPool(
+            self.conninfo,
+            min_size=1,
+            max_size=POOL_SIZE,
+            kwargs={"autocommit": True, "connect_timeout": 5},
+            timeout=POOL_TIMEOUT,
+            # Give up a failing reconnection soon: the next call starts a fresh one at
+            # once, so the store is back as soon as the server is.
+            reconnect_timeout=1.0,
+            open=False,
+            name=f"underway-{self.schema}",
+        )
+        self._healthy = True  # False after a lost server: calls then wait less long
+        try:
+            with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
+                self._migrate(conn)
+            self._pool.open(wait=True, timeout=10.0)
+        except psycopg.Error as exc:
+            self._pool.close()
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigurationError(
+                f"cannot open the PostgreSQL store at {safe_url(url)}: {reason}"
+            ) from None
+        except BaseException:
+            self._pool.close()
+            raise
+        self._listener = PostgresListener(
+            self.conninfo,
+            self.notifier,
+            jobs_channel=self._jobs_channel,
+            work_channel=self._work_channel,
+            own_channel=f"{self._jobs_channel[:40]}.{self._origin}",
+            origin=self._origin,
+            on_reconnect=self._drop_lost_connections,
+        )
+        self._listener.start()
+        self._listener.connected.wait(5.0)
+
+    # -- plumbing --------------------------------------------------------------------
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        s = schema.quote(self.schema)
+        version_table = schema.VERSION_TABLE.format(s=s)
+        if self._version(conn, version_table) == schema.SCHEMA_VERSION:
+            return
+        conn.execute("SELECT pg_advisory_lock(%s)", (schema.lock_key(self.schema),))
+        try:
+            with conn.transaction():
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {version_table} (version integer)")
+                version = self._version(conn, version_table) or 0
+                if version > schema.SCHEMA_VERSION:
+                    raise ConfigurationError(
+                        f"the PostgreSQL store at {safe_url(self.url)} (schema "
+                        f"{self.schema}) has schema version {version}, newer than this "
+                        f"underway understands ({schema.SCHEMA_VERSION}); upgrade underway"
+                    )
+                for target in range(version + 1, schema.SCHEMA_VERSION + 1):
+                    for statement in schema.MIGRATIONS[target]:
+                        conn.execute(statement.format(s=s))
+                conn.execute(f"DELETE FROM {version_table}")
+                conn.execute(
+                    f"INSERT INTO {version_table} (version) VALUES (%s)",
+                    (schema.SCHEMA_VERSION,),
+                )
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (schema.lock_key(self.schema),))
+
+    def _version(self, conn: psycopg.Connection[Any], table: str) -> int | None:
+        exists = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+        if exists is None or exists[0] is None:
+            return None
+        row = conn.execute(f"SELECT max(version) FROM {table}").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection; a lost or unreachable server is StoreUnavailable."""
+        try:
+            with self._pool.connection(POOL_TIMEOUT if self._healthy else DOWN_TIMEOUT) as conn:
+                yield conn
+            self._healthy = True
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self._healthy = False
+            self._drop_lost_connections()  # the others the server lost too
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreUnavailable(
+                f"PostgreSQL at {safe_url(self.url)} is unavailable: {reason}",
+                retry_after=RETRY_AFTER,
+            ) from None
+
+    def _drop_lost_connections(self) -> None:
+        if not self._pool.closed:
+            try:
+                self._pool.check()
+            except psycopg.Error:
+                pass
+
+    def _names(self) -> dict[str, Any]:
+        return {
+            "jobs_channel": self._jobs_channel,
+            "work_channel": self._work_channel,
+            "origin": self._origin,
+        }
+
+    # -- submission ------------------------------------------------------------------
+    def enqueue(
+        self, record: JobRecord, events: Sequence[tuple[EventKind, str]]
+    ) -> tuple[JobRecord, bool, list[str]]:
+        sql = self._sql
+        superseded: list[str] = []
+        with self._connection() as conn, conn.transaction():
+            if record.supersede_key is not None:
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s)",
+                    (lock_key(self._lock_prefix + "supersede:" + record.supersede_key),),
+                )
+                superseded = [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT id FROM {sql.jobs} WHERE supersede_key = %s "
+                        "AND state IN ('queued', 'running') ORDER BY id",
+                        (record.supersede_key,),
+                    )
+                ]
+            inserted = conn.execute(sql.insert_job, (*job_values(record), len(events))).fetchone()
+            if inserted is None:  # the idempotency key names a job that exists
+                row = conn.execute(
+                    f"SELECT {COLUMNS} FROM {sql.jobs} WHERE idempotency_key = %s",
+                    (record.idempotency_key,),
+                ).fetchone()
+                if row is not None:
+                    return row_to_record(row), False, []
+                raise StoreUnavailable("an idempotency key was taken and released; try again")
+            conn.execute(
+                sql.insert_events_of,
+                {
+                    "id": record.id,
+                    "at": record.created_at,
+                    "kinds": [k.value for k, _ in events],
+                    "datas": [d for _, d in events],
+                },
+            )
+            conn.execute(
+                "SELECT pg_notify(%s, %s), pg_notify(%s, %s)",
+                (
+                    self._work_channel,
+                    self._origin,
+                    self._jobs_channel,
+                    f"{self._origin}|{record.id}",
+                ),
+            )
+        self.notifier.notify(WORK, record.id)
+        return record, True, superseded
+
+    def enqueue_many(
+        self, records: Sequence[JobRecord], events: Sequence[tuple[EventKind, str]]
+    ) -> None:
+        if not records:
+            return
+        kinds = [k.value for k, _ in events]
+        datas = [d for _, d in events]
+        with self._connection() as conn, conn.transaction():
+            for start in range(0, len(records), self.MANY_CHUNK):
+                chunk = records[start : start + self.MANY_CHUNK]
+                conn.execute(
+                    self._sql.insert_many,
+                    {
+                        "n": len(events),
+                        "ids": [r.id for r in chunk],
+                        "tasks": [r.task for r in chunk],
+                        "queues": [r.queue for r in chunk],
+                        "priorities": [r.priority for r in chunk],
+                        "params": [dumps(r.params) for r in chunk],
+                        "max_attempts": [r.max_attempts for r in chunk],
+                        "created": [r.created_at for r in chunk],
+                        "run_at": [r.run_at for r in chunk],
+                        "timeouts": [r.timeout for r in chunk],
+                        "keep_for": [r.keep_for for r in chunk],
+                        "owners": [r.owner for r in chunk],
+                        "metas": [dumps(r.meta) if r.meta else None for r in chunk],
+                        "kinds": kinds,
+                        "datas": datas,
+                    },
+                )
+            conn.execute("SELECT pg_notify(%s, %s)", (self._work_channel, self._origin))
+        self.notifier.notify(WORK)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._connection() as conn:
+            row = conn.execute(self._sql.get, (job_id,)).fetchone()
+        if row is None:
+            return None
+        return row_to_record(row, row[26])
+
+    def list_jobs(
+        self,
+        *,
+        task: str | None = None,
+        state: State | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("task", task), ("owner", owner)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                args.append(value)
+        if state is not None:
+            where.append("state = %s")
+            args.append(State(state).value)
+        if cursor:
+            where.append("id < %s")
+            args.append(cursor)
+        sql = f"SELECT {COLUMNS} FROM {self._sql.jobs}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT %s"
+        args.append(limit + 1)
+        with self._connection() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        records = [row_to_record(r) for r in rows[:limit]]
+        records = [self.get(r.id) or r if r.state is State.QUEUED else r for r in records]
+        return Page(jobs=records, next_cursor=records[-1].id if len(rows) > limit else None)
+
+    def count(self, *, state: State | None = None) -> int:
+        with self._connection() as conn:
+            if state is None:
+                row = conn.execute(f"SELECT count(*) FROM {self._sql.jobs}").fetchone()
+            else:
+                row = conn.execute(
+                    f"SELECT count(*) FROM {self._sql.jobs} WHERE state = %s",
+                    (State(state).value,),
+                ).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def running_of(self, task: str) -> int:
+        with self._connection() as conn:
+            row = conn.execute(
+                f"SELECT count(*) FROM {self._sql.jobs} WHERE state = 'running' AND task = %s",
+                (task,),
+            ).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def heartbeat(self, worker: str, tasks: Collection[str], until: float) -> None:
+        table = self._sql.workers
+        with self._connection() as conn, conn.transaction():
+            if until <= 0:
+                conn.execute(f"DELETE FROM {table} WHERE id = %s", (worker,))
+                return
+            conn.execute(
+                f"INSERT INTO {table} (id, tasks, until) VALUES (%s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET tasks = EXCLUDED.tasks, until = EXCLUDED.until",
+                (worker, dumps(sorted(tasks)), until),
+            )
+            # Rows of workers that died without saying so, an hour on.
+            conn.execute(f"DELETE FROM {table} WHERE until < %s", (until - 3600,))
+
+    def live_workers(self, now: float) -> dict[str, list[str]] | None:
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT id, tasks FROM {self._sql.workers} WHERE until >= %s", (now,)
+            ).fetchall()
+        return {str(worker): list(loads(tasks)) for worker, tasks in rows}
+
+    # -- state changes ---------------------------------------------------------------
+    def _decision_params(
+        self, d: Decision, now: float, *, any_room: bool, limited: list[str]
+    ) -> dict[str, Any]:
+        if any(kind is EventKind.OUTPUT for kind, _ in d.events):
+            raise ValueError("a decision carries no output: append it under the job's fence")
+        moves = d.moves
+        queued = d.state is State.QUEUED
+        return {
+            **self._names(),
+            "id": d.job_id,
+            "expect": sorted(s.value for s in d.expect),
+            "fence_worker": None if d.fence is None else d.fence.worker,
+            "fence_attempt": None if d.fence is None else d.fence.attempt,
+            "lease_before": d.lease_before,
+            "state": d.state.value,
+            "attempt": d.attempt,
+            "cancel": d.cancel_requested,
+            "moves": moves,
+            "queued": queued,
+            "ends": moves and not queued,
+            "frees": moves and not queued and State.RUNNING in d.expect,
+            "any_room": any_room,
+            "limited": limited,
+            "result": dumps(d.result) if d.result is not None else None,
+            "error": dumps(d.error.to_dict()) if d.error else None,
+            "run_at": (d.run_at if d.run_at is not None else now) if queued else None,
+            "finished_at": d.finished_at,
+            "expires_at": d.expires_at,
+            "started_at": d.started_at,
+            "n": len(d.events),
+            "kinds": [k.value for k, _ in d.events],
+            "datas": [data for _, data in d.events],
+            "now": now,
+        }
+
+    def apply_and_claim(
+        self,
+        decisions: Sequence[Decision],
+        *,
+        worker: str,
+        tasks: Collection[str],
+        limits: Mapping[str, int],
+        lease: float,
+        now: float,
+        max_jobs: int = 1,
+    ) -> tuple[list[bool], list[JobRecord]]:
+        if not tasks:
+            max_jobs = 0
+        if not decisions and max_jobs <= 0:
+            return [], []
+        # In the order of their jobs, so that two batches never wait on each other's rows.
+        order = sorted(range(len(decisions)), key=lambda i: decisions[i].job_id)
+        limited = sorted(limits)
+        params = [
+            self._decision_params(decisions[i], now, any_room=max_jobs <= 0, limited=limited)
+            for i in order
+        ]
+        done = [False] * len(decisions)
+        claimed: list[JobRecord] = []
+        with self._connection() as conn:
+            if max_jobs <= 0 and len(params) == 1:  # one statement is a transaction
+                done[order[0]] = conn.execute(self._sql.apply, params[0]).fetchone() is not None
+            else:
+                # One pipeline: BEGIN, the decisions, the claim and COMMIT go out
+                # together, and their answers come back together.
+                claim: psycopg.Cursor[Any] | None = None
+                with conn.cursor() as cur:
+                    with conn.pipeline(), conn.transaction():
+                        if params:
+                            cur.executemany(self._sql.apply, params, returning=True)
+                        if max_jobs > 0:
+                            claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
+                    for n, i in enumerate(order):
+                        if n:
+                            cur.nextset()
+                        done[i] = cur.fetchone() is not None
+                if claim is not None:
+                    claimed = [row_to_record(row) for row in claim.fetchall()]
+        changed = [d.job_id for d, ok in zip(decisions, done, strict=True) if ok]
+        if any(d.state is State.QUEUED for d, ok in zip(decisions, done, strict=True) if ok):
+            changed.append(WORK)
+        if changed or claimed:
+            self.notifier.notify(*changed, *(r.id for r in claimed))
+        return done, claimed
+
+    def _claim(
+        self,
+        conn: psycopg.Connection[Any],
+        worker: str,
+        tasks: Collection[str],
+        limits: Mapping[str, int],
+        lease: float,
+        now: float,
+        max_jobs: int,
+    ) -> psycopg.Cursor[Any] | None:
+        """Send the claim; its cursor yields the claimed rows (None: no room)."""
+        sql = self._sql
+        capped = sorted(t for t in set(tasks) if t in limits)
+        free = sorted(t for t in set(tasks) if t not in limits)
+        groups: list[tuple[list[str], int]] = [(free, max_jobs)] if free else []
+        if capped:
+            # One claimer at a time per limited task: the count below stays true
+            # until this transaction commits.
+            keys = sorted(lock_key(f"{self._lock_prefix}limit:{t}") for t in capped)
+            conn.execute(
+                "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k", (keys,)
+            )
+            running = dict(conn.execute(sql.running_counts, (capped,)).fetchall())
+            for task in capped:
+                room = min(max_jobs, limits[task] - int(running.get(task, 0)))
+                if room > 0:
+                    groups.append(([task], room))
+        if not groups:
+            return None
+        values: dict[str, Any] = {
+            **self._names(),
+            "now": now,
+            "worker": worker,
+            "lease_until": now + lease,
+            "n": max_jobs,
+        }
+        # Each group is a CTE of its own (FOR UPDATE does not go with UNION).
+        ctes = []
+        for number, (names, room) in enumerate(groups):
+            values[f"tasks{number}"] = names
+            values[f"room{number}"] = room
+            pick = sql.pick.format(tasks=f"tasks{number}", room=f"room{number}")
+            ctes.append(f"g{number} AS {pick}")
+        if len(groups) == 1:
+            picked = "SELECT id FROM g0"
+        else:
+            union = " UNION ALL ".join(f"SELECT id, priority FROM g{n}" for n in range(len(groups)))
+            picked = f"SELECT id FROM ({union}) AS u ORDER BY priority, id LIMIT %(n)s"
+        return conn.execute(
+            f"WITH {', '.join(ctes)}, picked AS ({picked}), c AS ({sql.claim_set}), "
+            f"{sql.claim_tail}",
+            values,
+        )
+
+    def renew(
+        self, *, worker: str, fences: Mapping[str, int], lease: float, now: float
+    ) -> tuple[set[str], set[str]]:
+        if not fences:
+            return set(), set()
+        ids = sorted(fences)
+        with self._connection() as conn:
+            rows = conn.execute(
+                self._sql.renew,
+                {
+                    "until": now + lease,
+                    "worker": worker,
+                    "ids": ids,
+                    "attempts": [fences[i] for i in ids],
+                },
+            ).fetchall()
+        return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
+
+    def save_progress(self, job_id: str, fence: Fence, progress: Progress, now: float) -> bool:
+        with self._connection() as conn:
+            row = conn.execute(
+                self._sql.progress,
+                {
+                    **self._names(),
+                    "id": job_id,
+                    "worker": fence.worker,
+                    "attempt": fence.attempt,
+                    "data": dumps(progress.to_dict()),
+                    "now": now,
+                },
+            ).fetchone()
+        if row is not None:
+            self.notifier.notify(job_id)
+        return row is not None
+
+    def append(
+        self, job_id: str, fence: Fence, items: Sequence[tuple[EventKind, str]], now: float
+    ) -> bool:
+        if not items:
+            return True
+        idx: list[int | None] = []
+        n_out = 0
+        for kind, _ in items:
+            if kind is EventKind.OUTPUT:
+                idx.append(n_out)
+                n_out += 1
+            else:
+                idx.append(None)
+        with self._connection() as conn:
+            row = conn.execute(
+                self._sql.append,
+                {
+                    **self._names(),
+                    "id": job_id,
+                    "worker": fence.worker,
+                    "attempt": fence.attempt,
+                    "n": len(items),
+                    "n_out": n_out,
+                    "kinds": [k.value for k, _ in items],
+                    "datas": [d for _, d in items],
+                    "idx": idx,
+                    "now": now,
+                },
+            ).fetchone()
+        if row is not None:
+            self.notifier.notify(job_id)
+        return row is not None
+
+    def expired(self, now: float, limit: int = 500) -> list[JobRecord]:
+        with self._connection() as conn:
+            rows = conn.execute(self._sql.expired, (now, limit)).fetchall()
+        return [row_to_record(r) for r in rows]
+
+    # -- callers ---------------------------------------------------------------------
+    def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
+        with self._connection() as conn:
+            row = conn.execute(
+                self._sql.update_meta,
+                {**self._names(), "id": job_id, "changes": dumps(dict(changes))},
+            ).fetchone()
+        if row is not None:
+            self.notifier.notify(job_id)
+        return row is not None
+
+    def delete(self, job_id: str) -> bool:
+        with self._connection() as conn:
+            row = conn.execute(self._sql.delete, {**self._names(), "id": job_id}).fetchone()
+        if row is not None:
+            self.notifier.notify(job_id)
+            self.notifier.forget(job_id)
+        return row is not None
+
+    def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        with self._connection() as conn:
+            rows = conn.execute(self._sql.events_after, (job_id, after, limit)).fetchall()
+        out = []
+        for seq, kind, idx, data, at, attempt in rows:
+            value = loads(data)
+            if idx is not None:
+                value = {"attempt": attempt, "index": idx, "item": value}
+            out.append(Event(seq=seq, kind=_KINDS[kind], data=value, at=at, attempt=attempt))
+        return out
+
+    def output(
+        self, job_id: str, attempt: int | None = None, after: int = 0, limit: int = 1000
+    ) -> list[Any]:
+        if limit <= 0:
+            return []
+        with self._connection() as conn:
+            rows = conn.execute(
+                self._sql.output,
+                {"id": job_id, "attempt": attempt, "after": max(after, 0), "limit": limit},
+            ).fetchall()
+        return [loads(r[0]) for r in rows]
+
+    # -- housekeeping ----------------------------------------------------------------
+    def purge(self, now: float, *, finished_before: float | None = None) -> int:
+        column, bound = (
+            ("expires_at", now) if finished_before is None else ("finished_at", finished_before)
+        )
+        with self._connection() as conn:
+            rows = conn.execute(self._sql.purge.format(column=column), (bound,)).fetchall()
+        for (job_id,) in rows:
+            self.notifier.forget(job_id)
+        return len(rows)
+
+    def wait_for_work(self, seen: int, timeout: float) -> int:
+        return self.notifier.wait(WORK, seen, timeout)
+
+    def ping(self) -> None:
+        with self._connection() as conn:
+            conn.execute("SELECT 1")
+
+    def close(self) -> None:
+        def wake() -> None:
+            try:
+                with self._pool.connection(timeout=1.0) as conn:
+                    conn.execute("SELECT pg_notify(%s, '')", (self._listener.own_channel,))
+            except psycopg.Error:
+                pass
+
+        self._listener.close(wake)
+        self._pool.close()

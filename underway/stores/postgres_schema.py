@@ -1,0 +1,112 @@
+"""The PostgreSQL store's schema, with the migrations that bring older ones up to date.
+
+Every name the store uses lives here: its tables (prefixed `underway_`, so that they
+sit beside an application's own tables, in the schema the URL's `?schema=` names)
+and its notification channels. The store migrates on first use, under an advisory
+lock, so that processes starting together do not migrate twice.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+SCHEMA_VERSION = 1
+
+# Each entry upgrades a schema from version N-1 to N; `{s}` is the quoted schema
+# name. Never edit a released entry: add the next one, so that every earlier
+# database still opens.
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """
+        CREATE TABLE {s}.underway_jobs (
+            id               text PRIMARY KEY,
+            task             text NOT NULL,
+            queue            text NOT NULL,
+            priority         integer NOT NULL DEFAULT 0,
+            state            text NOT NULL,
+            params           text NOT NULL,
+            progress         text,
+            result           text,
+            error            text,
+            cancel_requested boolean NOT NULL DEFAULT false,
+            attempt          integer NOT NULL DEFAULT 0,
+            max_attempts     integer NOT NULL DEFAULT 1,
+            created_at       double precision NOT NULL,
+            started_at       double precision,
+            finished_at      double precision,
+            expires_at       double precision,
+            run_at           double precision NOT NULL DEFAULT 0,
+            timeout          double precision,
+            keep_for         double precision NOT NULL,
+            output_count     integer NOT NULL DEFAULT 0,
+            event_seq        integer NOT NULL DEFAULT 0,
+            owner            text,
+            idempotency_key  text UNIQUE,
+            supersede_key    text,
+            worker           text,
+            lease_until      double precision,
+            meta             text
+        )
+        """,
+        # Few indexes on purpose: every one costs each claim and finish. Lists walk
+        # the primary key newest first; queued and running jobs have partial indexes.
+        "CREATE INDEX underway_jobs_ready ON {s}.underway_jobs (priority, id) "
+        "WHERE state = 'queued'",
+        "CREATE INDEX underway_jobs_queue ON {s}.underway_jobs (queue, priority, id) "
+        "WHERE state = 'queued'",
+        "CREATE INDEX underway_jobs_running ON {s}.underway_jobs (task, lease_until) "
+        "WHERE state = 'running'",
+        "CREATE INDEX underway_jobs_expiry ON {s}.underway_jobs (expires_at) "
+        "WHERE expires_at IS NOT NULL",
+        "CREATE INDEX underway_jobs_finished ON {s}.underway_jobs (finished_at) "
+        "WHERE finished_at IS NOT NULL",
+        "CREATE INDEX underway_jobs_supersede ON {s}.underway_jobs (supersede_key) "
+        "WHERE supersede_key IS NOT NULL",
+        # Events and output items belong to an attempt; output indexes restart at 0
+        # with each attempt. An output event's `data` is its item.
+        """
+        CREATE TABLE {s}.underway_events (
+            job_id  text NOT NULL,
+            seq     integer NOT NULL,
+            kind    text NOT NULL,
+            idx     integer,
+            data    text NOT NULL,
+            at      double precision NOT NULL,
+            attempt integer NOT NULL DEFAULT 0,
+            PRIMARY KEY (job_id, seq)
+        )
+        """,
+        "CREATE INDEX underway_events_output ON {s}.underway_events (job_id, attempt, idx) "
+        "WHERE idx IS NOT NULL",
+        # Workers say which tasks they serve, so that a queued job can tell why it waits.
+        """
+        CREATE TABLE {s}.underway_workers (
+            id    text PRIMARY KEY,
+            tasks text NOT NULL,
+            until double precision NOT NULL
+        )
+        """,
+    ],
+}
+
+VERSION_TABLE = "{s}.underway_schema"
+
+
+def quote(name: str) -> str:
+    """`name` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def lock_key(schema: str) -> int:
+    """The advisory lock key migrations of `schema` hold (a signed 64-bit integer)."""
+    return zlib.crc32(f"underway-migrate:{schema}".encode()) - (1 << 31)
+
+
+def channels(schema: str) -> tuple[str, str]:
+    """The NOTIFY channels of `schema`: job changes (payload: origin, then job ids),
+    and new work. Channels are per database, so the schema is in the name; names
+    longer than an identifier may be (63 bytes) are shortened with a checksum."""
+    base = f"underway.{schema}"
+    if len(base.encode()) > 55:
+        base = f"underway.{zlib.crc32(schema.encode()):08x}"
+    return f"{base}.jobs", f"{base}.work"

@@ -1,0 +1,252 @@
+"""The PostgreSQL store's statements and row conversions (`postgres.PostgresStore`).
+
+Each change of a job is one statement: a CTE that updates the job under its guard,
+writes the events it carries and announces it with `pg_notify`, so the store's
+round trips stay few. Table names come from `postgres_schema`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from .._util import dumps, loads
+from ..records import ErrorInfo, JobRecord, Progress, State
+from . import postgres_schema as schema
+
+NOTIFY_IDS = 200  # job ids per notification (a payload holds at most 8000 bytes)
+
+COLUMN_NAMES = (
+    "id", "task", "queue", "priority", "state", "params", "progress", "result", "error",
+    "cancel_requested", "attempt", "max_attempts", "created_at", "started_at", "finished_at",
+    "expires_at", "run_at", "timeout", "keep_for", "output_count", "owner", "idempotency_key",
+    "supersede_key", "worker", "lease_until", "meta",
+)  # fmt: skip
+COLUMNS = ", ".join(COLUMN_NAMES)
+_STATES = {s.value: s for s in State}
+
+
+def row_to_record(row: Sequence[Any], position: int | None = None) -> JobRecord:
+    (
+        id_, task, queue, priority, state, params, progress, result, error, cancel_requested,
+        attempt, max_attempts, created_at, started_at, finished_at, expires_at, run_at, timeout,
+        keep_for, output_count, owner, idem, supersede, worker, lease_until, meta,
+    ) = row[:26]  # fmt: skip
+    return JobRecord(
+        id=id_,
+        task=task,
+        params=loads(params),
+        state=_STATES[state],
+        progress=Progress.from_dict(loads(progress)),
+        result=loads(result),
+        error=ErrorInfo.from_dict(loads(error)),
+        cancel_requested=bool(cancel_requested),
+        attempt=attempt,
+        max_attempts=max_attempts,
+        created_at=created_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        expires_at=expires_at,
+        output_count=output_count,
+        position=position if state == "queued" else None,
+        owner=owner,
+        queue=queue,
+        priority=priority,
+        run_at=run_at,
+        timeout=timeout,
+        keep_for=keep_for,
+        idempotency_key=idem,
+        supersede_key=supersede,
+        worker=worker,
+        lease_until=lease_until,
+        meta=loads(meta) or {},
+    )
+
+
+def job_values(record: JobRecord) -> tuple[Any, ...]:
+    return (
+        record.id,
+        record.task,
+        record.queue,
+        record.priority,
+        dumps(record.params),
+        record.max_attempts,
+        record.created_at,
+        record.run_at,
+        record.timeout,
+        record.keep_for,
+        record.owner,
+        record.idempotency_key,
+        record.supersede_key,
+        dumps(record.meta) if record.meta else None,
+    )
+
+
+def lock_key(name: str) -> int:
+    return zlib.crc32(name.encode()) - (1 << 31)
+
+
+class Statements:
+    """The store's statements, with its schema's names filled in."""
+
+    def __init__(self, schema_name: str) -> None:
+        s = schema.quote(schema_name)
+        j, e = f"{s}.underway_jobs", f"{s}.underway_events"
+        self.jobs, self.events = j, e
+        self.workers = f"{s}.underway_workers"
+        returning = ", ".join(f"j.{c}" for c in COLUMN_NAMES)
+        notify_jobs = "pg_notify(%(jobs_channel)s, %(origin)s || '|' || u.id)"
+        self.insert_job = f"""
+            INSERT INTO {j} AS j (id, task, queue, priority, state, params, max_attempts,
+                created_at, run_at, timeout, keep_for, owner, idempotency_key, supersede_key,
+                meta, event_seq)
+            VALUES (%s, %s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (idempotency_key) DO NOTHING RETURNING j.id"""
+        self.insert_events_of = f"""
+            INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
+            SELECT %(id)s, x.n, x.kind, NULL, x.data, %(at)s, 0
+            FROM unnest(%(kinds)s::text[], %(datas)s::text[]) WITH ORDINALITY AS x(kind, data, n)
+            """
+        self.insert_many = f"""
+            WITH new AS (
+                INSERT INTO {j} (id, task, queue, priority, state, params, max_attempts,
+                    created_at, run_at, timeout, keep_for, owner, meta, event_seq)
+                SELECT id, task, queue, priority, 'queued', params, max_attempts, created_at,
+                    run_at, timeout, keep_for, owner, meta, %(n)s
+                FROM unnest(%(ids)s::text[], %(tasks)s::text[], %(queues)s::text[],
+                    %(priorities)s::int[], %(params)s::text[], %(max_attempts)s::int[],
+                    %(created)s::float8[], %(run_at)s::float8[], %(timeouts)s::float8[],
+                    %(keep_for)s::float8[], %(owners)s::text[], %(metas)s::text[])
+                    AS r(id, task, queue, priority, params, max_attempts, created_at, run_at,
+                         timeout, keep_for, owner, meta)
+                RETURNING id, created_at
+            )
+            INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
+            SELECT new.id, x.n, x.kind, NULL, x.data, new.created_at, 0
+            FROM new, unnest(%(kinds)s::text[], %(datas)s::text[])
+                WITH ORDINALITY AS x(kind, data, n)"""
+        self.get = f"""
+            SELECT {returning}, CASE WHEN j.state = 'queued' THEN (
+                SELECT count(*) FROM {j} q WHERE q.state = 'queued' AND q.queue = j.queue
+                AND (q.priority < j.priority OR (q.priority = j.priority AND q.id < j.id))
+            ) END FROM {j} j WHERE j.id = %s"""
+        # One decision (see `Decision`): guarded, fenced, with its events; announced.
+        self.apply = f"""
+            WITH u AS (
+                UPDATE {j} SET
+                    state = %(state)s,
+                    attempt = coalesce(%(attempt)s::int, attempt),
+                    cancel_requested = coalesce(%(cancel)s::bool, cancel_requested),
+                    result = CASE WHEN %(moves)s THEN %(result)s::text ELSE result END,
+                    error = CASE WHEN %(moves)s THEN %(error)s::text ELSE error END,
+                    worker = CASE WHEN %(moves)s THEN NULL ELSE worker END,
+                    lease_until = CASE WHEN %(moves)s THEN NULL ELSE lease_until END,
+                    run_at = CASE WHEN %(queued)s THEN %(run_at)s::float8 ELSE run_at END,
+                    finished_at = CASE WHEN %(ends)s THEN %(finished_at)s::float8
+                                  ELSE finished_at END,
+                    expires_at = CASE WHEN %(ends)s THEN %(expires_at)s::float8
+                                 ELSE expires_at END,
+                    started_at = coalesce(%(started_at)s::float8, started_at),
+                    event_seq = event_seq + %(n)s::int
+                WHERE id = %(id)s AND state = ANY(%(expect)s::text[])
+                    AND (%(fence_worker)s::text IS NULL
+                         OR (worker = %(fence_worker)s::text AND attempt = %(fence_attempt)s::int))
+                    AND (%(lease_before)s::float8 IS NULL OR lease_until < %(lease_before)s::float8)
+                RETURNING id, task, event_seq, attempt
+            ), ev AS (
+                INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
+                SELECT u.id, u.event_seq - %(n)s::int + x.n::int, x.kind, NULL, x.data,
+                    %(now)s::float8, u.attempt
+                FROM u, unnest(%(kinds)s::text[], %(datas)s::text[])
+                    WITH ORDINALITY AS x(kind, data, n)
+            )
+            SELECT {notify_jobs},
+                CASE WHEN %(queued)s OR (%(frees)s AND (%(any_room)s OR u.task = ANY(%(limited)s)))
+                THEN pg_notify(%(work_channel)s, %(origin)s) END
+            FROM u"""
+        self.claim_set = f"""
+            UPDATE {j} AS j SET state = 'running', attempt = j.attempt + 1,
+                started_at = %(now)s, worker = %(worker)s, lease_until = %(lease_until)s,
+                output_count = 0, progress = NULL, event_seq = j.event_seq + 1
+            FROM picked WHERE j.id = picked.id
+            RETURNING {returning}, j.event_seq"""
+        self.claim_tail = f"""
+            ev AS (
+                INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
+                SELECT id, event_seq, 'state', NULL,
+                    '{{"state":"running","attempt":' || attempt || '}}', %(now)s, attempt
+                FROM c
+            ), note AS (
+                SELECT pg_notify(%(jobs_channel)s, %(origin)s || '|' || string_agg(id, ','))
+                FROM (SELECT id, (row_number() OVER ()) / {NOTIFY_IDS} AS g FROM c) s GROUP BY g
+            )
+            SELECT c.*, (SELECT count(*) FROM note) FROM c ORDER BY c.priority, c.id"""
+        self.pick = f"""
+            (SELECT id, priority FROM {j} WHERE state = 'queued' AND run_at <= %(now)s
+             AND task = ANY(%({{tasks}})s::text[]) ORDER BY priority, id
+             LIMIT %({{room}})s FOR UPDATE SKIP LOCKED)"""
+        self.running_counts = f"""
+            SELECT task, count(*) FROM {j} WHERE state = 'running' AND task = ANY(%s::text[])
+            GROUP BY task"""
+        self.renew = f"""
+            UPDATE {j} AS j SET lease_until = %(until)s
+            FROM unnest(%(ids)s::text[], %(attempts)s::int[]) AS f(id, attempt)
+            WHERE j.id = f.id AND j.state = 'running' AND j.worker = %(worker)s
+                AND j.attempt = f.attempt
+            RETURNING j.id, j.cancel_requested"""
+        self.progress = f"""
+            WITH u AS (
+                UPDATE {j} SET progress = %(data)s, event_seq = event_seq + 1
+                WHERE id = %(id)s AND state = 'running' AND worker = %(worker)s
+                    AND attempt = %(attempt)s
+                RETURNING id, event_seq
+            ), ev AS (
+                INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
+                SELECT u.id, u.event_seq, 'progress', NULL, %(data)s, %(now)s, %(attempt)s
+                FROM u
+            )
+            SELECT {notify_jobs} FROM u"""
+        self.append = f"""
+            WITH u AS (
+                UPDATE {j} SET event_seq = event_seq + %(n)s::int,
+                    output_count = output_count + %(n_out)s::int
+                WHERE id = %(id)s AND state = 'running' AND worker = %(worker)s
+                    AND attempt = %(attempt)s
+                RETURNING id, event_seq, output_count
+            ), ev AS (
+                INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
+                SELECT u.id, u.event_seq - %(n)s::int + x.n::int, x.kind,
+                    u.output_count - %(n_out)s::int + x.idx, x.data, %(now)s, %(attempt)s
+                FROM u, unnest(%(kinds)s::text[], %(datas)s::text[], %(idx)s::int[])
+                    WITH ORDINALITY AS x(kind, data, idx, n)
+            )
+            SELECT {notify_jobs} FROM u"""
+        self.expired = f"""
+            SELECT {COLUMNS} FROM {j}
+            WHERE state = 'running' AND lease_until < %s LIMIT %s"""
+        self.update_meta = f"""
+            WITH u AS (
+                UPDATE {j} SET meta = (coalesce(meta, '{{}}')::jsonb || %(changes)s::jsonb)::text
+                WHERE id = %(id)s RETURNING id
+            )
+            SELECT {notify_jobs} FROM u"""
+        self.delete = f"""
+            WITH u AS (DELETE FROM {j} WHERE id = %(id)s RETURNING id),
+            ev AS (DELETE FROM {e} WHERE job_id = %(id)s)
+            SELECT {notify_jobs} FROM u"""
+        self.events_after = f"""
+            SELECT seq, kind, idx, data, at, attempt FROM {e}
+            WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s"""
+        self.output = f"""
+            SELECT data FROM {e}
+            WHERE job_id = %(id)s AND idx >= %(after)s AND attempt = coalesce(
+                %(attempt)s::int, (SELECT attempt FROM {j} WHERE id = %(id)s))
+            ORDER BY idx LIMIT %(limit)s"""
+        self.purge = f"""
+            WITH gone AS (
+                DELETE FROM {j} WHERE {{column}} < %s RETURNING id
+            ), ev AS (
+                DELETE FROM {e} WHERE job_id IN (SELECT id FROM gone)
+            )
+            SELECT id FROM gone"""
