@@ -35,6 +35,7 @@ TITLES: dict[str, str] = {
     "job-state": "Operation does not fit the job's state",
     "job-failed": "Job failed",
     "job-cancelled": "Job cancelled",
+    "output-not-text": "Output is not text",
     "payload-too-large": "Payload too large",
     "malformed-json": "Malformed JSON",
     "nested-too-deeply": "Request body nested too deeply",
