@@ -144,6 +144,11 @@ def not_found_route(path: str) -> Problem:
     return Problem(404, "not-found", f"no route for {path}")
 
 
+def no_such_file(name: str) -> Problem:
+    """A dashboard asset that is not there (or a name that may not be served)."""
+    return Problem(404, "not-found", f"no such file: {name[:100]!r}")
+
+
 def method_not_allowed(method: str, allowed: list[str]) -> Problem:
     return Problem(
         405,
