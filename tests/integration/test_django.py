@@ -180,7 +180,10 @@ def test_the_dashboard_page_carries_the_csrf_token(users: dict[str, Any]) -> Non
     assert script["Content-Type"].startswith("text/javascript")
     assert b"customElements.define" in b"".join(script.streaming_content)
     script.close()  # a real server closes the file; the test client leaves it to us
-    assert alice.get("/jobs/static/underway/nope.js").status_code == 404
+    missing = alice.get("/jobs/static/underway/nope.js")
+    assert missing.status_code == 404 and missing["Content-Type"] == "application/problem+json"
+    assert missing["X-Content-Type-Options"] == "nosniff"
+    assert missing.json()["code"] == "not-found"
     assert alice.get("/jobs/v1/tasks").json()["tasks"][0]["name"] == "add"
 
 

@@ -151,6 +151,14 @@ def test_every_answer_has_nosniff(http: httpx.Client) -> None:
         assert r.headers["x-content-type-options"] == "nosniff"
 
 
+def test_a_missing_static_file_is_a_problem(http: httpx.Client) -> None:
+    for name in ("nope.js", ".hidden.js", "index.py", "dashboard.js%00.py"):
+        body = assert_problem(http.get(f"/static/underway/{name}"), 404, "not-found")
+        assert body["instance"].startswith("/static/underway/")
+    found = http.get("/static/underway/underway-job.js")
+    assert found.status_code == 200 and found.headers["x-content-type-options"] == "nosniff"
+
+
 # -- the Host check -------------------------------------------------------------------
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .._util import dumps
+from ..http.problems import PROBLEM_MEDIA_TYPE, no_such_file
 from .assets import (
     ELEMENT_JS,
     MEDIA_TYPES,
@@ -42,9 +44,16 @@ def routes(uw: Underway) -> list[BaseRoute]:
         )
 
     async def asset(request: Request) -> Response:
-        path = static_file(str(request.path_params["name"]))
+        name = str(request.path_params["name"])
+        path = static_file(name)
         if path is None:
-            return Response("not found", status_code=404, media_type="text/plain")
+            problem = no_such_file(name)
+            return Response(
+                dumps(problem.to_dict(request.url.path)),
+                status_code=problem.status,
+                media_type=PROBLEM_MEDIA_TYPE,
+                headers={"X-Content-Type-Options": "nosniff"},
+            )
         return FileResponse(
             path,
             media_type=MEDIA_TYPES[path.suffix],

@@ -39,7 +39,7 @@ from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from ..dashboard.assets import MEDIA_TYPES, SECURITY_HEADERS, render_index, static_file
 from ..http.body import read_limited
 from ..http.handlers import ApiResponse, EventStream, Pending, problem_response
-from ..http.problems import Problem
+from ..http.problems import Problem, no_such_file
 from ..http.sse import HEADERS as SSE_HEADERS
 from ..http.sse import MEDIA_TYPE as SSE_MEDIA_TYPE
 from ..http.sse import aiter_events, iter_events
@@ -169,7 +169,9 @@ def asset(request: HttpRequest, name: str) -> HttpResponseBase:
     """The dashboard's files and the `<underway-job>` element's script (public)."""
     path = static_file(name)
     if path is None:
-        return _to_django(problem_response(Problem(404, "not-found", "no such file"), request.path))
+        missing = _to_django(problem_response(no_such_file(name), request.path))
+        missing["X-Content-Type-Options"] = "nosniff"
+        return missing
     response = FileResponse(path.open("rb"), content_type=MEDIA_TYPES[path.suffix])
     # Revalidated on every load, so an upgrade never leaves a browser on an old script.
     response["Cache-Control"] = "no-cache"

@@ -53,7 +53,14 @@ from ..records import TERMINAL, State
 from .auth import Authenticator, AuthHook, TokenSource
 from .handlers import Api, ApiRequest, ApiResponse, EventStream, problem_response
 from .hosts import HostCheck
-from .problems import Problem, misdirected, not_found_route, payload_too_large, unauthorized
+from .problems import (
+    Problem,
+    misdirected,
+    no_such_file,
+    not_found_route,
+    payload_too_large,
+    unauthorized,
+)
 from .sse import HEADERS as SSE_HEADERS
 from .sse import MEDIA_TYPE as SSE_MEDIA_TYPE
 from .sse import iter_events
@@ -382,7 +389,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def _asset(name: str) -> Response:
     path = static_file(name)
     if path is None:
-        return _to_flask(problem_response(Problem(404, "not-found", "no such file"), request.path))
+        return _to_flask(problem_response(no_such_file(name), request.path))
     response = send_file(path, mimetype=MEDIA_TYPES[path.suffix], max_age=0)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response

@@ -32,6 +32,7 @@ from ..errors import JobNotFound, ValidationError
 from ..records import TERMINAL, JobRecord, State
 from ..tasks import Task, field_errors
 from .auth import Authenticator
+from .output_text import output_text
 from .problems import (
     PROBLEM_MEDIA_TYPE,
     Problem,
@@ -57,6 +58,7 @@ MAX_PAGE = 500
 RECORD_CACHE_SIZE = 10_000
 MAX_DEPTH = 64  # how deeply arrays and objects may nest in a request body
 MAX_INT64 = (1 << 63) - 1  # the largest integer a query parameter or event id may be
+OUTPUT_VIEWS = ("items", "text")  # `GET .../output?as=`: a page of items, or one text
 # A cursor is the id of the last job of the previous page (a ULID); empty: the first.
 CURSOR_PATTERN = r"^(?:|[0-9A-HJKMNP-TV-Z]{26})$"
 _CURSOR = re.compile(CURSOR_PATTERN)
@@ -448,12 +450,17 @@ class Api:
         )
 
     def get_output(self, request: ApiRequest, params: dict[str, str]) -> Outcome:
+        view = request.query.get("as") or "items"
+        if view not in OUTPUT_VIEWS:
+            raise invalid_query("query.as", f"must be one of {', '.join(OUTPUT_VIEWS)}")
         after = _int_query(request.query, "after", 0, 0, None)
         limit = _int_query(request.query, "limit", 1000, 1, 1000)
         wanted = request.query.get("attempt")
         attempt = None if not wanted else _int_query(request.query, "attempt", 1, 1, None)
         owner = self.owner(request)
         record = self.uw.get(params["id"], owner=owner)
+        if view == "text":  # the whole segment as one text, with where to resume events
+            return json_response(200, output_text(self.uw, record.id, attempt))
         attempt = record.attempt if attempt is None else attempt
         items = self.uw.output(record.id, attempt=attempt, after=after, limit=limit, owner=owner)
         return json_response(

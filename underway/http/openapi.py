@@ -169,6 +169,42 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "OutputText": {
+        "description": (
+            "`?as=text`: the attempt's output items joined into one text, up to and "
+            "including event `last_event_id`; resume the event stream after it "
+            "(`Last-Event-ID`) for exactly the items that follow. 409 `output-not-text` "
+            "when an item is not a string."
+        ),
+        "type": "object",
+        "required": ["text", "attempt", "next", "last_event_id", "done", "log"],
+        "properties": {
+            "text": {"type": "string", "description": "The string items, joined"},
+            "attempt": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "The attempt whose output this is (the latest, or `attempt`)",
+            },
+            "next": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "How many items the text joins: the index of the next one",
+            },
+            "last_event_id": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "The last event the text covers: resume the stream after it",
+            },
+            "done": {
+                "type": "boolean",
+                "description": "The job's `done` event is among those covered",
+            },
+            "log": {
+                "type": "array",
+                "description": "The attempt's log lines up to `last_event_id`",
+            },
+        },
+    },
     "ServerSentEvent": {
         "description": "One event of a job's stream (keep-alive comments are not events).",
         "type": "object",
@@ -369,10 +405,26 @@ def build_openapi(
         "/v1/jobs/{id}/output": {
             "get": _operation(
                 "get_output",
-                "Output items of the latest attempt (or of `attempt`) after the first `after`",
-                {"200": _json(_ref("OutputPage"), "Output items in order")},
+                "Output items of the latest attempt (or of `attempt`) after the first `after`; "
+                "`as=text`: all of them joined into one text, with the event id to resume at",
+                {
+                    "200": _json(
+                        {"oneOf": [_ref("OutputPage"), _ref("OutputText")]},
+                        "Output items in order (`as=items`), or the text (`as=text`)",
+                    ),
+                    "409": {
+                        **PROBLEM_RESPONSE,
+                        "description": "`as=text` and an item is not a string (output-not-text)",
+                    },
+                },
                 [
                     _JOB_ID,
+                    _query(
+                        "as",
+                        {"enum": ["items", "text"]},
+                        "items (default): a page of items; text: the whole segment joined "
+                        "(`after` and `limit` do not apply)",
+                    ),
                     _query(
                         "after",
                         {"type": "integer", "minimum": 0, "maximum": MAX_INT64},

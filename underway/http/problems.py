@@ -35,6 +35,7 @@ TITLES: dict[str, str] = {
     "job-state": "Operation does not fit the job's state",
     "job-failed": "Job failed",
     "job-cancelled": "Job cancelled",
+    "output-not-text": "Output is not text",
     "payload-too-large": "Payload too large",
     "malformed-json": "Malformed JSON",
     "nested-too-deeply": "Request body nested too deeply",
@@ -141,6 +142,11 @@ def _field_error(entry: dict[str, Any]) -> dict[str, Any]:
 
 def not_found_route(path: str) -> Problem:
     return Problem(404, "not-found", f"no route for {path}")
+
+
+def no_such_file(name: str) -> Problem:
+    """A dashboard asset that is not there (or a name that may not be served)."""
+    return Problem(404, "not-found", f"no such file: {name[:100]!r}")
 
 
 def method_not_allowed(method: str, allowed: list[str]) -> Problem:

@@ -5,7 +5,7 @@
 // Defined by underway-job.js, a deferred classic script that runs before this module.
 const Element = customElements.get("underway-job");
 const { Client } = Element;
-export const { ApiError, formatDuration } = Element;
+export const { ApiError, formatDuration, looksLikeText, outputPiece } = Element;
 export const ROOT = document.querySelector('meta[name="underway-api"]').content;
 export const TOKEN_KEY = "underway.token";
 export const THEME_KEY = "underway.theme";

@@ -12,16 +12,23 @@ import {
   formatDuration,
   h,
   localTime,
+  looksLikeText,
+  outputPiece,
   parseTime,
   toast,
 } from "./core.js";
+
+const SAMPLE = 200; // the first items that decide whether output reads as text
 
 export class JobView extends View {
   constructor(id) {
     super();
     this.id = id;
     this.job = null;
-    this.items = new Map();
+    this.items = new Map(); // index -> item, of the current attempt's items after `base`
+    this.attempt = 0;
+    this.base = 0; // items already in `text` (read at once when the page opened)
+    this.text = "";
     this.logSeen = 0;
     this.joinText = null; // null: decided from the output; true/false: the user's choice
     document.title = "Job · underway";
@@ -37,10 +44,34 @@ export class JobView extends View {
     if (this.destroyed) return;
     this.build();
     this.render();
-    // From the first event: the output so far, then whatever happens next.
+    this.every(1000, () => this.renderTimes());
+    await this.follow(this.job.output_count > 1);
+  }
+
+  /* Stream the job's events. With `asText`, output that reads as text comes first in
+   * one read, and the stream resumes after it; otherwise from the first event. */
+  async follow(asText) {
+    let after = 0;
+    if (asText && this.joinText !== false) {
+      let view;
+      try {
+        view = await client.outputText(this.id, this.joinText === true);
+      } catch (err) {
+        if (err instanceof ApiError && err.status === 404) this.gone();
+        else this.fail(err);
+        return;
+      }
+      if (this.destroyed) return;
+      if (view) {
+        this.loadText(view);
+        if (view.done) return this.finish(); // nothing left to stream
+        after = view.last_event_id;
+      }
+    }
     this.readers.set(
       "job",
       client.events(this.id, {
+        after,
         event: (type, data, seq) => this.onEvent(type, data, seq),
         error: (err) => {
           if (err.status === 404) this.gone();
@@ -48,7 +79,40 @@ export class JobView extends View {
         },
       }),
     );
-    this.every(1000, () => this.renderTimes());
+  }
+
+  /* The output so far as one text, with the log lines up to the same event. */
+  loadText(view) {
+    this.newAttempt(view.attempt);
+    this.base = view.next;
+    this.text = view.text;
+    this.autoJoin = true; // it was read as text because it reads as text
+    for (const line of view.log) this.logList.append(h("li", { text: asText(line) }));
+    this.logCard.hidden = !this.logList.childElementCount;
+    this.logSeen = view.last_event_id;
+    this.renderOutput(true);
+  }
+
+  /* Lines need every item: read the output again from the first event. */
+  replay() {
+    const reader = this.readers.get("job");
+    if (reader) reader.close();
+    this.readers.delete("job");
+    this.newAttempt(0);
+    this.logList.replaceChildren();
+    this.logCard.hidden = true;
+    this.logSeen = 0;
+    this.render();
+    this.follow(false);
+  }
+
+  // A retry starts a fresh output segment (its indexes start at 0 again): show it alone.
+  newAttempt(attempt) {
+    this.attempt = attempt;
+    this.items = new Map();
+    this.base = 0;
+    this.text = "";
+    this.autoJoin = undefined;
   }
 
   notFound() {
@@ -80,7 +144,8 @@ export class JobView extends View {
     this.outputCount = h("span", { class: "muted" });
     this.joinBox = h("input", { type: "checkbox", id: "join-text", onchange: (e) => {
       this.joinText = e.target.checked;
-      this.renderOutput(true);
+      if (!this.joinText && this.base) this.replay();
+      else this.renderOutput(true);
     } });
     this.outputCard = h(
       "section",
@@ -143,10 +208,8 @@ export class JobView extends View {
   onEvent(type, data, seq) {
     const job = this.job;
     const attempt = type === "output" || (type === "state" && data.state === "running") ? data.attempt : 0;
-    if (attempt > (this.attempt || 0)) {
-      // A retry starts a fresh output segment (its indexes start at 0 again): show it alone.
-      this.attempt = attempt;
-      this.items = new Map();
+    if (attempt > this.attempt) {
+      this.newAttempt(attempt);
       this.renderOutput(true);
     }
     if (type === "output") {
@@ -179,9 +242,9 @@ export class JobView extends View {
   }
 
   addOutput(index, item) {
-    if (this.items.has(index)) return;
+    if (index < this.base || this.items.has(index)) return;
     this.items.set(index, item);
-    if (this.joinText === null && this.items.size <= 200) {
+    if (this.joinText === null && !this.base && this.items.size <= SAMPLE) {
       const before = this.autoJoin;
       this.autoJoin = looksLikeText([...this.items.values()]);
       if (before !== undefined && before !== this.autoJoin) return this.renderOutput(true);
@@ -194,15 +257,14 @@ export class JobView extends View {
     this.joinBox.checked = join;
     const out = this.output;
     const stick = out.scrollTop + out.clientHeight >= out.scrollHeight - 8;
-    const piece = (value) => (typeof value === "string" ? value : oneLine(value)) + (join ? "" : "\n");
     if (full) {
-      const sorted = [...this.items.entries()].sort((a, b) => a[0] - b[0]).map((e) => piece(e[1]));
-      out.textContent = sorted.join("");
+      const sorted = [...this.items.entries()].sort((a, b) => a[0] - b[0]).map((e) => outputPiece(e[1], join));
+      out.textContent = this.text + sorted.join("");
     } else {
-      out.append(document.createTextNode(piece(item)));
+      out.append(document.createTextNode(outputPiece(item, join)));
     }
     if (stick) out.scrollTop = out.scrollHeight;
-    const n = this.items.size;
+    const n = this.base + this.items.size;
     this.outputCount.textContent = n ? `${n} item${n === 1 ? "" : "s"}` : "";
   }
 
@@ -216,7 +278,7 @@ export class JobView extends View {
     this.cancelButton.textContent = job.cancel_requested ? "Cancelling…" : "Cancel";
     this.deleteButton.hidden = active;
     this.againButton.hidden = active;
-    if (!this.items.size) {
+    if (!this.items.size && !this.base) {
       this.output.textContent = "";
       this.outputCount.textContent = active ? "Waiting for output…" : "No output.";
     }
@@ -314,16 +376,4 @@ export class JobView extends View {
       toast(err.message || String(err));
     }
   }
-}
-
-/* JSON on one line, spaced for reading (real line breaks cannot occur inside strings). */
-function oneLine(value) {
-  return JSON.stringify(value, null, 1).replace(/\n\s*/g, " ");
-}
-
-/* Strings that read as one text when joined: token-like pieces, no line breaks. */
-function looksLikeText(items) {
-  if (items.length < 2 || !items.every((i) => typeof i === "string")) return false;
-  if (items.some((i) => i.includes("\n") || i.length > 40)) return false;
-  return items.slice(1).some((i) => /^\s/.test(i));
 }

@@ -10,12 +10,20 @@
  * heading (shown instead of the task name), autostart (start once on the page),
  * csrf-token and csrf-header (for APIs behind a cookie session, such as Django's;
  * by default read from the page's <meta name="csrf-token"> and
- * <meta name="csrf-header">, header X-CSRFToken; sent to the page's own origin only).
+ * <meta name="csrf-header">, header X-CSRFToken; sent to the page's own origin only),
+ * join (how output shows: "auto", the default, joins items into one text when they
+ * read as text, like a model's tokens, and shows other output one item per line;
+ * "text" always joins; "lines" never does).
+ *
+ * Attached to a job that has output already, the element reads the output so far
+ * as one text (GET .../output?as=text) when it reads as text, and streams only what
+ * follows; otherwise it replays the job's events from the first.
  *
  * Events (bubbling, composed, detail = the job record): underway:start,
  * underway:progress (detail = {id, progress, job}), underway:output (detail =
- * {id, index, item}, one per output item), underway:done (the job succeeded),
- * underway:failed, underway:cancelled.
+ * {id, index, item}, one per output item streamed), underway:text (detail = {id,
+ * text, attempt, next}: the items before `next`, read at once on attaching),
+ * underway:done (the job succeeded), underway:failed, underway:cancelled.
  *
  * Style it from outside with ::part(start|cancel|bar|fill|status|output|result|error|
  * output-label|result-label)
@@ -28,6 +36,25 @@
   "use strict";
 
   const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+  const SAMPLE = 200; // the first items that decide whether output reads as text
+
+  /* Strings that read as one text when joined: token-like pieces, no line breaks,
+   * some starting with a space (lines of a command's output do not join). */
+  function looksLikeText(items) {
+    if (items.length < 2 || !items.every((i) => typeof i === "string")) return false;
+    if (items.some((i) => i.includes("\n") || i.length > 40)) return false;
+    return items.slice(1).some((i) => /^\s/.test(i));
+  }
+
+  /* JSON on one line, spaced for reading (real line breaks cannot occur inside strings). */
+  function oneLine(value) {
+    return JSON.stringify(value, null, 1).replace(/\n\s*/g, " ");
+  }
+
+  /* How one output item shows: as is when joined into text, else on a line of its own. */
+  function outputPiece(item, join) {
+    return (typeof item === "string" ? item : oneLine(item)) + (join ? "" : "\n");
+  }
 
   class ApiError extends Error {
     constructor(status, problem) {
@@ -227,6 +254,22 @@
     events(id, handlers) {
       return new EventReader(this, id, handlers);
     }
+    /*
+     * The job's output so far as one text, {text, attempt, next, last_event_id, done,
+     * log}, when it reads as text (its first items, or every item with `always`); null
+     * when it does not, or has an item that is not a string: replay the events then.
+     * Stream with {after: last_event_id} for exactly the items that follow.
+     */
+    async outputText(id, always) {
+      const path = `/v1/jobs/${encodeURIComponent(id)}/output`;
+      if (!always && !looksLikeText((await this.request("GET", `${path}?limit=${SAMPLE}`)).items)) return null;
+      try {
+        return await this.request("GET", `${path}?as=text`);
+      } catch (err) {
+        if (err instanceof ApiError && err.status === 409) return null; // output-not-text
+        throw err;
+      }
+    }
   }
 
   function formatDuration(seconds) {
@@ -330,15 +373,18 @@
 
   class UnderwayJob extends HTMLElement {
     static get observedAttributes() {
-      return ["job-id", "label", "task", "heading"];
+      return ["job-id", "label", "task", "heading", "join"];
     }
 
     constructor() {
       super();
       this.job = null;
       this._reader = null;
-      this._items = new Map();
-      this._attaching = null;
+      this._items = new Map(); // index -> item, of the current attempt's items after _base
+      this._attempt = 0;
+      this._base = 0; // items already in _text (read at once when attaching)
+      this._text = "";
+      this._autoJoin = false;
       const root = this.attachShadow({ mode: "open" });
       // A constructed sheet is exempt from a page's style-src policy; <style> is the fallback.
       let styleTag = "";
@@ -408,6 +454,7 @@
     attributeChangedCallback(name, old, value) {
       if (!this.isConnected || old === value) return;
       if (name === "job-id" && value && (!this.job || this.job.id !== value)) this._attach(value);
+      else if (name === "join" && this.job) this._attach(this.job.id); // lines need every item
       else this._renderTitle();
     }
 
@@ -456,16 +503,29 @@
         const job = await this.client.job(id);
         this.job = job;
         this._render(job);
-        // From the first event, so the output emitted so far shows up too.
-        this._read(id);
+        // Output that reads as text comes in one read, and the stream resumes after it;
+        // other output is replayed from the first event.
+        let after = 0;
+        const mode = this._joinMode();
+        if (mode !== "lines" && job.output_count > (mode === "text" ? 0 : 1)) {
+          const text = await this.client.outputText(id, mode === "text");
+          if (this.job !== job) return; // attached to another job meanwhile
+          if (text) {
+            this._loadText(text);
+            if (text.done) return this._finish();
+            after = text.last_event_id;
+          }
+        }
+        this._read(id, after);
       } catch (err) {
         this._showError(err.message || String(err));
       }
     }
 
-    _read(id) {
+    _read(id, after) {
       this._stopReading();
       this._reader = this.client.events(id, {
+        after: after || 0,
         event: (type, data) => this._onEvent(type, data),
         error: (err) => this._showError(err.message || String(err)),
       });
@@ -522,6 +582,10 @@
       this._stopReading();
       this.job = null;
       this._items = new Map();
+      this._attempt = 0;
+      this._base = 0;
+      this._text = "";
+      this._autoJoin = false;
       const e = this._el;
       e.output.textContent = "";
       e.result.textContent = "";
@@ -537,22 +601,60 @@
       this._el.bar.setAttribute("aria-label", `${task || "job"} progress`);
     }
 
+    _joinMode() {
+      const mode = this.getAttribute("join");
+      return mode === "text" || mode === "lines" ? mode : "auto";
+    }
+
+    _joined() {
+      const mode = this._joinMode();
+      return mode === "auto" ? this._autoJoin : mode === "text";
+    }
+
     // A retry starts a fresh output segment (its indexes start at 0 again): show it alone.
     _newAttempt(attempt) {
       this._attempt = attempt;
       this._items = new Map();
+      this._base = 0;
+      this._text = "";
+      this._autoJoin = false;
       this._el.output.textContent = "";
     }
 
+    /* The output so far as one text (from Client.outputText). */
+    _loadText(view) {
+      this._newAttempt(view.attempt);
+      this._base = view.next;
+      this._text = view.text;
+      this._autoJoin = true; // it was read as text because it reads as text
+      this._renderOutput(true);
+      this._emit("underway:text", { id: this.job.id, text: view.text, attempt: view.attempt, next: view.next });
+    }
+
     _addOutput(index, item) {
-      if (this._items.has(index)) return;
+      if (index < this._base || this._items.has(index)) return;
       this._items.set(index, item);
+      if (!this._base && this._items.size <= SAMPLE) {
+        const before = this._autoJoin;
+        this._autoJoin = looksLikeText([...this._items.values()]);
+        if (before !== this._autoJoin && this._joinMode() === "auto") return this._renderOutput(true);
+      }
+      this._renderOutput(false, item);
+    }
+
+    _renderOutput(full, item) {
       const e = this._el;
-      e.output.hidden = false;
-      e.outputLabel.hidden = false;
+      const join = this._joined();
+      const shown = this._base > 0 || this._items.size > 0;
+      e.output.hidden = !shown;
+      e.outputLabel.hidden = !shown;
       const stick = e.output.scrollTop + e.output.clientHeight >= e.output.scrollHeight - 4;
-      const line = typeof item === "string" ? item : JSON.stringify(item, null, 1).replace(/\n\s*/g, " ");
-      e.output.append(document.createTextNode(`${line}\n`));
+      if (full) {
+        const pieces = [...this._items.entries()].sort((a, b) => a[0] - b[0]).map(([, v]) => outputPiece(v, join));
+        e.output.textContent = this._text + pieces.join("");
+      } else {
+        e.output.append(document.createTextNode(outputPiece(item, join)));
+      }
       if (stick) e.output.scrollTop = e.output.scrollHeight;
     }
 
@@ -615,6 +717,8 @@
   UnderwayJob.Client = Client;
   UnderwayJob.ApiError = ApiError;
   UnderwayJob.formatDuration = formatDuration;
+  UnderwayJob.looksLikeText = looksLikeText;
+  UnderwayJob.outputPiece = outputPiece;
 
   if (!customElements.get("underway-job")) customElements.define("underway-job", UnderwayJob);
 })();
