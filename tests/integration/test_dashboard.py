@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -461,3 +462,22 @@ def test_screenshots_of_the_demo(demo_site: tuple[str, Underway], browser: Brows
         for job_id in running:  # on a slow machine they may have finished by now
             with contextlib.suppress(JobFinished):
                 uw.cancel(job_id)
+
+
+def test_a_queued_job_page_says_why_it_waits(tmp_path: Path, page: Page) -> None:
+    uw = Underway(f"sqlite:///{tmp_path / 'waiting.db'}")
+
+    @uw.task
+    def lonely() -> None:
+        return None
+
+    try:
+        with serve_asgi(asgi(uw)) as url:  # no workers anywhere
+            job_id = submit(url, "lonely", {})
+            page.goto(f"{url}/#/jobs/{job_id}")
+            expect(page.locator("h1 .badge")).to_have_text("queued")
+            facts = page.locator("dl.facts")
+            expect(facts).to_contain_text("Waiting")
+            expect(facts).to_contain_text("no live worker serves task 'lonely'")
+    finally:
+        uw.close()

@@ -159,6 +159,11 @@ export function applyEvent(job, type, data) {
     job.state = data.state;
     if (data.state === "running" && !job.started_at) job.started_at = new Date().toISOString();
     if (data.state !== "queued") job.position = null;
+    if (data.state !== "queued") job.waiting = null;
+    else if (data.retry_at) {
+      const why = data.error ? ` (${data.error.type})` : "";
+      job.waiting = { reason: "retry-backoff", message: `attempt ${data.attempt} ended${why}; the next is due at ${localTime(data.retry_at)}`, until: data.retry_at };
+    }
   } else if (type === "progress") {
     job.progress = data;
   } else if (type === "done") {

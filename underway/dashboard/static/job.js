@@ -318,6 +318,7 @@ export class JobView extends View {
     ];
     if (job.owner) rows.push(["Owner", job.owner]);
     if (job.state === "queued" && typeof job.position === "number") rows.push(["Position", String(job.position + 1)]);
+    if (job.state === "queued" && job.waiting) rows.push(["Waiting", job.waiting.message]);
     this.facts.replaceChildren(...rows.flatMap(([k, v]) => [h("dt", { text: k }), h("dd", { text: v })]));
   }
 
