@@ -39,6 +39,19 @@ def new_id() -> str:
     return "".join(reversed(chars))
 
 
+def id_time(job_id: str) -> float | None:
+    """When an id made by `new_id` was made (epoch seconds); None for other strings."""
+    if len(job_id) != 26:
+        return None
+    value = 0
+    for char in job_id[:10]:
+        digit = _CROCKFORD.find(char.upper())
+        if digit < 0:
+            return None
+        value = value * 32 + digit
+    return value / 1000.0
+
+
 def rfc3339(ts: float | None) -> str | None:
     if ts is None:
         return None

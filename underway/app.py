@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar, overload
 
 from . import lifecycle
-from ._util import new_id, parse_duration
+from ._util import id_time, new_id, parse_duration, rfc3339
 from .callbacks import CallbackDispatcher
 from .errors import (
     IdempotencyConflict,
@@ -363,7 +363,7 @@ class Underway:
         A queued job says why it waits (`record.waiting`, see `underway.waiting`)."""
         record = self.find(job_id, owner=owner)
         if record is None:
-            raise JobNotFound(job_id)
+            raise self.not_found(job_id)
         if record.state is State.QUEUED:
             record = record.evolve(waiting=self.why_waiting(record))
         return record
@@ -380,6 +380,18 @@ class Underway:
             limit=limit,
             running=self.store.running_of(record.task) if limit is not None else None,
         )
+
+    def not_found(self, job_id: str) -> JobNotFound:
+        """JobNotFound, saying so when the job was lost with the store's data."""
+        lost = self.store.lost_data_at()
+        made = id_time(job_id)
+        if lost is not None and made is not None and made < lost:
+            return JobNotFound(job_id, lost_at=rfc3339(lost))
+        return JobNotFound(job_id)
+
+    def lost_data_at(self) -> float | None:
+        """When the store was found to have lost its data; None when it did not."""
+        return self.store.lost_data_at()
 
     def count(self, *, state: State | None = None) -> int:
         """How many jobs (in `state`) the store holds."""
@@ -501,7 +513,7 @@ class Underway:
             raise JobFinished(f"job {job_id} already {record.state.value}", record)
         updated = self._cancel(job_id)
         if updated is None:
-            raise JobNotFound(job_id)
+            raise self.not_found(job_id)
         if updated.state in (State.SUCCEEDED, State.FAILED):
             raise JobFinished(f"job {job_id} already {updated.state.value}", updated)
         return updated

@@ -72,9 +72,17 @@ class TaskNotFound(UnderwayError):
 class JobNotFound(UnderwayError):
     code = "job-not-found"
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, *, lost_at: str | None = None) -> None:
         self.job_id = job_id
-        super().__init__(f"no job with id {job_id!r}")
+        self.lost_at = lost_at  # RFC 3339: the store lost its data then (see `Store`)
+        if lost_at is None:
+            super().__init__(f"no job with id {job_id!r}")
+        else:
+            super().__init__(
+                f"no job with id {job_id!r}: the store lost its data at {lost_at} (Redis "
+                "restarted without persistence, or was flushed), and this job was "
+                "submitted before"
+            )
 
 
 class ValidationError(UnderwayError):

@@ -117,6 +117,8 @@ class Worker:
         self._ready_since = 0.0  # monotonic time `_ready` last became non-empty
         self._ended: list[_Ended] = []  # short jobs' ends, not written yet
         self._cancel_before_start: set[str] = set()
+        self._down_since: float | None = None  # monotonic start of a store outage
+        self._backoff = 0.25
 
     # -- lifecycle -------------------------------------------------------------------
     # Workers say they are alive this often; a worker silent for HEARTBEAT_TTL is gone.
@@ -216,13 +218,14 @@ class Worker:
                     try:
                         records = self._claim(self._claim_size)
                     except UnderwayError as exc:
-                        log.warning("claim failed: %s", exc)
-                        self._stopping.wait(1.0)
+                        self._stopping.wait(self._outage(exc))
                         continue
                     except Exception:
                         log.exception("claim failed")
                         self._stopping.wait(1.0)
                         continue
+                    if self._down_since is not None:
+                        self._recovered()
                     if not records:
                         # Idle slots wait for work, not for the baton: new work then wakes
                         # one of them, which takes the baton at once.
@@ -240,6 +243,29 @@ class Worker:
         finally:
             baton.release(slot)
             self._write_ended()
+
+    def _outage(self, exc: Exception) -> float:
+        """A claim failed (the store is down, loading, or full): log it once, and back
+        off, doubling the wait up to 5 s. Returns how long to wait."""
+        with self._lock:
+            first = self._down_since is None
+            if first:
+                self._down_since = time.monotonic()
+                self._backoff = 0.25
+            else:
+                self._backoff = min(self._backoff * 2, 5.0)
+            backoff = self._backoff
+        if first:
+            log.warning("the store is unavailable; retrying with backoff: %s", exc)
+        else:
+            log.debug("the store is still unavailable: %s", exc)
+        return backoff
+
+    def _recovered(self) -> None:
+        with self._lock:
+            since, self._down_since = self._down_since, None
+        if since is not None:
+            log.warning("the store is available again after %.1fs", time.monotonic() - since)
 
     def _next_ready(self) -> JobRecord | None:
         with self._lock:

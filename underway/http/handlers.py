@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 
 import pydantic
 
-from .._util import dumps
-from ..errors import JobNotFound, ValidationError
+from .._util import dumps, rfc3339
+from ..errors import ValidationError
 from ..records import TERMINAL, JobRecord, State
 from ..tasks import Task, field_errors
 from .auth import Authenticator
@@ -417,7 +417,7 @@ class Api:
                     gone, _ = self._records.popitem(last=False)
                     self._bodies.pop(gone, None)
         if record is None or (owner is not None and record.owner != owner):
-            raise JobNotFound(job_id)
+            raise self.uw.not_found(job_id)
         if record.state is State.QUEUED:
             record = record.evolve(waiting=self.uw.why_waiting(record))
         return version, record
@@ -493,6 +493,17 @@ class Api:
 
     def healthz(self, request: ApiRequest, params: dict[str, str]) -> Outcome:
         self.uw.ping()
+        lost = self.uw.lost_data_at()
+        if lost is not None:
+            return json_response(
+                200,
+                {
+                    "status": "degraded",
+                    "detail": f"the store lost its data at {rfc3339(lost)}: jobs submitted "
+                    "before then are gone",
+                    "store_lost_data_at": rfc3339(lost),
+                },
+            )
         return json_response(200, {"status": "ok"})
 
     def metrics(self, request: ApiRequest, params: dict[str, str]) -> Outcome:

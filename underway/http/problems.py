@@ -119,6 +119,8 @@ class Problem(Exception):
             extra["known_tasks"] = exc.known
         if isinstance(exc, JobNotFound):
             extra["job_id"] = exc.job_id
+            if exc.lost_at is not None:
+                extra["store_lost_data_at"] = exc.lost_at
         if isinstance(exc, (JobStateError, JobFailed)) and exc.record is not None:
             job = exc.record.to_dict(include_owner=owner_visible)
             if job["error"] is not None:

@@ -203,5 +203,10 @@ class Store(ABC):
     def ping(self) -> None:
         """Raise StoreUnavailable when the store cannot be reached."""
 
+    def lost_data_at(self) -> float | None:
+        """When the store was found to have lost its data (a Redis restarted without
+        persistence), as far as this process saw; None when it did not."""
+        return None
+
     def close(self) -> None:
         """Release connections and background threads."""

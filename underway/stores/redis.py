@@ -26,6 +26,8 @@ Redis Cluster is not supported (scripts touch keys they compute).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -37,7 +39,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .._util import dumps, loads, new_id
+from .._util import dumps, loads, new_id, rfc3339
 from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK
 from ..records import (
@@ -55,6 +57,8 @@ from . import redis_scripts as scripts
 from .base import Store
 from .redis_keys import Keys
 from .redis_listener import RedisListener, RedisNotifier
+
+log = logging.getLogger("underway.stores.redis")
 
 RETRY_AFTER = 2.0  # seconds callers are told to wait while Redis is unreachable
 MAX_IDLE_WAIT = 5.0  # an idle worker looks again at least this often, in case a wake-up got lost
@@ -216,9 +220,24 @@ class RedisStore(Store):
                 retry=Retry(NoBackoff(), 0),
             )
             self._redis.ping()
-        except (redis.RedisError, OSError, ValueError) as exc:
+        except redis.AuthenticationError as exc:
+            raise ConfigurationError(f"cannot use Redis at {safe_url(url)}: {exc}") from None
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            # Down or still loading its data: start anyway. Calls raise StoreUnavailable
+            # (workers retry with backoff) and the subscriber reconnects when it is back.
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning(
+                "Redis at %s is unavailable (%s); going on, and retrying in the background",
+                safe_url(url),
+                reason,
+            )
+        except (redis.RedisError, ValueError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigurationError(f"cannot reach Redis at {safe_url(url)}: {reason}") from None
+        self._epoch: float | None = None  # when the data this process has seen began
+        self._lost_at: float | None = None  # when it found that data gone
+        with contextlib.suppress(StoreUnavailable):
+            self._check_epoch()
         s = self._redis.register_script
         self._enqueue = s(scripts.ENQUEUE)
         self._enqueue_many = s(scripts.ENQUEUE_MANY)
@@ -240,6 +259,7 @@ class RedisStore(Store):
             wake_channel=self.keys.wake_channel(self._process),
             on_wake=lambda thread: self.notifier.notify(_sleeper_key(thread)),
             job_channel_prefix=self.keys.job_channel_prefix,
+            on_connect=self._on_connect,
         )
         self.notifier.listener = self._listener
         self._listener.start()
@@ -575,6 +595,35 @@ class RedisStore(Store):
     def ping(self) -> None:
         with self._guard():
             self._redis.ping()
+        self._check_epoch()
+
+    # -- lost data -------------------------------------------------------------------
+    def _check_epoch(self) -> None:
+        """Redis restarted without its data (no persistence, a flush) looks like an empty
+        store. The first user writes an epoch key; when it is gone, or another, the jobs
+        this process knew are gone with it: say so instead of "no such job"."""
+        now = time.time()
+        with self._guard():
+            self._redis.set(self.keys.epoch, repr(now), nx=True)
+            stored = self._redis.get(self.keys.epoch)
+        epoch = float(stored) if stored else now
+        if self._epoch is not None and epoch != self._epoch and self._lost_at is None:
+            self._lost_at = epoch
+            log.error(
+                "Redis at %s lost its data at %s (restarted without persistence, or "
+                "flushed): every job submitted before then is gone",
+                safe_url(self.url),
+                rfc3339(epoch),
+            )
+        if self._epoch is None or self._lost_at is not None:
+            self._epoch = epoch
+
+    def _on_connect(self) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            self._check_epoch()
+
+    def lost_data_at(self) -> float | None:
+        return self._lost_at
 
     def close(self) -> None:
         self._closing.set()

@@ -28,6 +28,8 @@ Layout (`{id}` is a job id, `{n}` an attempt)::
     finished          zset    finished ids, score = finished_at
     idem:{key}        string  the id of the job submitted with that idempotency key
     sup:{key}         set     active ids submitted with that supersede key
+    epoch             string  when this data began (epoch seconds): written by the first
+                              user, so that a Redis that lost its data is noticed
     workers           hash    worker id -> {"tasks": [...], "until": epoch s} (heartbeats)
     idle              zset    worker slots that found nothing to claim ("process/thread"),
                               score = when that stops being true (Redis clock)
@@ -57,6 +59,7 @@ FINISHED = "finished"
 IDEMPOTENCY = "idem:"
 SUPERSEDE = "sup:"
 IDLE = "idle"
+EPOCH = "epoch"
 WORKERS = "workers"
 WAKE_CHANNEL = "wake:"
 JOB_CHANNEL = "ch:"
@@ -77,6 +80,7 @@ class Keys:
         self.expiry = p + EXPIRY
         self.finished = p + FINISHED
         self.idle = p + IDLE
+        self.epoch = p + EPOCH
         self.workers = p + WORKERS
         self.job_channel_prefix = p + JOB_CHANNEL
 

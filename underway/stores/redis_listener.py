@@ -75,12 +75,14 @@ class RedisListener:
         wake_channel: str,
         on_wake: Callable[[str], None],
         job_channel_prefix: str,
+        on_connect: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
         self._notifier = notifier
         self._wake = wake_channel
         self._on_wake = on_wake
         self._job_prefix = job_channel_prefix
+        self._on_connect = on_connect
         self._lock = threading.Lock()
         self._waiters: dict[str, int] = {}  # job id -> threads/listeners waiting on it
         self._left: dict[str, float] = {}  # job id -> when its last waiter left
@@ -162,6 +164,8 @@ class RedisListener:
             missed = (set(self._waiters) | set(self._left)) - watched
         if missed:
             pubsub.subscribe(*(self._job_prefix + job_id for job_id in missed))
+        if self._on_connect is not None:
+            self._on_connect()
         self._notifier.notify_everything()
 
     def _disconnect(self) -> None:
