@@ -511,30 +511,33 @@ class Underway:
         record = self.get(job_id, owner=owner)
         if record.state in (State.SUCCEEDED, State.FAILED):
             raise JobFinished(f"job {job_id} already {record.state.value}", record)
-        updated = self._cancel(job_id)
+        updated, applied = self._cancel(job_id)
         if updated is None:
             raise self.not_found(job_id)
-        if updated.state in (State.SUCCEEDED, State.FAILED):
+        if not applied and updated.state in (State.SUCCEEDED, State.FAILED):
+            # It ended before the cancel could reach it.
             raise JobFinished(f"job {job_id} already {updated.state.value}", updated)
         return updated
 
-    def _cancel(self, job_id: str) -> JobRecord | None:
+    def _cancel(self, job_id: str) -> tuple[JobRecord | None, bool]:
         """Apply the lifecycle's cancel to the job as it is now; re-read and decide
-        again when it moved meanwhile (say, a worker claimed it)."""
+        again when it moved meanwhile (say, a worker claimed it). Returns the job after
+        it, and whether a cancel was applied (the job may have ended since)."""
         for _ in range(10):
             record = self.store.get(job_id)
             if record is None:
-                return None
+                return None, False
             decision = lifecycle.cancel(record, now=time.time())
             if decision is None:
-                return record
+                return record, False
             (applied,) = self.store.apply([decision], time.time())
             if applied:
                 lifecycle.log_applied(record, decision, True)
                 if self._worker is not None and record.state is State.RUNNING:
                     self._worker.signal_cancel(job_id)
-                return self.store.get(job_id)
-        return self.store.get(job_id)
+                after = self.store.get(job_id)
+                return (after or record), True
+        return self.store.get(job_id), False
 
     def delete(self, job_id: str, *, owner: str | None = None) -> None:
         """Remove a finished job with its output; JobActive while it is queued or running."""
