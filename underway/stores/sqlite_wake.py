@@ -36,7 +36,10 @@ from ..feed import WORK
 _MAX_ADDRESS = 107
 # A folder listing is trusted only once the folder's mtime is this far in the past: a
 # socket bound within the same timestamp tick as the listing would not move the mtime.
-_RACY_NS = 2_000_000_000
+# Linux stamps files from a clock that ticks every 1-10 ms; a file system that keeps
+# whole seconds only (mtime without a fraction) needs two seconds.
+_RACY_NS = 50_000_000
+_RACY_COARSE_NS = 2_000_000_000
 _CHUNK = 32_000  # bytes of keys per datagram (well under the default socket buffers)
 _SUFFIX = ".s"
 _RECV = 65_536
@@ -184,7 +187,8 @@ class WakeChannel:
         with self._lock:
             self._peers = peers
             self._listed_mtime = mtime
-            self._listing_trusted = now - mtime > _RACY_NS
+            racy = _RACY_NS if mtime % 1_000_000_000 else _RACY_COARSE_NS
+            self._listing_trusted = now - mtime > racy
         return peers
 
     def clean_stale(self) -> int:
