@@ -147,9 +147,10 @@ def test_sockets_of_dead_processes_are_removed(db_path: Path) -> None:
     assert not os.path.exists(later)
     app.close()
     closed = first._wake.path if first._wake else ""
+    assert os.path.isdir(folder)
     first.close()
-    assert not os.path.exists(closed)  # a store that closes removes its own socket
-    assert sorted(os.listdir(folder)) == []
+    assert not os.path.exists(closed)  # a store that closes removes its own socket...
+    assert not os.path.exists(folder)  # ...and the folder, when it was the last one
 
 
 def test_a_peer_whose_buffer_was_full_is_told_to_wake_everything(tmp_path: Path) -> None:
@@ -202,3 +203,18 @@ def test_a_path_too_long_for_a_socket_uses_a_folder_keyed_by_the_file(tmp_path: 
     finally:
         second.close()
         first.close()
+
+
+def test_a_channel_makes_its_folder_again_when_the_last_one_out_removed_it(
+    tmp_path: Path,
+) -> None:
+    folder = str(tmp_path / "wake")
+    os.mkdir(folder)
+    first = WakeChannel(folder)
+    first.close()  # the last one out removes the folder...
+    assert not os.path.exists(folder)
+    second = WakeChannel(folder)  # ...and a newcomer that had looked before binds anyway
+    try:
+        assert os.path.exists(second.path)
+    finally:
+        second.close()

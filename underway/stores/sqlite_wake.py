@@ -98,7 +98,15 @@ class WakeChannel:
     def _bind(self) -> None:
         name = f"{os.getpid()}-{secrets.token_hex(4)}{_SUFFIX}"
         path = os.path.join(self.folder, name)
-        self._recv_sock.bind(path)
+        for _ in range(3):
+            try:
+                self._recv_sock.bind(path)
+                break
+            except FileNotFoundError:  # the last one out removed the folder: make it again
+                if not _usable(self.folder):
+                    raise
+        else:
+            raise FileNotFoundError(errno.ENOENT, "cannot bind in", self.folder)
         self.path = path
         self._ino = os.stat(path).st_ino
 
@@ -256,6 +264,7 @@ class WakeChannel:
     def close(self) -> None:
         try:
             os.unlink(self.path)
+            os.rmdir(self.folder)  # only when we were the last one: not empty otherwise
         except OSError:
             pass
         self._recv_sock.close()
