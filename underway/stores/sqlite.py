@@ -3,9 +3,14 @@
 Writes go through one connection per process, serialised by a lock and wrapped in
 `BEGIN IMMEDIATE`, so claims are atomic across processes too. The store applies the
 lifecycle's decisions (`Decision`) as guarded UPDATEs and writes the events they
-carry; it decides nothing itself. Waiters are woken in-process by the change feed;
-changes made by other processes are noticed by one watcher thread per store that
-looks at `PRAGMA data_version` a few times a second.
+carry; it decides nothing itself. Waiters are woken in-process by the change feed.
+Other processes on the same file are told after each COMMIT through a datagram
+socket per process (`sqlite_wake`), naming the jobs that changed or new work; one
+watcher thread per store receives theirs and feeds the change feed. As a fallback it
+looks at `PRAGMA data_version` about once a second and wakes every waiter when the
+file changed without a datagram (a writer killed between COMMIT and its send, or one
+that does not speak the channel), and every `sweep_every` looks when anything changed.
+Without a usable socket folder it polls `data_version` every 50 ms as before.
 
 A full disk (or a file that cannot be written) raises `StoreUnavailable`: the
 caller keeps what it could not write and tries again.
@@ -16,6 +21,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +32,7 @@ from ..feed import WORK, ChangeFeed
 from ..records import Decision, ErrorInfo, Event, EventKind, Fence, JobRecord, Page, Progress, State
 from .base import Store
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION, statements
+from .sqlite_wake import WakeChannel, wake_folder
 
 _COLUMNS = (
     "id, task, queue, priority, state, params, progress, result, error, cancel_requested, "
@@ -133,17 +140,43 @@ def _first_events(
 class SQLiteStore(Store):
     """`sqlite:///path/to/file.db` (default `./underway.db`); `memory://` uses `:memory:`."""
 
-    def __init__(self, path: str = "underway.db", *, url: str | None = None) -> None:
+    fallback_interval = 1.0  # seconds between looks at data_version beside the channel
+    poll_without_channel = 0.05  # ... and without it
+    sweep_every = 10  # every Nth look wakes every waiter if the file changed at all
+
+    def __init__(
+        self,
+        path: str = "underway.db",
+        *,
+        url: str | None = None,
+        fallback_interval: float | None = None,
+        wake: bool = True,
+    ) -> None:
+        """`fallback_interval`: how often to look for changes that came without a
+        datagram (default `fallback_interval`, or `poll_without_channel` when there is
+        no channel); `wake=False` goes without the channel."""
         self.path = path
         self.url = url or f"sqlite:///{path}"
         self.notifier = ChangeFeed()
         self._memory = path == ":memory:"
-        self.poll_interval = 0.05 if not self._memory else 1.0
         self._lock = threading.RLock()
         self._local = threading.local()
         self._closed = threading.Event()
         self._db = self._connect()
         self._migrate()
+        self._wake: WakeChannel | None = None
+        if wake and not self._memory:
+            folder = wake_folder(path)
+            if folder is not None:
+                try:
+                    self._wake = WakeChannel(folder)
+                except OSError:
+                    self._wake = None
+        if fallback_interval is not None:
+            self.fallback_interval = fallback_interval
+        elif self._wake is None:
+            self.fallback_interval = self.poll_without_channel
+        self.poll_interval = self.fallback_interval if not self._memory else 1.0
         self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
         self._watcher: threading.Thread | None = None
         if not self._memory:
@@ -236,16 +269,71 @@ class SQLiteStore(Store):
         except sqlite3.DatabaseError as exc:
             raise ConfigurationError(f"cannot open job store {self.path}: {exc}") from None
 
+    def _changed(self, *keys: str) -> None:
+        """Wake this process's waiters for `keys`, then the other processes' (after
+        COMMIT: whoever wakes reads the change)."""
+        self.notifier.notify(*keys)
+        if self._wake is not None:
+            self._wake.send(keys)
+
     def _watch_other_processes(self) -> None:
-        while not self._closed.wait(self.poll_interval):
+        wake = self._wake
+        next_look = time.monotonic() + self.fallback_interval
+        heard = False  # a datagram came since the last look
+        looks = 0
+        swept_version = self._data_version
+        while not self._closed.is_set():
+            left = next_look - time.monotonic()
+            if wake is None:
+                if self._closed.wait(max(0.0, left)):
+                    return
+            else:
+                if wake.owes:
+                    left = min(left, 0.05)
+                got = wake.receive(left)
+                if got is not None:
+                    keys, work, everything = got
+                    if self._closed.is_set():
+                        return
+                    if everything:
+                        self.notifier.notify_everything()
+                        heard = True
+                    elif keys or work:
+                        # One WORK per datagram that named it: each wakes one idle slot.
+                        self.notifier.notify(*keys, *[WORK] * min(work, 64))
+                        heard = True
+                if wake.owes:
+                    wake.pay_debts()
+                if time.monotonic() < next_look:
+                    continue
+            next_look = time.monotonic() + self.fallback_interval
+            looks += 1
             try:
                 with self._lock:
                     version = self._db.execute("PRAGMA data_version").fetchone()[0]
             except sqlite3.Error:
                 continue
-            if version != self._data_version:
-                self._data_version = version
+            changed = version != self._data_version
+            self._data_version = version
+            if wake is None:
+                if changed:
+                    self.notifier.notify_everything()
+                continue
+            if not wake.still_bound():
+                try:
+                    wake.rebind()
+                except OSError:
+                    pass
                 self.notifier.notify_everything()
+            else:
+                sweep = looks % self.sweep_every == 0
+                # A change nobody told us about, or (now and then) any change at all:
+                # a datagram may have been lost with its sender.
+                if (changed and not heard) or (sweep and version != swept_version):
+                    self.notifier.notify_everything()
+                if sweep:
+                    swept_version = version
+            heard = False
 
     # -- helpers ---------------------------------------------------------------------
     def _insert_events(
@@ -339,7 +427,7 @@ class SQLiteStore(Store):
                 ]
             db.execute(_INSERT, _insert_values(record, len(events)))
             db.executemany(_EVENT_INSERT, _first_events(record, events))
-        self.notifier.notify(WORK, record.id)
+        self._changed(WORK, record.id)
         return record, True, superseded
 
     def enqueue_many(
@@ -352,7 +440,7 @@ class SQLiteStore(Store):
             db.executemany(
                 _EVENT_INSERT, [row for r in records for row in _first_events(r, events)]
             )
-        self.notifier.notify(WORK)
+        self._changed(WORK)
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._read() as db:
@@ -458,7 +546,7 @@ class SQLiteStore(Store):
         if any(d.state is State.QUEUED for d, ok in zip(decisions, done, strict=True) if ok):
             changed.append(WORK)
         if changed or claimed:
-            self.notifier.notify(*changed, *(r.id for r in claimed))
+            self._changed(*changed, *(r.id for r in claimed))
         return done, claimed
 
     def _claim_any(
@@ -575,7 +663,7 @@ class SQLiteStore(Store):
                     (job_id, row[0], EventKind.PROGRESS.value, None, data, now, fence.attempt),
                 )
         if row is not None:
-            self.notifier.notify(job_id)
+            self._changed(job_id)
         return row is not None
 
     def append(
@@ -594,7 +682,7 @@ class SQLiteStore(Store):
             if row is not None:
                 self._insert_events(db, job_id, items, now, row[0], fence.attempt, row[1])
         if row is not None:
-            self.notifier.notify(job_id)
+            self._changed(job_id)
         return row is not None
 
     def expired(self, now: float, limit: int = 500) -> list[JobRecord]:
@@ -613,7 +701,7 @@ class SQLiteStore(Store):
                 (dumps(dict(changes)), job_id),
             ).rowcount
         if changed:
-            self.notifier.notify(job_id)
+            self._changed(job_id)
         return bool(changed)
 
     def delete(self, job_id: str) -> bool:
@@ -621,7 +709,7 @@ class SQLiteStore(Store):
             gone = db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
             db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
         if gone:
-            self.notifier.notify(job_id)
+            self._changed(job_id)
             self.notifier.forget(job_id)
         return bool(gone)
 
@@ -679,9 +767,15 @@ class SQLiteStore(Store):
         return self.notifier.subscribe(job_id, fn)
 
     def close(self) -> None:
+        if self._closed.is_set():
+            return
         self._closed.set()
+        if self._wake is not None:
+            self._wake.interrupt()
         if self._watcher is not None:
             self._watcher.join(timeout=2)
+        if self._wake is not None:
+            self._wake.close()
         with self._lock:
             self._db.close()
 
