@@ -79,6 +79,12 @@ class ErrorInfo:
         return cls(type=data["type"], message=data["message"], traceback=data.get("traceback"))
 
 
+# Stores may stop counting the jobs ahead of a queued job here: past it, `position` is
+# None and the job says "more than POSITION_LIMIT jobs ahead" (a deep queue's reads stay
+# cheap; nobody needs the exact place of job 99,999).
+POSITION_LIMIT = 10_000
+
+
 @dataclass(frozen=True, kw_only=True)
 class Waiting:
     """Why a queued job has not started (see `underway.waiting`)."""
@@ -110,7 +116,7 @@ class JobRecord:
     finished_at: float | None = None
     expires_at: float | None = None
     output_count: int = 0
-    position: int | None = None  # 0-based place in its queue while queued
+    position: int | None = None  # 0-based place in its queue while queued (see POSITION_LIMIT)
     owner: str | None = None
     queue: str = "default"
     priority: int = 0  # lower runs first

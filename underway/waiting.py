@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ._util import rfc3339
-from .records import JobRecord, Waiting
+from .records import POSITION_LIMIT, JobRecord, Waiting
 
 
 def why_waiting(
@@ -55,10 +55,11 @@ def why_waiting(
             reason="concurrency-limit",
             message=f"task {record.task!r} runs at most {limit} at once, and {running} are running",
         )
-    ahead = record.position or 0
-    return Waiting(
-        reason="queue",
-        message="next in line, waiting for a free worker slot"
-        if ahead == 0
-        else f"{ahead} job{'s' if ahead != 1 else ''} ahead, waiting for a free worker slot",
-    )
+    ahead = record.position
+    if ahead is None:
+        message = f"more than {POSITION_LIMIT:,} jobs ahead, waiting for a free worker slot"
+    elif ahead == 0:
+        message = "next in line, waiting for a free worker slot"
+    else:
+        message = f"{ahead} job{'s' if ahead != 1 else ''} ahead, waiting for a free worker slot"
+    return Waiting(reason="queue", message=message)

@@ -18,6 +18,7 @@ caller keeps what it could not write and tries again.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import threading
@@ -29,7 +30,18 @@ from typing import Any
 from .._util import dumps, loads
 from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK, ChangeFeed
-from ..records import Decision, ErrorInfo, Event, EventKind, Fence, JobRecord, Page, Progress, State
+from ..records import (
+    POSITION_LIMIT,
+    Decision,
+    ErrorInfo,
+    Event,
+    EventKind,
+    Fence,
+    JobRecord,
+    Page,
+    Progress,
+    State,
+)
 from .base import Store
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION, statements
 from .sqlite_wake import WakeChannel, wake_folder
@@ -447,13 +459,7 @@ class SQLiteStore(Store):
             row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return None
-            position = None
-            if row[4] == "queued":
-                position = db.execute(
-                    "SELECT count(*) FROM jobs WHERE state = 'queued' AND queue = ? AND "
-                    "(priority < ? OR (priority = ? AND id < ?))",
-                    (row[2], row[3], row[3], row[0]),
-                ).fetchone()[0]
+            position = _position(db, row) if row[4] == "queued" else None
         return _row_to_record(row, position)
 
     def list_jobs(
@@ -484,8 +490,9 @@ class SQLiteStore(Store):
         args.append(limit + 1)
         with self._read() as db:
             rows = db.execute(sql, args).fetchall()
-        records = [_row_to_record(r) for r in rows[:limit]]
-        records = [self.get(r.id) or r if r.state is State.QUEUED else r for r in records]
+            page = rows[:limit]
+            positions = _positions(db, [r for r in page if r[4] == "queued"])
+        records = [_row_to_record(r, positions.get(r[_ID])) for r in page]
         return Page(jobs=records, next_cursor=records[-1].id if len(rows) > limit else None)
 
     def count(self, *, state: State | None = None) -> int:
@@ -778,6 +785,54 @@ class SQLiteStore(Store):
             self._wake.close()
         with self._lock:
             self._db.close()
+
+
+def _count_capped(db: sqlite3.Connection, where: str, args: tuple[Any, ...], cap: int) -> int:
+    """How many queued jobs match `where`, counting no further than `cap`."""
+    row = db.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM jobs INDEXED BY jobs_position "
+        f"WHERE state = 'queued' AND {where} LIMIT ?)",
+        (*args, cap),
+    ).fetchone()
+    return int(row[0])
+
+
+def _position(db: sqlite3.Connection, row: tuple[Any, ...]) -> int | None:
+    """A queued job's place in its queue (priority, then age); None past POSITION_LIMIT."""
+    queue, priority, job_id = row[2], row[_PRIORITY], row[_ID]
+    ahead = _count_capped(db, "queue = ? AND priority < ?", (queue, priority), POSITION_LIMIT)
+    if ahead < POSITION_LIMIT:
+        ahead += _count_capped(
+            db,
+            "queue = ? AND priority = ? AND id < ?",
+            (queue, priority, job_id),
+            POSITION_LIMIT - ahead,
+        )
+    return ahead if ahead < POSITION_LIMIT else None
+
+
+def _positions(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> dict[str, int | None]:
+    """The places of a page's queued jobs: the first of each (queue, priority) counted
+    from the front, each next one from the one before (a short count between them)."""
+    found: dict[str, int | None] = {}
+    groups: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
+    for row in rows:
+        groups.setdefault((row[2], row[_PRIORITY]), []).append(row)
+    for (queue, priority), members in groups.items():
+        members.sort(key=lambda r: r[_ID])
+        place = _position(db, members[0])
+        found[members[0][_ID]] = place
+        for before, row in itertools.pairwise(members):
+            if place is not None:
+                place += _count_capped(
+                    db,
+                    "queue = ? AND priority = ? AND id >= ? AND id < ?",
+                    (queue, priority, before[_ID], row[_ID]),
+                    POSITION_LIMIT,
+                )
+                place = place if place < POSITION_LIMIT else None
+            found[row[_ID]] = place
+    return found
 
 
 def _running_event(attempt: int) -> dict[str, Any]:

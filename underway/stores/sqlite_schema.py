@@ -102,6 +102,10 @@ MIGRATIONS: dict[int, str] = {
         tasks TEXT NOT NULL,
         until REAL NOT NULL
     );
+    -- A queued job's place in its queue is counted on this index alone (capped: see
+    -- records.POSITION_LIMIT), so a deep queue's reads stay cheap.
+    CREATE INDEX IF NOT EXISTS jobs_position ON jobs (queue, priority, id)
+        WHERE state = 'queued';
     """,
 }
 
