@@ -495,7 +495,10 @@ class Underway:
         feed = self.feed
         while True:
             seen = feed.version(job_id)
-            record = self.get(job_id, owner=owner)
+            found = self.find(job_id, owner=owner)  # no `waiting`: nobody reads it here
+            if found is None:
+                raise self.not_found(job_id)
+            record = found
             if record.state in TERMINAL:
                 return record
             left = None if deadline is None else deadline - time.monotonic()

@@ -18,6 +18,7 @@ caller keeps what it could not write and tries again.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import sqlite3
@@ -116,11 +117,11 @@ def _row_to_record(row: sqlite3.Row | tuple[Any, ...], position: int | None = No
 _INSERT = (
     "INSERT INTO jobs (id, task, queue, priority, state, params, max_attempts, "
     "created_at, run_at, timeout, keep_for, owner, idempotency_key, supersede_key, meta, "
-    "event_seq) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "event_seq, first_event) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
-def _insert_values(record: JobRecord, n_events: int) -> tuple[Any, ...]:
+def _insert_values(record: JobRecord, events: Sequence[tuple[EventKind, str]]) -> tuple[Any, ...]:
     return (
         record.id,
         record.task,
@@ -136,13 +137,24 @@ def _insert_values(record: JobRecord, n_events: int) -> tuple[Any, ...]:
         record.idempotency_key,
         record.supersede_key,
         dumps(record.meta) if record.meta else None,
-        n_events,
+        len(events),
+        _by_trigger(events),
     )
+
+
+def _by_trigger(events: Sequence[tuple[EventKind, str]]) -> str | None:
+    """The first event's data when it is one `state` event (the insert trigger files
+    it with the row: one statement); None when the events go in by themselves."""
+    if len(events) == 1 and events[0][0] is EventKind.STATE:
+        return events[0][1]
+    return None
 
 
 def _first_events(
     record: JobRecord, events: Sequence[tuple[EventKind, str]]
 ) -> list[tuple[Any, ...]]:
+    if _by_trigger(events) is not None:
+        return []
     return [
         (record.id, seq, kind.value, None, data, record.created_at, 0)
         for seq, (kind, data) in enumerate(events, 1)
@@ -372,47 +384,50 @@ class SQLiteStore(Store):
                 rows.append((job_id, seq, kind.value, None, data, now, attempt))
         db.executemany(_EVENT_INSERT, rows)
 
-    def _apply_one(self, db: sqlite3.Connection, d: Decision, now: float) -> bool:
-        where = [f"id = ? AND state IN ({','.join('?' * len(d.expect))})"]
-        args: list[Any] = [d.job_id, *(s.value for s in d.expect)]
-        if d.fence is not None:
-            where.append("worker = ? AND attempt = ?")
-            args += [d.fence.worker, d.fence.attempt]
-        if d.lease_before is not None:
-            where.append("lease_until < ?")
-            args.append(d.lease_before)
-        sets = ["state = ?", "event_seq = event_seq + ?"]
+    def _apply_one(
+        self, db: sqlite3.Connection, d: Decision, now: float, rows: list[tuple[Any, ...]]
+    ) -> bool:
+        """Apply `d`; its events go to `rows`, for the caller to insert in one go."""
+        queued = d.state is State.QUEUED
         values: list[Any] = [d.state.value, len(d.events)]
         if d.attempt is not None:
-            sets.append("attempt = ?")
             values.append(d.attempt)
         if d.cancel_requested is not None:
-            sets.append("cancel_requested = ?")
             values.append(int(d.cancel_requested))
         if d.moves:
-            sets += ["result = ?", "error = ?", "worker = NULL", "lease_until = NULL"]
             values += [
                 dumps(d.result) if d.result is not None else None,
                 dumps(d.error.to_dict()) if d.error else None,
             ]
-            if d.state is State.QUEUED:
-                sets.append("run_at = ?")
+            if queued:
                 values.append(d.run_at if d.run_at is not None else now)
             else:
-                sets += ["finished_at = ?", "expires_at = ?"]
                 values += [d.finished_at, d.expires_at]
         if d.started_at is not None:
-            sets.append("started_at = ?")
             values.append(d.started_at)
-        row = db.execute(
-            f"UPDATE jobs SET {', '.join(sets)} WHERE {' AND '.join(where)} "
-            "RETURNING event_seq, attempt",
-            (*values, *args),
-        ).fetchone()
+        values.append(d.job_id)
+        values += [s.value for s in d.expect]
+        if d.fence is not None:
+            values += [d.fence.worker, d.fence.attempt]
+        if d.lease_before is not None:
+            values.append(d.lease_before)
+        sql = _update_sql(
+            len(d.expect),
+            d.fence is not None,
+            d.lease_before is not None,
+            d.attempt is not None,
+            d.cancel_requested is not None,
+            d.moves,
+            queued,
+            d.started_at is not None,
+        )
+        row = db.execute(sql, values).fetchone()
         if row is None:
             return False
-        if d.events:
-            self._insert_events(db, d.job_id, d.events, now, row[0], row[1])
+        seq, attempt = row[0] - len(d.events), row[1]
+        for kind, data in d.events:
+            seq += 1
+            rows.append((d.job_id, seq, kind.value, None, data, now, attempt))
         return True
 
     # -- submission ------------------------------------------------------------------
@@ -420,6 +435,13 @@ class SQLiteStore(Store):
         self, record: JobRecord, events: Sequence[tuple[EventKind, str]]
     ) -> tuple[JobRecord, bool, list[str]]:
         superseded: list[str] = []
+        if record.idempotency_key is None and record.supersede_key is None:
+            first = _first_events(record, events)
+            if not first:  # one statement, and so its own transaction
+                with self._lock, self._unavailable_as_error():
+                    self._db.execute(_INSERT, _insert_values(record, events))
+                self._changed(WORK, record.id)
+                return record, True, superseded
         with self._write() as db:
             if record.idempotency_key is not None:
                 row = db.execute(
@@ -437,7 +459,7 @@ class SQLiteStore(Store):
                         (record.supersede_key,),
                     )
                 ]
-            db.execute(_INSERT, _insert_values(record, len(events)))
+            db.execute(_INSERT, _insert_values(record, events))
             db.executemany(_EVENT_INSERT, _first_events(record, events))
         self._changed(WORK, record.id)
         return record, True, superseded
@@ -448,10 +470,10 @@ class SQLiteStore(Store):
         if not records:
             return
         with self._write() as db:
-            db.executemany(_INSERT, [_insert_values(r, len(events)) for r in records])
-            db.executemany(
-                _EVENT_INSERT, [row for r in records for row in _first_events(r, events)]
-            )
+            db.executemany(_INSERT, [_insert_values(r, events) for r in records])
+            rows = [row for r in records for row in _first_events(r, events)]
+            if rows:
+                db.executemany(_EVENT_INSERT, rows)
         self._changed(WORK)
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -543,7 +565,10 @@ class SQLiteStore(Store):
         if not decisions and max_jobs <= 0:
             return [], []
         with self._write() as db:  # one transaction: one commit for the whole batch
-            done = [self._apply_one(db, d, now) for d in decisions]
+            rows: list[tuple[Any, ...]] = []
+            done = [self._apply_one(db, d, now, rows) for d in decisions]
+            if rows:
+                db.executemany(_EVENT_INSERT, rows)
             claimed = (
                 self._claim_any(db, worker, tasks, limits, lease, now, max_jobs)
                 if max_jobs > 0
@@ -583,7 +608,7 @@ class SQLiteStore(Store):
         db.executemany(
             _EVENT_INSERT,
             [
-                (r[_ID], r[-1], "state", None, dumps(_running_event(r[_ATTEMPT])), now, r[_ATTEMPT])
+                (r[_ID], r[-1], "state", None, _running_json(r[_ATTEMPT]), now, r[_ATTEMPT])
                 for r in rows
             ],
         )
@@ -787,6 +812,39 @@ class SQLiteStore(Store):
             self._db.close()
 
 
+@functools.lru_cache(maxsize=256)
+def _update_sql(
+    n_expect: int,
+    fenced: bool,
+    lease_guard: bool,
+    sets_attempt: bool,
+    sets_cancel: bool,
+    moves: bool,
+    queued: bool,
+    sets_started: bool,
+) -> str:
+    """The guarded UPDATE of `_apply_one` for one shape of decision (few shapes exist)."""
+    sets = ["state = ?", "event_seq = event_seq + ?"]
+    if sets_attempt:
+        sets.append("attempt = ?")
+    if sets_cancel:
+        sets.append("cancel_requested = ?")
+    if moves:
+        sets += ["result = ?", "error = ?", "worker = NULL", "lease_until = NULL"]
+        sets += ["run_at = ?"] if queued else ["finished_at = ?", "expires_at = ?"]
+    if sets_started:
+        sets.append("started_at = ?")
+    where = [f"id = ? AND state IN ({','.join('?' * n_expect)})"]
+    if fenced:
+        where.append("worker = ? AND attempt = ?")
+    if lease_guard:
+        where.append("lease_until < ?")
+    return (
+        f"UPDATE jobs SET {', '.join(sets)} WHERE {' AND '.join(where)} "
+        "RETURNING event_seq, attempt"
+    )
+
+
 def _count_capped(db: sqlite3.Connection, where: str, args: tuple[Any, ...], cap: int) -> int:
     """How many queued jobs match `where`, counting no further than `cap`."""
     row = db.execute(
@@ -835,5 +893,6 @@ def _positions(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> dict[str,
     return found
 
 
-def _running_event(attempt: int) -> dict[str, Any]:
-    return {"state": State.RUNNING.value, "attempt": attempt}
+def _running_json(attempt: int) -> str:
+    """The claim's `state` event (as `dumps({"state": "running", "attempt": N})`)."""
+    return f'{{"state":"running","attempt":{int(attempt)}}}'

@@ -102,6 +102,15 @@ MIGRATIONS: dict[int, str] = {
         tasks TEXT NOT NULL,
         until REAL NOT NULL
     );
+    -- The engine gives each new job its first event (`lifecycle.submitted`); it rides
+    -- in on the job's row and this trigger files it, so that a submission is one
+    -- statement. The trigger decides nothing: it copies what it was given.
+    ALTER TABLE jobs ADD COLUMN first_event TEXT;
+    CREATE TRIGGER IF NOT EXISTS jobs_first_event AFTER INSERT ON jobs
+    WHEN NEW.first_event IS NOT NULL BEGIN
+        INSERT INTO events (job_id, seq, kind, idx, data, at, attempt)
+        VALUES (NEW.id, 1, 'state', NULL, NEW.first_event, NEW.created_at, 0);
+    END;
     -- A queued job's place in its queue is counted on this index alone (capped: see
     -- records.POSITION_LIMIT), so a deep queue's reads stay cheap.
     CREATE INDEX IF NOT EXISTS jobs_position ON jobs (queue, priority, id)
