@@ -1,29 +1,50 @@
-"""No-op jobs end to end on PostgreSQL, with statements per job counted by the server.
+"""underway against procrastinate and pgqueuer on one private PostgreSQL server.
 
-    python bench/bench_postgres.py [--jobs 5000] [--procs 2] [--slots 4] [--trips 200]
+    pip install -e '.[postgres,bench-postgres]'
+    python bench/bench_postgres.py [--jobs 2000] [--trips 200] [--procs 2] [--bulk 5000]
 
 Starts its own PostgreSQL server (tests/support/postgres_server.py) with
-pg_stat_statements loaded. Measures, in one run and on one server:
+pg_stat_statements loaded; each queue gets a database of its own on it. Measures,
+in one run, for each queue (a peer that is not installed is left out):
 
-- draining: `--jobs` no-op jobs queued with `submit_many`, then `--procs` worker
-  processes (`tests.crash.crash_app`, `--slots` slots each) started; jobs/s from
-  their start to the last success, and the statements the server ran per job
-  (pg_stat_statements, BEGIN and COMMIT included);
-- round trip: one job at a time submitted to idle workers and waited for; p50/p90;
-- the floor: a bare one-row INSERT + DELETE round trip through psycopg.
+- end to end: `--jobs` no-op jobs submitted one by one (one call each, from one
+  client) to `--procs` idle worker processes; jobs/s from the first submission to
+  the last job recorded as done;
+- round trip: one job at a time submitted to idle workers and waited for; p50/p90.
+  underway waits with `handle.wait()`; the peers have no such call, so a trigger of
+  the benchmark's own turns their "done" row into a NOTIFY that the client LISTENs
+  for (one trigger and one notification per job: a little extra work for them);
 
-Not yet here: the same figures for procrastinate and pgqueuer (issue 13 asks for
-the ratios to them on the same server).
+and for underway alone, statements per job on the bulk claim-and-finish path:
+`--bulk` jobs queued with `submit_many`, then drained by the workers, with the
+statements the server ran meanwhile counted by pg_stat_statements (BEGIN and COMMIT
+included); and the floor, a bare one-row INSERT + DELETE round trip through psycopg.
+
+Each queue runs as its documentation advises for CPU-light async work on a machine
+of 2 cores: one worker process per core. underway: `--slots` (4) slots per process,
+its defaults otherwise. procrastinate: an `async def` task, `concurrency=8` per
+process, LISTEN/NOTIFY on (its default), jobs kept (its default, as underway does).
+pgqueuer: its asyncpg driver, an `async def` entrypoint, `batch_size=10` for the
+end-to-end run; for the round trip `batch_size=1`, since with a larger batch its
+completion log buffer holds a lone job's end for up to ~0.1 s (its flush timeout).
+Ratios are underway / peer: above 1 for jobs/s and below 1 for latency mean underway
+is faster.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib.util
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,7 +55,13 @@ from tests.crash.crash_app import build_app  # noqa: E402
 from tests.support.postgres_server import PostgresServer, with_schema  # noqa: E402
 from underway import State  # noqa: E402
 
+PEERS = ("procrastinate", "pgqueuer")
+PROCRASTINATE_CONCURRENCY = 8
+PGQUEUER_BATCH = 10
+DONE_CHANNEL = "bench_done"
 
+
+# -- the server -----------------------------------------------------------------------
 def statements(url: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
@@ -49,6 +76,14 @@ def reset(url: str) -> None:
         conn.execute("SELECT pg_stat_statements_reset()")
 
 
+def database(server_url: str, name: str) -> str:
+    """A fresh database on the server; its URL."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
 def bare_round_trip(url: str, n: int = 500) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TEMP TABLE bare (id int)")
@@ -59,82 +94,379 @@ def bare_round_trip(url: str, n: int = 500) -> float:
         return (time.perf_counter() - started) / n
 
 
-def spawn(url: str, procs: int, slots: int) -> list[subprocess.Popen[str]]:
-    argv = [sys.executable, "-m", "tests.crash.crash_app", url, "--lease", "30",
-            "--workers", str(slots), "--janitor", "5"]  # fmt: skip
+def count(url: str, sql: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(sql).fetchone()
+    return int(row[0]) if row else 0
+
+
+# -- worker processes -------------------------------------------------------------------
+@contextmanager
+def workers(argv: list[str], procs: int) -> Iterator[None]:
     started = [
         subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(procs)
     ]
-    for proc in started:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    return started
+    try:
+        for proc in started:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # the peers print `ready` just before their loop LISTENs
+        yield
+    finally:
+        for proc in started:
+            proc.send_signal(signal.SIGTERM)
+        for proc in started:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
-def stop(procs: list[subprocess.Popen[str]]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        proc.wait(timeout=30)
-        if proc.stdout is not None:
-            proc.stdout.close()
+def underway_workers(url: str, procs: int, slots: int) -> Any:
+    argv = [sys.executable, "-m", "tests.crash.crash_app", url, "--lease", "30",
+            "--workers", str(slots), "--janitor", "5"]  # fmt: skip
+    return workers(argv, procs)
 
 
-def drain(base: str, jobs: int, procs: int, slots: int) -> tuple[float, float]:
-    url = with_schema(base, "drain")
+def peer_workers(peer: str, url: str, procs: int, batch: int) -> Any:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", peer, url,
+            "--batch", str(batch)]  # fmt: skip
+    return workers(argv, procs)
+
+
+def run_procrastinate_worker(url: str) -> None:
+    import procrastinate
+
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
+
+    @app.task(name="noop")
+    async def noop() -> None:
+        return None
+
+    print("ready", flush=True)
+    app.run_worker(concurrency=PROCRASTINATE_CONCURRENCY, listen_notify=True)
+
+
+def run_pgqueuer_worker(url: str, batch: int) -> None:
+    import asyncpg
+    from pgqueuer.adapters.drivers.asyncpg import AsyncpgDriver
+    from pgqueuer.adapters.persistence.queries import Queries
+    from pgqueuer.qm import QueueManager
+
+    async def main() -> None:
+        # asyncpg, as its README shows: with the async psycopg driver a lone job here
+        # waited 1-3 s to be picked and logged (its LISTEN loop holds the connection).
+        conn = await asyncpg.connect(url)
+        qm = QueueManager(Queries(AsyncpgDriver(conn)))
+
+        @qm.entrypoint("noop")
+        async def noop(job: Any) -> None:
+            return None
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, qm.shutdown.set)
+        print("ready", flush=True)
+        await qm.run(batch_size=batch)
+        await conn.close()
+
+    asyncio.run(main())
+
+
+# -- what a queue offers the benchmark ------------------------------------------------
+class Queue:
+    """Submit one no-op job; wait for a job; count the jobs done."""
+
+    name = ""
+
+    def submit(self) -> Any:
+        raise NotImplementedError
+
+    def wait(self, job: Any) -> None:
+        raise NotImplementedError
+
+    def done(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class UnderwayQueue(Queue):
+    name = "underway"
+
+    def __init__(self, url: str) -> None:
+        self.uw = build_app(url)
+
+    def submit(self) -> Any:
+        return self.uw.submit("noop")
+
+    def wait(self, job: Any) -> None:
+        job.wait(timeout=10)
+
+    def done(self) -> int:
+        return self.uw.count(state=State.SUCCEEDED)
+
+    def close(self) -> None:
+        self.uw.close()
+
+
+class PeerQueue(Queue):
+    """The peers' "done" comes from a trigger of ours (see the module's docstring)."""
+
+    done_sql = ""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.listen = psycopg.connect(url, autocommit=True)
+        self.listen.execute(f"LISTEN {DONE_CHANNEL}")
+
+    def wait(self, job: Any) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for note in self.listen.notifies(timeout=deadline - time.monotonic(), stop_after=1):
+                if note.payload == str(job):
+                    return
+        raise TimeoutError(f"{self.name} job {job} not done within 10 s")
+
+    def done(self) -> int:
+        return count(self.url, self.done_sql)
+
+    def close(self) -> None:
+        self.listen.close()
+
+
+class ProcrastinateQueue(PeerQueue):
+    name = "procrastinate"
+    done_sql = "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"
+
+    def __init__(self, url: str) -> None:
+        import procrastinate
+
+        self.app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
+
+        @self.app.task(name="noop")
+        async def noop() -> None:
+            return None
+
+        self.task = noop
+        self.app.open()
+        super().__init__(url)
+
+    @staticmethod
+    def install(url: str) -> None:
+        import procrastinate
+
+        app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
+        with app.open():
+            app.schema_manager.apply_schema()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE FUNCTION bench_done() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"PERFORM pg_notify('{DONE_CHANNEL}', NEW.id::text); RETURN NEW; END $$"
+            )
+            conn.execute(
+                "CREATE TRIGGER bench_done AFTER UPDATE OF status ON procrastinate_jobs "
+                "FOR EACH ROW WHEN (NEW.status IN ('succeeded', 'failed')) "
+                "EXECUTE FUNCTION bench_done()"
+            )
+
+    def submit(self) -> Any:
+        return self.task.defer()
+
+    def close(self) -> None:
+        super().close()
+        self.app.close()
+
+
+class PgqueuerQueue(PeerQueue):
+    name = "pgqueuer"
+    done_sql = "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'"
+
+    def __init__(self, url: str) -> None:
+        from pgqueuer.adapters.drivers.psycopg import SyncPsycopgDriver
+        from pgqueuer.adapters.persistence.queries import SyncQueries
+
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.queries = SyncQueries(SyncPsycopgDriver(self.conn))
+        super().__init__(url)
+
+    @staticmethod
+    def install(url: str) -> None:
+        from pgqueuer.adapters.drivers.psycopg import PsycopgDriver
+        from pgqueuer.adapters.persistence.queries import Queries
+
+        async def install() -> None:
+            conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+            await Queries(PsycopgDriver(conn)).install()
+            await conn.close()
+
+        asyncio.run(install())
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE FUNCTION bench_done() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"PERFORM pg_notify('{DONE_CHANNEL}', NEW.job_id::text); RETURN NEW; END $$"
+            )
+            conn.execute(
+                "CREATE TRIGGER bench_done AFTER INSERT ON pgqueuer_log FOR EACH ROW "
+                "WHEN (NEW.status IN ('successful', 'exception', 'canceled', 'deleted')) "
+                "EXECUTE FUNCTION bench_done()"
+            )
+
+    def submit(self) -> Any:
+        (job_id,) = self.queries.enqueue("noop", None)
+        return job_id
+
+    def close(self) -> None:
+        super().close()
+        self.conn.close()
+
+
+# -- the measurements -------------------------------------------------------------------
+def end_to_end(queue: Queue, jobs: int) -> float:
+    """Jobs/s: `jobs` submitted one by one to running idle workers, until all are done."""
+    started = time.perf_counter()
+    for _ in range(jobs):
+        queue.submit()
+    deadline = time.monotonic() + 120
+    while queue.done() < jobs:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{queue.name}: {queue.done()} of {jobs} jobs done after 120 s")
+        time.sleep(0.005)
+    return jobs / (time.perf_counter() - started)
+
+
+def round_trips(queue: Queue, trips: int) -> list[float]:
+    times = []
+    for _ in range(trips + 10):
+        started = time.perf_counter()
+        queue.wait(queue.submit())
+        times.append(time.perf_counter() - started)
+    return sorted(times[10:])
+
+
+def bulk_statements(base: str, jobs: int, procs: int, slots: int) -> tuple[float, float]:
+    """underway's bulk path: jobs/s draining a queue filled by `submit_many`, and the
+    statements per job the server ran meanwhile."""
+    url = with_schema(base, "bulk")
     uw = build_app(url)
     for start in range(0, jobs, 500):
         uw.submit_many("noop", [{} for _ in range(min(500, jobs - start))])
     reset(base)
     started = time.perf_counter()
-    workers = spawn(url, procs, slots)
-    while uw.count(state=State.SUCCEEDED) < jobs:
-        time.sleep(0.01)
-    took = time.perf_counter() - started
-    stop(workers)
-    sent = statements(base)
+    with underway_workers(url, procs, slots):
+        while uw.count(state=State.SUCCEEDED) < jobs:
+            time.sleep(0.01)
+        took = time.perf_counter() - started
+        sent = statements(base)
     uw.close()
     return jobs / took, sent / jobs
 
 
-def round_trips(base: str, trips: int, procs: int, slots: int) -> list[float]:
-    url = with_schema(base, "trips")
-    uw = build_app(url)
-    workers = spawn(url, procs, slots)
-    times = []
-    for _ in range(trips + 10):
-        started = time.perf_counter()
-        handle = uw.submit("noop")
-        handle.wait(timeout=10)
-        times.append(time.perf_counter() - started)
-    stop(workers)
-    uw.close()
-    return times[10:]
+def measure(
+    name: str,
+    make: Callable[[str], Queue],
+    spawn: Callable[[str, int], Any],
+    url: str,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One queue: its end-to-end rate (workers in their throughput configuration),
+    then its round trips (workers in their latency configuration)."""
+    out: dict[str, Any] = {"name": name}
+    queue = make(url)
+    try:
+        with spawn(url, PGQUEUER_BATCH):
+            out["rate"] = end_to_end(queue, args.jobs)
+        with spawn(url, 1):
+            trips = round_trips(queue, args.trips)
+    finally:
+        queue.close()
+    out["p50"] = statistics.median(trips)
+    out["p90"] = trips[int(len(trips) * 0.9)]
+    print(
+        f"  {name}: {out['rate']:,.0f} jobs/s; round trip p50 {out['p50'] * 1e3:.2f} ms",
+        file=sys.stderr,
+        flush=True,
+    )
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--trips", type=int, default=200)
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--slots", type=int, default=4)
-    parser.add_argument("--trips", type=int, default=200)
+    parser.add_argument("--bulk", type=int, default=5000)
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated; '' for none")
+    parser.add_argument("--worker", nargs=2, metavar=("PEER", "URL"), help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=PGQUEUER_BATCH, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        peer, url = args.worker
+        if peer == "procrastinate":
+            run_procrastinate_worker(url)
+        else:
+            run_pgqueuer_worker(url, args.batch)
+        return
+
+    peers = [p for p in args.peers.split(",") if p]
+    for peer in list(peers):
+        if importlib.util.find_spec(peer) is None:
+            print(f"{peer} is not installed (pip install -e '.[bench-postgres]'): left out")
+            peers.remove(peer)
+    rows: list[dict[str, Any]] = []
     with PostgresServer(settings={"shared_preload_libraries": "pg_stat_statements"}) as server:
         with psycopg.connect(server.url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         bare = bare_round_trip(server.url)
-        rate, per_job = drain(server.url, args.jobs, args.procs, args.slots)
-        trips = sorted(round_trips(server.url, args.trips, args.procs, args.slots))
-    p50 = statistics.median(trips)
-    p90 = trips[int(len(trips) * 0.9)]
+        bulk_rate, per_job = bulk_statements(server.url, args.bulk, args.procs, args.slots)
+        url = with_schema(database(server.url, "underway_bench"), "bench")
+        rows.append(
+            measure(
+                "underway",
+                UnderwayQueue,
+                lambda u, _batch: underway_workers(u, args.procs, args.slots),
+                url,
+                args,
+            )
+        )
+        for peer in peers:
+            url = database(server.url, f"{peer}_bench")
+            make: Any = ProcrastinateQueue if peer == "procrastinate" else PgqueuerQueue
+            make.install(url)
+            rows.append(
+                measure(
+                    peer,
+                    make,
+                    lambda u, batch, peer=peer: peer_workers(peer, u, args.procs, batch),
+                    url,
+                    args,
+                )
+            )
+    ours = rows[0]
     print(f"floor: bare INSERT + DELETE round trip {bare * 1e6:.0f} us")
     print(
-        f"draining {args.jobs} no-op jobs, {args.procs} processes x {args.slots} slots: "
-        f"{rate:,.0f} jobs/s; {per_job:.2f} statements per job (BEGIN/COMMIT included)"
+        f"underway bulk: {args.bulk} jobs by submit_many, drained by {args.procs} processes x "
+        f"{args.slots} slots: {bulk_rate:,.0f} jobs/s; {per_job:.2f} statements per job "
+        "(BEGIN/COMMIT included)"
     )
     print(
-        f"round trip, idle workers: p50 {p50 * 1e3:.2f} ms, p90 {p90 * 1e3:.2f} ms "
-        f"({p50 / bare:.1f}x the bare round trip)"
+        f"{args.procs} worker processes each; {args.jobs} no-op jobs submitted one by one; "
+        f"{args.trips} round trips to idle workers"
     )
+    print(
+        "| queue | jobs/s end to end | round trip p50 | p90 | "
+        "jobs/s underway/peer | p50 underway/peer |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for row in rows:
+        rate_ratio = "" if row is ours else f"{ours['rate'] / row['rate']:.2f}"
+        p50_ratio = "" if row is ours else f"{ours['p50'] / row['p50']:.2f}"
+        print(
+            f"| {row['name']} | {row['rate']:,.0f} | {row['p50'] * 1e3:.2f} ms | "
+            f"{row['p90'] * 1e3:.2f} ms | {rate_ratio} | {p50_ratio} |"
+        )
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def test_another_store_instance_is_woken_by_notify(
 
 def test_a_bulk_claim_and_finish_takes_few_statements(pg_store: PostgresStore) -> None:
     """Ends and claims go out as one pipeline: one statement per decision and one
-    per claim, between one BEGIN and one COMMIT."""
+    per claim, in one implicit transaction (no BEGIN, no COMMIT)."""
     jobs = 60
     for _ in range(jobs):
         submit(pg_store)
@@ -181,6 +181,35 @@ def test_a_bulk_claim_and_finish_takes_few_statements(pg_store: PostgresStore) -
     assert pg_store.count(state=State.SUCCEEDED) == jobs
     per_job = sum(sent) / jobs
     assert per_job <= 1.2, f"{sum(sent)} statements for {jobs} jobs"
+
+
+def test_a_batch_that_fails_leaves_nothing_applied(pg_store: PostgresStore) -> None:
+    """The ends and the claim of a batch are one transaction without BEGIN/COMMIT
+    (one pipeline, one Sync): when the claim fails, the ends are undone too, and the
+    store goes on working."""
+    first, second = submit(pg_store), submit(pg_store)
+    now = time.time()
+    held = claim_one(pg_store, now=now)
+    broken = pg_store._sql.claim_tail
+    pg_store._sql.claim_tail = broken.replace("FROM c ORDER BY", "FROM c ORDER BY nonsense,")
+    try:
+        with pytest.raises(psycopg.Error):
+            pg_store.apply_and_claim(
+                [ended(held, now=now)], worker="worker-a", tasks=["t"], limits={},
+                lease=30.0, now=now, max_jobs=2,
+            )  # fmt: skip
+    finally:
+        pg_store._sql.claim_tail = broken
+    again = pg_store.get(held.id)
+    assert again is not None and again.state is State.RUNNING
+    other = first if held.id == second.id else second
+    queued = pg_store.get(other.id)
+    assert queued is not None and queued.state is State.QUEUED
+    done, claimed = pg_store.apply_and_claim(
+        [ended(held, now=now)], worker="worker-a", tasks=["t"], limits={}, lease=30.0,
+        now=now, max_jobs=2,
+    )  # fmt: skip
+    assert done == [True] and [r.id for r in claimed] == [other.id]
 
 
 def test_calls_raise_store_unavailable_while_the_server_is_down_then_resume() -> None:

@@ -9,7 +9,9 @@ updates the job, writes its events and announces it with `pg_notify`), guarded a
 fenced like the other stores: the store applies the lifecycle's decisions
 (`Decision`) and decides nothing itself. A worker's batch (the ends of its last
 jobs, then a claim with `FOR UPDATE SKIP LOCKED`) is one transaction, sent as one
-pipeline: one statement per decision and one for the whole claim. Claims of tasks
+pipeline with a single Sync (an implicit transaction: no BEGIN, no COMMIT), so one
+round trip: one statement per decision and one for the whole claim. A submission is
+one statement too. Claims of tasks
 with a concurrency limit take a transaction-level advisory lock per limited task,
 so two workers never both fill the last free place.
 
@@ -192,21 +194,32 @@ class PostgresStore(Store):
     ) -> tuple[JobRecord, bool, list[str]]:
         sql = self._sql
         superseded: list[str] = []
-        with self._connection() as conn, conn.transaction():
-            if record.supersede_key is not None:
-                conn.execute(
-                    "SELECT pg_advisory_xact_lock(%s)",
-                    (lock_key(self._lock_prefix + "supersede:" + record.supersede_key),),
-                )
-                superseded = [
-                    r[0]
-                    for r in conn.execute(
-                        f"SELECT id FROM {sql.jobs} WHERE supersede_key = %s "
-                        "AND state IN ('queued', 'running') ORDER BY id",
-                        (record.supersede_key,),
+        values = {
+            **self._names(),
+            **job_values(record),
+            "n": len(events),
+            "kinds": [k.value for k, _ in events],
+            "datas": [d for _, d in events],
+        }
+        with self._connection() as conn:
+            if record.supersede_key is None:
+                # One statement, so one round trip and its own transaction.
+                inserted = conn.execute(sql.submit, values).fetchone()
+            else:
+                with conn.transaction():
+                    conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s)",
+                        (lock_key(self._lock_prefix + "supersede:" + record.supersede_key),),
                     )
-                ]
-            inserted = conn.execute(sql.insert_job, (*job_values(record), len(events))).fetchone()
+                    superseded = [
+                        r[0]
+                        for r in conn.execute(
+                            f"SELECT id FROM {sql.jobs} WHERE supersede_key = %s "
+                            "AND state IN ('queued', 'running') ORDER BY id",
+                            (record.supersede_key,),
+                        )
+                    ]
+                    inserted = conn.execute(sql.submit, values).fetchone()
             if inserted is None:  # the idempotency key names a job that exists
                 row = conn.execute(
                     f"SELECT {COLUMNS} FROM {sql.jobs} WHERE idempotency_key = %s",
@@ -215,24 +228,6 @@ class PostgresStore(Store):
                 if row is not None:
                     return row_to_record(row), False, []
                 raise StoreUnavailable("an idempotency key was taken and released; try again")
-            conn.execute(
-                sql.insert_events_of,
-                {
-                    "id": record.id,
-                    "at": record.created_at,
-                    "kinds": [k.value for k, _ in events],
-                    "datas": [d for _, d in events],
-                },
-            )
-            conn.execute(
-                "SELECT pg_notify(%s, %s), pg_notify(%s, %s)",
-                (
-                    self._work_channel,
-                    self._origin,
-                    self._jobs_channel,
-                    f"{self._origin}|{record.id}",
-                ),
-            )
         self.notifier.notify(WORK, record.id)
         return record, True, superseded
 
@@ -243,7 +238,8 @@ class PostgresStore(Store):
             return
         kinds = [k.value for k, _ in events]
         datas = [d for _, d in events]
-        with self._connection() as conn, conn.transaction():
+        # One pipeline, one implicit transaction (see `apply_and_claim`).
+        with self._connection() as conn, conn.pipeline():
             for start in range(0, len(records), self.MANY_CHUNK):
                 chunk = records[start : start + self.MANY_CHUNK]
                 conn.execute(
@@ -407,26 +403,39 @@ class PostgresStore(Store):
             for i in order
         ]
         done = [False] * len(decisions)
-        claimed: list[JobRecord] = []
+        rows: list[Any] = []
+        capped = max_jobs > 0 and any(t in limits for t in tasks)
         with self._connection() as conn:
-            if max_jobs <= 0 and len(params) == 1:  # one statement is a transaction
-                done[order[0]] = conn.execute(self._sql.apply, params[0]).fetchone() is not None
+            if capped:
+                # The claim reads the running counts under its advisory locks before it
+                # picks: a transaction with a round trip in the middle.
+                with conn.pipeline(), conn.transaction():
+                    applied = [conn.execute(self._sql.apply, p) for p in params]
+                    claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
+            elif len(params) + (max_jobs > 0) == 1:
+                # One statement is a transaction of its own.
+                if params:
+                    applied = [conn.execute(self._sql.apply, params[0])]
+                    claim = None
+                else:
+                    applied = []
+                    claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
             else:
-                # One pipeline: BEGIN, the decisions, the claim and COMMIT go out
-                # together, and their answers come back together.
-                claim: psycopg.Cursor[Any] | None = None
-                with conn.cursor() as cur:
-                    with conn.pipeline(), conn.transaction():
-                        if params:
-                            cur.executemany(self._sql.apply, params, returning=True)
-                        if max_jobs > 0:
-                            claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
-                    for n, i in enumerate(order):
-                        if n:
-                            cur.nextset()
-                        done[i] = cur.fetchone() is not None
-                if claim is not None:
-                    claimed = [row_to_record(row) for row in claim.fetchall()]
+                # One pipeline with one Sync at its end: the decisions and the claim go
+                # out together, run as one implicit transaction (a failure in any of
+                # them undoes them all), and answer together: one round trip. No
+                # BEGIN/COMMIT and no `conn.transaction()`, which syncs at its entry and
+                # exit (each sync is a round trip of its own).
+                with conn.pipeline():
+                    applied = [conn.execute(self._sql.apply, p) for p in params]
+                    claim = None
+                    if max_jobs > 0:
+                        claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
+            for i, cur in zip(order, applied, strict=True):
+                done[i] = cur.fetchone() is not None
+            if claim is not None:
+                rows = claim.fetchall()
+        claimed = [row_to_record(row) for row in rows]
         changed = [d.job_id for d, ok in zip(decisions, done, strict=True) if ok]
         if any(d.state is State.QUEUED for d, ok in zip(decisions, done, strict=True) if ok):
             changed.append(WORK)

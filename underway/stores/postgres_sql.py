@@ -64,23 +64,24 @@ def row_to_record(row: Sequence[Any], position: int | None = None) -> JobRecord:
     )
 
 
-def job_values(record: JobRecord) -> tuple[Any, ...]:
-    return (
-        record.id,
-        record.task,
-        record.queue,
-        record.priority,
-        dumps(record.params),
-        record.max_attempts,
-        record.created_at,
-        record.run_at,
-        record.timeout,
-        record.keep_for,
-        record.owner,
-        record.idempotency_key,
-        record.supersede_key,
-        dumps(record.meta) if record.meta else None,
-    )
+def job_values(record: JobRecord) -> dict[str, Any]:
+    """The new job's columns, by the names `Statements.submit` binds."""
+    return {
+        "id": record.id,
+        "task": record.task,
+        "queue": record.queue,
+        "priority": record.priority,
+        "params": dumps(record.params),
+        "max_attempts": record.max_attempts,
+        "created_at": record.created_at,
+        "run_at": record.run_at,
+        "timeout": record.timeout,
+        "keep_for": record.keep_for,
+        "owner": record.owner,
+        "idempotency_key": record.idempotency_key,
+        "supersede_key": record.supersede_key,
+        "meta": dumps(record.meta) if record.meta else None,
+    }
 
 
 def lock_key(name: str) -> int:
@@ -97,17 +98,26 @@ class Statements:
         self.workers = f"{s}.underway_workers"
         returning = ", ".join(f"j.{c}" for c in COLUMN_NAMES)
         notify_jobs = "pg_notify(%(jobs_channel)s, %(origin)s || '|' || u.id)"
-        self.insert_job = f"""
-            INSERT INTO {j} AS j (id, task, queue, priority, state, params, max_attempts,
-                created_at, run_at, timeout, keep_for, owner, idempotency_key, supersede_key,
-                meta, event_seq)
-            VALUES (%s, %s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (idempotency_key) DO NOTHING RETURNING j.id"""
-        self.insert_events_of = f"""
-            INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
-            SELECT %(id)s, x.n, x.kind, NULL, x.data, %(at)s, 0
-            FROM unnest(%(kinds)s::text[], %(datas)s::text[]) WITH ORDINALITY AS x(kind, data, n)
-            """
+        # A submission in one statement (its own transaction): the job, its events
+        # and both announcements; no row when the idempotency key is taken.
+        self.submit = f"""
+            WITH ins AS (
+                INSERT INTO {j} AS j (id, task, queue, priority, state, params, max_attempts,
+                    created_at, run_at, timeout, keep_for, owner, idempotency_key,
+                    supersede_key, meta, event_seq)
+                VALUES (%(id)s, %(task)s, %(queue)s, %(priority)s, 'queued', %(params)s,
+                    %(max_attempts)s, %(created_at)s, %(run_at)s, %(timeout)s, %(keep_for)s,
+                    %(owner)s, %(idempotency_key)s, %(supersede_key)s, %(meta)s, %(n)s)
+                ON CONFLICT (idempotency_key) DO NOTHING RETURNING j.id
+            ), ev AS (
+                INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
+                SELECT ins.id, x.n, x.kind, NULL, x.data, %(created_at)s, 0
+                FROM ins, unnest(%(kinds)s::text[], %(datas)s::text[])
+                    WITH ORDINALITY AS x(kind, data, n)
+            )
+            SELECT pg_notify(%(work_channel)s, %(origin)s),
+                pg_notify(%(jobs_channel)s, %(origin)s || '|' || ins.id)
+            FROM ins"""
         self.insert_many = f"""
             WITH new AS (
                 INSERT INTO {j} (id, task, queue, priority, state, params, max_attempts,
