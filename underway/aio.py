@@ -18,14 +18,13 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .records import TERMINAL, Event, EventKind, JobRecord
+from .records import TERMINAL, Event, EventKind, JobRecord, latest_segment
 
 if TYPE_CHECKING:
     from .app import Underway
     from .handle import JobSource
 
 T = TypeVar("T")
-POLL = 1.0  # seconds between reads when no wake-up came
 
 
 class _Wake:
@@ -40,10 +39,16 @@ class _Wake:
         with contextlib.suppress(RuntimeError):  # the loop is closed
             self.loop.call_soon_threadsafe(self.event.set)
 
-    async def wait(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
+    async def wait(self, timeout: float | None) -> bool:
+        """Until the job changes (True) or `timeout` passes (False): the feed says
+        so; nothing is read."""
+        changed = True
+        try:
             await asyncio.wait_for(self.event.wait(), timeout)
+        except TimeoutError:
+            changed = self.event.is_set()
         self.event.clear()
+        return changed
 
 
 async def _read(uw: Underway, fn: Callable[..., T], *args: Any) -> T:
@@ -68,13 +73,16 @@ async def wait(source: JobSource, job_id: str, timeout: float | None = None) -> 
     wake = _Wake(uw, job_id)
     try:
         while True:
-            record = await _read(uw, uw.get, job_id)
+            record = await _read(uw, uw.find, job_id)
+            if record is None:
+                raise uw.not_found(job_id)
             if record.state in TERMINAL:
                 return record
-            left = POLL if deadline is None else deadline - loop.time()
-            if left <= 0:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
                 raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
-            await wake.wait(min(left, POLL))
+            if not await wake.wait(left) and left is not None:
+                raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
     finally:
         wake.unsubscribe()
 
@@ -89,19 +97,22 @@ async def events(source: JobSource, job_id: str, after: int = 0) -> AsyncIterato
             assert isinstance(event, Event)
             yield event
         return
-    await _read(uw, uw.get, job_id)  # JobNotFound for an unknown job
     wake = _Wake(uw, job_id)
     try:
+        first = await _read(uw, uw.get, job_id)  # JobNotFound for an unknown job
+        # From the start, the latest attempt (as `Underway.follow` and the event stream).
+        since_attempt = first.attempt if after == 0 else 0
         while True:
             batch = await _read(uw, uw.events_after, job_id, after)
-            for event in batch:
-                after = event.seq
+            for event in latest_segment(batch, since_attempt):
                 yield event
-                if event.kind is EventKind.DONE:
+            if batch:
+                after = batch[-1].seq
+                if batch[-1].kind is EventKind.DONE:
                     return
-            if not batch:
+            else:
                 if await _read(uw, uw.find, job_id) is None:
                     return  # deleted (or expired) meanwhile
-                await wake.wait(POLL)
+                await wake.wait(None)
     finally:
         wake.unsubscribe()

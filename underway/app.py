@@ -504,7 +504,8 @@ class Underway:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
-            feed.wait(job_id, seen, left)
+            if feed.wait(job_id, seen, left) == seen and left is not None:
+                raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
 
     # -- changing --------------------------------------------------------------------
     def cancel(self, job_id: str, *, owner: str | None = None) -> JobRecord:

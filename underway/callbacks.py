@@ -59,7 +59,8 @@ class CallbackDispatcher:
                 on_progress=on_progress,
                 every=max(0.01, every),
                 on_done=on_done,
-                next_progress=time.monotonic() + every,
+                # Without on_progress, nothing is due: it waits for the feed alone.
+                next_progress=time.monotonic() + every if on_progress else float("inf"),
                 unsubscribe=unsubscribe,
             )
             self._dirty.add(job_id)
@@ -75,7 +76,7 @@ class CallbackDispatcher:
         while not self._stopping.is_set():
             with self._lock:
                 due = min((w.next_progress for w in self._watches.values()), default=None)
-            timeout = 1.0 if due is None else max(0.0, min(1.0, due - time.monotonic()))
+            timeout = None if due in (None, float("inf")) else max(0.0, due - time.monotonic())
             self._wake.wait(timeout)
             self._wake.clear()
             now = time.monotonic()
@@ -83,7 +84,9 @@ class CallbackDispatcher:
                 dirty, self._dirty = self._dirty, set()
                 watches = list(self._watches.values())
             for w in watches:
-                if w.job_id in dirty or now >= w.next_progress or timeout >= 1.0:
+                # Read only when the feed says the job changed, or progress is due: an
+                # idle watch costs nothing.
+                if w.job_id in dirty or now >= w.next_progress:
                     self._check(w, now)
 
     def _check(self, w: _Watch, now: float) -> None:

@@ -1,0 +1,65 @@
+"""An idle watcher costs nothing: no store reads while its job does not change."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from underway import Underway
+from underway.records import JobRecord
+from underway.stores.sqlite import SQLiteStore
+
+
+class CountingStore(SQLiteStore):
+    """Counts the reads of one job's record."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.reads = 0
+
+    def get(self, job_id: str) -> JobRecord | None:
+        self.reads += 1
+        return super().get(job_id)
+
+
+@pytest.fixture
+def counted(tmp_path: Path) -> Any:
+    store = CountingStore(str(tmp_path / "jobs.db"))
+    uw = Underway(store)
+
+    @uw.task
+    def parked() -> None:
+        return None
+
+    yield uw, store
+    uw.close()
+
+
+def test_waiting_threads_and_coroutines_read_once_while_nothing_changes(counted: Any) -> None:
+    uw, store = counted
+    job = uw.submit("parked")  # no worker: it stays queued, nothing changes
+    store.reads = 0
+    with pytest.raises(TimeoutError):
+        uw.wait(job.id, timeout=1.6)
+    assert store.reads == 1
+    store.reads = 0
+    with pytest.raises(TimeoutError):
+        asyncio.run(job.result_async(timeout=1.6))
+    assert store.reads == 1
+
+
+def test_an_on_done_callback_reads_only_when_the_job_changes(counted: Any) -> None:
+    uw, store = counted
+    done = threading.Event()
+    job = uw.submit("parked", on_done=lambda record: done.set())
+    # Let the dispatcher take its first look, then stay idle for a while.
+    assert not done.wait(0.3)
+    store.reads = 0
+    assert not done.wait(1.6)
+    assert store.reads == 0
+    uw.cancel(job.id)  # a change: now it reads, and calls back
+    assert done.wait(5)
