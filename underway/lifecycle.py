@@ -290,6 +290,8 @@ def log_applied(
 ) -> None:
     """One line for a decision the store applied (or refused: the job was no longer
     where the decision expected it, e.g. held by another worker)."""
+    if applied and decision.state is State.SUCCEEDED and not log.isEnabledFor(logging.INFO):
+        return  # the common case, when nobody listens: cost nothing
     attempt = record.attempt if decision.attempt is None else decision.attempt
     fields = {"job_id": record.id, "task": record.task, "attempt": attempt}
     took = "" if duration is None else f" in {duration:.3f}s"

@@ -57,6 +57,8 @@ _CLAIM_SET = (
     "output_count = 0, progress = NULL, event_seq = event_seq + 1"
 )
 _STATES = {s.value: s for s in State}
+# Plain strings of the enums' values, looked up once (an enum's `.value` is a property).
+_VALUES: dict[Any, str] = {**{s: s.value for s in State}, **{k: k.value for k in EventKind}}
 _ID, _PRIORITY, _ATTEMPT = 0, 3, 10  # positions in _COLUMNS
 _EVENT_INSERT = (
     "INSERT INTO events (job_id, seq, kind, idx, data, at, attempt) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -389,7 +391,7 @@ class SQLiteStore(Store):
     ) -> bool:
         """Apply `d`; its events go to `rows`, for the caller to insert in one go."""
         queued = d.state is State.QUEUED
-        values: list[Any] = [d.state.value, len(d.events)]
+        values: list[Any] = [_VALUES[d.state], len(d.events)]
         if d.attempt is not None:
             values.append(d.attempt)
         if d.cancel_requested is not None:
@@ -406,7 +408,7 @@ class SQLiteStore(Store):
         if d.started_at is not None:
             values.append(d.started_at)
         values.append(d.job_id)
-        values += [s.value for s in d.expect]
+        values += [_VALUES[s] for s in d.expect]
         if d.fence is not None:
             values += [d.fence.worker, d.fence.attempt]
         if d.lease_before is not None:
@@ -427,7 +429,7 @@ class SQLiteStore(Store):
         seq, attempt = row[0] - len(d.events), row[1]
         for kind, data in d.events:
             seq += 1
-            rows.append((d.job_id, seq, kind.value, None, data, now, attempt))
+            rows.append((d.job_id, seq, _VALUES[kind], None, data, now, attempt))
         return True
 
     # -- submission ------------------------------------------------------------------
