@@ -2,8 +2,8 @@
 
 A thin adapter over `underway.http.handlers`: it reads the request (enforcing the
 body limit while reading), resolves the principal, and runs the synchronous handler
-on a worker thread, except for single quick reads (`GET /v1/jobs/{id}`), which run
-on the event loop when `inline_reads` is on. Waiting (long polls, `Prefer: wait`,
+on a worker thread, so that no store call blocks the event loop (single quick reads,
+`GET /v1/jobs/{id}`, may run on the loop when `inline_reads` is turned on). Waiting (long polls, `Prefer: wait`,
 event streams) holds no thread: it is woken by the store's notifier.
 """
 
@@ -73,8 +73,9 @@ def create_app(
     - `poll_interval`: how often waiters re-read the store without a wake-up.
     - `tracebacks`: include failed tasks' tracebacks in jobs (off: `null`).
     - `start_workers`: run embedded workers for the app's lifetime.
-    - `inline_reads`: answer single-record reads on the event loop (default: on for
-      SQLite and memory stores, whose reads do not wait on the network).
+    - `inline_reads`: answer single-record reads on the event loop, saving a thread
+      hop (default: off, so that no store call ever blocks the loop; a queued job's
+      read counts its place in the queue and looks up why it waits).
     - `dashboard`: serve the dashboard at `/` once `underway.dashboard` provides one.
     - `allowed_hosts`: `Host` names answered besides loopback ones (`*.example.com`;
       `*` for any). Without tokens or a hook, other names get 421 (DNS rebinding);
@@ -156,7 +157,7 @@ class _Adapter:
         # Decided on first use: the store is not opened before the app serves.
         if self._inline_reads is None:
             local = self.api.uw.where.startswith(("sqlite", "memory"))
-            self._inline_reads = local
+            self._inline_reads = False
             self.api.cache_records = local
         return self._inline_reads
 
