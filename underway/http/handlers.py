@@ -401,6 +401,13 @@ class Api:
             {"jobs": [self.job_dict(r) for r in page.jobs], "next_cursor": page.next_cursor},
         )
 
+    def cached(self, job_id: str) -> bool:
+        """Would `read_job` answer from the record cache, with no store read?"""
+        if not self.cache_records:
+            return False
+        cached = self._records.get(job_id)
+        return cached is not None and cached[0] == self.uw.feed.version(job_id)
+
     def read_job(self, job_id: str, owner: str | None) -> tuple[int, JobRecord]:
         """(notifier version, record); served from the record cache when unchanged."""
         version = self.uw.feed.version(job_id)

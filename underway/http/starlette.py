@@ -2,9 +2,10 @@
 
 A thin adapter over `underway.http.handlers`: it reads the request (enforcing the
 body limit while reading), resolves the principal, and runs the synchronous handler
-on a worker thread, so that no store call blocks the event loop (single quick reads,
-`GET /v1/jobs/{id}`, may run on the loop when `inline_reads` is turned on). Waiting (long polls, `Prefer: wait`,
-event streams) holds no thread: it is woken by the store's notifier.
+on a worker thread, so that no store call blocks the event loop. `GET /v1/jobs/{id}`
+of a record the cache holds unchanged runs on the loop (no store read), and every
+quick read does when `inline_reads` is turned on. Waiting (long polls, `Prefer: wait`,
+event streams) holds no thread: it is woken by the change feed.
 """
 
 from __future__ import annotations
@@ -184,7 +185,9 @@ class _Adapter:
             principal=principal,
             root=root,
         )
-        if route.quick and self.inline_reads:
+        if route.quick and (self.inline_reads or self.api.cached(params.get("id", ""))):
+            # A record the cache holds, unchanged: answered without a store read, so
+            # without a thread hop either.
             outcome = self.api.dispatch(route, params, api_request)
         else:
             outcome = await run_in_threadpool(self.api.dispatch, route, params, api_request)
