@@ -297,11 +297,8 @@ class Worker:
             self._done(item.entry)
         for record in records:
             lifecycle.log_claimed(record, self.id)
-        if max_jobs and len(records) == max_jobs:
-            # More may be waiting: wake another idle slot rather than leave it asleep.
-            self.store.notifier.notify(WORK)
-            if self._claim_size == max_jobs:
-                self._claim_size = min(max_jobs * 2, self.batch)  # a backlog: take more
+        if len(records) == max_jobs and self._claim_size == max_jobs:
+            self._claim_size = min(max_jobs * 2, self.batch)  # a backlog: take more next time
         return records
 
     def _ended_due(self) -> bool:
@@ -343,6 +340,10 @@ class Worker:
             return
         for record, decision, ok in zip(ready, decisions, applied, strict=True):
             lifecycle.log_applied(record, decision, ok)
+        # Each job handed back may go to an idle slot of this worker: wake one per job
+        # (a wake-up finds one waiting slot; the store announced the work once).
+        for _ in range(sum(applied) - 1):
+            self.store.notifier.notify(WORK)
 
     # Claimed jobs wait in the worker for a slot only while the slots run short jobs:
     # once every slot has been in its job this long, they go back to the queue, where
