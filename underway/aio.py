@@ -52,8 +52,8 @@ class _Wake:
 
 
 async def _read(uw: Underway, fn: Callable[..., T], *args: Any) -> T:
-    if uw.where.startswith(("sqlite", "memory")):
-        return fn(*args)
+    """A store read, on the loop's executor: never on the loop itself, which keeps
+    serving other requests meanwhile (a burst of ends wakes many waiters at once)."""
     return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 

@@ -71,8 +71,18 @@ def async_server(tmp_path: Path) -> Iterator[str]:
     """tests/integration/async_app.py under uvicorn, in a process of its own (so that
     the test's clients do not share its interpreter)."""
     port = free_port()
-    env = {**os.environ, "UNDERWAY_STORE": f"sqlite:///{tmp_path / 'jobs.db'}"}
+    store = f"sqlite:///{tmp_path / 'jobs.db'}"
+    env = {**os.environ, "UNDERWAY_STORE": store, "ASYNC_APP_WORKERS": "0"}
     log = (tmp_path / "uvicorn.log").open("wb")
+    # The jobs run in a worker process of their own: the web process only awaits them.
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "underway", "worker", "tests.integration.async_app:uw",
+         "--store", store, "--workers", "110", "--log-level", "warning"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "tests.integration.async_app:app", "--port", str(port),
          "--log-level", "warning"],
@@ -96,6 +106,8 @@ def async_server(tmp_path: Path) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+        worker.terminate()
+        worker.wait(timeout=30)
         log.close()
 
 
