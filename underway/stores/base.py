@@ -17,6 +17,31 @@ from ..feed import WORK, ChangeFeed
 from ..records import Decision, Event, EventKind, Fence, JobRecord, Page, Progress, State
 
 
+def listing_filter(
+    *,
+    task: str | None,
+    state: State | None,
+    owner: str | None,
+    cursor: str | None,
+    mark: str,
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (empty, or starting with " WHERE ") and its arguments for a
+    newest-first job listing, in a SQL store whose parameter mark is `mark`."""
+    where: list[str] = []
+    args: list[Any] = []
+    for column, value in (("task", task), ("owner", owner)):
+        if value is not None:
+            where.append(f"{column} = {mark}")
+            args.append(value)
+    if state is not None:
+        where.append(f"state = {mark}")
+        args.append(State(state).value)
+    if cursor:
+        where.append(f"id < {mark}")
+        args.append(cursor)
+    return (" WHERE " + " AND ".join(where) if where else ""), args
+
+
 class Store(ABC):
     """The interface every store implements. See the module docstring."""
 

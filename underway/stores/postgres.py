@@ -37,7 +37,7 @@ from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK, ChangeFeed
 from ..records import Decision, Event, EventKind, Fence, JobRecord, Page, Progress, State
 from . import postgres_schema as schema
-from .base import Store
+from .base import Store, listing_filter
 from .postgres_listener import PostgresListener
 from .postgres_sql import COLUMNS, Statements, job_values, lock_key, row_to_record
 
@@ -281,22 +281,8 @@ class PostgresStore(Store):
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (("task", task), ("owner", owner)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                args.append(value)
-        if state is not None:
-            where.append("state = %s")
-            args.append(State(state).value)
-        if cursor:
-            where.append("id < %s")
-            args.append(cursor)
-        sql = f"SELECT {COLUMNS} FROM {self._sql.jobs}"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT %s"
+        where, args = listing_filter(task=task, state=state, owner=owner, cursor=cursor, mark="%s")
+        sql = f"SELECT {COLUMNS} FROM {self._sql.jobs}{where} ORDER BY id DESC LIMIT %s"
         args.append(limit + 1)
         with self._connection() as conn:
             rows = conn.execute(sql, args).fetchall()

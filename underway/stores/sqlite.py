@@ -43,7 +43,7 @@ from ..records import (
     Progress,
     State,
 )
-from .base import Store
+from .base import Store, listing_filter
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION, statements
 from .sqlite_wake import WakeChannel, wake_folder
 
@@ -495,22 +495,8 @@ class SQLiteStore(Store):
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (("task", task), ("owner", owner)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if state is not None:
-            where.append("state = ?")
-            args.append(State(state).value)
-        if cursor:
-            where.append("id < ?")
-            args.append(cursor)
-        sql = f"SELECT {_COLUMNS} FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT ?"
+        where, args = listing_filter(task=task, state=state, owner=owner, cursor=cursor, mark="?")
+        sql = f"SELECT {_COLUMNS} FROM jobs{where} ORDER BY id DESC LIMIT ?"
         args.append(limit + 1)
         with self._read() as db:
             rows = db.execute(sql, args).fetchall()
