@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 digits
+_SHIFTS = range(120, -1, -10)
 _id_lock = threading.Lock()
 _last_ms = 0
 _last_rand = 0
@@ -32,11 +34,9 @@ def new_id() -> str:
             _last_rand = int.from_bytes(os.urandom(10), "big") >> 1
         _last_ms = ms
         value = (ms << 80) | (_last_rand & ((1 << 80) - 1))
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    # 26 base-32 digits, two at a time (130 bits; the top two are zero).
+    pairs = _PAIRS
+    return "".join([pairs[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def id_time(job_id: str) -> float | None:
@@ -83,9 +83,13 @@ def parse_duration(value: float | int | str | None) -> float | None:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+# One encoder for every call: `json.dumps` with options builds a new one each time.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dumps(value: Any) -> str:
     """Compact JSON; raises TypeError/ValueError for what JSON cannot hold."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 def loads(text: str | bytes | None) -> Any:

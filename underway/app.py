@@ -493,9 +493,13 @@ class Underway:
         It reads the job only when the change feed says it changed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         feed = self.feed
+        store = self.store
         while True:
             seen = feed.version(job_id)
-            found = self.find(job_id, owner=owner)  # no `waiting`: nobody reads it here
+            # A job this process finished lately is known without a read.
+            found = store.finished(job_id) or self.find(job_id)  # no `waiting` here
+            if found is not None and owner is not None and found.owner != owner:
+                found = None
             if found is None:
                 raise self.not_found(job_id)
             record = found

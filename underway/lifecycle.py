@@ -79,10 +79,10 @@ def running_event(attempt: int) -> dict[str, Any]:
     return {"state": State.RUNNING.value, "attempt": attempt}
 
 
-def _terminal_events(state: State, result: Any, error: ErrorInfo | None) -> Events:
+def _terminal_events(state: State, result_json: str, error: ErrorInfo | None) -> Events:
     # Built from pieces: a job's end is the hottest decision (each no-op job has one).
     done = (
-        f'{{"state":"{state.value}","result":{dumps(result)},'
+        f'{{"state":"{state.value}","result":{result_json},'
         f'"error":{dumps(error.to_dict()) if error else "null"}}}'
     )
     return (_STATE_EVENTS[state], (EventKind.DONE, done))
@@ -101,6 +101,7 @@ def _terminal(
     started_at: float | None = None,
     lease_before: float | None = None,
 ) -> Decision:
+    result_json = dumps(result)
     return Decision(
         job_id=record.id,
         expect=expect,
@@ -108,11 +109,12 @@ def _terminal(
         lease_before=lease_before,
         state=state,
         result=result,
+        result_json=result_json,
         error=error,
         started_at=started_at,
         finished_at=now,
         expires_at=now + (record.keep_for if keep_for is None else keep_for),
-        events=_terminal_events(state, result, error),
+        events=_terminal_events(state, result_json, error),
     )
 
 

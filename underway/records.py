@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from ._util import rfc3339
+from ._util import dumps, rfc3339
 
 
 class State(StrEnum):
@@ -247,6 +247,13 @@ class Decision:
     finished_at: float | None = None
     expires_at: float | None = None
     events: tuple[tuple[EventKind, str], ...] = ()
+    result_json: str | None = None  # `result` as JSON, when the lifecycle encoded it
+
+    def result_text(self) -> str | None:
+        """`result` as JSON for the store (None for no result), encoded once."""
+        if self.result is None:
+            return None
+        return self.result_json if self.result_json is not None else dumps(self.result)
 
     @property
     def moves(self) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from underway import Underway
+from underway.errors import JobNotFound
 from underway.records import JobRecord
 from underway.stores.sqlite import SQLiteStore
 
@@ -63,3 +64,33 @@ def test_an_on_done_callback_reads_only_when_the_job_changes(counted: Any) -> No
     assert store.reads == 0
     uw.cancel(job.id)  # a change: now it reads, and calls back
     assert done.wait(5)
+
+
+def test_waiting_for_a_job_this_process_finished_reads_nothing_and_stays_true(
+    tmp_path: Path,
+) -> None:
+    store = CountingStore(str(tmp_path / "jobs.db"))
+    uw = Underway(store, workers=1)
+
+    @uw.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    uw.start()
+    try:
+        job = uw.submit("add", a=2, b=3, owner="ann")
+        first = uw.wait(job.id, timeout=10)
+        store.reads = 0
+        again = uw.wait(job.id, timeout=10, owner="ann")
+        assert store.reads == 0  # the final record was kept from the write that made it
+        assert again.result == 5 and again.state == first.state == store.get(job.id).state
+        assert again == store.get(job.id)  # the same record a read gives
+        with pytest.raises(JobNotFound):
+            uw.wait(job.id, timeout=1, owner="bob")  # another owner's job stays unknown
+        uw.annotate(job.id, {"note": "seen"})
+        assert uw.wait(job.id, timeout=1).meta["note"] == "seen"  # changes drop what was kept
+        uw.delete(job.id)
+        with pytest.raises(JobNotFound):
+            uw.wait(job.id, timeout=1)
+    finally:
+        uw.close()

@@ -33,6 +33,7 @@ from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK, ChangeFeed
 from ..records import (
     POSITION_LIMIT,
+    TERMINAL,
     Decision,
     ErrorInfo,
     Event,
@@ -187,6 +188,8 @@ class SQLiteStore(Store):
         self._memory = path == ":memory:"
         self._lock = threading.RLock()
         self._local = threading.local()
+        # Rows of jobs this process finished lately, for `finished` (bounded).
+        self._finals: dict[str, tuple[Any, ...]] = {}
         self._closed = threading.Event()
         self._db = self._connect()
         self._migrate()
@@ -387,10 +390,17 @@ class SQLiteStore(Store):
         db.executemany(_EVENT_INSERT, rows)
 
     def _apply_one(
-        self, db: sqlite3.Connection, d: Decision, now: float, rows: list[tuple[Any, ...]]
+        self,
+        db: sqlite3.Connection,
+        d: Decision,
+        now: float,
+        rows: list[tuple[Any, ...]],
+        finals: list[tuple[Any, ...]],
     ) -> bool:
-        """Apply `d`; its events go to `rows`, for the caller to insert in one go."""
+        """Apply `d`; its events go to `rows`, for the caller to insert in one go, and
+        the row of a job it finished to `finals`."""
         queued = d.state is State.QUEUED
+        terminal = d.state in TERMINAL
         values: list[Any] = [_VALUES[d.state], len(d.events)]
         if d.attempt is not None:
             values.append(d.attempt)
@@ -398,7 +408,7 @@ class SQLiteStore(Store):
             values.append(int(d.cancel_requested))
         if d.moves:
             values += [
-                dumps(d.result) if d.result is not None else None,
+                d.result_text(),
                 dumps(d.error.to_dict()) if d.error else None,
             ]
             if queued:
@@ -422,11 +432,14 @@ class SQLiteStore(Store):
             d.moves,
             queued,
             d.started_at is not None,
+            terminal,
         )
         row = db.execute(sql, values).fetchone()
         if row is None:
             return False
         seq, attempt = row[0] - len(d.events), row[1]
+        if terminal:
+            finals.append(row[2:])
         for kind, data in d.events:
             seq += 1
             rows.append((d.job_id, seq, _VALUES[kind], None, data, now, attempt))
@@ -554,7 +567,8 @@ class SQLiteStore(Store):
             return [], []
         with self._write() as db:  # one transaction: one commit for the whole batch
             rows: list[tuple[Any, ...]] = []
-            done = [self._apply_one(db, d, now, rows) for d in decisions]
+            finals: list[tuple[Any, ...]] = []
+            done = [self._apply_one(db, d, now, rows, finals) for d in decisions]
             if rows:
                 db.executemany(_EVENT_INSERT, rows)
             claimed = (
@@ -562,6 +576,8 @@ class SQLiteStore(Store):
                 if max_jobs > 0
                 else []
             )
+        if finals:
+            self._keep_finals(finals)
         changed = [d.job_id for d, ok in zip(decisions, done, strict=True) if ok]
         if any(d.state is State.QUEUED for d, ok in zip(decisions, done, strict=True) if ok):
             changed.append(WORK)
@@ -713,8 +729,23 @@ class SQLiteStore(Store):
             ).fetchall()
         return [_row_to_record(r) for r in rows]
 
+    FINALS_KEPT = 4096
+
+    def _keep_finals(self, rows: list[tuple[Any, ...]]) -> None:
+        with self._lock:
+            finals = self._finals
+            for row in rows:
+                finals[row[_ID]] = row
+            while len(finals) > self.FINALS_KEPT:
+                del finals[next(iter(finals))]
+
+    def finished(self, job_id: str) -> JobRecord | None:
+        row = self._finals.get(job_id)
+        return None if row is None else _row_to_record(row)
+
     # -- callers ---------------------------------------------------------------------
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
+        self._finals.pop(job_id, None)
         with self._write() as db:
             changed = db.execute(
                 "UPDATE jobs SET meta = json_patch(coalesce(meta, '{}'), ?) WHERE id = ?",
@@ -725,6 +756,7 @@ class SQLiteStore(Store):
         return bool(changed)
 
     def delete(self, job_id: str) -> bool:
+        self._finals.pop(job_id, None)
         with self._write() as db:
             gone = db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
             db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
@@ -777,6 +809,7 @@ class SQLiteStore(Store):
                 ).fetchall()
             db.executemany("DELETE FROM events WHERE job_id = ?", ids)
         for (job_id,) in ids:
+            self._finals.pop(job_id, None)
             self.notifier.forget(job_id)
         return len(ids)
 
@@ -810,6 +843,7 @@ def _update_sql(
     moves: bool,
     queued: bool,
     sets_started: bool,
+    terminal: bool,
 ) -> str:
     """The guarded UPDATE of `_apply_one` for one shape of decision (few shapes exist)."""
     sets = ["state = ?", "event_seq = event_seq + ?"]
@@ -827,10 +861,8 @@ def _update_sql(
         where.append("worker = ? AND attempt = ?")
     if lease_guard:
         where.append("lease_until < ?")
-    return (
-        f"UPDATE jobs SET {', '.join(sets)} WHERE {' AND '.join(where)} "
-        "RETURNING event_seq, attempt"
-    )
+    returning = f"event_seq, attempt, {_COLUMNS}" if terminal else "event_seq, attempt"
+    return f"UPDATE jobs SET {', '.join(sets)} WHERE {' AND '.join(where)} RETURNING {returning}"
 
 
 def _count_capped(db: sqlite3.Connection, where: str, args: tuple[Any, ...], cap: int) -> int:
