@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,6 +106,7 @@ def test_a_change_wakes_the_watchers_of_that_job_only(db_path: Path) -> None:
     writer = Underway(SQLiteStore(str(db_path), fallback_interval=HOUR))
     writer.task(noop)
     watcher = SQLiteStore(str(db_path), fallback_interval=HOUR)
+    assert watcher.settled.wait(5)  # its one look at everything after opening is done
     try:
         feed = watcher.notifier
         work_seen = feed.version(WORK)
@@ -119,6 +121,27 @@ def test_a_change_wakes_the_watchers_of_that_job_only(db_path: Path) -> None:
         assert feed.version(other.id) == other_seen  # not the other job
     finally:
         watcher.close()
+        writer.close()
+
+
+def test_a_newcomer_sees_a_commit_whose_writer_had_not_listed_it_yet(db_path: Path) -> None:
+    # A writer uses its listing of the folder for a moment without looking again, so a
+    # process that has just bound may get no datagram for a commit made in that moment:
+    # the newcomer's one look at everything, shortly after it binds, covers it.
+    writer = Underway(SQLiteStore(str(db_path), fallback_interval=HOUR))
+    writer.task(noop)
+    writer.submit("noop")  # the writer has listed the folder
+    newcomer = SQLiteStore(str(db_path), fallback_interval=HOUR)
+    try:
+        seen = newcomer.notifier.version(WORK)
+        channel = writer.store._wake  # type: ignore[attr-defined]
+        assert channel is not None
+        channel._peers, channel._listing_trusted = [], True  # a listing from before it bound
+        channel._listed_at = time.monotonic_ns()
+        writer.submit("noop")
+        assert newcomer.notifier.wait(WORK, seen, 30) != seen
+    finally:
+        newcomer.close()
         writer.close()
 
 

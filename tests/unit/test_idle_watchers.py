@@ -30,6 +30,8 @@ class CountingStore(SQLiteStore):
 @pytest.fixture
 def counted(tmp_path: Path) -> Any:
     store = CountingStore(str(tmp_path / "jobs.db"))
+    # A new store takes one look at everything just after it opens; then it is quiet.
+    assert store.settled.wait(5)
     uw = Underway(store)
 
     @uw.task

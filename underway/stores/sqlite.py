@@ -24,6 +24,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -46,7 +47,7 @@ from ..records import (
 )
 from .base import Store, listing_filter
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION, statements
-from .sqlite_wake import WakeChannel, wake_folder
+from .sqlite_wake import SETTLE, WakeChannel, wake_folder
 
 _COLUMNS = (
     "id, task, queue, priority, state, params, progress, result, error, cancel_requested, "
@@ -189,8 +190,11 @@ class SQLiteStore(Store):
         self._lock = threading.RLock()
         self._local = threading.local()
         # Rows of jobs this process finished lately, for `finished` (bounded).
-        self._finals: dict[str, tuple[Any, ...]] = {}
+        self._finals: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
         self._closed = threading.Event()
+        # Set once this process has taken its look at everything after binding its
+        # wake-up socket (see sqlite_wake.SETTLE); from then on, idle waiters stay idle.
+        self.settled = threading.Event()
         self._db = self._connect()
         self._migrate()
         self._wake: WakeChannel | None = None
@@ -213,6 +217,8 @@ class SQLiteStore(Store):
                 target=self._watch_other_processes, name="underway-sqlite-watch", daemon=True
             )
             self._watcher.start()
+        else:
+            self.settled.set()  # no other process can share it
 
     # -- connections -----------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -275,12 +281,16 @@ class SQLiteStore(Store):
         try:
             yield
         except sqlite3.OperationalError as exc:
-            code = getattr(exc, "sqlite_errorcode", None)
-            if code is not None and (code & 0xFF) in _UNAVAILABLE:
-                raise StoreUnavailable(
-                    f"job store {self.path} cannot be written: {exc}", retry_after=5.0
-                ) from None
+            self._raise_unavailable(exc)
             raise
+
+    def _raise_unavailable(self, exc: sqlite3.OperationalError) -> None:
+        """StoreUnavailable for a full disk or an unwritable file (else return)."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and (code & 0xFF) in _UNAVAILABLE:
+            raise StoreUnavailable(
+                f"job store {self.path} cannot be written: {exc}", retry_after=5.0
+            ) from None
 
     def _migrate(self) -> None:
         try:
@@ -311,8 +321,19 @@ class SQLiteStore(Store):
         heard = False  # a datagram came since the last look
         looks = 0
         swept_version = self._data_version
+        # One more look at everything shortly after binding (see sqlite_wake.SETTLE).
+        settle_at: float | None = time.monotonic() + SETTLE if wake is not None else None
+        if settle_at is None:
+            self.settled.set()
         while not self._closed.is_set():
             left = next_look - time.monotonic()
+            if settle_at is not None:
+                if time.monotonic() >= settle_at:
+                    settle_at = None
+                    self.notifier.notify_everything()
+                    self.settled.set()
+                else:
+                    left = min(left, settle_at - time.monotonic())
             if wake is None:
                 if self._closed.wait(max(0.0, left)):
                     return
@@ -354,6 +375,7 @@ class SQLiteStore(Store):
                 except OSError:
                     pass
                 self.notifier.notify_everything()
+                settle_at = time.monotonic() + SETTLE
             else:
                 sweep = looks % self.sweep_every == 0
                 # A change nobody told us about, or (now and then) any change at all:
@@ -453,8 +475,13 @@ class SQLiteStore(Store):
         if record.idempotency_key is None and record.supersede_key is None:
             first = _first_events(record, events)
             if not first:  # one statement, and so its own transaction
-                with self._lock, self._unavailable_as_error():
-                    self._db.execute(_INSERT, _insert_values(record, events))
+                values = _insert_values(record, events)
+                with self._lock:
+                    try:
+                        self._db.execute(_INSERT, values)
+                    except sqlite3.OperationalError as exc:
+                        self._raise_unavailable(exc)
+                        raise
                 self._changed(WORK, record.id)
                 return record, True, superseded
         with self._write() as db:
@@ -737,7 +764,7 @@ class SQLiteStore(Store):
             for row in rows:
                 finals[row[_ID]] = row
             while len(finals) > self.FINALS_KEPT:
-                del finals[next(iter(finals))]
+                finals.popitem(last=False)
 
     def finished(self, job_id: str) -> JobRecord | None:
         row = self._finals.get(job_id)

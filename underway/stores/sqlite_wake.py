@@ -40,6 +40,13 @@ _MAX_ADDRESS = 107
 # whole seconds only (mtime without a fraction) needs two seconds.
 _RACY_NS = 50_000_000
 _RACY_COARSE_NS = 2_000_000_000
+# A trusted listing is used without looking at the folder again for this long, so
+# that a burst of writes costs one stat(2), not one each. A newcomer binds, then reads
+# the database, then reads it once more `SETTLE` later: a writer that did not list it
+# yet committed before its listing expired, so within `LIST_FOR` of the bind, and that
+# second read sees the commit (see `_current_peers`).
+LIST_FOR_NS = 2_000_000
+SETTLE = 0.01
 _CHUNK = 32_000  # bytes of keys per datagram (well under the default socket buffers)
 _SUFFIX = ".s"
 _RECV = 65_536
@@ -84,6 +91,7 @@ class WakeChannel:
         self._peers: list[str] = []
         self._listed_mtime = -1
         self._listing_trusted = False
+        self._listed_at = 0  # monotonic ns of the last look at the folder
         self._owed: set[str] = set()  # peers that missed a datagram (their buffer was full)
         self.path = ""
         self._ino = 0
@@ -179,12 +187,16 @@ class WakeChannel:
         The order matters for not missing a newcomer: a process binds, then reads the
         database; a writer commits, then looks at the folder. Either the writer sees
         the newcomer's socket, or the newcomer's reads see the commit."""
+        looked = time.monotonic_ns()
+        if self._listing_trusted and looked - self._listed_at < LIST_FOR_NS:
+            return self._peers
         now = time.time_ns()
         try:
             mtime = os.stat(self.folder).st_mtime_ns
         except OSError:
             return []
         if mtime == self._listed_mtime and self._listing_trusted:
+            self._listed_at = looked
             return self._peers
         try:
             names = [e.name for e in os.scandir(self.folder) if e.name.endswith(_SUFFIX)]
@@ -197,6 +209,7 @@ class WakeChannel:
             self._listed_mtime = mtime
             racy = _RACY_NS if mtime % 1_000_000_000 else _RACY_COARSE_NS
             self._listing_trusted = now - mtime > racy
+            self._listed_at = looked
         return peers
 
     def clean_stale(self) -> int:
