@@ -191,6 +191,7 @@ class SQLiteStore(Store):
         self._local = threading.local()
         # Rows of jobs this process finished lately, for `finished` (bounded).
         self._finals: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self._finals_lock = threading.Lock()  # not the store's lock: writes hold that
         self._closed = threading.Event()
         # Set once this process has taken its look at everything after binding its
         # wake-up socket (see sqlite_wake.SETTLE); from then on, idle waiters stay idle.
@@ -415,52 +416,19 @@ class SQLiteStore(Store):
         self,
         db: sqlite3.Connection,
         d: Decision,
+        statement: tuple[str, list[Any]],
         now: float,
         rows: list[tuple[Any, ...]],
         finals: list[tuple[Any, ...]],
     ) -> bool:
-        """Apply `d`; its events go to `rows`, for the caller to insert in one go, and
-        the row of a job it finished to `finals`."""
-        queued = d.state is State.QUEUED
-        terminal = d.state in TERMINAL
-        values: list[Any] = [_VALUES[d.state], len(d.events)]
-        if d.attempt is not None:
-            values.append(d.attempt)
-        if d.cancel_requested is not None:
-            values.append(int(d.cancel_requested))
-        if d.moves:
-            values += [
-                d.result_text(),
-                dumps(d.error.to_dict()) if d.error else None,
-            ]
-            if queued:
-                values.append(d.run_at if d.run_at is not None else now)
-            else:
-                values += [d.finished_at, d.expires_at]
-        if d.started_at is not None:
-            values.append(d.started_at)
-        values.append(d.job_id)
-        values += [_VALUES[s] for s in d.expect]
-        if d.fence is not None:
-            values += [d.fence.worker, d.fence.attempt]
-        if d.lease_before is not None:
-            values.append(d.lease_before)
-        sql = _update_sql(
-            len(d.expect),
-            d.fence is not None,
-            d.lease_before is not None,
-            d.attempt is not None,
-            d.cancel_requested is not None,
-            d.moves,
-            queued,
-            d.started_at is not None,
-            terminal,
-        )
+        """Apply `d` with its `statement`; its events go to `rows`, for the caller to
+        insert in one go, and the row of a job it finished to `finals`."""
+        sql, values = statement
         row = db.execute(sql, values).fetchone()
         if row is None:
             return False
         seq, attempt = row[0] - len(d.events), row[1]
-        if terminal:
+        if len(row) > 2:  # it finished the job: the statement returned the whole row
             finals.append(row[2:])
         for kind, data in d.events:
             seq += 1
@@ -592,17 +560,22 @@ class SQLiteStore(Store):
             max_jobs = 0
         if not decisions and max_jobs <= 0:
             return [], []
+        statements = [_statement(d, now) for d in decisions]
         with self._write() as db:  # one transaction: one commit for the whole batch
             rows: list[tuple[Any, ...]] = []
             finals: list[tuple[Any, ...]] = []
-            done = [self._apply_one(db, d, now, rows, finals) for d in decisions]
+            done = [
+                self._apply_one(db, d, st, now, rows, finals)
+                for d, st in zip(decisions, statements, strict=True)
+            ]
             if rows:
                 db.executemany(_EVENT_INSERT, rows)
-            claimed = (
+            claimed_rows = (
                 self._claim_any(db, worker, tasks, limits, lease, now, max_jobs)
                 if max_jobs > 0
                 else []
             )
+        claimed = [_row_to_record(r) for r in claimed_rows]
         if finals:
             self._keep_finals(finals)
         changed = [d.job_id for d, ok in zip(decisions, done, strict=True) if ok]
@@ -621,7 +594,8 @@ class SQLiteStore(Store):
         lease: float,
         now: float,
         max_jobs: int,
-    ) -> list[JobRecord]:
+    ) -> list[tuple[Any, ...]]:
+        """Claim up to `max_jobs` ready jobs; their rows, in claim order."""
         if limits:
             rows = self._claim_limited_in(db, worker, tasks, limits, lease, now, max_jobs)
         else:
@@ -643,7 +617,7 @@ class SQLiteStore(Store):
                 for r in rows
             ],
         )
-        return [_row_to_record(r[:-1]) for r in rows]
+        return [r[:-1] for r in rows]
 
     def _claim_limited_in(
         self,
@@ -759,7 +733,7 @@ class SQLiteStore(Store):
     FINALS_KEPT = 4096
 
     def _keep_finals(self, rows: list[tuple[Any, ...]]) -> None:
-        with self._lock:
+        with self._finals_lock:
             finals = self._finals
             for row in rows:
                 finals[row[_ID]] = row
@@ -858,6 +832,46 @@ class SQLiteStore(Store):
             self._wake.close()
         with self._lock:
             self._db.close()
+
+
+def _statement(d: Decision, now: float) -> tuple[str, list[Any]]:
+    """The guarded UPDATE that applies `d`, with its values (built before the write
+    lock is taken: the lock is held for the statements alone)."""
+    queued = d.state is State.QUEUED
+    values: list[Any] = [_VALUES[d.state], len(d.events)]
+    if d.attempt is not None:
+        values.append(d.attempt)
+    if d.cancel_requested is not None:
+        values.append(int(d.cancel_requested))
+    if d.moves:
+        values += [
+            d.result_text(),
+            dumps(d.error.to_dict()) if d.error else None,
+        ]
+        if queued:
+            values.append(d.run_at if d.run_at is not None else now)
+        else:
+            values += [d.finished_at, d.expires_at]
+    if d.started_at is not None:
+        values.append(d.started_at)
+    values.append(d.job_id)
+    values += [_VALUES[s] for s in d.expect]
+    if d.fence is not None:
+        values += [d.fence.worker, d.fence.attempt]
+    if d.lease_before is not None:
+        values.append(d.lease_before)
+    sql = _update_sql(
+        len(d.expect),
+        d.fence is not None,
+        d.lease_before is not None,
+        d.attempt is not None,
+        d.cancel_requested is not None,
+        d.moves,
+        queued,
+        d.started_at is not None,
+        d.state in TERMINAL,
+    )
+    return sql, values
 
 
 @functools.lru_cache(maxsize=256)
