@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -200,6 +201,47 @@ def test_an_unversioned_file_is_migrated(db_path: Path) -> None:
     uw = Underway(f"sqlite:///{db_path}")
     try:
         assert uw.store.count() == 0
+    finally:
+        uw.close()
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_file_of_the_previous_version_keeps_its_jobs_when_migrated(db_path: Path) -> None:
+    # A version-3 file written by the previous release: a finished job with its
+    # events and an idempotency key, and a queued one.
+    from underway.app import _params_hash
+    from underway.stores.sqlite_schema import MIGRATIONS, statements
+
+    with sqlite3.connect(db_path, isolation_level=None) as db:
+        for version in (1, 2, 3):
+            for statement in statements(MIGRATIONS[version]):
+                db.execute(statement)
+        db.execute("PRAGMA user_version = 3")
+        row = (
+            "INSERT INTO jobs (id, task, queue, priority, state, params, result, attempt, "
+            "created_at, finished_at, run_at, keep_for, event_seq, idempotency_key, meta, "
+            "first_event) VALUES (?, 'add', 'default', 0, ?, '{\"a\":1}', ?, ?, 1.0, ?, "
+            '1.0, 3600, 1, ?, ?, \'{"state":"queued"}\')'
+        )
+        meta = json.dumps({"params_hash": _params_hash("add", {"a": 1})})
+        db.execute(row, ("01JOLD0000000000000000DONE", "succeeded", "2", 1, 2.0, "\x00key", meta))
+        db.execute(row, ("01JOLD000000000000000QUEUE", "queued", None, 0, None, None, None))
+    uw = Underway(f"sqlite:///{db_path}")
+
+    @uw.task
+    def add(a: int) -> int:
+        return a + 1
+
+    try:
+        done = uw.get("01JOLD0000000000000000DONE")
+        assert (done.state.value, done.result, done.params) == ("succeeded", 2, {"a": 1})
+        assert [e.data for e in uw.events_after(done.id)] == [{"state": "queued"}]
+        # Its idempotency key still finds it; a new key makes a new job.
+        assert uw.enqueue("add", {"a": 1}, idempotency_key="key").id == done.id
+        assert uw.enqueue("add", {"a": 1}, idempotency_key="other").id != done.id
+        uw.start()
+        assert uw.wait("01JOLD000000000000000QUEUE", timeout=30).result == 2
     finally:
         uw.close()
     with sqlite3.connect(db_path) as db:

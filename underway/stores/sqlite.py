@@ -602,7 +602,7 @@ class SQLiteStore(Store):
             marks = ",".join("?" * len(tasks))
             rows = db.execute(
                 f"UPDATE jobs SET {_CLAIM_SET} WHERE id IN (SELECT id FROM jobs "
-                f"INDEXED BY jobs_ready WHERE state = 'queued' AND run_at <= ? "
+                f"INDEXED BY jobs_queued WHERE state = 'queued' AND run_at <= ? "
                 f"AND task IN ({marks}) "
                 f"ORDER BY priority, id LIMIT ?) RETURNING {_COLUMNS}, event_seq",
                 (now, worker, now + lease, now, *tasks, max_jobs),
@@ -646,7 +646,7 @@ class SQLiteStore(Store):
         if not allowed:
             return []
         rows = db.execute(
-            "SELECT id, task FROM jobs INDEXED BY jobs_ready "
+            "SELECT id, task FROM jobs INDEXED BY jobs_queued "
             "WHERE state = 'queued' AND run_at <= ? AND task IN "
             f"({','.join('?' * len(allowed))}) ORDER BY priority, id LIMIT ?",
             (now, *allowed, max_jobs * 4),
@@ -909,7 +909,7 @@ def _update_sql(
 def _count_capped(db: sqlite3.Connection, where: str, args: tuple[Any, ...], cap: int) -> int:
     """How many queued jobs match `where`, counting no further than `cap`."""
     row = db.execute(
-        "SELECT count(*) FROM (SELECT 1 FROM jobs INDEXED BY jobs_position "
+        "SELECT count(*) FROM (SELECT 1 FROM jobs INDEXED BY jobs_queued "
         f"WHERE state = 'queued' AND {where} LIMIT ?)",
         (*args, cap),
     ).fetchone()
