@@ -93,6 +93,7 @@ def _terminal(
     state: State,
     *,
     result: Any = None,
+    result_json: str | None = None,
     error: ErrorInfo | None,
     now: float,
     expect: frozenset[State],
@@ -101,7 +102,8 @@ def _terminal(
     started_at: float | None = None,
     lease_before: float | None = None,
 ) -> Decision:
-    result_json = dumps(result)
+    if result_json is None:
+        result_json = dumps(result)
     return Decision(
         job_id=record.id,
         expect=expect,
@@ -181,6 +183,7 @@ def ended(
     started_at: float | None,
     backoff: float = 1.0,
     backoff_max: float = 300.0,
+    result_json: str | None = None,
 ) -> Decision:
     """The job's code ended under `fence` with `state` (succeeded, failed, cancelled).
 
@@ -196,6 +199,7 @@ def ended(
         record,
         state,
         result=result,
+        result_json=result_json,
         error=error,
         now=now,
         expect=RUNNING,

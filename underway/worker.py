@@ -658,6 +658,7 @@ class Worker:
             fence=entry.fence,
             state=outcome.state,
             result=outcome.result,
+            result_json=outcome.result_json,
             error=outcome.error,
             now=now,
             keep_for=settings.keep_for,

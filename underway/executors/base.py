@@ -14,7 +14,7 @@ import threading
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._util import dumps, to_jsonable
@@ -31,6 +31,7 @@ class Outcome:
     state: State  # SUCCEEDED, FAILED or CANCELLED
     result: Any = None  # JSON-ready
     error: ErrorInfo | None = None
+    result_json: str | None = field(default=None, compare=False)  # `result`, encoded
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,10 +118,10 @@ def execute(task: Task, job: Job) -> Outcome:
         return failure(exc)
     try:
         try:
-            dumps(result)  # plain JSON values need no conversion
+            encoded = dumps(result)  # plain JSON values need no conversion
         except (TypeError, ValueError):
             result = to_jsonable(result)
-            dumps(result)
+            encoded = dumps(result)
     except Exception as exc:
         return Outcome(
             state=State.FAILED,
@@ -129,7 +130,7 @@ def execute(task: Task, job: Job) -> Outcome:
                 message=f"the task's result cannot be stored as JSON: {exc}",
             ),
         )
-    return Outcome(state=State.SUCCEEDED, result=result)
+    return Outcome(state=State.SUCCEEDED, result=result, result_json=encoded)
 
 
 def _drain(job: Job, gen: Any) -> Any:
