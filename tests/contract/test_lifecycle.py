@@ -11,6 +11,7 @@ from tests.contract.helpers import (
     cancel,
     claim,
     claim_one,
+    ended,
     enqueue,
     fence,
     finish,
@@ -22,7 +23,7 @@ from tests.contract.helpers import (
 )
 from underway import lifecycle
 from underway.feed import WORK
-from underway.records import ErrorInfo, EventKind, Progress, State
+from underway.records import ErrorInfo, EventKind, Fence, Progress, State
 from underway.stores import Store
 
 
@@ -121,6 +122,32 @@ def test_each_attempt_has_its_own_output(store: Store) -> None:
     ]
     assert finish(store, second, result="done") is not None
     assert store.output(first.id) == ["x"] and store.output(first.id, attempt=1) == ["a", "b"]
+
+
+def test_a_batch_of_ends_applies_each_under_its_own_guard(store: Store) -> None:
+    # A worker writes the ends of several short jobs together (one store call): each
+    # applies or not by its own guard, with its own result and events.
+    for _ in range(4):
+        submit(store)
+    now = time.time()
+    a, b, c, d = claim(store, now=now, max_jobs=4)
+    stale = Fence(worker=WORKER, attempt=b.attempt + 1)  # as if b were claimed again since
+    decisions = [
+        ended(a, result={"k": "a"}, now=now + 1, started_at=now + 0.5),
+        ended(b, result={"k": "b"}, now=now + 1, started_at=now + 0.5, fence_=stale),
+        ended(c, result={"k": "c"}, now=now + 1, started_at=now + 0.5),
+        ended(d, state=State.FAILED, now=now + 1),  # no attempts left: a final failure
+    ]
+    assert store.apply(decisions, now + 1) == [True, False, True, True]
+    results = {j.id: store.get(j.id) for j in (a, b, c, d)}
+    assert results[a.id].state is State.SUCCEEDED and results[a.id].result == {"k": "a"}
+    assert results[b.id].state is State.RUNNING and results[b.id].result is None
+    assert results[c.id].result == {"k": "c"} and results[c.id].started_at == now + 0.5
+    assert results[d.id].state is State.FAILED and results[d.id].error.type == "Boom"
+    for job in (a, c, d):
+        kinds = [(e.seq, e.kind) for e in store.events(job.id)]
+        assert kinds[-2:] == [(3, EventKind.STATE), (4, EventKind.DONE)], kinds
+    assert [e.kind for e in store.events(b.id)] == [EventKind.STATE, EventKind.STATE]
 
 
 def test_cancel_queued_is_at_once(store: Store) -> None:

@@ -435,6 +435,36 @@ class SQLiteStore(Store):
             rows.append((d.job_id, seq, _VALUES[kind], None, data, now, attempt))
         return True
 
+    def _apply_many(
+        self,
+        db: sqlite3.Connection,
+        decisions: Sequence[Decision],
+        statements: Sequence[tuple[str, list[Any]]],
+        members: list[int],
+        now: float,
+        rows: list[tuple[Any, ...]],
+        finals: list[tuple[Any, ...]],
+        done: list[bool],
+    ) -> None:
+        """Apply decisions of one shape (`members`, on distinct jobs) in one statement,
+        in the order given: what `_apply_one` does for each, with one call."""
+        sql, width = _bulk_sql(statements[members[0]][0], len(members))
+        values = [v for k in members for v in statements[k][1]]
+        assert len(values) == width * len(members)
+        returned = {row[0]: row for row in db.execute(sql, values)}
+        for k in members:
+            d = decisions[k]
+            row = returned.get(d.job_id)
+            if row is None:
+                continue
+            done[k] = True
+            seq, attempt = row[1] - len(d.events), row[2]
+            if len(row) > 3:
+                finals.append(row[3:])
+            for kind, data in d.events:
+                seq += 1
+                rows.append((d.job_id, seq, _VALUES[kind], None, data, now, attempt))
+
     # -- submission ------------------------------------------------------------------
     def enqueue(
         self, record: JobRecord, events: Sequence[tuple[EventKind, str]]
@@ -561,13 +591,17 @@ class SQLiteStore(Store):
         if not decisions and max_jobs <= 0:
             return [], []
         statements = [_statement(d, now) for d in decisions]
+        groups = _same_shape(decisions, statements)
         with self._write() as db:  # one transaction: one commit for the whole batch
             rows: list[tuple[Any, ...]] = []
             finals: list[tuple[Any, ...]] = []
-            done = [
-                self._apply_one(db, d, st, now, rows, finals)
-                for d, st in zip(decisions, statements, strict=True)
-            ]
+            done = [False] * len(decisions)
+            for members in groups:
+                if len(members) == 1:
+                    k = members[0]
+                    done[k] = self._apply_one(db, decisions[k], statements[k], now, rows, finals)
+                else:
+                    self._apply_many(db, decisions, statements, members, now, rows, finals, done)
             if rows:
                 db.executemany(_EVENT_INSERT, rows)
             claimed_rows = (
@@ -872,6 +906,42 @@ def _statement(d: Decision, now: float) -> tuple[str, list[Any]]:
         d.state in TERMINAL,
     )
     return sql, values
+
+
+_BULK_JOBS = 200  # jobs per grouped statement (well under SQLite's limit of values)
+
+
+def _same_shape(
+    decisions: Sequence[Decision], statements: Sequence[tuple[str, list[Any]]]
+) -> list[list[int]]:
+    """Indexes of `decisions` grouped by statement shape, first seen first; a job met
+    twice makes every decision its own group (one statement may change a row once)."""
+    if len({d.job_id for d in decisions}) != len(decisions):
+        return [[k] for k in range(len(decisions))]
+    groups: dict[str, list[int]] = {}
+    for k, (sql, _) in enumerate(statements):
+        groups.setdefault(sql, []).append(k)
+    step = _BULK_JOBS
+    return [g[i : i + step] for g in groups.values() for i in range(0, len(g), step)]
+
+
+@functools.lru_cache(maxsize=256)
+def _bulk_sql(single: str, count: int) -> tuple[str, int]:
+    """`single` (an `_update_sql` statement) for `count` jobs at once: its values come
+    from a VALUES list, one row per job, and it returns each changed job's id first.
+    Returns the statement and the number of values per job."""
+    head, _, returning = single.partition(" RETURNING ")
+    width = head.count("?")
+    parts = head.split("?")
+    body = "".join(part + (f"v.c{i}" if i < width else "") for i, part in enumerate(parts))
+    update, _, where = body.partition(" WHERE ")
+    columns = ", ".join(f"c{i}" for i in range(width))
+    row = "(" + ",".join("?" * width) + ")"
+    sql = (
+        f"WITH v({columns}) AS (VALUES {','.join([row] * count)}) "
+        f"{update} FROM v WHERE {where} RETURNING id, {returning}"
+    )
+    return sql, width
 
 
 @functools.lru_cache(maxsize=256)
