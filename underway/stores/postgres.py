@@ -17,15 +17,17 @@ so two workers never both fill the last free place.
 
 Waiting does not poll: a listener thread (`postgres_listener`) LISTENs on the
 store's channels and feeds the change feed; this instance's own writes wake its
-waiters directly. While the server cannot be reached, every call raises
-`StoreUnavailable`; workers keep what they could not write and retry, and the
-listener reconnects by itself.
+waiters directly. Either way the feed learns the jobs' new states, and a job's
+final record when it ends, so that `wait()` need not read them back. While the
+server cannot be reached, every call raises `StoreUnavailable`; workers keep
+what they could not write and retry, and the listener reconnects by itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -34,12 +36,12 @@ from psycopg_pool import ConnectionPool
 
 from .._util import dumps, loads, new_id
 from ..errors import ConfigurationError, StoreUnavailable
-from ..feed import WORK, ChangeFeed
+from ..feed import WORK, Known
 from ..records import Decision, Event, EventKind, Fence, JobRecord, Page, Progress, State
 from . import postgres_schema as schema
 from .base import Store, listing_filter
-from .postgres_listener import PostgresListener
-from .postgres_sql import COLUMNS, Statements, job_values, lock_key, row_to_record
+from .postgres_listener import PostgresFeed, PostgresListener
+from .postgres_sql import COLUMNS, Statements, doc_to_record, job_values, lock_key, row_to_record
 
 _KINDS = {k.value: k for k in EventKind}
 RETRY_AFTER = 2.0  # seconds callers are told to wait while the server is unreachable
@@ -78,7 +80,7 @@ class PostgresStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self.conninfo, self.schema = split_url(url)
-        self.notifier = ChangeFeed()
+        self.notifier = PostgresFeed()
         self.poll_interval = 10.0  # a safety net only: waiters are woken by LISTEN/NOTIFY
         self._sql = Statements(self.schema)
         self._origin = new_id()[-12:]  # names this instance's own notifications
@@ -118,7 +120,9 @@ class PostgresStore(Store):
             own_channel=f"{self._jobs_channel[:40]}.{self._origin}",
             origin=self._origin,
             on_reconnect=self._drop_lost_connections,
+            poke=self._poke,
         )
+        self.notifier.listener = self._listener
         self._listener.start()
         self._listener.connected.wait(5.0)
 
@@ -181,6 +185,11 @@ class PostgresStore(Store):
             except psycopg.Error:
                 pass
 
+    def _poke(self) -> None:
+        """End the listener's wait for notifications at once."""
+        with self._pool.connection(timeout=1.0) as conn:
+            conn.execute("SELECT pg_notify(%s, '')", (self._listener.own_channel,))
+
     def _names(self) -> dict[str, Any]:
         return {
             "jobs_channel": self._jobs_channel,
@@ -201,6 +210,7 @@ class PostgresStore(Store):
             "kinds": [k.value for k, _ in events],
             "datas": [d for _, d in events],
         }
+        mark = self.notifier.mark()
         with self._connection() as conn:
             if record.supersede_key is None:
                 # One statement, so one round trip and its own transaction.
@@ -228,7 +238,9 @@ class PostgresStore(Store):
                 if row is not None:
                     return row_to_record(row), False, []
                 raise StoreUnavailable("an idempotency key was taken and released; try again")
-        self.notifier.notify(WORK, record.id)
+        self.notifier.notify(
+            WORK, record.id, known={record.id: Known(State.QUEUED, record=record)}, since=mark
+        )
         return record, True, superseded
 
     def enqueue_many(
@@ -389,8 +401,10 @@ class PostgresStore(Store):
             for i in order
         ]
         done = [False] * len(decisions)
+        docs: list[str | None] = [None] * len(decisions)
         rows: list[Any] = []
         capped = max_jobs > 0 and any(t in limits for t in tasks)
+        mark = self.notifier.mark()
         with self._connection() as conn:
             if capped:
                 # The claim reads the running counts under its advisory locks before it
@@ -418,15 +432,24 @@ class PostgresStore(Store):
                     if max_jobs > 0:
                         claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
             for i, cur in zip(order, applied, strict=True):
-                done[i] = cur.fetchone() is not None
+                row = cur.fetchone()
+                if row is not None:
+                    done[i] = True
+                    docs[i] = row[2]
             if claim is not None:
                 rows = claim.fetchall()
         claimed = [row_to_record(row) for row in rows]
-        changed = [d.job_id for d, ok in zip(decisions, done, strict=True) if ok]
-        if any(d.state is State.QUEUED for d, ok in zip(decisions, done, strict=True) if ok):
-            changed.append(WORK)
-        if changed or claimed:
-            self.notifier.notify(*changed, *(r.id for r in claimed))
+        known = {r.id: Known(State.RUNNING, record=r) for r in claimed}
+        work = False
+        for d, ok, doc in zip(decisions, done, docs, strict=True):
+            if ok:
+                work = work or d.state is State.QUEUED
+                known[d.job_id] = Known(
+                    d.state, load=None if doc is None else partial(doc_to_record, doc)
+                )
+        if known:
+            changed = [*known, WORK] if work else list(known)
+            self.notifier.notify(*changed, known=known, since=mark)
         return done, claimed
 
     def _claim(
@@ -502,6 +525,7 @@ class PostgresStore(Store):
         return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
 
     def save_progress(self, job_id: str, fence: Fence, progress: Progress, now: float) -> bool:
+        mark = self.notifier.mark()
         with self._connection() as conn:
             row = conn.execute(
                 self._sql.progress,
@@ -515,7 +539,7 @@ class PostgresStore(Store):
                 },
             ).fetchone()
         if row is not None:
-            self.notifier.notify(job_id)
+            self.notifier.notify(job_id, known={job_id: Known(State.RUNNING)}, since=mark)
         return row is not None
 
     def append(
@@ -531,6 +555,7 @@ class PostgresStore(Store):
                 n_out += 1
             else:
                 idx.append(None)
+        mark = self.notifier.mark()
         with self._connection() as conn:
             row = conn.execute(
                 self._sql.append,
@@ -548,7 +573,7 @@ class PostgresStore(Store):
                 },
             ).fetchone()
         if row is not None:
-            self.notifier.notify(job_id)
+            self.notifier.notify(job_id, known={job_id: Known(State.RUNNING)}, since=mark)
         return row is not None
 
     def expired(self, now: float, limit: int = 500) -> list[JobRecord]:

@@ -1,10 +1,17 @@
 """Turning PostgreSQL notifications into in-process wake-ups.
 
 One background thread per store holds one connection that LISTENs on the store's
-two channels: job changes (the payload names the store instance that made them,
-then the job ids) and new work. A notification from another store instance (in
-this process or any other, on any machine) becomes a `ChangeFeed` wake-up; the
-store's own writes wake its waiters directly, so its echoes are skipped.
+channel of new work and, from the first time some thread of this process waits on
+a job (`PostgresFeed`), on its channel of job changes too: a process that only runs
+jobs is not woken by every job's every change. A job change's payload is
+`origin|state|ids`, or `origin|state|id|doc` when a job ends (`doc`: its final row,
+see `postgres_sql.Statements.apply`): the store instance that made it, the jobs'
+new state (empty when unknown) and the jobs. A notification from another store
+instance (in this process or any other, on any machine) becomes a `ChangeFeed`
+wake-up that says what it knows (`Known`), so that a waiter need not read the job
+back; the store's own writes wake its waiters directly, so its echoes are skipped.
+When the thread starts listening for job changes it wakes every waiter, who read
+again: a change made before that was not heard.
 
 When the connection drops, the thread wakes everyone (they read again, and see
 `StoreUnavailable` while the server is away), keeps waking them at a slow pace
@@ -18,16 +25,40 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from functools import partial
 
 import psycopg
 
-from ..feed import WORK, ChangeFeed
+from ..feed import WORK, ChangeFeed, Known, Listener
+from ..records import State
 from .postgres_schema import quote
+from .postgres_sql import doc_to_record
 
 log = logging.getLogger("underway.stores.postgres")
 
 RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)  # also the pace of the fallback poll
 CONNECT_TIMEOUT = 5  # seconds
+_STATES = {s.value: s for s in State}
+
+
+class PostgresFeed(ChangeFeed):
+    """A ChangeFeed that has the listener hear job changes once someone waits on one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listener: PostgresListener | None = None
+
+    def wait(self, key: str, seen: int, timeout: float | None) -> int:
+        listener = self.listener
+        if listener is not None and key != WORK:
+            listener.want_jobs()
+        return super().wait(key, seen, timeout)
+
+    def subscribe(self, key: str, fn: Listener) -> Callable[[], None]:
+        listener = self.listener
+        if listener is not None and key != WORK:
+            listener.want_jobs()
+        return super().subscribe(key, fn)
 
 
 class PostgresListener:
@@ -43,6 +74,7 @@ class PostgresListener:
         own_channel: str,
         origin: str,
         on_reconnect: Callable[[], None] = lambda: None,
+        poke: Callable[[], None] = lambda: None,
     ) -> None:
         self._conninfo = conninfo
         self._notifier = notifier
@@ -51,6 +83,8 @@ class PostgresListener:
         self.own_channel = own_channel  # only this store's close() notifies it
         self._origin = origin
         self._on_reconnect = on_reconnect  # e.g. drop pooled connections the server lost
+        self._poke = poke  # notifies `own_channel`, to end the thread's wait at once
+        self._jobs_wanted = threading.Event()
         self.connected = threading.Event()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="underway-pg-listen", daemon=True)
@@ -65,6 +99,17 @@ class PostgresListener:
             wake()
         self._thread.join(timeout=5)
 
+    def want_jobs(self) -> None:
+        """Listen for job changes from now on (the thread wakes every waiter once it does)."""
+        if self._jobs_wanted.is_set():
+            return
+        self._jobs_wanted.set()
+        if self.connected.is_set():
+            try:
+                self._poke()
+            except psycopg.Error:
+                pass  # the thread looks again within a second
+
     def _run(self) -> None:
         failures = 0
         while not self._closed.is_set():
@@ -72,8 +117,11 @@ class PostgresListener:
                 with psycopg.connect(
                     self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
                 ) as conn:
-                    for channel in (self._jobs, self._work, self.own_channel):
+                    for channel in (self._work, self.own_channel):
                         conn.execute(f"LISTEN {quote(channel)}")
+                    jobs = self._jobs_wanted.is_set()
+                    if jobs:
+                        conn.execute(f"LISTEN {quote(self._jobs)}")
                     self.connected.set()
                     if failures:
                         log.info("PostgreSQL notifications are back")
@@ -82,9 +130,13 @@ class PostgresListener:
                     # Changes made before LISTEN took effect were not announced to us.
                     self._notifier.notify_everything()
                     while not self._closed.is_set():
+                        if not jobs and self._jobs_wanted.is_set():
+                            conn.execute(f"LISTEN {quote(self._jobs)}")
+                            jobs = True
+                            self._notifier.notify_everything()
                         for note in conn.notifies(timeout=1.0):
                             self._handle(note.channel, note.payload)
-                            if self._closed.is_set():
+                            if self._closed.is_set() or (not jobs and self._jobs_wanted.is_set()):
                                 break
             except psycopg.Error as exc:
                 if self._closed.is_set():
@@ -105,8 +157,16 @@ class PostgresListener:
         if origin == self._origin:
             return  # our own write: its waiters were woken already
         if channel == self._jobs:
-            ids = [job_id for job_id in rest.split(",") if job_id]
-            if ids:
+            name, _, rest = rest.partition("|")
+            listed, _, doc = rest.partition("|")
+            ids = [job_id for job_id in listed.split(",") if job_id]
+            state = _STATES.get(name)
+            if state is None:
                 self._notifier.notify(*ids)
+            elif doc:
+                load = partial(doc_to_record, doc)
+                self._notifier.notify(*ids, known={i: Known(state, load=load) for i in ids})
+            else:
+                self._notifier.notify(*ids, known=dict.fromkeys(ids, Known(state)))
         elif channel == self._work:
             self._notifier.notify(WORK)

@@ -7,6 +7,7 @@ round trips stay few. Table names come from `postgres_schema`.
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,7 @@ from ..records import ErrorInfo, JobRecord, Progress, State
 from . import postgres_schema as schema
 
 NOTIFY_IDS = 200  # job ids per notification (a payload holds at most 8000 bytes)
+DOC_BYTES = 7800  # a final row larger than this is not sent with its notification
 
 COLUMN_NAMES = (
     "id", "task", "queue", "priority", "state", "params", "progress", "result", "error",
@@ -64,6 +66,11 @@ def row_to_record(row: Sequence[Any], position: int | None = None) -> JobRecord:
     )
 
 
+def doc_to_record(doc: str) -> JobRecord:
+    """The record of a final row sent as JSON (see `Statements.apply`)."""
+    return row_to_record(json.loads(doc))
+
+
 def job_values(record: JobRecord) -> dict[str, Any]:
     """The new job's columns, by the names `Statements.submit` binds."""
     return {
@@ -97,9 +104,13 @@ class Statements:
         self.jobs, self.events = j, e
         self.workers = f"{s}.underway_workers"
         returning = ", ".join(f"j.{c}" for c in COLUMN_NAMES)
-        notify_jobs = "pg_notify(%(jobs_channel)s, %(origin)s || '|' || u.id)"
+        # A job's change is announced as `origin|state|ids` (see `postgres_listener`);
+        # an unknown state is left empty.
+        notify_running = "pg_notify(%(jobs_channel)s, %(origin)s || '|running|' || u.id)"
+        notify_jobs = "pg_notify(%(jobs_channel)s, %(origin)s || '||' || u.id)"
         # A submission in one statement (its own transaction): the job, its events
-        # and both announcements; no row when the idempotency key is taken.
+        # and the news of work; no row when the idempotency key is taken. Nobody
+        # elsewhere can wait on the new job yet, so it needs no announcement of its own.
         self.submit = f"""
             WITH ins AS (
                 INSERT INTO {j} AS j (id, task, queue, priority, state, params, max_attempts,
@@ -115,9 +126,7 @@ class Statements:
                 FROM ins, unnest(%(kinds)s::text[], %(datas)s::text[])
                     WITH ORDINALITY AS x(kind, data, n)
             )
-            SELECT pg_notify(%(work_channel)s, %(origin)s),
-                pg_notify(%(jobs_channel)s, %(origin)s || '|' || ins.id)
-            FROM ins"""
+            SELECT pg_notify(%(work_channel)s, %(origin)s) FROM ins"""
         self.insert_many = f"""
             WITH new AS (
                 INSERT INTO {j} (id, task, queue, priority, state, params, max_attempts,
@@ -141,7 +150,10 @@ class Statements:
                 SELECT count(*) FROM {j} q WHERE q.state = 'queued' AND q.queue = j.queue
                 AND (q.priority < j.priority OR (q.priority = j.priority AND q.id < j.id))
             ) END FROM {j} j WHERE j.id = %s"""
-        # One decision (see `Decision`): guarded, fenced, with its events; announced.
+        # One decision (see `Decision`): guarded, fenced, with its events; announced
+        # with its new state and, when the job ends, its final row (`doc`, a JSON
+        # array of COLUMN_NAMES) if it fits in a notification, so that waiters need
+        # not read it back. The row comes back to the caller too.
         self.apply = f"""
             WITH u AS (
                 UPDATE {j} SET
@@ -163,7 +175,8 @@ class Statements:
                     AND (%(fence_worker)s::text IS NULL
                          OR (worker = %(fence_worker)s::text AND attempt = %(fence_attempt)s::int))
                     AND (%(lease_before)s::float8 IS NULL OR lease_until < %(lease_before)s::float8)
-                RETURNING id, task, event_seq, attempt
+                RETURNING id, task, event_seq, attempt,
+                    CASE WHEN %(ends)s THEN json_build_array({COLUMNS})::text END AS doc
             ), ev AS (
                 INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
                 SELECT u.id, u.event_seq - %(n)s::int + x.n::int, x.kind, NULL, x.data,
@@ -171,9 +184,12 @@ class Statements:
                 FROM u, unnest(%(kinds)s::text[], %(datas)s::text[])
                     WITH ORDINALITY AS x(kind, data, n)
             )
-            SELECT {notify_jobs},
+            SELECT pg_notify(%(jobs_channel)s, %(origin)s || '|' || %(state)s || '|' || u.id
+                    || CASE WHEN octet_length(u.doc) <= {DOC_BYTES} THEN '|' || u.doc
+                       ELSE '' END),
                 CASE WHEN %(queued)s OR (%(frees)s AND (%(any_room)s OR u.task = ANY(%(limited)s)))
-                THEN pg_notify(%(work_channel)s, %(origin)s) END
+                THEN pg_notify(%(work_channel)s, %(origin)s) END,
+                u.doc
             FROM u"""
         self.claim_set = f"""
             UPDATE {j} AS j SET state = 'running', attempt = j.attempt + 1,
@@ -188,7 +204,7 @@ class Statements:
                     '{{"state":"running","attempt":' || attempt || '}}', %(now)s, attempt
                 FROM c
             ), note AS (
-                SELECT pg_notify(%(jobs_channel)s, %(origin)s || '|' || string_agg(id, ','))
+                SELECT pg_notify(%(jobs_channel)s, %(origin)s || '|running|' || string_agg(id, ','))
                 FROM (SELECT id, (row_number() OVER ()) / {NOTIFY_IDS} AS g FROM c) s GROUP BY g
             )
             SELECT c.*, (SELECT count(*) FROM note) FROM c ORDER BY c.priority, c.id"""
@@ -216,7 +232,7 @@ class Statements:
                 SELECT u.id, u.event_seq, 'progress', NULL, %(data)s, %(now)s, %(attempt)s
                 FROM u
             )
-            SELECT {notify_jobs} FROM u"""
+            SELECT {notify_running} FROM u"""
         self.append = f"""
             WITH u AS (
                 UPDATE {j} SET event_seq = event_seq + %(n)s::int,
@@ -231,7 +247,7 @@ class Statements:
                 FROM u, unnest(%(kinds)s::text[], %(datas)s::text[], %(idx)s::int[])
                     WITH ORDINALITY AS x(kind, data, idx, n)
             )
-            SELECT {notify_jobs} FROM u"""
+            SELECT {notify_running} FROM u"""
         self.expired = f"""
             SELECT {COLUMNS} FROM {j}
             WHERE state = 'running' AND lease_until < %s LIMIT %s"""
