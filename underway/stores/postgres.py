@@ -41,7 +41,16 @@ from ..records import Decision, Event, EventKind, Fence, JobRecord, Page, Progre
 from . import postgres_schema as schema
 from .base import Store, listing_filter
 from .postgres_listener import PostgresFeed, PostgresListener
-from .postgres_sql import COLUMNS, Statements, doc_to_record, job_values, lock_key, row_to_record
+from .postgres_sql import (
+    COLUMNS,
+    Statements,
+    cached_text_array,
+    doc_to_record,
+    job_values,
+    lock_key,
+    row_to_record,
+    text_array,
+)
 
 _KINDS = {k.value: k for k in EventKind}
 RETRY_AFTER = 2.0  # seconds callers are told to wait while the server is unreachable
@@ -207,8 +216,8 @@ class PostgresStore(Store):
             **self._names(),
             **job_values(record),
             "n": len(events),
-            "kinds": [k.value for k, _ in events],
-            "datas": [d for _, d in events],
+            "kinds": cached_text_array(tuple(k.value for k, _ in events)),
+            "datas": text_array(d for _, d in events),
         }
         mark = self.notifier.mark()
         with self._connection() as conn:
@@ -344,7 +353,7 @@ class PostgresStore(Store):
 
     # -- state changes ---------------------------------------------------------------
     def _decision_params(
-        self, d: Decision, now: float, *, any_room: bool, limited: list[str]
+        self, d: Decision, now: float, *, any_room: bool, limited: str
     ) -> dict[str, Any]:
         if any(kind is EventKind.OUTPUT for kind, _ in d.events):
             raise ValueError("a decision carries no output: append it under the job's fence")
@@ -353,7 +362,7 @@ class PostgresStore(Store):
         return {
             **self._names(),
             "id": d.job_id,
-            "expect": sorted(s.value for s in d.expect),
+            "expect": cached_text_array(tuple(sorted(s.value for s in d.expect))),
             "fence_worker": None if d.fence is None else d.fence.worker,
             "fence_attempt": None if d.fence is None else d.fence.attempt,
             "lease_before": d.lease_before,
@@ -373,8 +382,8 @@ class PostgresStore(Store):
             "expires_at": d.expires_at,
             "started_at": d.started_at,
             "n": len(d.events),
-            "kinds": [k.value for k, _ in d.events],
-            "datas": [data for _, data in d.events],
+            "kinds": cached_text_array(tuple(k.value for k, _ in d.events)),
+            "datas": text_array(data for _, data in d.events),
             "now": now,
         }
 
@@ -395,7 +404,7 @@ class PostgresStore(Store):
             return [], []
         # In the order of their jobs, so that two batches never wait on each other's rows.
         order = sorted(range(len(decisions)), key=lambda i: decisions[i].job_id)
-        limited = sorted(limits)
+        limited = cached_text_array(tuple(sorted(limits)))
         params = [
             self._decision_params(decisions[i], now, any_room=max_jobs <= 0, limited=limited)
             for i in order
@@ -491,7 +500,7 @@ class PostgresStore(Store):
         # Each group is a CTE of its own (FOR UPDATE does not go with UNION).
         ctes = []
         for number, (names, room) in enumerate(groups):
-            values[f"tasks{number}"] = names
+            values[f"tasks{number}"] = cached_text_array(tuple(names))
             values[f"room{number}"] = room
             pick = sql.pick.format(tasks=f"tasks{number}", room=f"room{number}")
             ctes.append(f"g{number} AS {pick}")
@@ -518,8 +527,8 @@ class PostgresStore(Store):
                 {
                     "until": now + lease,
                     "worker": worker,
-                    "ids": ids,
-                    "attempts": [fences[i] for i in ids],
+                    "ids": text_array(ids),
+                    "attempts": "{" + ",".join(str(fences[i]) for i in ids) + "}",
                 },
             ).fetchall()
         return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
@@ -566,8 +575,8 @@ class PostgresStore(Store):
                     "attempt": fence.attempt,
                     "n": len(items),
                     "n_out": n_out,
-                    "kinds": [k.value for k, _ in items],
-                    "datas": [d for _, d in items],
+                    "kinds": cached_text_array(tuple(k.value for k, _ in items)),
+                    "datas": text_array(d for _, d in items),
                     "idx": idx,
                     "now": now,
                 },

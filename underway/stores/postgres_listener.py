@@ -1,9 +1,10 @@
 """Turning PostgreSQL notifications into in-process wake-ups.
 
 One background thread per store holds one connection that LISTENs on the store's
-channel of new work and, from the first time some thread of this process waits on
-a job (`PostgresFeed`), on its channel of job changes too: a process that only runs
-jobs is not woken by every job's every change. A job change's payload is
+channel of new work from the first time a worker slot of this process waits for
+work, and on its channel of job changes from the first time some thread waits on a
+job (`PostgresFeed`): a process that only runs jobs is not woken by every job's
+every change, nor one that only submits by every submission. A job change's payload is
 `origin|state|ids`, or `origin|state|id|doc` when a job ends (`doc`: its final row,
 see `postgres_sql.Statements.apply`): the store instance that made it, the jobs'
 new state (empty when unknown) and the jobs. A notification from another store
@@ -49,15 +50,13 @@ class PostgresFeed(ChangeFeed):
         self.listener: PostgresListener | None = None
 
     def wait(self, key: str, seen: int, timeout: float | None) -> int:
-        listener = self.listener
-        if listener is not None and key != WORK:
-            listener.want_jobs()
+        if self.listener is not None:
+            self.listener.want(work=key == WORK)
         return super().wait(key, seen, timeout)
 
     def subscribe(self, key: str, fn: Listener) -> Callable[[], None]:
-        listener = self.listener
-        if listener is not None and key != WORK:
-            listener.want_jobs()
+        if self.listener is not None:
+            self.listener.want(work=key == WORK)
         return super().subscribe(key, fn)
 
 
@@ -84,7 +83,9 @@ class PostgresListener:
         self._origin = origin
         self._on_reconnect = on_reconnect  # e.g. drop pooled connections the server lost
         self._poke = poke  # notifies `own_channel`, to end the thread's wait at once
-        self._jobs_wanted = threading.Event()
+        self._wanted: set[str] = set()  # the channels to LISTEN on (besides our own)
+        self._want_lock = threading.Lock()
+        self._more = threading.Event()  # `_wanted` grew: the thread has more to LISTEN on
         self.connected = threading.Event()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="underway-pg-listen", daemon=True)
@@ -99,11 +100,15 @@ class PostgresListener:
             wake()
         self._thread.join(timeout=5)
 
-    def want_jobs(self) -> None:
-        """Listen for job changes from now on (the thread wakes every waiter once it does)."""
-        if self._jobs_wanted.is_set():
+    def want(self, *, work: bool) -> None:
+        """Listen for new work (or for job changes) from now on; the thread wakes every
+        waiter once it does, since what happened before was not heard."""
+        channel = self._work if work else self._jobs
+        if channel in self._wanted:
             return
-        self._jobs_wanted.set()
+        with self._want_lock:
+            self._wanted = self._wanted | {channel}
+        self._more.set()
         if self.connected.is_set():
             try:
                 self._poke()
@@ -117,11 +122,9 @@ class PostgresListener:
                 with psycopg.connect(
                     self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
                 ) as conn:
-                    for channel in (self._work, self.own_channel):
-                        conn.execute(f"LISTEN {quote(channel)}")
-                    jobs = self._jobs_wanted.is_set()
-                    if jobs:
-                        conn.execute(f"LISTEN {quote(self._jobs)}")
+                    conn.execute(f"LISTEN {quote(self.own_channel)}")
+                    listening: set[str] = set()
+                    self._listen(conn, listening)
                     self.connected.set()
                     if failures:
                         log.info("PostgreSQL notifications are back")
@@ -130,13 +133,11 @@ class PostgresListener:
                     # Changes made before LISTEN took effect were not announced to us.
                     self._notifier.notify_everything()
                     while not self._closed.is_set():
-                        if not jobs and self._jobs_wanted.is_set():
-                            conn.execute(f"LISTEN {quote(self._jobs)}")
-                            jobs = True
+                        if self._more.is_set() and self._listen(conn, listening):
                             self._notifier.notify_everything()
                         for note in conn.notifies(timeout=1.0):
                             self._handle(note.channel, note.payload)
-                            if self._closed.is_set() or (not jobs and self._jobs_wanted.is_set()):
+                            if self._closed.is_set() or self._more.is_set():
                                 break
             except psycopg.Error as exc:
                 if self._closed.is_set():
@@ -151,6 +152,15 @@ class PostgresListener:
             delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
             failures += 1
             self._closed.wait(delay)
+
+    def _listen(self, conn: psycopg.Connection[object], listening: set[str]) -> bool:
+        """LISTEN on the channels wanted and not listened to yet; whether there were any."""
+        self._more.clear()
+        new = sorted(self._wanted - listening)
+        for channel in new:
+            conn.execute(f"LISTEN {quote(channel)}")
+            listening.add(channel)
+        return bool(new)
 
     def _handle(self, channel: str, payload: str) -> None:
         origin, _, rest = payload.partition("|")

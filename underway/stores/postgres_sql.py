@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import Any
 
 from .._util import dumps, loads
@@ -89,6 +90,22 @@ def job_values(record: JobRecord) -> dict[str, Any]:
         "supersede_key": record.supersede_key,
         "meta": dumps(record.meta) if record.meta else None,
     }
+
+
+def text_array(values: Iterable[str]) -> str:
+    """A `text[]` literal of `values`: a plain string is far cheaper to send than a
+    list the driver adapts item by item (the statements cast it with `::text[]`)."""
+    return (
+        "{"
+        + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+        + "}"
+    )
+
+
+@lru_cache(maxsize=256)
+def cached_text_array(values: tuple[str, ...]) -> str:
+    """`text_array` of a few names that recur (states, tasks)."""
+    return text_array(values)
 
 
 def lock_key(name: str) -> int:
@@ -187,7 +204,8 @@ class Statements:
             SELECT pg_notify(%(jobs_channel)s, %(origin)s || '|' || %(state)s || '|' || u.id
                     || CASE WHEN octet_length(u.doc) <= {DOC_BYTES} THEN '|' || u.doc
                        ELSE '' END),
-                CASE WHEN %(queued)s OR (%(frees)s AND (%(any_room)s OR u.task = ANY(%(limited)s)))
+                CASE WHEN %(queued)s
+                    OR (%(frees)s AND (%(any_room)s OR u.task = ANY(%(limited)s::text[])))
                 THEN pg_notify(%(work_channel)s, %(origin)s) END,
                 u.doc
             FROM u"""
@@ -215,11 +233,19 @@ class Statements:
         self.running_counts = f"""
             SELECT task, count(*) FROM {j} WHERE state = 'running' AND task = ANY(%s::text[])
             GROUP BY task"""
+        # Rows are locked in the order of their ids, as a batch's decisions lock them,
+        # so that a renewal and a batch of the same worker never deadlock.
         self.renew = f"""
             UPDATE {j} AS j SET lease_until = %(until)s
-            FROM unnest(%(ids)s::text[], %(attempts)s::int[]) AS f(id, attempt)
-            WHERE j.id = f.id AND j.state = 'running' AND j.worker = %(worker)s
-                AND j.attempt = f.attempt
+            FROM (
+                SELECT r.id FROM {j} AS r
+                JOIN unnest(%(ids)s::text[], %(attempts)s::int[]) AS f(id, attempt)
+                    ON r.id = f.id AND r.attempt = f.attempt
+                WHERE r.id = ANY(%(ids)s::text[]) AND r.state = 'running'
+                    AND r.worker = %(worker)s
+                ORDER BY r.id FOR UPDATE OF r
+            ) AS held
+            WHERE j.id = held.id
             RETURNING j.id, j.cancel_requested"""
         self.progress = f"""
             WITH u AS (
