@@ -513,7 +513,7 @@ class Underway:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
-            if feed.wait(job_id, seen, left) == seen and left is not None:
+            if feed.wait_end(job_id, seen, left) == seen and left is not None:
                 raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
 
     # -- changing --------------------------------------------------------------------

@@ -142,6 +142,11 @@ class ChangeFeed:
         self._versions.clear()
         self._known.clear()
 
+    def wait_end(self, key: str, seen: int, timeout: float | None) -> int:
+        """`wait`, for a caller that waits for the job to end (or go): a store may then
+        spare it (and its process) the news of the job's other changes."""
+        return self.wait(key, seen, timeout)
+
     def wait(self, key: str, seen: int, timeout: float | None) -> int:
         """Block until `key`'s version differs from `seen` or `timeout` passes."""
         event = threading.Event()
