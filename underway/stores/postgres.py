@@ -89,11 +89,12 @@ class PostgresStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self.conninfo, self.schema = split_url(url)
-        self.notifier = PostgresFeed()
+        self._feed = PostgresFeed()
+        self.notifier = self._feed
         self.poll_interval = 10.0  # a safety net only: waiters are woken by LISTEN/NOTIFY
         self._sql = Statements(self.schema)
         self._origin = new_id()[-12:]  # names this instance's own notifications
-        self._jobs_channel, self._work_channel = schema.channels(self.schema)
+        self._jobs_channel, self._ends_channel, self._work_channel = schema.channels(self.schema)
         self._lock_prefix = f"underway:{self.schema}:"
         self._pool = ConnectionPool(
             self.conninfo,
@@ -125,13 +126,15 @@ class PostgresStore(Store):
             self.conninfo,
             self.notifier,
             jobs_channel=self._jobs_channel,
+            ends_channel=self._ends_channel,
             work_channel=self._work_channel,
             own_channel=f"{self._jobs_channel[:40]}.{self._origin}",
             origin=self._origin,
             on_reconnect=self._drop_lost_connections,
             poke=self._poke,
+            on_work=self._work_for_us,
         )
-        self.notifier.listener = self._listener
+        self._feed.listener = self._listener
         self._listener.start()
         self._listener.connected.wait(5.0)
 
@@ -199,9 +202,21 @@ class PostgresStore(Store):
         with self._pool.connection(timeout=1.0) as conn:
             conn.execute("SELECT pg_notify(%s, '')", (self._listener.own_channel,))
 
+    def _work_for_us(self) -> None:
+        """A submission chose this process's idle slot (see `Statements.submit`): wake
+        it, or pass the news on to every process when no slot waits any more."""
+        if not self._feed.idle_slots():
+            try:
+                with self._pool.connection(timeout=1.0) as conn:
+                    conn.execute("SELECT pg_notify(%s, %s)", (self._work_channel, self._origin))
+            except psycopg.Error:
+                pass  # the idle slots elsewhere claim within their poll
+        self.notifier.notify(WORK)
+
     def _names(self) -> dict[str, Any]:
         return {
             "jobs_channel": self._jobs_channel,
+            "ends_channel": self._ends_channel,
             "work_channel": self._work_channel,
             "origin": self._origin,
         }
@@ -496,6 +511,9 @@ class PostgresStore(Store):
             "worker": worker,
             "lease_until": now + lease,
             "n": max_jobs,
+            # Found nothing: this process has an idle slot (see `Statements.submit`).
+            "idle_channel": self._listener.own_channel,
+            "idle_tasks": cached_text_array(tuple(sorted(tasks))),
         }
         # Each group is a CTE of its own (FOR UPDATE does not go with UNION).
         ctes = []
@@ -659,4 +677,12 @@ class PostgresStore(Store):
                 pass
 
         self._listener.close(wake)
+        try:
+            with self._pool.connection(timeout=1.0) as conn:
+                conn.execute(
+                    f"DELETE FROM {self._sql.idle} WHERE channel = %s",
+                    (self._listener.own_channel,),
+                )
+        except psycopg.Error:
+            pass  # its word goes stale within seconds
         self._pool.close()

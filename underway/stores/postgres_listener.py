@@ -2,9 +2,11 @@
 
 One background thread per store holds one connection that LISTENs on the store's
 channel of new work from the first time a worker slot of this process waits for
-work, and on its channel of job changes from the first time some thread waits on a
-job (`PostgresFeed`): a process that only runs jobs is not woken by every job's
-every change, nor one that only submits by every submission. A job change's payload is
+work, on its channel of job ends from the first time some thread waits for a job to
+end (`wait()`), and on its channel of all other job changes from the first time some
+thread watches a job (`PostgresFeed`): a process that only runs jobs is not woken
+by every job's every change, one that only submits by every submission, nor one
+that only waits for results by every job's start. A job change's payload is
 `origin|state|ids`, or `origin|state|id|doc` when a job ends (`doc`: its final row,
 see `postgres_sql.Statements.apply`): the store instance that made it, the jobs'
 new state (empty when unknown) and the jobs. A notification from another store
@@ -51,12 +53,22 @@ class PostgresFeed(ChangeFeed):
 
     def wait(self, key: str, seen: int, timeout: float | None) -> int:
         if self.listener is not None:
-            self.listener.want(work=key == WORK)
+            self.listener.want("work" if key == WORK else "jobs")
         return super().wait(key, seen, timeout)
+
+    def wait_end(self, key: str, seen: int, timeout: float | None) -> int:
+        if self.listener is not None:
+            self.listener.want("ends")
+        return super().wait(key, seen, timeout)
+
+    def idle_slots(self) -> int:
+        """How many worker slots of this process wait for work now."""
+        with self._lock:
+            return len(self._waiters.get(WORK, ()))
 
     def subscribe(self, key: str, fn: Listener) -> Callable[[], None]:
         if self.listener is not None:
-            self.listener.want(work=key == WORK)
+            self.listener.want("work" if key == WORK else "jobs")
         return super().subscribe(key, fn)
 
 
@@ -69,20 +81,30 @@ class PostgresListener:
         notifier: ChangeFeed,
         *,
         jobs_channel: str,
+        ends_channel: str,
         work_channel: str,
         own_channel: str,
         origin: str,
         on_reconnect: Callable[[], None] = lambda: None,
         poke: Callable[[], None] = lambda: None,
+        on_work: Callable[[], None] = lambda: None,
     ) -> None:
         self._conninfo = conninfo
         self._notifier = notifier
         self._jobs = jobs_channel
+        self._ends = ends_channel
         self._work = work_channel
-        self.own_channel = own_channel  # only this store's close() notifies it
+        self._channels = {
+            "work": {work_channel},
+            "ends": {ends_channel},
+            "jobs": {jobs_channel, ends_channel},
+        }
+        # This store's own: wake-ups (empty payload) and work chosen for this process.
+        self.own_channel = own_channel
         self._origin = origin
         self._on_reconnect = on_reconnect  # e.g. drop pooled connections the server lost
         self._poke = poke  # notifies `own_channel`, to end the thread's wait at once
+        self._on_work = on_work  # a submission chose this process (on `own_channel`)
         self._wanted: set[str] = set()  # the channels to LISTEN on (besides our own)
         self._want_lock = threading.Lock()
         self._more = threading.Event()  # `_wanted` grew: the thread has more to LISTEN on
@@ -100,14 +122,15 @@ class PostgresListener:
             wake()
         self._thread.join(timeout=5)
 
-    def want(self, *, work: bool) -> None:
-        """Listen for new work (or for job changes) from now on; the thread wakes every
-        waiter once it does, since what happened before was not heard."""
-        channel = self._work if work else self._jobs
-        if channel in self._wanted:
+    def want(self, what: str) -> None:
+        """Listen for new work ("work"), job ends ("ends") or all job changes ("jobs")
+        from now on; the thread wakes every waiter once it does, since what happened
+        before was not heard."""
+        channels = self._channels[what]
+        if channels <= self._wanted:
             return
         with self._want_lock:
-            self._wanted = self._wanted | {channel}
+            self._wanted = self._wanted | channels
         self._more.set()
         if self.connected.is_set():
             try:
@@ -163,10 +186,14 @@ class PostgresListener:
         return bool(new)
 
     def _handle(self, channel: str, payload: str) -> None:
+        if channel == self.own_channel:
+            if payload:  # a submission's news of work, for this process alone
+                self._on_work()
+            return  # else a wake-up only (see `close` and `want`)
         origin, _, rest = payload.partition("|")
         if origin == self._origin:
             return  # our own write: its waiters were woken already
-        if channel == self._jobs:
+        if channel == self._jobs or channel == self._ends:
             name, _, rest = rest.partition("|")
             listed, _, doc = rest.partition("|")
             ids = [job_id for job_id in listed.split(",") if job_id]

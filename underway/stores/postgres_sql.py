@@ -19,6 +19,7 @@ from . import postgres_schema as schema
 
 NOTIFY_IDS = 200  # job ids per notification (a payload holds at most 8000 bytes)
 DOC_BYTES = 7800  # a final row larger than this is not sent with its notification
+IDLE_FRESH = 2.0  # seconds an idle worker's word holds (idle slots claim every 0.5 s)
 
 COLUMN_NAMES = (
     "id", "task", "queue", "priority", "state", "params", "progress", "result", "error",
@@ -120,6 +121,7 @@ class Statements:
         j, e = f"{s}.underway_jobs", f"{s}.underway_events"
         self.jobs, self.events = j, e
         self.workers = f"{s}.underway_workers"
+        self.idle = idle = f"{s}.underway_idle"
         returning = ", ".join(f"j.{c}" for c in COLUMN_NAMES)
         # A job's change is announced as `origin|state|ids` (see `postgres_listener`);
         # an unknown state is left empty.
@@ -128,6 +130,10 @@ class Statements:
         # A submission in one statement (its own transaction): the job, its events
         # and the news of work; no row when the idempotency key is taken. Nobody
         # elsewhere can wait on the new job yet, so it needs no announcement of its own.
+        # The news goes to one worker process that said it has an idle slot for the
+        # task (the one idle longest; its word is used up), on its own channel, or to
+        # all when none did: one new job does not wake every idle process. A process
+        # whose slots all got busy meanwhile passes it on to all (`PostgresStore`).
         self.submit = f"""
             WITH ins AS (
                 INSERT INTO {j} AS j (id, task, queue, priority, state, params, max_attempts,
@@ -143,7 +149,16 @@ class Statements:
                 FROM ins, unnest(%(kinds)s::text[], %(datas)s::text[])
                     WITH ORDINALITY AS x(kind, data, n)
             )
-            SELECT pg_notify(%(work_channel)s, %(origin)s) FROM ins"""
+            , idle AS (
+                DELETE FROM {idle} WHERE channel = (
+                    SELECT channel FROM {idle}
+                    WHERE %(task)s = ANY(tasks) AND at > extract(epoch FROM now()) - {IDLE_FRESH}
+                        AND EXISTS (SELECT 1 FROM ins) AND %(run_at)s <= %(created_at)s
+                    ORDER BY at LIMIT 1 FOR UPDATE SKIP LOCKED
+                ) RETURNING channel
+            )
+            SELECT pg_notify(coalesce((SELECT channel FROM idle), %(work_channel)s), %(origin)s)
+            FROM ins"""
         self.insert_many = f"""
             WITH new AS (
                 INSERT INTO {j} (id, task, queue, priority, state, params, max_attempts,
@@ -201,7 +216,8 @@ class Statements:
                 FROM u, unnest(%(kinds)s::text[], %(datas)s::text[])
                     WITH ORDINALITY AS x(kind, data, n)
             )
-            SELECT pg_notify(%(jobs_channel)s, %(origin)s || '|' || %(state)s || '|' || u.id
+            SELECT pg_notify(CASE WHEN %(ends)s THEN %(ends_channel)s ELSE %(jobs_channel)s END,
+                    %(origin)s || '|' || %(state)s || '|' || u.id
                     || CASE WHEN octet_length(u.doc) <= {DOC_BYTES} THEN '|' || u.doc
                        ELSE '' END),
                 CASE WHEN %(queued)s
@@ -224,6 +240,11 @@ class Statements:
             ), note AS (
                 SELECT pg_notify(%(jobs_channel)s, %(origin)s || '|running|' || string_agg(id, ','))
                 FROM (SELECT id, (row_number() OVER ()) / {NOTIFY_IDS} AS g FROM c) s GROUP BY g
+            ), idle AS (
+                INSERT INTO {idle} (channel, tasks, at)
+                SELECT %(idle_channel)s, %(idle_tasks)s::text[], extract(epoch FROM now())
+                WHERE %(idle_channel)s::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM c)
+                ON CONFLICT (channel) DO UPDATE SET tasks = EXCLUDED.tasks, at = EXCLUDED.at
             )
             SELECT c.*, (SELECT count(*) FROM note) FROM c ORDER BY c.priority, c.id"""
         self.pick = f"""
@@ -286,7 +307,7 @@ class Statements:
         self.delete = f"""
             WITH u AS (DELETE FROM {j} WHERE id = %(id)s RETURNING id),
             ev AS (DELETE FROM {e} WHERE job_id = %(id)s)
-            SELECT {notify_jobs} FROM u"""
+            SELECT pg_notify(%(ends_channel)s, %(origin)s || '||' || u.id) FROM u"""
         self.events_after = f"""
             SELECT seq, kind, idx, data, at, attempt FROM {e}
             WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s"""
