@@ -197,13 +197,16 @@ def test_a_bulk_claim_and_finish_takes_few_statements(pg_store: PostgresStore) -
 
 def test_a_batch_that_fails_leaves_nothing_applied(pg_store: PostgresStore) -> None:
     """The ends and the claim of a batch are one transaction without BEGIN/COMMIT
-    (one pipeline, one Sync): when the claim fails, the ends are undone too, and the
-    store goes on working."""
+    (one pipeline with one Sync, or one statement for a single end): when the claim
+    fails, the ends are undone too, and the store goes on working."""
     first, second = submit(pg_store), submit(pg_store)
     now = time.time()
     held = claim_one(pg_store, now=now)
-    broken = pg_store._sql.claim_tail
-    pg_store._sql.claim_tail = broken.replace("FROM c ORDER BY", "FROM c ORDER BY nonsense,")
+    sql = pg_store._sql
+    selects = sql.claim_select, sql.claim_select_after_apply
+    sql.claim_select, sql.claim_select_after_apply = (
+        text.replace("ORDER BY", "ORDER BY nonsense,") for text in selects
+    )
     try:
         with pytest.raises(psycopg.Error):
             pg_store.apply_and_claim(
@@ -211,7 +214,7 @@ def test_a_batch_that_fails_leaves_nothing_applied(pg_store: PostgresStore) -> N
                 lease=30.0, now=now, max_jobs=2,
             )  # fmt: skip
     finally:
-        pg_store._sql.claim_tail = broken
+        sql.claim_select, sql.claim_select_after_apply = selects
     again = pg_store.get(held.id)
     assert again is not None and again.state is State.RUNNING
     other = first if held.id == second.id else second

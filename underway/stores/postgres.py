@@ -436,6 +436,21 @@ class PostgresStore(Store):
                 with conn.pipeline(), conn.transaction():
                     applied = [conn.execute(self._sql.apply, p) for p in params]
                     claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
+            elif len(params) == 1 and max_jobs > 0:
+                # The end of a job and the next claim: one statement (the claim does
+                # not see what the decision changed, nor needs to).
+                merged = self._claim(
+                    conn, worker, tasks, limits, lease, now, max_jobs, decision=params[0]
+                )
+                applied = []
+                claim = None
+                if merged is not None:
+                    rows = merged.fetchall()
+                    done[order[0]] = bool(rows[0][-2])
+                    docs[order[0]] = rows[0][-1]
+                    rows = [row[:-2] for row in rows if row[0] is not None]
+                else:  # no room under the limits: the decision alone
+                    applied = [conn.execute(self._sql.apply, params[0])]
             elif len(params) + (max_jobs > 0) == 1:
                 # One statement is a transaction of its own.
                 if params:
@@ -455,7 +470,7 @@ class PostgresStore(Store):
                     claim = None
                     if max_jobs > 0:
                         claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
-            for i, cur in zip(order, applied, strict=True):
+            for i, cur in zip(order if applied else (), applied, strict=True):
                 row = cur.fetchone()
                 if row is not None:
                     done[i] = True
@@ -485,8 +500,11 @@ class PostgresStore(Store):
         lease: float,
         now: float,
         max_jobs: int,
+        decision: dict[str, Any] | None = None,
     ) -> psycopg.Cursor[Any] | None:
-        """Send the claim; its cursor yields the claimed rows (None: no room)."""
+        """Send the claim; its cursor yields the claimed rows (None: no room). With the
+        parameters of one `decision`, the same statement applies it first (see
+        `Statements.claim_select_after_apply` for what it yields then)."""
         sql = self._sql
         capped = sorted(t for t in set(tasks) if t in limits)
         free = sorted(t for t in set(tasks) if t not in limits)
@@ -510,7 +528,7 @@ class PostgresStore(Store):
             "now": now,
             "worker": worker,
             "lease_until": now + lease,
-            "n": max_jobs,
+            "n_jobs": max_jobs,
             # Found nothing: this process has an idle slot (see `Statements.submit`).
             "idle_channel": self._listener.own_channel,
             "idle_tasks": cached_text_array(tuple(sorted(tasks))),
@@ -526,10 +544,14 @@ class PostgresStore(Store):
             picked = "SELECT id FROM g0"
         else:
             union = " UNION ALL ".join(f"SELECT id, priority FROM g{n}" for n in range(len(groups)))
-            picked = f"SELECT id FROM ({union}) AS u ORDER BY priority, id LIMIT %(n)s"
+            picked = f"SELECT id FROM ({union}) AS grp ORDER BY priority, id LIMIT %(n_jobs)s"
+        if decision is not None:
+            ctes.insert(0, f"{sql.apply_head}, un AS ({sql.apply_tail})")
+            values = {**decision, **values}
         return conn.execute(
             f"WITH {', '.join(ctes)}, picked AS ({picked}), c AS ({sql.claim_set}), "
-            f"{sql.claim_tail}",
+            f"{sql.claim_tail}"
+            f"{sql.claim_select if decision is None else sql.claim_select_after_apply}",
             values,
         )
 

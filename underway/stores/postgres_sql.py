@@ -186,8 +186,8 @@ class Statements:
         # with its new state and, when the job ends, its final row (`doc`, a JSON
         # array of COLUMN_NAMES) if it fits in a notification, so that waiters need
         # not read it back. The row comes back to the caller too.
-        self.apply = f"""
-            WITH u AS (
+        self.apply_head = f"""
+            u AS (
                 UPDATE {j} SET
                     state = %(state)s,
                     attempt = coalesce(%(attempt)s::int, attempt),
@@ -209,13 +209,14 @@ class Statements:
                     AND (%(lease_before)s::float8 IS NULL OR lease_until < %(lease_before)s::float8)
                 RETURNING id, task, event_seq, attempt,
                     CASE WHEN %(ends)s THEN json_build_array({COLUMNS})::text END AS doc
-            ), ev AS (
+            ), uev AS (
                 INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
                 SELECT u.id, u.event_seq - %(n)s::int + x.n::int, x.kind, NULL, x.data,
                     %(now)s::float8, u.attempt
                 FROM u, unnest(%(kinds)s::text[], %(datas)s::text[])
                     WITH ORDINALITY AS x(kind, data, n)
-            )
+            )"""
+        self.apply_tail = f"""
             SELECT pg_notify(CASE WHEN %(ends)s THEN %(ends_channel)s ELSE %(jobs_channel)s END,
                     %(origin)s || '|' || %(state)s || '|' || u.id
                     || CASE WHEN octet_length(u.doc) <= {DOC_BYTES} THEN '|' || u.doc
@@ -225,6 +226,15 @@ class Statements:
                 THEN pg_notify(%(work_channel)s, %(origin)s) END,
                 u.doc
             FROM u"""
+        self.apply = f"WITH {self.apply_head} {self.apply_tail}"
+        # A claim that also applies one decision (`apply_head`, announced by `un`),
+        # in one statement: at least one row, whose last two columns say whether the
+        # decision applied and its `doc`; the claimed jobs' columns are NULL when
+        # there are none.
+        self.claim_select_after_apply = """
+            SELECT c.*, (SELECT count(*) FROM note), (SELECT count(*) FROM un),
+                (SELECT doc FROM un)
+            FROM (SELECT 1) AS one LEFT JOIN c ON true ORDER BY c.priority, c.id"""
         self.claim_set = f"""
             UPDATE {j} AS j SET state = 'running', attempt = j.attempt + 1,
                 started_at = %(now)s, worker = %(worker)s, lease_until = %(lease_until)s,
@@ -245,7 +255,8 @@ class Statements:
                 SELECT %(idle_channel)s, %(idle_tasks)s::text[], extract(epoch FROM now())
                 WHERE %(idle_channel)s::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM c)
                 ON CONFLICT (channel) DO UPDATE SET tasks = EXCLUDED.tasks, at = EXCLUDED.at
-            )
+            )"""
+        self.claim_select = """
             SELECT c.*, (SELECT count(*) FROM note) FROM c ORDER BY c.priority, c.id"""
         self.pick = f"""
             (SELECT id, priority FROM {j} WHERE state = 'queued' AND run_at <= %(now)s
