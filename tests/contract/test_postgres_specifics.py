@@ -329,3 +329,22 @@ def test_a_process_chosen_when_its_slots_got_busy_passes_the_work_on(
     finally:
         busy.close()
         other.close()
+
+
+def test_a_version_1_schema_is_migrated(pg_store: PostgresStore, postgres_url: str) -> None:
+    job = submit(pg_store)
+    pg_store.close()
+    conninfo, name = split_url(postgres_url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP TABLE "{name}".underway_idle')
+        conn.execute(f'UPDATE "{name}".underway_schema SET version = 1')
+    again = open_store(postgres_url)
+    try:
+        assert again.get(job.id) is not None
+        assert claim(again) != []  # claims work, and a claim that finds nothing too
+        assert claim(again) == []
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            row = conn.execute(f'SELECT version FROM "{name}".underway_schema').fetchone()
+        assert row == (2,)
+    finally:
+        again.close()
