@@ -25,6 +25,8 @@ what they could not write and retry, and the listener reconnects by itself.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -57,6 +59,9 @@ RETRY_AFTER = 2.0  # seconds callers are told to wait while the server is unreac
 POOL_TIMEOUT = 5.0  # seconds a call waits for a pooled connection before giving up
 DOWN_TIMEOUT = 0.5  # the same while the server was lost at the last call
 POOL_SIZE = 16  # connections at most, per store (one more for the listener)
+STATS_CHECK = 5.0  # seconds between looks at the jobs table's statistics, while claims find work
+
+log = logging.getLogger("underway.stores.postgres")
 
 
 def safe_url(url: str) -> str:
@@ -109,6 +114,7 @@ class PostgresStore(Store):
             name=f"underway-{self.schema}",
         )
         self._healthy = True  # False after a lost server: calls then wait less long
+        self._stats_due = 0.0  # monotonic time of the next look at the table's statistics
         try:
             with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
                 self._migrate(conn)
@@ -478,6 +484,8 @@ class PostgresStore(Store):
             if claim is not None:
                 rows = claim.fetchall()
         claimed = [row_to_record(row) for row in rows]
+        if claimed and len(claimed) == max_jobs:
+            self._refresh_stats()
         known = {r.id: Known(State.RUNNING, record=r) for r in claimed}
         work = False
         for d, ok, doc in zip(decisions, done, docs, strict=True):
@@ -554,6 +562,25 @@ class PostgresStore(Store):
             f"{sql.claim_select if decision is None else sql.claim_select_after_apply}",
             values,
         )
+
+    def _refresh_stats(self) -> None:
+        """ANALYZE the jobs table when the planner's idea of it is far off: never
+        analyzed, or changed by more than half since. A claim planned for a (nearly)
+        empty table reads and sorts the whole queue to take one job; autovacuum
+        corrects that only within a minute or so, and a queue can grow by thousands of
+        jobs meanwhile. Looked at every few seconds, while claims find work."""
+        now = time.monotonic()
+        if now < self._stats_due:
+            return
+        self._stats_due = now + STATS_CHECK
+        try:
+            with self._connection() as conn:
+                row = conn.execute(self._sql.stale_stats, (self._sql.jobs,)).fetchone()
+                if row is not None and row[0]:
+                    conn.execute(f"ANALYZE {self._sql.jobs}")
+        except (psycopg.Error, StoreUnavailable) as exc:  # e.g. not the table's owner
+            log.debug("could not refresh the statistics of %s: %s", self._sql.jobs, exc)
+            self._stats_due = now + 60 * STATS_CHECK
 
     def renew(
         self, *, worker: str, fences: Mapping[str, int], lease: float, now: float

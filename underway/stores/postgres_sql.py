@@ -262,6 +262,11 @@ class Statements:
             (SELECT id, priority FROM {j} WHERE state = 'queued' AND run_at <= %(now)s
              AND task = ANY(%({{tasks}})s::text[]) ORDER BY priority, id
              LIMIT %({{room}})s FOR UPDATE SKIP LOCKED)"""
+        self.stale_stats = """
+            SELECT c.reltuples < 0
+                OR coalesce(s.n_mod_since_analyze, 0) > 1000 + c.reltuples / 2
+            FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+            WHERE c.oid = %s::regclass"""
         self.running_counts = f"""
             SELECT task, count(*) FROM {j} WHERE state = 'running' AND task = ANY(%s::text[])
             GROUP BY task"""
