@@ -706,6 +706,8 @@ class PostgresStore(Store):
         )
         with self._connection() as conn:
             rows = conn.execute(self._sql.purge.format(column=column), (bound,)).fetchall()
+            if finished_before is None:  # the janitor's round: the word of gone processes too
+                conn.execute(self._sql.purge_idle)
         for (job_id,) in rows:
             self.notifier.forget(job_id)
         return len(rows)

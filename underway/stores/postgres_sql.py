@@ -262,6 +262,10 @@ class Statements:
             (SELECT id, priority FROM {j} WHERE state = 'queued' AND run_at <= %(now)s
              AND task = ANY(%({{tasks}})s::text[]) ORDER BY priority, id
              LIMIT %({{room}})s FOR UPDATE SKIP LOCKED)"""
+        # Idle processes renew their word at each claim that finds nothing (every
+        # idle poll at least); a word older than this is of a process that is gone.
+        self.purge_idle = f"""
+            DELETE FROM {idle} WHERE at < extract(epoch FROM now()) - {30 * IDLE_FRESH}"""
         self.stale_stats = """
             SELECT c.reltuples < 0
                 OR coalesce(s.n_mod_since_analyze, 0) > 1000 + c.reltuples / 2
