@@ -1,8 +1,9 @@
 """The PostgreSQL store: the database a web application often runs already.
 
 `postgresql://user:password@host:port/db?schema=NAME` (also `postgres://`); the
-tables (`underway_jobs`, `underway_events`, `underway_schema`) live in schema
-NAME (default `public`), created and migrated on first use (`postgres_schema`).
+tables (`underway_jobs`, `underway_events`, `underway_workers`, `underway_idle`,
+`underway_schema`) live in schema NAME (default `public`), created and migrated on
+first use (`postgres_schema`).
 
 Connections come from a psycopg pool. Every change is one statement (a CTE that
 updates the job, writes its events and announces it with `pg_notify`), guarded and
@@ -10,17 +11,19 @@ fenced like the other stores: the store applies the lifecycle's decisions
 (`Decision`) and decides nothing itself. A worker's batch (the ends of its last
 jobs, then a claim with `FOR UPDATE SKIP LOCKED`) is one transaction, sent as one
 pipeline with a single Sync (an implicit transaction: no BEGIN, no COMMIT), so one
-round trip: one statement per decision and one for the whole claim. A submission is
-one statement too. Claims of tasks
-with a concurrency limit take a transaction-level advisory lock per limited task,
-so two workers never both fill the last free place.
+round trip: one statement per decision and one for the whole claim; the end of a
+single job and the next claim are one statement. A submission is one statement
+too, and wakes one idle worker process rather than all (`Statements.submit`).
+Claims of tasks with a concurrency limit take a transaction-level advisory lock
+per limited task, so two workers never both fill the last free place.
 
 Waiting does not poll: a listener thread (`postgres_listener`) LISTENs on the
-store's channels and feeds the change feed; this instance's own writes wake its
-waiters directly. Either way the feed learns the jobs' new states, and a job's
-final record when it ends, so that `wait()` need not read them back. While the
-server cannot be reached, every call raises `StoreUnavailable`; workers keep
-what they could not write and retry, and the listener reconnects by itself.
+store's channels, those this process needs, and feeds the change feed; this
+instance's own writes wake its waiters directly. Either way the feed learns the
+jobs' new states, and a job's final record when it ends, so that `wait()` need not
+read them back. While the server cannot be reached, every call raises
+`StoreUnavailable`; workers keep what they could not write and retry, and the
+listener reconnects by itself.
 """
 
 from __future__ import annotations
