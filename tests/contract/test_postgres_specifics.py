@@ -348,3 +348,35 @@ def test_a_version_1_schema_is_migrated(pg_store: PostgresStore, postgres_url: s
         assert row == (2,)
     finally:
         again.close()
+
+
+def test_changes_are_announced_only_while_someone_listens(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    """PostgreSQL wakes every listening connection for every notification, so job
+    changes are announced only while some process holds the channel's listening lock;
+    notifications arrive in commit order, so a sentinel sent after the change tells
+    whether the change was announced (no waiting on time)."""
+    conninfo, _ = split_url(postgres_url)
+    channel = pg_store._jobs_channel
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'LISTEN "{channel}"')
+
+        def heard() -> list[str]:
+            with psycopg.connect(conninfo, autocommit=True) as other:
+                other.execute("SELECT pg_notify(%s, 'sentinel')", (channel,))
+            notes = []
+            for note in conn.notifies(timeout=5.0):
+                if note.payload == "sentinel":
+                    return notes
+                notes.append(note.payload)
+            raise AssertionError("the sentinel did not arrive")
+
+        submit(pg_store)
+        claim_one(pg_store)
+        assert heard() == []  # nobody holds the lock: nobody was told
+        conn.execute("SELECT pg_advisory_lock_shared(%s)", (pg_store._listen_keys[channel],))
+        job = submit(pg_store)
+        claim_one(pg_store)
+        (payload,) = heard()
+        assert payload.endswith(f"|running|{job.id}")

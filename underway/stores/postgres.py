@@ -104,6 +104,11 @@ class PostgresStore(Store):
         self._origin = new_id()[-12:]  # names this instance's own notifications
         self._jobs_channel, self._ends_channel, self._work_channel = schema.channels(self.schema)
         self._lock_prefix = f"underway:{self.schema}:"
+        # Held (shared) by the processes that listen on these channels (see `Statements`).
+        self._listen_keys = {
+            channel: lock_key(f"{self._lock_prefix}listen:{channel}")
+            for channel in (self._jobs_channel, self._ends_channel)
+        }
         self._pool = ConnectionPool(
             self.conninfo,
             min_size=1,
@@ -142,6 +147,7 @@ class PostgresStore(Store):
             on_reconnect=self._drop_lost_connections,
             poke=self._poke,
             on_work=self._work_for_us,
+            listen_keys=self._listen_keys,
         )
         self._feed.listener = self._listener
         self._listener.start()
@@ -227,6 +233,8 @@ class PostgresStore(Store):
             "jobs_channel": self._jobs_channel,
             "ends_channel": self._ends_channel,
             "work_channel": self._work_channel,
+            "jobs_key": self._listen_keys[self._jobs_channel],
+            "ends_key": self._listen_keys[self._ends_channel],
             "origin": self._origin,
         }
 

@@ -88,6 +88,7 @@ class PostgresListener:
         on_reconnect: Callable[[], None] = lambda: None,
         poke: Callable[[], None] = lambda: None,
         on_work: Callable[[], None] = lambda: None,
+        listen_keys: dict[str, int] | None = None,
     ) -> None:
         self._conninfo = conninfo
         self._notifier = notifier
@@ -105,6 +106,9 @@ class PostgresListener:
         self._on_reconnect = on_reconnect  # e.g. drop pooled connections the server lost
         self._poke = poke  # notifies `own_channel`, to end the thread's wait at once
         self._on_work = on_work  # a submission chose this process (on `own_channel`)
+        # Advisory locks held (shared) while listening on a channel, by channel: changes
+        # are announced on it only while some process holds its lock (`Statements`).
+        self._listen_keys = dict(listen_keys or {})
         self._wanted: set[str] = set()  # the channels to LISTEN on (besides our own)
         self._want_lock = threading.Lock()
         self._more = threading.Event()  # `_wanted` grew: the thread has more to LISTEN on
@@ -181,6 +185,11 @@ class PostgresListener:
         self._more.clear()
         new = sorted(self._wanted - listening)
         for channel in new:
+            key = self._listen_keys.get(channel)
+            if key is not None:
+                # Waits for the changes that found nobody listening to commit: the
+                # waiters woken below read after them.
+                conn.execute("SELECT pg_advisory_lock_shared(%s)", (key,))
             conn.execute(f"LISTEN {quote(channel)}")
             listening.add(channel)
         return bool(new)

@@ -124,9 +124,20 @@ class Statements:
         self.idle = idle = f"{s}.underway_idle"
         returning = ", ".join(f"j.{c}" for c in COLUMN_NAMES)
         # A job's change is announced as `origin|state|ids` (see `postgres_listener`);
-        # an unknown state is left empty.
-        notify_running = "pg_notify(%(jobs_channel)s, %(origin)s || '|running|' || u.id)"
-        notify_jobs = "pg_notify(%(jobs_channel)s, %(origin)s || '||' || u.id)"
+        # an unknown state is left empty. Only while some process listens: each holds
+        # a shared advisory lock per channel (`jobs_key`, `ends_key`) while it does, so
+        # a change that gets the lock for itself is heard by nobody and announced to
+        # nobody (PostgreSQL wakes every listening connection for every notification).
+        # A process that starts listening waits for such a change to commit, then
+        # reads: it misses nothing.
+        notify_running = (
+            "CASE WHEN NOT pg_try_advisory_xact_lock(%(jobs_key)s) THEN "
+            "pg_notify(%(jobs_channel)s, %(origin)s || '|running|' || u.id) END"
+        )
+        notify_jobs = (
+            "CASE WHEN NOT pg_try_advisory_xact_lock(%(jobs_key)s) THEN "
+            "pg_notify(%(jobs_channel)s, %(origin)s || '||' || u.id) END"
+        )
         # A submission in one statement (its own transaction): the job, its events
         # and the news of work; no row when the idempotency key is taken. Nobody
         # elsewhere can wait on the new job yet, so it needs no announcement of its own.
@@ -217,10 +228,12 @@ class Statements:
                     WITH ORDINALITY AS x(kind, data, n)
             )"""
         self.apply_tail = f"""
-            SELECT pg_notify(CASE WHEN %(ends)s THEN %(ends_channel)s ELSE %(jobs_channel)s END,
+            SELECT CASE WHEN NOT pg_try_advisory_xact_lock(
+                    CASE WHEN %(ends)s THEN %(ends_key)s::bigint ELSE %(jobs_key)s::bigint END)
+                THEN pg_notify(CASE WHEN %(ends)s THEN %(ends_channel)s ELSE %(jobs_channel)s END,
                     %(origin)s || '|' || %(state)s || '|' || u.id
                     || CASE WHEN octet_length(u.doc) <= {DOC_BYTES} THEN '|' || u.doc
-                       ELSE '' END),
+                       ELSE '' END) END,
                 CASE WHEN %(queued)s
                     OR (%(frees)s AND (%(any_room)s OR u.task = ANY(%(limited)s::text[])))
                 THEN pg_notify(%(work_channel)s, %(origin)s) END,
@@ -249,7 +262,8 @@ class Statements:
                 FROM c
             ), note AS (
                 SELECT pg_notify(%(jobs_channel)s, %(origin)s || '|running|' || string_agg(id, ','))
-                FROM (SELECT id, (row_number() OVER ()) / {NOTIFY_IDS} AS g FROM c) s GROUP BY g
+                FROM (SELECT id, (row_number() OVER ()) / {NOTIFY_IDS} AS g FROM c) s
+                WHERE (SELECT NOT pg_try_advisory_xact_lock(%(jobs_key)s)) GROUP BY g
             ), idle AS (
                 INSERT INTO {idle} (channel, tasks, at)
                 SELECT %(idle_channel)s, %(idle_tasks)s::text[], extract(epoch FROM now())
@@ -327,7 +341,8 @@ class Statements:
         self.delete = f"""
             WITH u AS (DELETE FROM {j} WHERE id = %(id)s RETURNING id),
             ev AS (DELETE FROM {e} WHERE job_id = %(id)s)
-            SELECT pg_notify(%(ends_channel)s, %(origin)s || '||' || u.id) FROM u"""
+            SELECT CASE WHEN NOT pg_try_advisory_xact_lock(%(ends_key)s)
+                THEN pg_notify(%(ends_channel)s, %(origin)s || '||' || u.id) END FROM u"""
         self.events_after = f"""
             SELECT seq, kind, idx, data, at, attempt FROM {e}
             WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s"""
