@@ -9,7 +9,9 @@ in one run, for each queue (a peer that is not installed is left out):
 
 - end to end: `--jobs` no-op jobs submitted one by one (one call each, from one
   client) to `--procs` idle worker processes; jobs/s from the first submission to
-  the last job recorded as done;
+  the last job recorded as done, and the CPU time all of it took per job: the
+  client (this process), the worker processes and the PostgreSQL server's processes
+  (read from /proc; a steadier figure than jobs/s on a shared machine);
 - round trip: one job at a time submitted to idle workers and waited for; p50/p90.
   underway waits with `handle.wait()`; the peers have no such call, so a trigger of
   the benchmark's own turns their "done" row into a NOTIFY that the client LISTENs
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import os
 import signal
 import statistics
 import subprocess
@@ -100,9 +103,40 @@ def count(url: str, sql: str) -> int:
     return int(row[0]) if row else 0
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (0 without /proc)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def server_pids(server: PostgresServer) -> list[int]:
+    """The server's postmaster and its children (backends and helpers)."""
+    try:
+        postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == postmaster:
+                pids.append(int(entry.name))
+    return pids
+
+
 # -- worker processes -------------------------------------------------------------------
 @contextmanager
-def workers(argv: list[str], procs: int) -> Iterator[None]:
+def workers(argv: list[str], procs: int) -> Iterator[list[int]]:
     started = [
         subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(procs)
     ]
@@ -110,7 +144,7 @@ def workers(argv: list[str], procs: int) -> Iterator[None]:
         for proc in started:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         time.sleep(0.5)  # the peers print `ready` just before their loop LISTENs
-        yield
+        yield [proc.pid for proc in started]
     finally:
         for proc in started:
             proc.send_signal(signal.SIGTERM)
@@ -323,8 +357,10 @@ class PgqueuerQueue(PeerQueue):
 
 
 # -- the measurements -------------------------------------------------------------------
-def end_to_end(queue: Queue, jobs: int) -> float:
-    """Jobs/s: `jobs` submitted one by one to running idle workers, until all are done."""
+def end_to_end(queue: Queue, jobs: int, others: list[int]) -> tuple[float, float]:
+    """Jobs/s: `jobs` submitted one by one to running idle workers, until all are done;
+    and the CPU seconds per job of this process and the `others` meanwhile."""
+    cpu = time.process_time() + cpu_seconds(others)
     started = time.perf_counter()
     for _ in range(jobs):
         queue.submit()
@@ -333,7 +369,8 @@ def end_to_end(queue: Queue, jobs: int) -> float:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{queue.name}: {queue.done()} of {jobs} jobs done after 120 s")
         time.sleep(0.005)
-    return jobs / (time.perf_counter() - started)
+    took = time.perf_counter() - started
+    return jobs / took, (time.process_time() + cpu_seconds(others) - cpu) / jobs
 
 
 def round_trips(queue: Queue, trips: int) -> list[float]:
@@ -369,14 +406,15 @@ def measure(
     spawn: Callable[[str, int], Any],
     url: str,
     args: argparse.Namespace,
+    server: PostgresServer,
 ) -> dict[str, Any]:
     """One queue: its end-to-end rate (workers in their throughput configuration),
     then its round trips (workers in their latency configuration)."""
     out: dict[str, Any] = {"name": name}
     queue = make(url)
     try:
-        with spawn(url, PGQUEUER_BATCH):
-            out["rate"] = end_to_end(queue, args.jobs)
+        with spawn(url, PGQUEUER_BATCH) as pids:
+            out["rate"], out["cpu"] = end_to_end(queue, args.jobs, pids + server_pids(server))
         with spawn(url, 1):
             trips = round_trips(queue, args.trips)
     finally:
@@ -384,7 +422,8 @@ def measure(
     out["p50"] = statistics.median(trips)
     out["p90"] = trips[int(len(trips) * 0.9)]
     print(
-        f"  {name}: {out['rate']:,.0f} jobs/s; round trip p50 {out['p50'] * 1e3:.2f} ms",
+        f"  {name}: {out['rate']:,.0f} jobs/s ({out['cpu'] * 1e6:,.0f} us CPU per job); "
+        f"round trip p50 {out['p50'] * 1e3:.2f} ms",
         file=sys.stderr,
         flush=True,
     )
@@ -429,6 +468,7 @@ def main() -> None:
                 lambda u, _batch: underway_workers(u, args.procs, args.slots),
                 url,
                 args,
+                server,
             )
         )
         for peer in peers:
@@ -442,6 +482,7 @@ def main() -> None:
                     lambda u, batch, peer=peer: peer_workers(peer, u, args.procs, batch),
                     url,
                     args,
+                    server,
                 )
             )
     ours = rows[0]
@@ -456,16 +497,19 @@ def main() -> None:
         f"{args.trips} round trips to idle workers"
     )
     print(
-        "| queue | jobs/s end to end | round trip p50 | p90 | "
-        "jobs/s underway/peer | p50 underway/peer |"
+        "| queue | jobs/s end to end | CPU per job | round trip p50 | p90 | "
+        "jobs/s underway/peer | CPU underway/peer | p50 underway/peer |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        rate_ratio = "" if row is ours else f"{ours['rate'] / row['rate']:.2f}"
-        p50_ratio = "" if row is ours else f"{ours['p50'] / row['p50']:.2f}"
+        peer = row is not ours
+        rate_ratio = f"{ours['rate'] / row['rate']:.2f}" if peer else ""
+        cpu_ratio = f"{ours['cpu'] / row['cpu']:.2f}" if peer and row["cpu"] > 0 else ""
+        p50_ratio = f"{ours['p50'] / row['p50']:.2f}" if peer else ""
         print(
-            f"| {row['name']} | {row['rate']:,.0f} | {row['p50'] * 1e3:.2f} ms | "
-            f"{row['p90'] * 1e3:.2f} ms | {rate_ratio} | {p50_ratio} |"
+            f"| {row['name']} | {row['rate']:,.0f} | {row['cpu'] * 1e6:,.0f} us | "
+            f"{row['p50'] * 1e3:.2f} ms | {row['p90'] * 1e3:.2f} ms | {rate_ratio} | "
+            f"{cpu_ratio} | {p50_ratio} |"
         )
 
 

@@ -490,25 +490,30 @@ class Underway:
     ) -> JobRecord:
         """Block until the job is finished; its final record. TimeoutError past `timeout`.
 
-        It reads the job only when the change feed says it changed."""
+        It reads the job only when the change feed says it changed, and not even then
+        when the store told the feed what changed (`Known`): a job still active needs
+        no read, nor one whose final record came with the news."""
         deadline = None if timeout is None else time.monotonic() + timeout
         feed = self.feed
-        store = self.store
+        checked = False  # the job was seen to exist (and be the owner's)
         while True:
-            seen = feed.version(job_id)
-            # A job this process finished lately is known without a read.
-            found = store.finished(job_id) or self.find(job_id)  # no `waiting` here
-            if found is not None and owner is not None and found.owner != owner:
-                found = None
-            if found is None:
-                raise self.not_found(job_id)
-            record = found
-            if record.state in TERMINAL:
+            seen, known = feed.known(job_id)
+            record = None
+            if known is not None and (known.state in TERMINAL or not checked):
+                record = known.full()
+                if record is not None and owner is not None and record.owner != owner:
+                    record = None
+            if record is None and (known is None or not checked or known.state in TERMINAL):
+                record = self.find(job_id, owner=owner)  # no `waiting`: nobody reads it
+                if record is None:
+                    raise self.not_found(job_id)
+            checked = True
+            if record is not None and record.state in TERMINAL:
                 return record
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
-            if feed.wait(job_id, seen, left) == seen and left is not None:
+            if feed.wait_end(job_id, seen, left) == seen and left is not None:
                 raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
 
     # -- changing --------------------------------------------------------------------

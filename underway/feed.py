@@ -9,10 +9,30 @@ costs no CPU and no store reads.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from .records import JobRecord, State
 
 Listener = Callable[[], None]
 WORK = "\x00work"  # feed key for "a job may be ready to claim"
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What a store learned of a job with a change it announces (its own write, or a
+    notification that carried it): the job's state, and its whole record when the
+    store has it at hand (`record`), or can make it without a read (`load`). A waiter
+    that finds it current need not read the job back (see `ChangeFeed.known`)."""
+
+    state: State
+    record: JobRecord | None = None
+    load: Callable[[], JobRecord] | None = None
+
+    def full(self) -> JobRecord | None:
+        if self.record is not None:
+            return self.record
+        return None if self.load is None else self.load()
 
 
 class ChangeFeed:
@@ -28,26 +48,63 @@ class ChangeFeed:
     # flat) only ever makes versions look changed: a waiter may wake for nothing, but
     # never sleeps through a change.
     MAX_KEYS = 10_000
+    MAX_KNOWN = 1_000  # what stores said of jobs is dropped past this (waiters read)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._versions: dict[str, int] = {}
         self._waiters: dict[str, list[threading.Event]] = {}
         self._listeners: dict[str, set[Listener]] = {}
+        self._known: dict[str, tuple[int, Known]] = {}  # by key: (its version then, what)
         self._counter = 0
         self._floor = 0
 
     def version(self, key: str) -> int:
         return self._versions.get(key, self._floor)
 
-    def notify(self, *keys: str) -> None:
+    def known(self, key: str) -> tuple[int, Known | None]:
+        """The key's version, and what the store said of the job at that version (None
+        when it said nothing: the change must be read from the store)."""
+        with self._lock:
+            version = self._versions.get(key, self._floor)
+            entry = self._known.get(key)
+        return version, (entry[1] if entry is not None and entry[0] == version else None)
+
+    def mark(self) -> int:
+        """A stamp to pass as `notify(since=...)`: taken before a write, it lets the
+        write's news be dropped when a later change was announced first."""
+        return self._counter
+
+    def notify(
+        self, *keys: str, known: Mapping[str, Known] | None = None, since: int | None = None
+    ) -> None:
+        """Wake the waiters of `keys`; `known` says what the store knows of some of
+        them after this change (stores that say nothing leave waiters to read). With
+        `since` (a `mark()` taken before the change was written), what is `known` of a
+        key announced again since then (e.g. by another thread that heard of a later
+        change first) is left out: its waiters read instead."""
         woken: list[threading.Event] = []
         called: list[Listener] = []
         with self._lock:
             if len(self._versions) >= self.MAX_KEYS:
                 self._clear_versions()
+            hints = self._known
+            if len(hints) >= self.MAX_KNOWN:
+                hints.clear()
             for key in keys:
-                self._counter += 1
+                if known is not None and key in known:
+                    fresh = since is None or (
+                        self._floor <= since and self._versions.get(key, 0) <= since
+                    )
+                    self._counter += 1
+                    if fresh:
+                        hints[key] = (self._counter, known[key])
+                    elif hints:
+                        hints.pop(key, None)
+                else:
+                    self._counter += 1
+                    if hints:
+                        hints.pop(key, None)
                 self._versions[key] = self._counter
                 if key == WORK:
                     # One new job needs one idle slot: waking them all would have
@@ -83,6 +140,12 @@ class ChangeFeed:
         self._counter += 1
         self._floor = self._counter
         self._versions.clear()
+        self._known.clear()
+
+    def wait_end(self, key: str, seen: int, timeout: float | None) -> int:
+        """`wait`, for a caller that waits for the job to end (or go): a store may then
+        spare it (and its process) the news of the job's other changes."""
+        return self.wait(key, seen, timeout)
 
     def wait(self, key: str, seen: int, timeout: float | None) -> int:
         """Block until `key`'s version differs from `seen` or `timeout` passes."""
@@ -118,3 +181,4 @@ class ChangeFeed:
     def forget(self, key: str) -> None:
         with self._lock:
             self._versions.pop(key, None)
+            self._known.pop(key, None)

@@ -10,7 +10,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.contract.helpers import claim, claim_one, ended, fence, output_item, submit
+from tests.contract.helpers import (
+    claim,
+    claim_one,
+    ended,
+    fence,
+    finish,
+    output_item,
+    submit,
+)
 from tests.support.postgres_server import PostgresServer, drop_schema, fresh_schema, with_schema
 from tests.support.services import free_port, missing
 from underway.errors import ConfigurationError, StoreUnavailable
@@ -49,6 +57,7 @@ def test_the_schema_option_keeps_the_tables_apart(postgres_session_url: str) -> 
             store.close()
         assert _tables(postgres_session_url, name) == [
             "underway_events",
+            "underway_idle",
             "underway_jobs",
             "underway_schema",
             "underway_workers",
@@ -128,13 +137,16 @@ def test_another_store_instance_is_woken_by_notify(
     try:
         job = submit(pg_store)
         key_seen = other.notifier.version(job.id)
+        # The first wait has the other instance listen for job changes; it then
+        # wakes every waiter once (what happened before was not heard).
+        key_seen = other.notifier.wait(job.id, key_seen, 5.0)
         started = time.monotonic()
         claimed = claim_one(pg_store)
         # Far less than the safety-net poll: the change came by NOTIFY.
         assert other.notifier.wait(job.id, key_seen, 5.0) != key_seen
         assert time.monotonic() - started < 2.0
         assert pg_store.append(claimed.id, fence(claimed), [output_item(1)], time.time())
-        work_seen = other.notifier.version("\x00work")
+        work_seen = other.wait_for_work(other.notifier.version("\x00work"), 5.0)  # listens
         submit(pg_store)
         assert other.wait_for_work(work_seen, 5.0) != work_seen
     finally:
@@ -185,13 +197,16 @@ def test_a_bulk_claim_and_finish_takes_few_statements(pg_store: PostgresStore) -
 
 def test_a_batch_that_fails_leaves_nothing_applied(pg_store: PostgresStore) -> None:
     """The ends and the claim of a batch are one transaction without BEGIN/COMMIT
-    (one pipeline, one Sync): when the claim fails, the ends are undone too, and the
-    store goes on working."""
+    (one pipeline with one Sync, or one statement for a single end): when the claim
+    fails, the ends are undone too, and the store goes on working."""
     first, second = submit(pg_store), submit(pg_store)
     now = time.time()
     held = claim_one(pg_store, now=now)
-    broken = pg_store._sql.claim_tail
-    pg_store._sql.claim_tail = broken.replace("FROM c ORDER BY", "FROM c ORDER BY nonsense,")
+    sql = pg_store._sql
+    selects = sql.claim_select, sql.claim_select_after_apply
+    sql.claim_select, sql.claim_select_after_apply = (
+        text.replace("ORDER BY", "ORDER BY nonsense,") for text in selects
+    )
     try:
         with pytest.raises(psycopg.Error):
             pg_store.apply_and_claim(
@@ -199,7 +214,7 @@ def test_a_batch_that_fails_leaves_nothing_applied(pg_store: PostgresStore) -> N
                 lease=30.0, now=now, max_jobs=2,
             )  # fmt: skip
     finally:
-        pg_store._sql.claim_tail = broken
+        sql.claim_select, sql.claim_select_after_apply = selects
     again = pg_store.get(held.id)
     assert again is not None and again.state is State.RUNNING
     other = first if held.id == second.id else second
@@ -245,3 +260,123 @@ def test_calls_raise_store_unavailable_while_the_server_is_down_then_resume() ->
             assert claimed.id == job.id
         finally:
             store.close()
+
+
+def test_a_waiter_elsewhere_learns_the_final_record_with_the_news(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    other = open_store(postgres_url)
+    try:
+        job = submit(pg_store)
+        seen = other.notifier.wait_end(job.id, other.notifier.version(job.id), 5.0)  # listens
+        claimed = claim_one(pg_store)
+        done = finish(pg_store, claimed, result={"n": 1})
+        assert done is not None
+        assert other.notifier.wait_end(job.id, seen, 5.0) != seen
+        _, known = other.notifier.known(job.id)
+        assert known is not None and known.state is State.SUCCEEDED
+        assert known.full() == done  # no read needed
+    finally:
+        other.close()
+
+
+def test_a_submission_wakes_one_idle_worker_process(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    """Two worker processes with an idle slot each: a new job is announced to one of
+    them (the one idle longest), not to both; with none idle, to all."""
+    first, second = open_store(postgres_url), open_store(postgres_url)
+    assert isinstance(first, PostgresStore) and isinstance(second, PostgresStore)
+    conninfo, name = split_url(postgres_url)
+
+    def idle() -> list[str]:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            rows = conn.execute(f'SELECT channel FROM "{name}".underway_idle ORDER BY at')
+            return [r[0] for r in rows]
+
+    try:
+        seen = {}
+        for worker in (first, second):
+            seen[worker] = worker.wait_for_work(worker.notifier.version("\x00work"), 5.0)
+            assert claim(worker, worker=f"w-{id(worker)}") == []  # found nothing: idle
+        assert idle() == [first._listener.own_channel, second._listener.own_channel]
+        job = submit(pg_store)
+        assert idle() == [second._listener.own_channel]  # the first's word is used up
+        assert first.wait_for_work(seen[first], 5.0) != seen[first]
+        assert claim_one(first, worker="w-first").id == job.id
+        submit(pg_store)  # the second is still idle: its turn
+        assert idle() == []
+        assert second.wait_for_work(seen[second], 5.0) != seen[second]
+        seen = {w: w.notifier.version("\x00work") for w in (first, second)}
+        submit(pg_store)  # nobody said it is idle: everyone hears
+        for worker in (first, second):
+            assert worker.wait_for_work(seen[worker], 5.0) != seen[worker]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_process_chosen_when_its_slots_got_busy_passes_the_work_on(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    busy, other = open_store(postgres_url), open_store(postgres_url)
+    assert isinstance(busy, PostgresStore) and isinstance(other, PostgresStore)
+    try:
+        seen = other.wait_for_work(other.notifier.version("\x00work"), 5.0)  # listens
+        assert claim(busy, worker="w-busy") == []  # says it is idle, but no slot waits
+        submit(pg_store)  # chooses `busy`, which passes it on to all
+        assert other.wait_for_work(seen, 5.0) != seen
+    finally:
+        busy.close()
+        other.close()
+
+
+def test_a_version_1_schema_is_migrated(pg_store: PostgresStore, postgres_url: str) -> None:
+    job = submit(pg_store)
+    pg_store.close()
+    conninfo, name = split_url(postgres_url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP TABLE "{name}".underway_idle')
+        conn.execute(f'UPDATE "{name}".underway_schema SET version = 1')
+    again = open_store(postgres_url)
+    try:
+        assert again.get(job.id) is not None
+        assert claim(again) != []  # claims work, and a claim that finds nothing too
+        assert claim(again) == []
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            row = conn.execute(f'SELECT version FROM "{name}".underway_schema').fetchone()
+        assert row == (2,)
+    finally:
+        again.close()
+
+
+def test_changes_are_announced_only_while_someone_listens(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    """PostgreSQL wakes every listening connection for every notification, so job
+    changes are announced only while some process holds the channel's listening lock;
+    notifications arrive in commit order, so a sentinel sent after the change tells
+    whether the change was announced (no waiting on time)."""
+    conninfo, _ = split_url(postgres_url)
+    channel = pg_store._jobs_channel
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'LISTEN "{channel}"')
+
+        def heard() -> list[str]:
+            with psycopg.connect(conninfo, autocommit=True) as other:
+                other.execute("SELECT pg_notify(%s, 'sentinel')", (channel,))
+            notes = []
+            for note in conn.notifies(timeout=5.0):
+                if note.payload == "sentinel":
+                    return notes
+                notes.append(note.payload)
+            raise AssertionError("the sentinel did not arrive")
+
+        submit(pg_store)
+        claim_one(pg_store)
+        assert heard() == []  # nobody holds the lock: nobody was told
+        conn.execute("SELECT pg_advisory_lock_shared(%s)", (pg_store._listen_keys[channel],))
+        job = submit(pg_store)
+        claim_one(pg_store)
+        (payload,) = heard()
+        assert payload.endswith(f"|running|{job.id}")

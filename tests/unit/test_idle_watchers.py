@@ -42,17 +42,17 @@ def counted(tmp_path: Path) -> Any:
     uw.close()
 
 
-def test_waiting_threads_and_coroutines_read_once_while_nothing_changes(counted: Any) -> None:
+def test_waiting_threads_and_coroutines_read_at_most_once_while_nothing_changes(counted: Any) -> None:
     uw, store = counted
     job = uw.submit("parked")  # no worker: it stays queued, nothing changes
     store.reads = 0
     with pytest.raises(TimeoutError):
         uw.wait(job.id, timeout=1.6)
-    assert store.reads == 1
+    assert store.reads <= 1  # none when the submit's own write told the feed the job
     store.reads = 0
     with pytest.raises(TimeoutError):
         asyncio.run(job.result_async(timeout=1.6))
-    assert store.reads == 1
+    assert store.reads <= 1
 
 
 def test_an_on_done_callback_reads_only_when_the_job_changes(counted: Any) -> None:

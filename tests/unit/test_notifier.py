@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import queue
 import threading
+from typing import Any
 
-from underway.feed import ChangeFeed
+from underway import Underway
+from underway.feed import ChangeFeed, Known
+from underway.records import JobRecord, State
 
 
 def test_a_change_wakes_the_waiter_of_that_key_only() -> None:
@@ -54,3 +58,68 @@ def test_listeners_are_called_and_can_unsubscribe() -> None:
     unsubscribe()
     notifier.notify("k")
     assert calls == ["k", "k"]
+
+
+def _record(state: State) -> JobRecord:
+    return JobRecord(id="job", task="t", params={}, state=state)
+
+
+def test_what_a_store_knows_holds_until_the_next_change() -> None:
+    notifier = ChangeFeed()
+    assert notifier.known("job") == (notifier.version("job"), None)
+    done = _record(State.SUCCEEDED)
+    notifier.notify("job", known={"job": Known(State.SUCCEEDED, record=done)})
+    version, known = notifier.known("job")
+    assert version == notifier.version("job")
+    assert known is not None and known.full() is done
+    notifier.notify("job")  # a change nobody described: waiters must read
+    assert notifier.known("job")[1] is None
+    notifier.notify("job", known={"job": Known(State.FAILED, load=lambda: done)})
+    known = notifier.known("job")[1]
+    assert known is not None and known.state is State.FAILED and known.full() is done
+    notifier.notify_everything()
+    assert notifier.known("job")[1] is None
+
+
+def test_news_of_a_write_announced_late_does_not_hide_a_later_change() -> None:
+    notifier = ChangeFeed()
+    mark = notifier.mark()  # before the write
+    notifier.notify("job", known={"job": Known(State.SUCCEEDED)})  # heard from elsewhere
+    notifier.notify("job", known={"job": Known(State.QUEUED)}, since=mark)  # the write's own
+    assert notifier.known("job")[1] is None  # unknown: a waiter reads
+    mark = notifier.mark()
+    notifier.notify("job", known={"job": Known(State.RUNNING)}, since=mark)
+    known = notifier.known("job")[1]
+    assert known is not None and known.state is State.RUNNING
+
+
+def test_wait_reads_nothing_while_the_store_says_what_changed() -> None:
+    reads: list[str] = []
+    sleeping: queue.Queue[str] = queue.Queue()
+
+    class Feed(ChangeFeed):
+        def wait(self, key: str, seen: int, timeout: float | None) -> int:
+            sleeping.put(key)  # a change from now on is not missed (versions)
+            return super().wait(key, seen, timeout)
+
+    class App:
+        feed = Feed()
+
+        def find(self, job_id: str, owner: str | None = None) -> JobRecord:
+            reads.append(job_id)
+            return queued
+
+    app: Any = App()
+    queued, done = _record(State.QUEUED), _record(State.SUCCEEDED)
+    app.feed.notify("job", known={"job": Known(State.QUEUED, record=queued)})  # submitted
+    result: list[JobRecord] = []
+    waiting = threading.Thread(
+        target=lambda: result.append(Underway.wait(app, "job", timeout=5)), daemon=True
+    )
+    waiting.start()
+    assert sleeping.get(timeout=5) == "job"
+    app.feed.notify("job", known={"job": Known(State.RUNNING)})
+    assert sleeping.get(timeout=5) == "job"
+    app.feed.notify("job", known={"job": Known(State.SUCCEEDED, load=lambda: done)})
+    waiting.join(5)
+    assert result == [done] and reads == []

@@ -178,12 +178,6 @@ class Store(ABC):
     def expired(self, now: float, limit: int = 500) -> list[JobRecord]:
         """Running jobs whose lease ran out before `now` (for `lifecycle.lost`)."""
 
-    def finished(self, job_id: str) -> JobRecord | None:
-        """The final record of a job that this process finished lately, kept from the
-        write that finished it (so `wait()` need not read it back); None when not kept.
-        A store may keep none."""
-        return None
-
     # -- callers ---------------------------------------------------------------------
     @abstractmethod
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:

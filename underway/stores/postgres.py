@@ -1,8 +1,9 @@
 """The PostgreSQL store: the database a web application often runs already.
 
 `postgresql://user:password@host:port/db?schema=NAME` (also `postgres://`); the
-tables (`underway_jobs`, `underway_events`, `underway_schema`) live in schema
-NAME (default `public`), created and migrated on first use (`postgres_schema`).
+tables (`underway_jobs`, `underway_events`, `underway_workers`, `underway_idle`,
+`underway_schema`) live in schema NAME (default `public`), created and migrated on
+first use (`postgres_schema`).
 
 Connections come from a psycopg pool. Every change is one statement (a CTE that
 updates the job, writes its events and announces it with `pg_notify`), guarded and
@@ -10,22 +11,28 @@ fenced like the other stores: the store applies the lifecycle's decisions
 (`Decision`) and decides nothing itself. A worker's batch (the ends of its last
 jobs, then a claim with `FOR UPDATE SKIP LOCKED`) is one transaction, sent as one
 pipeline with a single Sync (an implicit transaction: no BEGIN, no COMMIT), so one
-round trip: one statement per decision and one for the whole claim. A submission is
-one statement too. Claims of tasks
-with a concurrency limit take a transaction-level advisory lock per limited task,
-so two workers never both fill the last free place.
+round trip: one statement per decision and one for the whole claim; the end of a
+single job and the next claim are one statement. A submission is one statement
+too, and wakes one idle worker process rather than all (`Statements.submit`).
+Claims of tasks with a concurrency limit take a transaction-level advisory lock
+per limited task, so two workers never both fill the last free place.
 
 Waiting does not poll: a listener thread (`postgres_listener`) LISTENs on the
-store's channels and feeds the change feed; this instance's own writes wake its
-waiters directly. While the server cannot be reached, every call raises
+store's channels, those this process needs, and feeds the change feed; this
+instance's own writes wake its waiters directly. Either way the feed learns the
+jobs' new states, and a job's final record when it ends, so that `wait()` need not
+read them back. While the server cannot be reached, every call raises
 `StoreUnavailable`; workers keep what they could not write and retry, and the
 listener reconnects by itself.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -34,18 +41,30 @@ from psycopg_pool import ConnectionPool
 
 from .._util import dumps, loads, new_id
 from ..errors import ConfigurationError, StoreUnavailable
-from ..feed import WORK, ChangeFeed
+from ..feed import WORK, Known
 from ..records import Decision, Event, EventKind, Fence, JobRecord, Page, Progress, State
 from . import postgres_schema as schema
 from .base import Store, listing_filter
-from .postgres_listener import PostgresListener
-from .postgres_sql import COLUMNS, Statements, job_values, lock_key, row_to_record
+from .postgres_listener import PostgresFeed, PostgresListener
+from .postgres_sql import (
+    COLUMNS,
+    Statements,
+    cached_text_array,
+    doc_to_record,
+    job_values,
+    lock_key,
+    row_to_record,
+    text_array,
+)
 
 _KINDS = {k.value: k for k in EventKind}
 RETRY_AFTER = 2.0  # seconds callers are told to wait while the server is unreachable
 POOL_TIMEOUT = 5.0  # seconds a call waits for a pooled connection before giving up
 DOWN_TIMEOUT = 0.5  # the same while the server was lost at the last call
 POOL_SIZE = 16  # connections at most, per store (one more for the listener)
+STATS_CHECK = 5.0  # seconds between looks at the jobs table's statistics, while claims find work
+
+log = logging.getLogger("underway.stores.postgres")
 
 
 def safe_url(url: str) -> str:
@@ -78,12 +97,18 @@ class PostgresStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self.conninfo, self.schema = split_url(url)
-        self.notifier = ChangeFeed()
+        self._feed = PostgresFeed()
+        self.notifier = self._feed
         self.poll_interval = 10.0  # a safety net only: waiters are woken by LISTEN/NOTIFY
         self._sql = Statements(self.schema)
         self._origin = new_id()[-12:]  # names this instance's own notifications
-        self._jobs_channel, self._work_channel = schema.channels(self.schema)
+        self._jobs_channel, self._ends_channel, self._work_channel = schema.channels(self.schema)
         self._lock_prefix = f"underway:{self.schema}:"
+        # Held (shared) by the processes that listen on these channels (see `Statements`).
+        self._listen_keys = {
+            channel: lock_key(f"{self._lock_prefix}listen:{channel}")
+            for channel in (self._jobs_channel, self._ends_channel)
+        }
         self._pool = ConnectionPool(
             self.conninfo,
             min_size=1,
@@ -97,6 +122,7 @@ class PostgresStore(Store):
             name=f"underway-{self.schema}",
         )
         self._healthy = True  # False after a lost server: calls then wait less long
+        self._stats_due = 0.0  # monotonic time of the next look at the table's statistics
         try:
             with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
                 self._migrate(conn)
@@ -114,11 +140,16 @@ class PostgresStore(Store):
             self.conninfo,
             self.notifier,
             jobs_channel=self._jobs_channel,
+            ends_channel=self._ends_channel,
             work_channel=self._work_channel,
             own_channel=f"{self._jobs_channel[:40]}.{self._origin}",
             origin=self._origin,
             on_reconnect=self._drop_lost_connections,
+            poke=self._poke,
+            on_work=self._work_for_us,
+            listen_keys=self._listen_keys,
         )
+        self._feed.listener = self._listener
         self._listener.start()
         self._listener.connected.wait(5.0)
 
@@ -181,10 +212,29 @@ class PostgresStore(Store):
             except psycopg.Error:
                 pass
 
+    def _poke(self) -> None:
+        """End the listener's wait for notifications at once."""
+        with self._pool.connection(timeout=1.0) as conn:
+            conn.execute("SELECT pg_notify(%s, '')", (self._listener.own_channel,))
+
+    def _work_for_us(self) -> None:
+        """A submission chose this process's idle slot (see `Statements.submit`): wake
+        it, or pass the news on to every process when no slot waits any more."""
+        if not self._feed.idle_slots():
+            try:
+                with self._pool.connection(timeout=1.0) as conn:
+                    conn.execute("SELECT pg_notify(%s, %s)", (self._work_channel, self._origin))
+            except psycopg.Error:
+                pass  # the idle slots elsewhere claim within their poll
+        self.notifier.notify(WORK)
+
     def _names(self) -> dict[str, Any]:
         return {
             "jobs_channel": self._jobs_channel,
+            "ends_channel": self._ends_channel,
             "work_channel": self._work_channel,
+            "jobs_key": self._listen_keys[self._jobs_channel],
+            "ends_key": self._listen_keys[self._ends_channel],
             "origin": self._origin,
         }
 
@@ -198,9 +248,10 @@ class PostgresStore(Store):
             **self._names(),
             **job_values(record),
             "n": len(events),
-            "kinds": [k.value for k, _ in events],
-            "datas": [d for _, d in events],
+            "kinds": cached_text_array(tuple(k.value for k, _ in events)),
+            "datas": text_array(d for _, d in events),
         }
+        mark = self.notifier.mark()
         with self._connection() as conn:
             if record.supersede_key is None:
                 # One statement, so one round trip and its own transaction.
@@ -228,7 +279,9 @@ class PostgresStore(Store):
                 if row is not None:
                     return row_to_record(row), False, []
                 raise StoreUnavailable("an idempotency key was taken and released; try again")
-        self.notifier.notify(WORK, record.id)
+        self.notifier.notify(
+            WORK, record.id, known={record.id: Known(State.QUEUED, record=record)}, since=mark
+        )
         return record, True, superseded
 
     def enqueue_many(
@@ -332,7 +385,7 @@ class PostgresStore(Store):
 
     # -- state changes ---------------------------------------------------------------
     def _decision_params(
-        self, d: Decision, now: float, *, any_room: bool, limited: list[str]
+        self, d: Decision, now: float, *, any_room: bool, limited: str
     ) -> dict[str, Any]:
         if any(kind is EventKind.OUTPUT for kind, _ in d.events):
             raise ValueError("a decision carries no output: append it under the job's fence")
@@ -341,7 +394,7 @@ class PostgresStore(Store):
         return {
             **self._names(),
             "id": d.job_id,
-            "expect": sorted(s.value for s in d.expect),
+            "expect": cached_text_array(tuple(sorted(s.value for s in d.expect))),
             "fence_worker": None if d.fence is None else d.fence.worker,
             "fence_attempt": None if d.fence is None else d.fence.attempt,
             "lease_before": d.lease_before,
@@ -361,8 +414,8 @@ class PostgresStore(Store):
             "expires_at": d.expires_at,
             "started_at": d.started_at,
             "n": len(d.events),
-            "kinds": [k.value for k, _ in d.events],
-            "datas": [data for _, data in d.events],
+            "kinds": cached_text_array(tuple(k.value for k, _ in d.events)),
+            "datas": text_array(data for _, data in d.events),
             "now": now,
         }
 
@@ -383,14 +436,16 @@ class PostgresStore(Store):
             return [], []
         # In the order of their jobs, so that two batches never wait on each other's rows.
         order = sorted(range(len(decisions)), key=lambda i: decisions[i].job_id)
-        limited = sorted(limits)
+        limited = cached_text_array(tuple(sorted(limits)))
         params = [
             self._decision_params(decisions[i], now, any_room=max_jobs <= 0, limited=limited)
             for i in order
         ]
         done = [False] * len(decisions)
+        docs: list[str | None] = [None] * len(decisions)
         rows: list[Any] = []
         capped = max_jobs > 0 and any(t in limits for t in tasks)
+        mark = self.notifier.mark()
         with self._connection() as conn:
             if capped:
                 # The claim reads the running counts under its advisory locks before it
@@ -398,6 +453,21 @@ class PostgresStore(Store):
                 with conn.pipeline(), conn.transaction():
                     applied = [conn.execute(self._sql.apply, p) for p in params]
                     claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
+            elif len(params) == 1 and max_jobs > 0:
+                # The end of a job and the next claim: one statement (the claim does
+                # not see what the decision changed, nor needs to).
+                merged = self._claim(
+                    conn, worker, tasks, limits, lease, now, max_jobs, decision=params[0]
+                )
+                applied = []
+                claim = None
+                if merged is not None:
+                    rows = merged.fetchall()
+                    done[order[0]] = bool(rows[0][-2])
+                    docs[order[0]] = rows[0][-1]
+                    rows = [row[:-2] for row in rows if row[0] is not None]
+                else:  # no room under the limits: the decision alone
+                    applied = [conn.execute(self._sql.apply, params[0])]
             elif len(params) + (max_jobs > 0) == 1:
                 # One statement is a transaction of its own.
                 if params:
@@ -417,16 +487,27 @@ class PostgresStore(Store):
                     claim = None
                     if max_jobs > 0:
                         claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
-            for i, cur in zip(order, applied, strict=True):
-                done[i] = cur.fetchone() is not None
+            for i, cur in zip(order if applied else (), applied, strict=True):
+                row = cur.fetchone()
+                if row is not None:
+                    done[i] = True
+                    docs[i] = row[2]
             if claim is not None:
                 rows = claim.fetchall()
         claimed = [row_to_record(row) for row in rows]
-        changed = [d.job_id for d, ok in zip(decisions, done, strict=True) if ok]
-        if any(d.state is State.QUEUED for d, ok in zip(decisions, done, strict=True) if ok):
-            changed.append(WORK)
-        if changed or claimed:
-            self.notifier.notify(*changed, *(r.id for r in claimed))
+        if claimed and len(claimed) == max_jobs:
+            self._refresh_stats()
+        known = {r.id: Known(State.RUNNING, record=r) for r in claimed}
+        work = False
+        for d, ok, doc in zip(decisions, done, docs, strict=True):
+            if ok:
+                work = work or d.state is State.QUEUED
+                known[d.job_id] = Known(
+                    d.state, load=None if doc is None else partial(doc_to_record, doc)
+                )
+        if known:
+            changed = [*known, WORK] if work else list(known)
+            self.notifier.notify(*changed, known=known, since=mark)
         return done, claimed
 
     def _claim(
@@ -438,8 +519,11 @@ class PostgresStore(Store):
         lease: float,
         now: float,
         max_jobs: int,
+        decision: dict[str, Any] | None = None,
     ) -> psycopg.Cursor[Any] | None:
-        """Send the claim; its cursor yields the claimed rows (None: no room)."""
+        """Send the claim; its cursor yields the claimed rows (None: no room). With the
+        parameters of one `decision`, the same statement applies it first (see
+        `Statements.claim_select_after_apply` for what it yields then)."""
         sql = self._sql
         capped = sorted(t for t in set(tasks) if t in limits)
         free = sorted(t for t in set(tasks) if t not in limits)
@@ -463,12 +547,15 @@ class PostgresStore(Store):
             "now": now,
             "worker": worker,
             "lease_until": now + lease,
-            "n": max_jobs,
+            "n_jobs": max_jobs,
+            # Found nothing: this process has an idle slot (see `Statements.submit`).
+            "idle_channel": self._listener.own_channel,
+            "idle_tasks": cached_text_array(tuple(sorted(tasks))),
         }
         # Each group is a CTE of its own (FOR UPDATE does not go with UNION).
         ctes = []
         for number, (names, room) in enumerate(groups):
-            values[f"tasks{number}"] = names
+            values[f"tasks{number}"] = cached_text_array(tuple(names))
             values[f"room{number}"] = room
             pick = sql.pick.format(tasks=f"tasks{number}", room=f"room{number}")
             ctes.append(f"g{number} AS {pick}")
@@ -476,12 +563,35 @@ class PostgresStore(Store):
             picked = "SELECT id FROM g0"
         else:
             union = " UNION ALL ".join(f"SELECT id, priority FROM g{n}" for n in range(len(groups)))
-            picked = f"SELECT id FROM ({union}) AS u ORDER BY priority, id LIMIT %(n)s"
+            picked = f"SELECT id FROM ({union}) AS grp ORDER BY priority, id LIMIT %(n_jobs)s"
+        if decision is not None:
+            ctes.insert(0, f"{sql.apply_head}, un AS ({sql.apply_tail})")
+            values = {**decision, **values}
         return conn.execute(
             f"WITH {', '.join(ctes)}, picked AS ({picked}), c AS ({sql.claim_set}), "
-            f"{sql.claim_tail}",
+            f"{sql.claim_tail}"
+            f"{sql.claim_select if decision is None else sql.claim_select_after_apply}",
             values,
         )
+
+    def _refresh_stats(self) -> None:
+        """ANALYZE the jobs table when the planner's idea of it is far off: never
+        analyzed, or changed by more than half since. A claim planned for a (nearly)
+        empty table reads and sorts the whole queue to take one job; autovacuum
+        corrects that only within a minute or so, and a queue can grow by thousands of
+        jobs meanwhile. Looked at every few seconds, while claims find work."""
+        now = time.monotonic()
+        if now < self._stats_due:
+            return
+        self._stats_due = now + STATS_CHECK
+        try:
+            with self._connection() as conn:
+                row = conn.execute(self._sql.stale_stats, (self._sql.jobs,)).fetchone()
+                if row is not None and row[0]:
+                    conn.execute(f"ANALYZE {self._sql.jobs}")
+        except (psycopg.Error, StoreUnavailable) as exc:  # e.g. not the table's owner
+            log.debug("could not refresh the statistics of %s: %s", self._sql.jobs, exc)
+            self._stats_due = now + 60 * STATS_CHECK
 
     def renew(
         self, *, worker: str, fences: Mapping[str, int], lease: float, now: float
@@ -495,13 +605,14 @@ class PostgresStore(Store):
                 {
                     "until": now + lease,
                     "worker": worker,
-                    "ids": ids,
-                    "attempts": [fences[i] for i in ids],
+                    "ids": text_array(ids),
+                    "attempts": "{" + ",".join(str(fences[i]) for i in ids) + "}",
                 },
             ).fetchall()
         return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
 
     def save_progress(self, job_id: str, fence: Fence, progress: Progress, now: float) -> bool:
+        mark = self.notifier.mark()
         with self._connection() as conn:
             row = conn.execute(
                 self._sql.progress,
@@ -515,7 +626,7 @@ class PostgresStore(Store):
                 },
             ).fetchone()
         if row is not None:
-            self.notifier.notify(job_id)
+            self.notifier.notify(job_id, known={job_id: Known(State.RUNNING)}, since=mark)
         return row is not None
 
     def append(
@@ -531,6 +642,7 @@ class PostgresStore(Store):
                 n_out += 1
             else:
                 idx.append(None)
+        mark = self.notifier.mark()
         with self._connection() as conn:
             row = conn.execute(
                 self._sql.append,
@@ -541,14 +653,14 @@ class PostgresStore(Store):
                     "attempt": fence.attempt,
                     "n": len(items),
                     "n_out": n_out,
-                    "kinds": [k.value for k, _ in items],
-                    "datas": [d for _, d in items],
+                    "kinds": cached_text_array(tuple(k.value for k, _ in items)),
+                    "datas": text_array(d for _, d in items),
                     "idx": idx,
                     "now": now,
                 },
             ).fetchone()
         if row is not None:
-            self.notifier.notify(job_id)
+            self.notifier.notify(job_id, known={job_id: Known(State.RUNNING)}, since=mark)
         return row is not None
 
     def expired(self, now: float, limit: int = 500) -> list[JobRecord]:
@@ -605,6 +717,8 @@ class PostgresStore(Store):
         )
         with self._connection() as conn:
             rows = conn.execute(self._sql.purge.format(column=column), (bound,)).fetchall()
+            if finished_before is None:  # the janitor's round: the word of gone processes too
+                conn.execute(self._sql.purge_idle)
         for (job_id,) in rows:
             self.notifier.forget(job_id)
         return len(rows)
@@ -625,4 +739,12 @@ class PostgresStore(Store):
                 pass
 
         self._listener.close(wake)
+        try:
+            with self._pool.connection(timeout=1.0) as conn:
+                conn.execute(
+                    f"DELETE FROM {self._sql.idle} WHERE channel = %s",
+                    (self._listener.own_channel,),
+                )
+        except psycopg.Error:
+            pass  # its word goes stale within seconds
         self._pool.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry upgrades a schema from version N-1 to N; `{s}` is the quoted schema
 # name. Never edit a released entry: add the next one, so that every earlier
@@ -87,6 +87,18 @@ MIGRATIONS: dict[int, list[str]] = {
         )
         """,
     ],
+    2: [
+        # Worker processes with a slot waiting for work, so that a submission wakes one
+        # of them rather than all (see `postgres_sql.Statements.submit`). A hint only:
+        # unlogged (a crash empties it) and written at each claim that found nothing.
+        """
+        CREATE UNLOGGED TABLE {s}.underway_idle (
+            channel text PRIMARY KEY,
+            tasks   text[] NOT NULL,
+            at      double precision NOT NULL
+        )
+        """,
+    ],
 }
 
 VERSION_TABLE = "{s}.underway_schema"
@@ -102,11 +114,13 @@ def lock_key(schema: str) -> int:
     return zlib.crc32(f"underway-migrate:{schema}".encode()) - (1 << 31)
 
 
-def channels(schema: str) -> tuple[str, str]:
-    """The NOTIFY channels of `schema`: job changes (payload: origin, then job ids),
-    and new work. Channels are per database, so the schema is in the name; names
-    longer than an identifier may be (63 bytes) are shortened with a checksum."""
+def channels(schema: str) -> tuple[str, str, str]:
+    """The NOTIFY channels of `schema`: job changes (payload: origin, state, job ids),
+    the changes that end a job or delete it (the same, on a channel of their own, for
+    `wait()`, which needs no others), and new work. Channels are per database, so the
+    schema is in the name; names longer than an identifier may be (63 bytes) are
+    shortened with a checksum."""
     base = f"underway.{schema}"
     if len(base.encode()) > 55:
         base = f"underway.{zlib.crc32(schema.encode()):08x}"
-    return f"{base}.jobs", f"{base}.work"
+    return f"{base}.jobs", f"{base}.ends", f"{base}.work"

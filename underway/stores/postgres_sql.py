@@ -7,8 +7,10 @@ round trips stay few. Table names come from `postgres_schema`.
 
 from __future__ import annotations
 
+import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import Any
 
 from .._util import dumps, loads
@@ -16,6 +18,8 @@ from ..records import ErrorInfo, JobRecord, Progress, State
 from . import postgres_schema as schema
 
 NOTIFY_IDS = 200  # job ids per notification (a payload holds at most 8000 bytes)
+DOC_BYTES = 7800  # a final row larger than this is not sent with its notification
+IDLE_FRESH = 2.0  # seconds an idle worker's word holds (idle slots claim every 0.5 s)
 
 COLUMN_NAMES = (
     "id", "task", "queue", "priority", "state", "params", "progress", "result", "error",
@@ -64,6 +68,11 @@ def row_to_record(row: Sequence[Any], position: int | None = None) -> JobRecord:
     )
 
 
+def doc_to_record(doc: str) -> JobRecord:
+    """The record of a final row sent as JSON (see `Statements.apply`)."""
+    return row_to_record(json.loads(doc))
+
+
 def job_values(record: JobRecord) -> dict[str, Any]:
     """The new job's columns, by the names `Statements.submit` binds."""
     return {
@@ -84,6 +93,22 @@ def job_values(record: JobRecord) -> dict[str, Any]:
     }
 
 
+def text_array(values: Iterable[str]) -> str:
+    """A `text[]` literal of `values`: a plain string is far cheaper to send than a
+    list the driver adapts item by item (the statements cast it with `::text[]`)."""
+    return (
+        "{"
+        + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+        + "}"
+    )
+
+
+@lru_cache(maxsize=256)
+def cached_text_array(values: tuple[str, ...]) -> str:
+    """`text_array` of a few names that recur (states, tasks)."""
+    return text_array(values)
+
+
 def lock_key(name: str) -> int:
     return zlib.crc32(name.encode()) - (1 << 31)
 
@@ -96,10 +121,30 @@ class Statements:
         j, e = f"{s}.underway_jobs", f"{s}.underway_events"
         self.jobs, self.events = j, e
         self.workers = f"{s}.underway_workers"
+        self.idle = idle = f"{s}.underway_idle"
         returning = ", ".join(f"j.{c}" for c in COLUMN_NAMES)
-        notify_jobs = "pg_notify(%(jobs_channel)s, %(origin)s || '|' || u.id)"
+        # A job's change is announced as `origin|state|ids` (see `postgres_listener`);
+        # an unknown state is left empty. Only while some process listens: each holds
+        # a shared advisory lock per channel (`jobs_key`, `ends_key`) while it does, so
+        # a change that gets the lock for itself is heard by nobody and announced to
+        # nobody (PostgreSQL wakes every listening connection for every notification).
+        # A process that starts listening waits for such a change to commit, then
+        # reads: it misses nothing.
+        notify_running = (
+            "CASE WHEN NOT pg_try_advisory_xact_lock(%(jobs_key)s) THEN "
+            "pg_notify(%(jobs_channel)s, %(origin)s || '|running|' || u.id) END"
+        )
+        notify_jobs = (
+            "CASE WHEN NOT pg_try_advisory_xact_lock(%(jobs_key)s) THEN "
+            "pg_notify(%(jobs_channel)s, %(origin)s || '||' || u.id) END"
+        )
         # A submission in one statement (its own transaction): the job, its events
-        # and both announcements; no row when the idempotency key is taken.
+        # and the news of work; no row when the idempotency key is taken. Nobody
+        # elsewhere can wait on the new job yet, so it needs no announcement of its own.
+        # The news goes to one worker process that said it has an idle slot for the
+        # task (the one idle longest; its word is used up), on its own channel, or to
+        # all when none did: one new job does not wake every idle process. A process
+        # whose slots all got busy meanwhile passes it on to all (`PostgresStore`).
         self.submit = f"""
             WITH ins AS (
                 INSERT INTO {j} AS j (id, task, queue, priority, state, params, max_attempts,
@@ -115,8 +160,15 @@ class Statements:
                 FROM ins, unnest(%(kinds)s::text[], %(datas)s::text[])
                     WITH ORDINALITY AS x(kind, data, n)
             )
-            SELECT pg_notify(%(work_channel)s, %(origin)s),
-                pg_notify(%(jobs_channel)s, %(origin)s || '|' || ins.id)
+            , idle AS (
+                DELETE FROM {idle} WHERE channel = (
+                    SELECT channel FROM {idle}
+                    WHERE %(task)s = ANY(tasks) AND at > extract(epoch FROM now()) - {IDLE_FRESH}
+                        AND EXISTS (SELECT 1 FROM ins) AND %(run_at)s <= %(created_at)s
+                    ORDER BY at LIMIT 1 FOR UPDATE SKIP LOCKED
+                ) RETURNING channel
+            )
+            SELECT pg_notify(coalesce((SELECT channel FROM idle), %(work_channel)s), %(origin)s)
             FROM ins"""
         self.insert_many = f"""
             WITH new AS (
@@ -141,9 +193,12 @@ class Statements:
                 SELECT count(*) FROM {j} q WHERE q.state = 'queued' AND q.queue = j.queue
                 AND (q.priority < j.priority OR (q.priority = j.priority AND q.id < j.id))
             ) END FROM {j} j WHERE j.id = %s"""
-        # One decision (see `Decision`): guarded, fenced, with its events; announced.
-        self.apply = f"""
-            WITH u AS (
+        # One decision (see `Decision`): guarded, fenced, with its events; announced
+        # with its new state and, when the job ends, its final row (`doc`, a JSON
+        # array of COLUMN_NAMES) if it fits in a notification, so that waiters need
+        # not read it back. The row comes back to the caller too.
+        self.apply_head = f"""
+            u AS (
                 UPDATE {j} SET
                     state = %(state)s,
                     attempt = coalesce(%(attempt)s::int, attempt),
@@ -163,18 +218,36 @@ class Statements:
                     AND (%(fence_worker)s::text IS NULL
                          OR (worker = %(fence_worker)s::text AND attempt = %(fence_attempt)s::int))
                     AND (%(lease_before)s::float8 IS NULL OR lease_until < %(lease_before)s::float8)
-                RETURNING id, task, event_seq, attempt
-            ), ev AS (
+                RETURNING id, task, event_seq, attempt,
+                    CASE WHEN %(ends)s THEN json_build_array({COLUMNS})::text END AS doc
+            ), uev AS (
                 INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
                 SELECT u.id, u.event_seq - %(n)s::int + x.n::int, x.kind, NULL, x.data,
                     %(now)s::float8, u.attempt
                 FROM u, unnest(%(kinds)s::text[], %(datas)s::text[])
                     WITH ORDINALITY AS x(kind, data, n)
-            )
-            SELECT {notify_jobs},
-                CASE WHEN %(queued)s OR (%(frees)s AND (%(any_room)s OR u.task = ANY(%(limited)s)))
-                THEN pg_notify(%(work_channel)s, %(origin)s) END
+            )"""
+        self.apply_tail = f"""
+            SELECT CASE WHEN NOT pg_try_advisory_xact_lock(
+                    CASE WHEN %(ends)s THEN %(ends_key)s::bigint ELSE %(jobs_key)s::bigint END)
+                THEN pg_notify(CASE WHEN %(ends)s THEN %(ends_channel)s ELSE %(jobs_channel)s END,
+                    %(origin)s || '|' || %(state)s || '|' || u.id
+                    || CASE WHEN octet_length(u.doc) <= {DOC_BYTES} THEN '|' || u.doc
+                       ELSE '' END) END,
+                CASE WHEN %(queued)s
+                    OR (%(frees)s AND (%(any_room)s OR u.task = ANY(%(limited)s::text[])))
+                THEN pg_notify(%(work_channel)s, %(origin)s) END,
+                u.doc
             FROM u"""
+        self.apply = f"WITH {self.apply_head} {self.apply_tail}"
+        # A claim that also applies one decision (`apply_head`, announced by `un`),
+        # in one statement: at least one row, whose last two columns say whether the
+        # decision applied and its `doc`; the claimed jobs' columns are NULL when
+        # there are none.
+        self.claim_select_after_apply = """
+            SELECT c.*, (SELECT count(*) FROM note), (SELECT count(*) FROM un),
+                (SELECT doc FROM un)
+            FROM (SELECT 1) AS one LEFT JOIN c ON true ORDER BY c.priority, c.id"""
         self.claim_set = f"""
             UPDATE {j} AS j SET state = 'running', attempt = j.attempt + 1,
                 started_at = %(now)s, worker = %(worker)s, lease_until = %(lease_until)s,
@@ -188,22 +261,46 @@ class Statements:
                     '{{"state":"running","attempt":' || attempt || '}}', %(now)s, attempt
                 FROM c
             ), note AS (
-                SELECT pg_notify(%(jobs_channel)s, %(origin)s || '|' || string_agg(id, ','))
-                FROM (SELECT id, (row_number() OVER ()) / {NOTIFY_IDS} AS g FROM c) s GROUP BY g
-            )
+                SELECT pg_notify(%(jobs_channel)s, %(origin)s || '|running|' || string_agg(id, ','))
+                FROM (SELECT id, (row_number() OVER ()) / {NOTIFY_IDS} AS g FROM c) s
+                WHERE (SELECT NOT pg_try_advisory_xact_lock(%(jobs_key)s)) GROUP BY g
+            ), idle AS (
+                INSERT INTO {idle} (channel, tasks, at)
+                SELECT %(idle_channel)s, %(idle_tasks)s::text[], extract(epoch FROM now())
+                WHERE %(idle_channel)s::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM c)
+                ON CONFLICT (channel) DO UPDATE SET tasks = EXCLUDED.tasks, at = EXCLUDED.at
+            )"""
+        self.claim_select = """
             SELECT c.*, (SELECT count(*) FROM note) FROM c ORDER BY c.priority, c.id"""
         self.pick = f"""
             (SELECT id, priority FROM {j} WHERE state = 'queued' AND run_at <= %(now)s
              AND task = ANY(%({{tasks}})s::text[]) ORDER BY priority, id
              LIMIT %({{room}})s FOR UPDATE SKIP LOCKED)"""
+        # Idle processes renew their word at each claim that finds nothing (every
+        # idle poll at least); a word older than this is of a process that is gone.
+        self.purge_idle = f"""
+            DELETE FROM {idle} WHERE at < extract(epoch FROM now()) - {30 * IDLE_FRESH}"""
+        self.stale_stats = """
+            SELECT c.reltuples < 0
+                OR coalesce(s.n_mod_since_analyze, 0) > 1000 + c.reltuples / 2
+            FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+            WHERE c.oid = %s::regclass"""
         self.running_counts = f"""
             SELECT task, count(*) FROM {j} WHERE state = 'running' AND task = ANY(%s::text[])
             GROUP BY task"""
+        # Rows are locked in the order of their ids, as a batch's decisions lock them,
+        # so that a renewal and a batch of the same worker never deadlock.
         self.renew = f"""
             UPDATE {j} AS j SET lease_until = %(until)s
-            FROM unnest(%(ids)s::text[], %(attempts)s::int[]) AS f(id, attempt)
-            WHERE j.id = f.id AND j.state = 'running' AND j.worker = %(worker)s
-                AND j.attempt = f.attempt
+            FROM (
+                SELECT r.id FROM {j} AS r
+                JOIN unnest(%(ids)s::text[], %(attempts)s::int[]) AS f(id, attempt)
+                    ON r.id = f.id AND r.attempt = f.attempt
+                WHERE r.id = ANY(%(ids)s::text[]) AND r.state = 'running'
+                    AND r.worker = %(worker)s
+                ORDER BY r.id FOR UPDATE OF r
+            ) AS held
+            WHERE j.id = held.id
             RETURNING j.id, j.cancel_requested"""
         self.progress = f"""
             WITH u AS (
@@ -216,7 +313,7 @@ class Statements:
                 SELECT u.id, u.event_seq, 'progress', NULL, %(data)s, %(now)s, %(attempt)s
                 FROM u
             )
-            SELECT {notify_jobs} FROM u"""
+            SELECT {notify_running} FROM u"""
         self.append = f"""
             WITH u AS (
                 UPDATE {j} SET event_seq = event_seq + %(n)s::int,
@@ -231,7 +328,7 @@ class Statements:
                 FROM u, unnest(%(kinds)s::text[], %(datas)s::text[], %(idx)s::int[])
                     WITH ORDINALITY AS x(kind, data, idx, n)
             )
-            SELECT {notify_jobs} FROM u"""
+            SELECT {notify_running} FROM u"""
         self.expired = f"""
             SELECT {COLUMNS} FROM {j}
             WHERE state = 'running' AND lease_until < %s LIMIT %s"""
@@ -244,7 +341,8 @@ class Statements:
         self.delete = f"""
             WITH u AS (DELETE FROM {j} WHERE id = %(id)s RETURNING id),
             ev AS (DELETE FROM {e} WHERE job_id = %(id)s)
-            SELECT {notify_jobs} FROM u"""
+            SELECT CASE WHEN NOT pg_try_advisory_xact_lock(%(ends_key)s)
+                THEN pg_notify(%(ends_channel)s, %(origin)s || '||' || u.id) END FROM u"""
         self.events_after = f"""
             SELECT seq, kind, idx, data, at, attempt FROM {e}
             WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s"""

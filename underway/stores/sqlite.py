@@ -24,14 +24,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from .._util import dumps, loads
 from ..errors import ConfigurationError, StoreUnavailable
-from ..feed import WORK, ChangeFeed
+from ..feed import WORK, ChangeFeed, Known
 from ..records import (
     POSITION_LIMIT,
     TERMINAL,
@@ -61,7 +60,7 @@ _CLAIM_SET = (
 _STATES = {s.value: s for s in State}
 # Plain strings of the enums' values, looked up once (an enum's `.value` is a property).
 _VALUES: dict[Any, str] = {**{s: s.value for s in State}, **{k: k.value for k in EventKind}}
-_ID, _PRIORITY, _ATTEMPT = 0, 3, 10  # positions in _COLUMNS
+_ID, _PRIORITY, _STATE, _ATTEMPT = 0, 3, 4, 10  # positions in _COLUMNS
 _EVENT_INSERT = (
     "INSERT INTO events (job_id, seq, kind, idx, data, at, attempt) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
@@ -190,8 +189,6 @@ class SQLiteStore(Store):
         self._lock = threading.RLock()
         self._local = threading.local()
         # Rows of jobs this process finished lately, for `finished` (bounded).
-        self._finals: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
-        self._finals_lock = threading.Lock()  # not the store's lock: writes hold that
         self._closed = threading.Event()
         # Set once this process has taken its look at everything after binding its
         # wake-up socket (see sqlite_wake.SETTLE); from then on, idle waiters stay idle.
@@ -309,10 +306,13 @@ class SQLiteStore(Store):
         except sqlite3.DatabaseError as exc:
             raise ConfigurationError(f"cannot open job store {self.path}: {exc}") from None
 
-    def _changed(self, *keys: str) -> None:
-        """Wake this process's waiters for `keys`, then the other processes' (after
-        COMMIT: whoever wakes reads the change)."""
-        self.notifier.notify(*keys)
+    def _changed(
+        self, *keys: str, known: Mapping[str, Known] | None = None, since: int | None = None
+    ) -> None:
+        """Wake this process's waiters for `keys` (telling them what is `known` of the
+        jobs after this write, taken at `since`: see `ChangeFeed.notify`), then the other
+        processes' (after COMMIT: whoever wakes reads the change)."""
+        self.notifier.notify(*keys, known=known, since=since)
         if self._wake is not None:
             self._wake.send(keys)
 
@@ -474,13 +474,15 @@ class SQLiteStore(Store):
             first = _first_events(record, events)
             if not first:  # one statement, and so its own transaction
                 values = _insert_values(record, events)
+                mark = self.notifier.mark()
                 with self._lock:
                     try:
                         self._db.execute(_INSERT, values)
                     except sqlite3.OperationalError as exc:
                         self._raise_unavailable(exc)
                         raise
-                self._changed(WORK, record.id)
+                queued = {record.id: Known(State.QUEUED, record=record)}
+                self._changed(WORK, record.id, known=queued, since=mark)
                 return record, True, superseded
         with self._write() as db:
             if record.idempotency_key is not None:
@@ -592,6 +594,7 @@ class SQLiteStore(Store):
             return [], []
         statements = [_statement(d, now) for d in decisions]
         groups = _same_shape(decisions, statements)
+        mark = self.notifier.mark()
         with self._write() as db:  # one transaction: one commit for the whole batch
             rows: list[tuple[Any, ...]] = []
             finals: list[tuple[Any, ...]] = []
@@ -610,13 +613,18 @@ class SQLiteStore(Store):
                 else []
             )
         claimed = [_row_to_record(r) for r in claimed_rows]
-        if finals:
-            self._keep_finals(finals)
+        # What waiters of these jobs may take without a read: a claimed job's record,
+        # and a finished job's final row (made into a record only if someone asks).
+        known = {r.id: Known(State.RUNNING, record=r) for r in claimed}
+        for row in finals:
+            known[row[_ID]] = Known(
+                _STATES[row[_STATE]], load=functools.partial(_row_to_record, row)
+            )
         changed = [d.job_id for d, ok in zip(decisions, done, strict=True) if ok]
         if any(d.state is State.QUEUED for d, ok in zip(decisions, done, strict=True) if ok):
             changed.append(WORK)
         if changed or claimed:
-            self._changed(*changed, *(r.id for r in claimed))
+            self._changed(*changed, *(r.id for r in claimed), known=known, since=mark)
         return done, claimed
 
     def _claim_any(
@@ -764,23 +772,8 @@ class SQLiteStore(Store):
             ).fetchall()
         return [_row_to_record(r) for r in rows]
 
-    FINALS_KEPT = 4096
-
-    def _keep_finals(self, rows: list[tuple[Any, ...]]) -> None:
-        with self._finals_lock:
-            finals = self._finals
-            for row in rows:
-                finals[row[_ID]] = row
-            while len(finals) > self.FINALS_KEPT:
-                finals.popitem(last=False)
-
-    def finished(self, job_id: str) -> JobRecord | None:
-        row = self._finals.get(job_id)
-        return None if row is None else _row_to_record(row)
-
     # -- callers ---------------------------------------------------------------------
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
-        self._finals.pop(job_id, None)
         with self._write() as db:
             changed = db.execute(
                 "UPDATE jobs SET meta = json_patch(coalesce(meta, '{}'), ?) WHERE id = ?",
@@ -791,7 +784,6 @@ class SQLiteStore(Store):
         return bool(changed)
 
     def delete(self, job_id: str) -> bool:
-        self._finals.pop(job_id, None)
         with self._write() as db:
             gone = db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
             db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
@@ -844,7 +836,6 @@ class SQLiteStore(Store):
                 ).fetchall()
             db.executemany("DELETE FROM events WHERE job_id = ?", ids)
         for (job_id,) in ids:
-            self._finals.pop(job_id, None)
             self.notifier.forget(job_id)
         return len(ids)
 
