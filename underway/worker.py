@@ -108,6 +108,10 @@ class Worker:
         self._lock = threading.Lock()
         self._slot_free = threading.Condition(self._lock)
         self._stopping = threading.Event()
+        # Wakes the monitor from a long sleep: set at stop, and when an end or a
+        # claimed job starts waiting while the monitor sleeps long (see `_monitor`).
+        self._nudge = threading.Event()
+        self._monitor_sleeps = False
         self._threads: list[threading.Thread] = []
         self._baton = ClaimBaton()
         self.batch = max(1, batch)
@@ -150,6 +154,7 @@ class Worker:
     def stop(self, *, drain: float = 30.0) -> None:
         """Stop claiming; give running jobs up to `drain` seconds, then hand them back."""
         self._stopping.set()
+        self._nudge.set()
         self._baton.close()
         self.store.notifier.notify_everything()
         self._hand_back_ready()
@@ -238,6 +243,7 @@ class Worker:
                             if not self._ready:
                                 self._ready_since = time.monotonic()
                             self._ready.extend(records[1:])
+                            self._wake_monitor()
                 baton.running(slot)
                 self._run(record, slot)
         finally:
@@ -350,6 +356,13 @@ class Worker:
     # another worker (or this one, later) takes them.
     HOSTAGE_AFTER = 0.05
 
+    def _wake_monitor(self) -> None:
+        """An end or a claimed job waits now: the monitor looks at it within
+        ENDS_CHECK. Called holding `_lock`."""
+        if self._monitor_sleeps:
+            self._monitor_sleeps = False
+            self._nudge.set()
+
     def _release_hostages(self) -> None:
         """Hand the claimed jobs back when no slot will start them soon: every running
         job has run longer than a short one would (idle slots of this worker sleep until
@@ -406,13 +419,24 @@ class Worker:
         next_renew = next_janitor = time.monotonic()
         next_heartbeat = next_renew + self.HEARTBEAT
         next_upkeep = next_renew + self.flush_interval
+        waited_last = -float("inf")  # monotonic time an end or a claimed job last waited here
         while True:
-            wait = next_upkeep - time.monotonic()
-            if self._running:
-                # Ends wait for their slot's next claim; if that slot is in a long job
-                # now, they are written from here, a few milliseconds late at most.
+            now = time.monotonic()
+            wait = next_upkeep - now
+            with self._lock:
+                # Ends and claimed jobs wait for their slot's next claim; if that slot
+                # is in a long job now, they are written or handed back from here, a
+                # few milliseconds late at most. While none has waited for a while,
+                # the monitor sleeps until the next upkeep, or until one does.
+                if self._ended or self._ready:
+                    waited_last = now
+                ticking = now - waited_last < self.flush_interval
+                self._monitor_sleeps = not ticking
+            if ticking:
                 wait = min(wait, self.ENDS_CHECK)
-            if self._stopping.wait(max(0.0, wait)):
+            self._nudge.wait(max(0.0, wait))
+            self._nudge.clear()
+            if self._stopping.is_set():
                 return
             now = time.monotonic()
             try:
@@ -584,6 +608,7 @@ class Worker:
             else:
                 with self._lock:
                     self._ended.append(_Ended(entry=entry, outcome=outcome, at=time.monotonic()))
+                    self._wake_monitor()
                 return
         self._record(entry, outcome)
         self._done(entry)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +14,8 @@ import pytest
 from tests.support.http_server import CuttingProxy, Gates, api_server, register_test_tasks, until
 from underway import Job, Underway
 from underway.client import Client, parse_sse
+from underway.records import Event, JobRecord
+from underway.stores.sqlite import SQLiteStore
 
 
 @pytest.fixture
@@ -119,6 +122,58 @@ def test_pings_keep_an_idle_stream_open(url: str, gates: Gates) -> None:
                 if line.startswith("event: done"):
                     break
         assert pings >= 2
+
+
+class CountingStore(SQLiteStore):
+    """Counts the reads of jobs' records and events."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.reads = 0
+
+    def get(self, job_id: str) -> JobRecord | None:
+        self.reads += 1
+        return super().get(job_id)
+
+    def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        self.reads += 1
+        return super().events(job_id, after, limit)
+
+
+def test_an_idle_stream_only_pings_and_still_sees_a_change(tmp_path: Path) -> None:
+    store = CountingStore(str(tmp_path / "jobs.db"))
+    uw = Underway(store)
+
+    @uw.task
+    def parked() -> None:
+        return None
+
+    job = uw.submit("parked")  # no workers: it stays queued, nothing changes
+    try:
+        with (
+            api_server(uw, ping_interval=0.1, start_workers=False) as base,
+            httpx.Client(base_url=base, timeout=30) as http,
+            http.stream("GET", f"/v1/jobs/{job.id}/events") as r,
+        ):
+            lines = r.iter_lines()
+            for line in lines:
+                if line.startswith(":"):  # the first ping: the stream is idle now
+                    break
+            store.reads = 0
+            pings = 0
+            for line in lines:
+                if line.startswith(":"):
+                    pings += 1
+                    if pings == 10:
+                        break
+            assert store.reads == 0  # a second of pings, and no read
+            uw.cancel(job.id)  # a change: the stream reads it, and ends
+            events = list(parse_sse(lines))
+        kinds = [kind for _, kind, _ in events]
+        assert kinds[-1] == "done"
+        assert json.loads(events[-1][2])["state"] == "cancelled"
+    finally:
+        uw.close()
 
 
 def test_stream_of_a_finished_job_replays_and_ends(url: str) -> None:

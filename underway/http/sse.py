@@ -129,20 +129,62 @@ def _unwatch(api: Api, job_id: str, watched: Watched) -> None:
         del api.sse_watched[job_id]
 
 
+class _Wake:
+    """An asynchronous stream's wake-up: the feed's callback (from any thread) or its
+    ping time, whichever comes first.
+
+    Waiting costs one future and one timer handle on the loop: no task, no
+    cancellation, so that thousands of idle streams pinging cost little more than
+    the pings' own writes.
+    """
+
+    __slots__ = ("changed", "loop", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.changed = False  # the feed called since the last `clear()`
+        self.waiter: asyncio.Future[None] | None = None
+
+    def notify(self) -> None:
+        """The feed's callback: may run on any thread."""
+        try:
+            self.loop.call_soon_threadsafe(self._set)
+        except RuntimeError:  # the loop closed while this watcher was still subscribed
+            pass
+
+    def _set(self) -> None:
+        self.changed = True
+        self._resolve()
+
+    def _resolve(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self.changed = False
+
+    async def wait(self, deadline: float) -> bool:
+        """Until the feed calls (True) or the loop's clock reaches `deadline` (False)."""
+        if self.changed:
+            return True
+        waiter = self.waiter = self.loop.create_future()
+        timer = self.loop.call_at(deadline, self._resolve)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self.waiter = None
+        return self.changed
+
+
 async def aiter_events(
     api: Api, stream: EventStream, *, ping_interval: float, run_sync: RunSync
 ) -> AsyncIterator[bytes]:
     """The stream for an asyncio server; `run_sync(fn, *args)` runs store reads."""
     loop = asyncio.get_running_loop()
-    wake = asyncio.Event()
-
-    def changed() -> None:
-        try:
-            loop.call_soon_threadsafe(wake.set)
-        except RuntimeError:  # the loop closed while this watcher was still subscribed
-            pass
-
-    unsubscribe = api.uw.feed.subscribe(stream.job_id, changed)
+    wake = _Wake(loop)
+    unsubscribe = api.uw.feed.subscribe(stream.job_id, wake.notify)
     watched = _watch(api, stream.job_id, loop)
     after = stream.after
     next_ping = loop.time() + ping_interval
@@ -176,13 +218,9 @@ async def aiter_events(
                 check_record = True  # a change without an event: look at the record
                 continue
             # Idle: no read until the feed says the job changed; only pings.
-            while True:
-                try:
-                    await asyncio.wait_for(wake.wait(), max(0.0, next_ping - loop.time()))
-                    break
-                except TimeoutError:
-                    yield PING
-                    next_ping = loop.time() + ping_interval
+            while not await wake.wait(next_ping):
+                yield PING
+                next_ping = loop.time() + ping_interval
             check_record = False
     finally:
         api.streams(-1)
