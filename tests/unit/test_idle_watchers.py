@@ -42,7 +42,7 @@ def counted(tmp_path: Path) -> Any:
     uw.close()
 
 
-def test_waiting_threads_and_coroutines_read_at_most_once_while_nothing_changes(counted: Any) -> None:
+def test_waiters_read_at_most_once_while_nothing_changes(counted: Any) -> None:
     uw, store = counted
     job = uw.submit("parked")  # no worker: it stays queued, nothing changes
     store.reads = 0
