@@ -343,6 +343,10 @@ class RedisStore(Store):
             self._run(self._enqueue_many, max(r.created_at for r in chunk), *args)
 
     def get(self, job_id: str) -> JobRecord | None:
+        # Woken by a claim or an end, a waiter finds the record the message brought.
+        brought = self._listener.take(job_id)
+        if brought is not None:
+            return _record(loads(brought))
         reply = self._run(self._get, 0.0, job_id)
         if not reply:
             return None
@@ -489,6 +493,7 @@ class RedisStore(Store):
         self._hold([r.id for r in records], lease)
         changed = [d.job_id for d, ok in zip(decisions, done, strict=True) if ok]
         if changed or records:
+            self._listener.forget(*changed, *(r.id for r in records))
             self.notifier.notify(*changed, *(r.id for r in records))
         return done, records
 
@@ -500,6 +505,7 @@ class RedisStore(Store):
         pairs = [x for job_id, attempt in fences.items() for x in (job_id, str(attempt))]
         held, cancelled = self._run(self._renew, now, worker, repr(now + lease), *pairs)
         still = set(held)
+        self._listener.forget(*still)
         self._hold([job_id for job_id in still if job_id in self._held], lease)
         for job_id in fences:
             if job_id not in still:
@@ -517,6 +523,7 @@ class RedisStore(Store):
             dumps(progress.to_dict()),
         )
         if done:
+            self._listener.forget(job_id)
             self.notifier.notify(job_id)
         return bool(done)
 
@@ -530,6 +537,7 @@ class RedisStore(Store):
             [job_id], self._append, now, job_id, fence.worker, str(fence.attempt), *flat
         )
         if done:
+            self._listener.forget(job_id)
             self.notifier.notify(job_id)
         return bool(done)
 
@@ -538,12 +546,14 @@ class RedisStore(Store):
 
     # -- callers ---------------------------------------------------------------------
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
+        self._listener.forget(job_id)
         changed = self._run(self._update_meta, 0.0, job_id, dumps(dict(changes)))
         if changed:
             self.notifier.notify(job_id)
         return bool(changed)
 
     def delete(self, job_id: str) -> bool:
+        self._listener.forget(job_id)
         gone = self._run(self._delete, 0.0, job_id)
         if gone:
             self.notifier.notify(job_id)
