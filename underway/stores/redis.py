@@ -27,9 +27,12 @@ Redis Cluster is not supported (scripts touch keys they compute).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -39,7 +42,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .._util import dumps, loads, new_id, rfc3339
+from .._util import loads, new_id, rfc3339
 from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK
 from ..records import (
@@ -66,6 +69,8 @@ HELD_RETRY_STEP = 0.2  # seconds between attempts of a lease holder's write duri
 BATCH = 200  # jobs per script call in purge, so no call blocks Redis for long
 
 _STATES = {s.value: s for s in State}
+# `dumps` with its encoder made once (json.dumps builds one per call for these options).
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _KINDS = {k.value: k for k in EventKind}
 
 
@@ -127,30 +132,30 @@ def _record_from(h: Mapping[str, str], position: int | None = None) -> JobRecord
 
 
 def _fields(record: JobRecord) -> list[str]:
-    values: dict[str, str | None] = {
-        "id": record.id,
-        "task": record.task,
-        "queue": record.queue,
-        "priority": str(record.priority),
-        "state": State.QUEUED.value,
-        "params": dumps(record.params),
-        "attempt": "0",
-        "max_attempts": str(record.max_attempts),
-        "created_at": repr(record.created_at),
-        "run_at": repr(record.run_at),
-        "timeout": None if record.timeout is None else repr(record.timeout),
-        "keep_for": repr(record.keep_for),
-        "output_count": "0",
-        "cancel_requested": "0",
-        "owner": record.owner,
-        "idempotency_key": record.idempotency_key,
-        "supersede_key": record.supersede_key,
-        "meta": dumps(record.meta) if record.meta else None,
-    }
-    flat: list[str] = []
-    for name, value in values.items():
-        if value is not None:
-            flat += (name, value)
+    """The hash of a new queued job, as field/value pairs. Fields at their defaults
+    (attempt 0, no output, no cancel request, absent = None) are left out."""
+    flat = [
+        "id", record.id,
+        "task", record.task,
+        "queue", record.queue,
+        "priority", str(record.priority),
+        "state", "queued",
+        "params", _dumps(record.params),
+        "max_attempts", str(record.max_attempts),
+        "created_at", repr(record.created_at),
+        "run_at", repr(record.run_at),
+        "keep_for", repr(record.keep_for),
+    ]  # fmt: skip
+    if record.timeout is not None:
+        flat += ("timeout", repr(record.timeout))
+    if record.owner is not None:
+        flat += ("owner", record.owner)
+    if record.idempotency_key is not None:
+        flat += ("idempotency_key", record.idempotency_key)
+    if record.supersede_key is not None:
+        flat += ("supersede_key", record.supersede_key)
+    if record.meta:
+        flat += ("meta", _dumps(record.meta))
     return flat
 
 
@@ -176,8 +181,8 @@ def _decision_args(d: Decision) -> list[Any]:
         "" if d.attempt is None else str(d.attempt),
         "" if d.cancel_requested is None else str(int(d.cancel_requested)),
         _opt(d.run_at),
-        "" if d.result is None else dumps(d.result),
-        "" if d.error is None else dumps(d.error.to_dict()),
+        "" if d.result is None else _dumps(d.result),
+        "" if d.error is None else _dumps(d.error.to_dict()),
         _opt(d.started_at),
         _opt(d.finished_at),
         _opt(d.expires_at),
@@ -209,6 +214,10 @@ class RedisStore(Store):
         self._local = threading.local()  # per thread: the wake-up version seen at claim
         self._held: dict[str, float] = {}  # job id -> monotonic end of the lease we hold
         self._closing = threading.Event()
+        # Scripts run on a connection of the calling thread's own, used directly: the
+        # client's pool and command layers cost about as much CPU as the call itself.
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._connections_lock = threading.Lock()
         try:
             self._redis = redis.Redis.from_url(
                 url,
@@ -276,7 +285,48 @@ class RedisStore(Store):
 
     def _run(self, script: Any, now: float, *args: Any) -> Any:
         with self._guard():
-            return script(args=(self._prefix, repr(now), *args))
+            return self._evalsha(script, (self._prefix, repr(now), *args))
+
+    def _connection(self) -> Any:
+        local = self._local
+        conn = getattr(local, "conn", None)
+        pid = os.getpid()
+        if conn is None or local.pid != pid:
+            if self._closing.is_set():
+                raise redis.ConnectionError("the store is closed")
+            pool = self._redis.connection_pool
+            conn = pool.connection_class(**pool.connection_kwargs)
+            local.conn, local.pid = conn, pid
+            with self._connections_lock:
+                self._connections.add(conn)
+        return conn
+
+    def _evalsha(self, script: Any, args: Sequence[Any]) -> Any:
+        """EVALSHA on this thread's connection; loads the script when Redis lacks it
+        (a restart, SCRIPT FLUSH: it did not run, so running it then is safe)."""
+        conn = self._connection()
+        try:
+            # Like the client's pool at checkout: a connection with something to read
+            # while idle was closed by the server (a restart): connect again.
+            if conn._sock is not None and conn.can_read(timeout=0):
+                conn.disconnect()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()
+        try:
+            try:
+                conn.send_command("EVALSHA", script.sha, 0, *args)
+                return conn.read_response()
+            except redis.exceptions.NoScriptError:
+                conn.send_command("SCRIPT", "LOAD", script.script)
+                script.sha = conn.read_response()
+                conn.send_command("EVALSHA", script.sha, 0, *args)
+                return conn.read_response()
+        except redis.ResponseError:
+            raise
+        except BaseException:
+            # A reply may be left unread (a timeout, an interrupt): start afresh.
+            conn.disconnect()
+            raise
 
     def _hold(self, job_ids: Collection[str], lease: float) -> None:
         until = time.monotonic() + lease
@@ -419,7 +469,7 @@ class RedisStore(Store):
                 self._redis.hdel(self.keys.workers, worker)
                 return
             self._redis.hset(
-                self.keys.workers, worker, dumps({"tasks": sorted(tasks), "until": until})
+                self.keys.workers, worker, _dumps({"tasks": sorted(tasks), "until": until})
             )
             stale = [
                 name
@@ -520,7 +570,7 @@ class RedisStore(Store):
             job_id,
             fence.worker,
             str(fence.attempt),
-            dumps(progress.to_dict()),
+            _dumps(progress.to_dict()),
         )
         if done:
             self._listener.forget(job_id)
@@ -547,7 +597,7 @@ class RedisStore(Store):
     # -- callers ---------------------------------------------------------------------
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
         self._listener.forget(job_id)
-        changed = self._run(self._update_meta, 0.0, job_id, dumps(dict(changes)))
+        changed = self._run(self._update_meta, 0.0, job_id, _dumps(dict(changes)))
         if changed:
             self.notifier.notify(job_id)
         return bool(changed)
@@ -638,4 +688,9 @@ class RedisStore(Store):
     def close(self) -> None:
         self._closing.set()
         self._listener.close()
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(Exception):
+                conn.disconnect()
         self._redis.close()
