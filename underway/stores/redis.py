@@ -46,6 +46,7 @@ from .._util import loads, new_id, rfc3339
 from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK
 from ..records import (
+    EMPTY_PROGRESS,
     Decision,
     ErrorInfo,
     Event,
@@ -71,6 +72,7 @@ BATCH = 200  # jobs per script call in purge, so no call blocks Redis for long
 _STATES = {s.value: s for s in State}
 # `dumps` with its encoder made once (json.dumps builds one per call for these options).
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_loads = json.JSONDecoder().decode
 _KINDS = {k.value: k for k in EventKind}
 
 
@@ -96,38 +98,46 @@ def _float(value: str | None) -> float | None:
 
 def _record(flat: Sequence[str], position: int | None = None) -> JobRecord:
     """A record from a hash as a script returns it (a flat field/value list)."""
-    return _record_from(dict(zip(flat[::2], flat[1::2], strict=True)), position)
+    pairs = iter(flat)
+    return _record_from(dict(zip(pairs, pairs, strict=True)), position)
 
 
 def _record_from(h: Mapping[str, str], position: int | None = None) -> JobRecord:
+    get = h.get
+    state = h["state"]
+    params = h["params"]
+    progress = get("progress")
+    result = get("result")
+    error = get("error")
+    meta = get("meta")
     return JobRecord(
         id=h["id"],
         task=h["task"],
-        params=loads(h["params"]),
-        state=_STATES[h["state"]],
-        progress=Progress.from_dict(loads(h.get("progress"))),
-        result=loads(h.get("result")),
-        error=ErrorInfo.from_dict(loads(h.get("error"))),
-        cancel_requested=h.get("cancel_requested") == "1",
-        attempt=int(h.get("attempt", 0)),
-        max_attempts=int(h.get("max_attempts", 1)),
+        params={} if params == "{}" else _loads(params),
+        state=_STATES[state],
+        progress=EMPTY_PROGRESS if progress is None else Progress.from_dict(_loads(progress)),
+        result=None if result is None else _loads(result),
+        error=None if error is None else ErrorInfo.from_dict(_loads(error)),
+        cancel_requested=get("cancel_requested") == "1",
+        attempt=int(get("attempt", 0)),
+        max_attempts=int(get("max_attempts", 1)),
         created_at=float(h["created_at"]),
-        started_at=_float(h.get("started_at")),
-        finished_at=_float(h.get("finished_at")),
-        expires_at=_float(h.get("expires_at")),
-        output_count=int(h.get("output_count", 0)),
-        position=position if h["state"] == "queued" else None,
-        owner=h.get("owner"),
-        queue=h.get("queue", "default"),
-        priority=int(h.get("priority", 0)),
-        run_at=float(h.get("run_at", 0.0)),
-        timeout=_float(h.get("timeout")),
+        started_at=_float(get("started_at")),
+        finished_at=_float(get("finished_at")),
+        expires_at=_float(get("expires_at")),
+        output_count=int(get("output_count", 0)),
+        position=position if state == "queued" else None,
+        owner=get("owner"),
+        queue=get("queue", "default"),
+        priority=int(get("priority", 0)),
+        run_at=float(get("run_at", 0.0)),
+        timeout=_float(get("timeout")),
         keep_for=float(h["keep_for"]),
-        idempotency_key=h.get("idempotency_key"),
-        supersede_key=h.get("supersede_key"),
-        worker=h.get("worker"),
-        lease_until=_float(h.get("lease_until")),
-        meta=loads(h.get("meta")) or {},
+        idempotency_key=get("idempotency_key"),
+        supersede_key=get("supersede_key"),
+        worker=get("worker"),
+        lease_until=_float(get("lease_until")),
+        meta={} if meta is None else (_loads(meta) or {}),
     )
 
 

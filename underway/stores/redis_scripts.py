@@ -33,9 +33,13 @@ local function changed(id)
 end
 
 -- The same, carrying the job's record (a flat field/value list, as HGETALL returns
--- it): a waiter woken by it need not read the job back.
+-- it; read here when `rec` is nil): a waiter woken by it need not read the job back.
+-- Nobody subscribed (the usual case for a busy system): nothing to read or send.
 local function changed_to(id, rec)
-  redis.call('PUBLISH', c_job(id), cjson.encode(rec))
+  local channel = c_job(id)
+  if redis.call('PUBSUB', 'NUMSUB', channel)[2] == 0 then return end
+  if rec == nil then rec = redis.call('HGETALL', k_job(id)) end
+  redis.call('PUBLISH', channel, cjson.encode(rec))
 end
 
 -- Wake one idle claimer (a worker slot that found nothing), if any is still waiting;
@@ -316,7 +320,7 @@ local function apply(at)
     redis.call('RPUSH', k_events(id), unpack(events))
   end
   if moves and to ~= 'queued' then
-    changed_to(id, redis.call('HGETALL', j))
+    changed_to(id, nil)
   else
     changed(id)
   end
