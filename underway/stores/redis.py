@@ -30,6 +30,8 @@ import contextlib
 import json
 import logging
 import os
+import select
+import ssl
 import threading
 import time
 import weakref
@@ -315,13 +317,20 @@ class RedisStore(Store):
         """EVALSHA on this thread's connection; loads the script when Redis lacks it
         (a restart, SCRIPT FLUSH: it did not run, so running it then is safe)."""
         conn = self._connection()
-        try:
-            # Like the client's pool at checkout: a connection with something to read
-            # while idle was closed by the server (a restart): connect again.
-            if conn._sock is not None and conn.can_read(timeout=0):
+        sock = conn._sock
+        # Like the client's pool at checkout: a connection with something to read while
+        # idle was closed by the server (a restart): connect again. One poll of a plain
+        # socket; TLS asks its own layer (the raw socket may hold TLS records only).
+        if sock is not None:
+            try:
+                if isinstance(sock, ssl.SSLSocket):
+                    stale = conn.can_read(timeout=0)
+                else:
+                    stale = bool(select.select((sock,), (), (), 0)[0])
+            except (redis.ConnectionError, redis.TimeoutError, OSError, ValueError):
+                stale = True
+            if stale:
                 conn.disconnect()
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            conn.disconnect()
         try:
             try:
                 conn.send_command("EVALSHA", script.sha, 0, *args)
