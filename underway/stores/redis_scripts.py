@@ -354,12 +354,18 @@ if requeued == 0 and #freed > 0 then
   if room then wake() end
 end
 if max_jobs <= 0 then return {applied, {}, ''} end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', NOW, 'LIMIT', 0, 500)) do
-  local f = redis.call('HMGET', k_job(id), 'task', 'priority')
-  if f[1] then redis.call('ZADD', k_ready(f[1]), f[2], id) end
-  redis.call('ZREM', K_DELAYED, id)
+-- Delayed jobs that are due become ready (looked for only when the earliest is due).
+local nxt = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+if nxt[2] and tonumber(nxt[2]) <= tonumber(NOW) then
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', NOW, 'LIMIT', 0, 500)) do
+    local f = redis.call('HMGET', k_job(id), 'task', 'priority')
+    if f[1] then redis.call('ZADD', k_ready(f[1]), f[2], id) end
+    redis.call('ZREM', K_DELAYED, id)
+  end
+  nxt = nil
 end
-local room, candidates = {}, {}
+-- `unsure`: tasks whose ready set may hold more than was read here.
+local room, candidates, unsure = {}, {}, {}
 for i = 9, 8 + n do
   local task = ARGV[i]
   local r = max_jobs
@@ -372,6 +378,9 @@ for i = 9, 8 + n do
     for k = 1, #got, 2 do
       candidates[#candidates + 1] = {tonumber(got[k + 1]), got[k], task}
     end
+    if #got >= 2 * r then unsure[#unsure + 1] = task end
+  else
+    unsure[#unsure + 1] = task
   end
 end
 table.sort(candidates, function(a, b)
@@ -416,11 +425,15 @@ if #out < max_jobs then
 else
   redis.call('ZREM', K_IDLE, claimer)
   -- More may be waiting: pass the baton to another idle slot rather than leave it asleep.
-  for i = 9, 8 + n do
-    if redis.call('ZCARD', k_ready(ARGV[i])) > 0 then wake() break end
+  -- A candidate left over says so; so may a ready set read only in part.
+  local more = #candidates > #out
+  for _, task in ipairs(unsure) do
+    if more then break end
+    more = redis.call('ZCARD', k_ready(task)) > 0
   end
+  if more then wake() end
 end
-local nxt = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+if nxt == nil then nxt = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES') end
 return {applied, out, nxt[2] or ''}
 """
 )
