@@ -4,10 +4,13 @@ Every change of a job is one Lua script call (see `redis_scripts`), so claiming 
 atomic and a job costs a handful of round trips: enqueue, claim (batched, with the
 ends of the previous jobs), plus batched progress and output. The store applies
 the lifecycle's decisions (`Decision`) and fences writes; it decides nothing
-itself. Key names live in `redis_keys`.
+itself. Key names live in `redis_keys`. Scripts run on a connection of the calling
+thread's own, used directly (`_evalsha`), not through the client's command layers.
 
 Waiting does not poll Redis: a background subscriber thread (`redis_listener`)
-turns pub/sub messages into `ChangeFeed` wake-ups. Idle workers are woken by the
+turns pub/sub messages into `ChangeFeed` wake-ups. A claim's and an end's message
+brings the job's record, which the woken waiter's `get` takes instead of reading
+the job again. Idle workers are woken by the
 scripts: a claim that comes up short registers its thread as idle, and the next
 enqueue (or a decision that requeues a job, or ends one and so frees room under a
 concurrency limit) wakes one such thread through its process's own channel. Busy
