@@ -4,8 +4,9 @@ Every change of a job is one Lua script call (see `redis_scripts`), so claiming 
 atomic and a job costs a handful of round trips: enqueue, claim (batched, with the
 ends of the previous jobs), plus batched progress and output. The store applies
 the lifecycle's decisions (`Decision`) and fences writes; it decides nothing
-itself. Key names live in `redis_keys`. Scripts run on a connection of the calling
-thread's own, used directly (`_evalsha`), not through the client's command layers.
+itself. Key names live in `redis_keys`. Scripts run on connections the store keeps
+on a free list of its own, used directly (`_evalsha`), not through the client's
+pool and command layers.
 
 Waiting does not poll Redis: a background subscriber thread (`redis_listener`)
 turns pub/sub messages into `ChangeFeed` wake-ups. A claim's and an end's message
@@ -229,9 +230,12 @@ class RedisStore(Store):
         self._local = threading.local()  # per thread: the wake-up version seen at claim
         self._held: dict[str, float] = {}  # job id -> monotonic end of the lease we hold
         self._closing = threading.Event()
-        # Scripts run on a connection of the calling thread's own, used directly: the
-        # client's pool and command layers cost about as much CPU as the call itself.
-        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Scripts run on connections of a free list of this store's own, used directly:
+        # the client's pool and command layers cost about as much CPU as the call itself.
+        # (list.pop and list.append are atomic: a call takes one, then puts it back.)
+        self._free: list[Any] = []
+        self._free_pid = os.getpid()
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()  # for close()
         self._connections_lock = threading.Lock()
         try:
             self._redis = redis.Redis.from_url(
@@ -302,24 +306,33 @@ class RedisStore(Store):
         with self._guard():
             return self._evalsha(script, (self._prefix, repr(now), *args))
 
-    def _connection(self) -> Any:
-        local = self._local
-        conn = getattr(local, "conn", None)
+    def _acquire(self) -> Any:
+        """A connection of the free list (a new one when it is empty)."""
         pid = os.getpid()
-        if conn is None or local.pid != pid:
-            if self._closing.is_set():
-                raise redis.ConnectionError("the store is closed")
-            pool = self._redis.connection_pool
-            conn = pool.connection_class(**pool.connection_kwargs)
-            local.conn, local.pid = conn, pid
-            with self._connections_lock:
-                self._connections.add(conn)
+        if pid != self._free_pid:  # a forked child must not share the parent's sockets
+            self._free, self._free_pid = [], pid
+        try:
+            return self._free.pop()
+        except IndexError:
+            pass
+        if self._closing.is_set():
+            raise redis.ConnectionError("the store is closed")
+        pool = self._redis.connection_pool
+        conn = pool.connection_class(**pool.connection_kwargs)
+        with self._connections_lock:
+            self._connections.add(conn)
         return conn
 
     def _evalsha(self, script: Any, args: Sequence[Any]) -> Any:
-        """EVALSHA on this thread's connection; loads the script when Redis lacks it
-        (a restart, SCRIPT FLUSH: it did not run, so running it then is safe)."""
-        conn = self._connection()
+        """EVALSHA on a connection of the free list; loads the script when Redis lacks
+        it (a restart, SCRIPT FLUSH: it did not run, so running it then is safe)."""
+        conn = self._acquire()
+        try:
+            return self._evalsha_on(conn, script, args)
+        finally:
+            self._free.append(conn)
+
+    def _evalsha_on(self, conn: Any, script: Any, args: Sequence[Any]) -> Any:
         sock = conn._sock
         # Like the client's pool at checkout: a connection with something to read while
         # idle was closed by the server (a restart): connect again. One poll of a plain

@@ -140,6 +140,8 @@ class RedisListener:
     def take(self, job_id: str) -> str | None:
         """The record that came with the latest message about `job_id` (JSON), once,
         while it is fresh; None when that message carried none."""
+        if not self._records:
+            return None
         with self._lock:
             found = self._records.pop(job_id, None)
         if found is None or time.monotonic() - found[0] > FRESH:
