@@ -179,6 +179,16 @@ def _flat_events(events: Sequence[tuple[EventKind, str]]) -> list[str]:
     return [x for kind, data in events for x in (EventKind(kind).value, data)]
 
 
+_expected: dict[frozenset[State], str] = {}  # a decision's `expect`, as the script reads it
+
+
+def _expect(states: frozenset[State]) -> str:
+    found = _expected.get(states)
+    if found is None:
+        found = _expected[states] = ",".join(sorted(s.value for s in states))
+    return found
+
+
 def _opt(value: float | None) -> str:
     return "" if value is None else repr(value)
 
@@ -189,7 +199,7 @@ def _decision_args(d: Decision) -> list[Any]:
         raise ValueError("a decision carries no output: append it under the job's fence")
     args: list[Any] = [
         d.job_id,
-        ",".join(sorted(s.value for s in d.expect)),
+        _expect(d.expect),
         "" if d.fence is None else d.fence.worker,
         "" if d.fence is None else str(d.fence.attempt),
         _opt(d.lease_before),
@@ -303,8 +313,12 @@ class RedisStore(Store):
             ) from None
 
     def _run(self, script: Any, now: float, *args: Any) -> Any:
-        with self._guard():
+        try:
             return self._evalsha(script, (self._prefix, repr(now), *args))
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise StoreUnavailable(
+                f"Redis at {safe_url(self.url)} is unavailable: {exc}", retry_after=RETRY_AFTER
+            ) from None
 
     def _acquire(self) -> Any:
         """A connection of the free list (a new one when it is empty)."""
