@@ -11,6 +11,12 @@ shows the workers' side without the single submitting process as a bottleneck. P
 Redis commands per job (from `INFO commandstats`, commands inside scripts included)
 and client round trips per job (`total_reads_processed`), next to a bare redis-py
 LPUSH + BRPOP round trip measured in the same run.
+
+First, per operation ("what one job costs"): round trips and Redis commands per job
+of a submit, a get, a claim with the end of the previous job (one at a time, and 16
+at a time as a backlog is drained), and of a whole submit-then-wait with an idle
+worker process, from one process's view and Redis's; Redis time is `usec` of
+`INFO commandstats` (scripts and what they call).
 """
 
 from __future__ import annotations
@@ -39,6 +45,98 @@ def counters(client: redis.Redis[str]) -> tuple[int, int]:
     commands = sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
     reads = int(client.info("stats")["total_reads_processed"])
     return commands, reads
+
+
+def command_stats(client: redis.Redis[str]) -> tuple[int, int, int]:
+    """(round trips, commands inside scripts, Redis usec) so far, not counting INFO."""
+    stats = client.info("commandstats")
+    trips = inner = usec = 0
+    for name, value in stats.items():
+        if name in ("cmdstat_info", "cmdstat_config|resetstat"):
+            continue
+        if name in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_subscribe"):
+            trips += int(value["calls"])
+            usec += int(value["usec"])
+        else:
+            inner += int(value["calls"])
+    return trips, inner, usec
+
+
+def per_operation(url: str, n: int = 2000) -> None:
+    """Round trips, commands and Redis time per job of each store operation."""
+    from underway import lifecycle
+    from underway.records import Fence
+
+    client: redis.Redis[str] = redis.Redis.from_url(url, decode_responses=True)
+    client.flushdb()
+    uw = build_app(url)
+    store = uw.store
+    tasks = uw.task_names
+    rows: list[tuple[str, tuple[int, int, int]]] = []
+
+    def measure(label: str, action: Any) -> None:
+        client.config_resetstat()
+        action()
+        trips, inner, usec = command_stats(client)
+        rows.append((label, (trips, inner, usec)))
+
+    def ends(records: list[Any]) -> list[Any]:
+        now = time.time()
+        return [
+            lifecycle.ended(r, fence=Fence(worker="bench", attempt=r.attempt),
+                            state=State.SUCCEEDED, result=1, now=now, keep_for=3600.0,
+                            started_at=r.started_at)
+            for r in records
+        ]  # fmt: skip
+
+    def drain_with(size: int) -> None:
+        previous: list[Any] = []
+        while True:
+            _, claimed = store.apply_and_claim(
+                ends(previous), worker="bench", tasks=tasks, limits={}, lease=30.0,
+                now=time.time(), max_jobs=size,
+            )  # fmt: skip
+            if not claimed and not previous:
+                return
+            previous = claimed
+
+    uw.enqueue("noop", {})
+    drain_with(1)  # warm up script caches
+    ids: list[str] = []
+    measure("submit", lambda: ids.extend(uw.enqueue("noop", {}).id for _ in range(n)))
+    measure("get, queued", lambda: [store.get(i) for i in ids])
+    measure("claim + end, one at a time", lambda: drain_with(1))
+    measure("get, finished", lambda: [store.get(i) for i in ids])
+    for _ in range(n):
+        uw.enqueue("noop", {})
+    measure("claim + end, 16 at a time", lambda: drain_with(16))
+    uw.close()
+    client.flushdb()
+    argv = [sys.executable, "-m", "tests.integration.redis_worker_app", url, "--workers", "1"]
+    worker = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    uw = build_app(url)
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        for _ in range(50):
+            uw.submit("noop").wait(timeout=10)
+        rounds = n // 4
+        measure(
+            "submit + wait, idle worker (all)",
+            lambda: [uw.submit("noop").wait(timeout=10) for _ in range(rounds)],
+        )
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+        if worker.stdout is not None:
+            worker.stdout.close()
+        uw.close()
+        client.close()
+    print("per job: round trips (script calls and SUBSCRIBEs), commands run inside them, "
+          "Redis time")  # fmt: skip
+    print(f"{'operation':<34} {'trips':>6} {'commands':>9} {'redis us':>9}")
+    for label, (trips, inner, usec) in rows:
+        count = n // 4 if label.startswith("submit + wait") else n
+        print(f"{label:<34} {trips / count:>6.2f} {inner / count:>9.1f} {usec / count:>9.1f}")
 
 
 def bare_round_trips(client: redis.Redis[str], n: int) -> float:
@@ -186,6 +284,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=100, help="jobs per submit_many call")
     args = parser.parse_args()
     with RedisServer() as server:
+        per_operation(server.url)
         client: redis.Redis[str] = redis.Redis.from_url(server.url, decode_responses=True)
         bare = bare_round_trips(client, 20_000)
         client.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -159,3 +160,89 @@ def test_password_and_database_number_in_the_url() -> None:
         message = str(info.value)
         assert "wrong-pw" not in message and "\n" not in message
         assert f"127.0.0.1:{server.port}" in message
+
+
+class _Changes:
+    """Counts the feed's wake-ups for one job (a subscription confirmed counts too)."""
+
+    def __init__(self) -> None:
+        self._seen = 0
+        self._cond = threading.Condition()
+
+    def __call__(self) -> None:
+        with self._cond:
+            self._seen += 1
+            self._cond.notify_all()
+
+    def wait_for(self, count: int) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self._seen >= count, timeout=10), self._seen
+
+
+def _script_calls(url: str) -> int:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    finally:
+        client.close()
+
+
+def test_a_waiter_elsewhere_is_handed_the_finished_record_without_reading_it(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    watcher = open_store(redis_url)  # as another process would open it
+    assert isinstance(watcher, RedisStore)
+    try:
+        now = time.time()
+        job = submit(
+            redis_store,
+            now=now,
+            params={"text": "naïve / ünïcode \u2028 \x00 end", "n": [1, 2.5, None]},
+            owner="alice",
+            idempotency_key="alice\x00k/1",
+            meta={"note": "m"},
+        )
+        changes = _Changes()
+        stop = watcher.notifier.subscribe(job.id, changes)
+        try:
+            changes.wait_for(1)  # the subscription is confirmed
+            claimed = claim_one(redis_store, now=now)
+            changes.wait_for(2)
+            assert finish(redis_store, claimed, now=now + 1, result={"ok": "ü"}) is not None
+            changes.wait_for(3)
+            before = _script_calls(redis_url)
+            brought = watcher.get(job.id)
+            assert _script_calls(redis_url) == before  # no read: it came with the message
+            assert brought == redis_store.get(job.id)
+            assert brought is not None and brought.state is State.SUCCEEDED
+            assert brought.result == {"ok": "ü"} and brought.params == job.params
+            # Handed out once: the next read goes to Redis, and agrees.
+            assert watcher.get(job.id) == brought
+            assert _script_calls(redis_url) == before + 2
+        finally:
+            stop()
+    finally:
+        watcher.close()
+
+
+def test_a_process_reads_its_own_write_over_a_record_that_came_with_a_message(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    watcher = open_store(redis_url)
+    assert isinstance(watcher, RedisStore)
+    try:
+        now = time.time()
+        job = submit(redis_store, now=now)
+        changes = _Changes()
+        stop = watcher.notifier.subscribe(job.id, changes)
+        try:
+            changes.wait_for(1)
+            claimed = claim_one(redis_store, now=now)
+            changes.wait_for(2)  # the claim's message, with the running record, is here
+            assert watcher.save_progress(job.id, fence(claimed), Progress(current=3), now)
+            seen = watcher.get(job.id)
+            assert seen is not None and seen.progress.current == 3
+        finally:
+            stop()
+    finally:
+        watcher.close()

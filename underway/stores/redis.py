@@ -4,10 +4,14 @@ Every change of a job is one Lua script call (see `redis_scripts`), so claiming 
 atomic and a job costs a handful of round trips: enqueue, claim (batched, with the
 ends of the previous jobs), plus batched progress and output. The store applies
 the lifecycle's decisions (`Decision`) and fences writes; it decides nothing
-itself. Key names live in `redis_keys`.
+itself. Key names live in `redis_keys`. Scripts run on connections the store keeps
+on a free list of its own, used directly (`_evalsha`), not through the client's
+pool and command layers.
 
 Waiting does not poll Redis: a background subscriber thread (`redis_listener`)
-turns pub/sub messages into `ChangeFeed` wake-ups. Idle workers are woken by the
+turns pub/sub messages into `ChangeFeed` wake-ups. A claim's and an end's message
+brings the job's record, which the woken waiter's `get` takes instead of reading
+the job again. Idle workers are woken by the
 scripts: a claim that comes up short registers its thread as idle, and the next
 enqueue (or a decision that requeues a job, or ends one and so frees room under a
 concurrency limit) wakes one such thread through its process's own channel. Busy
@@ -27,9 +31,14 @@ Redis Cluster is not supported (scripts touch keys they compute).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import select
+import ssl
 import threading
 import time
+import weakref
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -39,10 +48,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .._util import dumps, loads, new_id, rfc3339
+from .._util import loads, new_id, rfc3339
 from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK
 from ..records import (
+    EMPTY_PROGRESS,
     Decision,
     ErrorInfo,
     Event,
@@ -66,6 +76,9 @@ HELD_RETRY_STEP = 0.2  # seconds between attempts of a lease holder's write duri
 BATCH = 200  # jobs per script call in purge, so no call blocks Redis for long
 
 _STATES = {s.value: s for s in State}
+# `dumps` with its encoder made once (json.dumps builds one per call for these options).
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_loads = json.JSONDecoder().decode
 _KINDS = {k.value: k for k in EventKind}
 
 
@@ -91,71 +104,89 @@ def _float(value: str | None) -> float | None:
 
 def _record(flat: Sequence[str], position: int | None = None) -> JobRecord:
     """A record from a hash as a script returns it (a flat field/value list)."""
-    return _record_from(dict(zip(flat[::2], flat[1::2], strict=True)), position)
+    pairs = iter(flat)
+    return _record_from(dict(zip(pairs, pairs, strict=True)), position)
 
 
 def _record_from(h: Mapping[str, str], position: int | None = None) -> JobRecord:
+    get = h.get
+    state = h["state"]
+    params = h["params"]
+    progress = get("progress")
+    result = get("result")
+    error = get("error")
+    meta = get("meta")
     return JobRecord(
         id=h["id"],
         task=h["task"],
-        params=loads(h["params"]),
-        state=_STATES[h["state"]],
-        progress=Progress.from_dict(loads(h.get("progress"))),
-        result=loads(h.get("result")),
-        error=ErrorInfo.from_dict(loads(h.get("error"))),
-        cancel_requested=h.get("cancel_requested") == "1",
-        attempt=int(h.get("attempt", 0)),
-        max_attempts=int(h.get("max_attempts", 1)),
+        params={} if params == "{}" else _loads(params),
+        state=_STATES[state],
+        progress=EMPTY_PROGRESS if progress is None else Progress.from_dict(_loads(progress)),
+        result=None if result is None else _loads(result),
+        error=None if error is None else ErrorInfo.from_dict(_loads(error)),
+        cancel_requested=get("cancel_requested") == "1",
+        attempt=int(get("attempt", 0)),
+        max_attempts=int(get("max_attempts", 1)),
         created_at=float(h["created_at"]),
-        started_at=_float(h.get("started_at")),
-        finished_at=_float(h.get("finished_at")),
-        expires_at=_float(h.get("expires_at")),
-        output_count=int(h.get("output_count", 0)),
-        position=position if h["state"] == "queued" else None,
-        owner=h.get("owner"),
-        queue=h.get("queue", "default"),
-        priority=int(h.get("priority", 0)),
-        run_at=float(h.get("run_at", 0.0)),
-        timeout=_float(h.get("timeout")),
+        started_at=_float(get("started_at")),
+        finished_at=_float(get("finished_at")),
+        expires_at=_float(get("expires_at")),
+        output_count=int(get("output_count", 0)),
+        position=position if state == "queued" else None,
+        owner=get("owner"),
+        queue=get("queue", "default"),
+        priority=int(get("priority", 0)),
+        run_at=float(get("run_at", 0.0)),
+        timeout=_float(get("timeout")),
         keep_for=float(h["keep_for"]),
-        idempotency_key=h.get("idempotency_key"),
-        supersede_key=h.get("supersede_key"),
-        worker=h.get("worker"),
-        lease_until=_float(h.get("lease_until")),
-        meta=loads(h.get("meta")) or {},
+        idempotency_key=get("idempotency_key"),
+        supersede_key=get("supersede_key"),
+        worker=get("worker"),
+        lease_until=_float(get("lease_until")),
+        meta={} if meta is None else (_loads(meta) or {}),
     )
 
 
 def _fields(record: JobRecord) -> list[str]:
-    values: dict[str, str | None] = {
-        "id": record.id,
-        "task": record.task,
-        "queue": record.queue,
-        "priority": str(record.priority),
-        "state": State.QUEUED.value,
-        "params": dumps(record.params),
-        "attempt": "0",
-        "max_attempts": str(record.max_attempts),
-        "created_at": repr(record.created_at),
-        "run_at": repr(record.run_at),
-        "timeout": None if record.timeout is None else repr(record.timeout),
-        "keep_for": repr(record.keep_for),
-        "output_count": "0",
-        "cancel_requested": "0",
-        "owner": record.owner,
-        "idempotency_key": record.idempotency_key,
-        "supersede_key": record.supersede_key,
-        "meta": dumps(record.meta) if record.meta else None,
-    }
-    flat: list[str] = []
-    for name, value in values.items():
-        if value is not None:
-            flat += (name, value)
+    """The hash of a new queued job, as field/value pairs. Fields at their defaults
+    (attempt 0, no output, no cancel request, absent = None) are left out."""
+    flat = [
+        "id", record.id,
+        "task", record.task,
+        "queue", record.queue,
+        "priority", str(record.priority),
+        "state", "queued",
+        "params", _dumps(record.params),
+        "max_attempts", str(record.max_attempts),
+        "created_at", repr(record.created_at),
+        "run_at", repr(record.run_at),
+        "keep_for", repr(record.keep_for),
+    ]  # fmt: skip
+    if record.timeout is not None:
+        flat += ("timeout", repr(record.timeout))
+    if record.owner is not None:
+        flat += ("owner", record.owner)
+    if record.idempotency_key is not None:
+        flat += ("idempotency_key", record.idempotency_key)
+    if record.supersede_key is not None:
+        flat += ("supersede_key", record.supersede_key)
+    if record.meta:
+        flat += ("meta", _dumps(record.meta))
     return flat
 
 
 def _flat_events(events: Sequence[tuple[EventKind, str]]) -> list[str]:
     return [x for kind, data in events for x in (EventKind(kind).value, data)]
+
+
+_expected: dict[frozenset[State], str] = {}  # a decision's `expect`, as the script reads it
+
+
+def _expect(states: frozenset[State]) -> str:
+    found = _expected.get(states)
+    if found is None:
+        found = _expected[states] = ",".join(sorted(s.value for s in states))
+    return found
 
 
 def _opt(value: float | None) -> str:
@@ -168,7 +199,7 @@ def _decision_args(d: Decision) -> list[Any]:
         raise ValueError("a decision carries no output: append it under the job's fence")
     args: list[Any] = [
         d.job_id,
-        ",".join(sorted(s.value for s in d.expect)),
+        _expect(d.expect),
         "" if d.fence is None else d.fence.worker,
         "" if d.fence is None else str(d.fence.attempt),
         _opt(d.lease_before),
@@ -176,8 +207,8 @@ def _decision_args(d: Decision) -> list[Any]:
         "" if d.attempt is None else str(d.attempt),
         "" if d.cancel_requested is None else str(int(d.cancel_requested)),
         _opt(d.run_at),
-        "" if d.result is None else dumps(d.result),
-        "" if d.error is None else dumps(d.error.to_dict()),
+        "" if d.result is None else _dumps(d.result),
+        "" if d.error is None else _dumps(d.error.to_dict()),
         _opt(d.started_at),
         _opt(d.finished_at),
         _opt(d.expires_at),
@@ -209,6 +240,13 @@ class RedisStore(Store):
         self._local = threading.local()  # per thread: the wake-up version seen at claim
         self._held: dict[str, float] = {}  # job id -> monotonic end of the lease we hold
         self._closing = threading.Event()
+        # Scripts run on connections of a free list of this store's own, used directly:
+        # the client's pool and command layers cost about as much CPU as the call itself.
+        # (list.pop and list.append are atomic: a call takes one, then puts it back.)
+        self._free: list[Any] = []
+        self._free_pid = os.getpid()
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()  # for close()
+        self._connections_lock = threading.Lock()
         try:
             self._redis = redis.Redis.from_url(
                 url,
@@ -275,8 +313,69 @@ class RedisStore(Store):
             ) from None
 
     def _run(self, script: Any, now: float, *args: Any) -> Any:
-        with self._guard():
-            return script(args=(self._prefix, repr(now), *args))
+        try:
+            return self._evalsha(script, (self._prefix, repr(now), *args))
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise StoreUnavailable(
+                f"Redis at {safe_url(self.url)} is unavailable: {exc}", retry_after=RETRY_AFTER
+            ) from None
+
+    def _acquire(self) -> Any:
+        """A connection of the free list (a new one when it is empty)."""
+        pid = os.getpid()
+        if pid != self._free_pid:  # a forked child must not share the parent's sockets
+            self._free, self._free_pid = [], pid
+        try:
+            return self._free.pop()
+        except IndexError:
+            pass
+        if self._closing.is_set():
+            raise redis.ConnectionError("the store is closed")
+        pool = self._redis.connection_pool
+        conn = pool.connection_class(**pool.connection_kwargs)
+        with self._connections_lock:
+            self._connections.add(conn)
+        return conn
+
+    def _evalsha(self, script: Any, args: Sequence[Any]) -> Any:
+        """EVALSHA on a connection of the free list; loads the script when Redis lacks
+        it (a restart, SCRIPT FLUSH: it did not run, so running it then is safe)."""
+        conn = self._acquire()
+        try:
+            return self._evalsha_on(conn, script, args)
+        finally:
+            self._free.append(conn)
+
+    def _evalsha_on(self, conn: Any, script: Any, args: Sequence[Any]) -> Any:
+        sock = conn._sock
+        # Like the client's pool at checkout: a connection with something to read while
+        # idle was closed by the server (a restart): connect again. One poll of a plain
+        # socket; TLS asks its own layer (the raw socket may hold TLS records only).
+        if sock is not None:
+            try:
+                if isinstance(sock, ssl.SSLSocket):
+                    stale = conn.can_read(timeout=0)
+                else:
+                    stale = bool(select.select((sock,), (), (), 0)[0])
+            except (redis.ConnectionError, redis.TimeoutError, OSError, ValueError):
+                stale = True
+            if stale:
+                conn.disconnect()
+        try:
+            try:
+                conn.send_command("EVALSHA", script.sha, 0, *args)
+                return conn.read_response()
+            except redis.exceptions.NoScriptError:
+                conn.send_command("SCRIPT", "LOAD", script.script)
+                script.sha = conn.read_response()
+                conn.send_command("EVALSHA", script.sha, 0, *args)
+                return conn.read_response()
+        except redis.ResponseError:
+            raise
+        except BaseException:
+            # A reply may be left unread (a timeout, an interrupt): start afresh.
+            conn.disconnect()
+            raise
 
     def _hold(self, job_ids: Collection[str], lease: float) -> None:
         until = time.monotonic() + lease
@@ -343,6 +442,10 @@ class RedisStore(Store):
             self._run(self._enqueue_many, max(r.created_at for r in chunk), *args)
 
     def get(self, job_id: str) -> JobRecord | None:
+        # Woken by a claim or an end, a waiter finds the record the message brought.
+        brought = self._listener.take(job_id)
+        if brought is not None:
+            return _record(loads(brought))
         reply = self._run(self._get, 0.0, job_id)
         if not reply:
             return None
@@ -415,7 +518,7 @@ class RedisStore(Store):
                 self._redis.hdel(self.keys.workers, worker)
                 return
             self._redis.hset(
-                self.keys.workers, worker, dumps({"tasks": sorted(tasks), "until": until})
+                self.keys.workers, worker, _dumps({"tasks": sorted(tasks), "until": until})
             )
             stale = [
                 name
@@ -489,6 +592,7 @@ class RedisStore(Store):
         self._hold([r.id for r in records], lease)
         changed = [d.job_id for d, ok in zip(decisions, done, strict=True) if ok]
         if changed or records:
+            self._listener.forget(*changed, *(r.id for r in records))
             self.notifier.notify(*changed, *(r.id for r in records))
         return done, records
 
@@ -500,6 +604,7 @@ class RedisStore(Store):
         pairs = [x for job_id, attempt in fences.items() for x in (job_id, str(attempt))]
         held, cancelled = self._run(self._renew, now, worker, repr(now + lease), *pairs)
         still = set(held)
+        self._listener.forget(*still)
         self._hold([job_id for job_id in still if job_id in self._held], lease)
         for job_id in fences:
             if job_id not in still:
@@ -514,9 +619,10 @@ class RedisStore(Store):
             job_id,
             fence.worker,
             str(fence.attempt),
-            dumps(progress.to_dict()),
+            _dumps(progress.to_dict()),
         )
         if done:
+            self._listener.forget(job_id)
             self.notifier.notify(job_id)
         return bool(done)
 
@@ -530,6 +636,7 @@ class RedisStore(Store):
             [job_id], self._append, now, job_id, fence.worker, str(fence.attempt), *flat
         )
         if done:
+            self._listener.forget(job_id)
             self.notifier.notify(job_id)
         return bool(done)
 
@@ -538,12 +645,14 @@ class RedisStore(Store):
 
     # -- callers ---------------------------------------------------------------------
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
-        changed = self._run(self._update_meta, 0.0, job_id, dumps(dict(changes)))
+        self._listener.forget(job_id)
+        changed = self._run(self._update_meta, 0.0, job_id, _dumps(dict(changes)))
         if changed:
             self.notifier.notify(job_id)
         return bool(changed)
 
     def delete(self, job_id: str) -> bool:
+        self._listener.forget(job_id)
         gone = self._run(self._delete, 0.0, job_id)
         if gone:
             self.notifier.notify(job_id)
@@ -628,4 +737,9 @@ class RedisStore(Store):
     def close(self) -> None:
         self._closing.set()
         self._listener.close()
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(Exception):
+                conn.disconnect()
         self._redis.close()

@@ -36,7 +36,9 @@ Layout (`{id}` is a job id, `{n}` an attempt)::
 
 Channels: `wake:{process}` (new work for one idle slot of that store instance; the
 message names the thread) and `ch:{id}` (the job changed; subscribed only while
-someone in a process waits on the job).
+someone in a process waits on the job). A claim's or an end's message on `ch:{id}`
+carries the job's hash as a JSON list of fields and values (sent only while the
+channel has a subscriber); other messages are empty.
 """
 
 from __future__ import annotations

@@ -10,6 +10,12 @@ A subscription only counts once Redis confirms it; the confirmation itself wakes
 the job's waiters, who then read again, so a change made between their read and
 the subscription is never missed. When the connection drops the thread reconnects
 by itself and then wakes everyone, since messages may have been lost meanwhile.
+
+A claim and a job's end publish the job's record with the message. The listener
+keeps the latest one per watched job, briefly, and hands it out once (`take`): the
+waiter woken by that message reads it instead of the job (one round trip fewer on
+the way to a result). Any later message about the job replaces or drops it, and so
+does a write of this process (`forget`), which then reads its own write.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from ..feed import WORK, ChangeFeed, Listener
 log = logging.getLogger("underway.stores.redis")
 
 LINGER = 30.0  # seconds a job channel stays subscribed after its last waiter left
+MAX_RECORDS = 1000  # records kept at most (the oldest goes first)
+FRESH = 1.0  # seconds a record that came with a message may stand in for a read
 RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -86,6 +94,9 @@ class RedisListener:
         self._lock = threading.Lock()
         self._waiters: dict[str, int] = {}  # job id -> threads/listeners waiting on it
         self._left: dict[str, float] = {}  # job id -> when its last waiter left
+        # job id -> (monotonic arrival, the record's JSON) from the latest message
+        self._records: dict[str, tuple[float, str]] = {}
+        self._next_drop = 0.0
         self._pubsub: Any = None  # redis.client.PubSub, owned by the thread
         self.connected = threading.Event()
         self._closed = threading.Event()
@@ -123,7 +134,28 @@ class RedisListener:
                 self._waiters[job_id] = count
             else:
                 self._waiters.pop(job_id, None)
+                self._left.pop(job_id, None)
                 self._left[job_id] = time.monotonic()
+
+    def take(self, job_id: str) -> str | None:
+        """The record that came with the latest message about `job_id` (JSON), once,
+        while it is fresh; None when that message carried none."""
+        if not self._records:
+            return None
+        with self._lock:
+            found = self._records.pop(job_id, None)
+        if found is None or time.monotonic() - found[0] > FRESH:
+            return None
+        return found[1]
+
+    def forget(self, *job_ids: str) -> None:
+        """Drop what came with messages about these jobs: this process changed them, and
+        reads its own writes."""
+        if not self._records:
+            return
+        with self._lock:
+            for job_id in job_ids:
+                self._records.pop(job_id, None)
 
     # -- the thread ------------------------------------------------------------------
     def _run(self) -> None:
@@ -172,6 +204,7 @@ class RedisListener:
         self.connected.clear()
         with self._lock:
             pubsub, self._pubsub = self._pubsub, None
+            self._records.clear()
         if pubsub is not None:
             try:
                 pubsub.close()
@@ -187,15 +220,33 @@ class RedisListener:
             if kind == "message" and message.get("data"):
                 self._on_wake(str(message.get("data")))
         elif channel.startswith(self._job_prefix):
-            self._notifier.notify(channel[len(self._job_prefix) :])
+            job_id = channel[len(self._job_prefix) :]
+            data = message.get("data") if kind == "message" else None
+            with self._lock:
+                if data and isinstance(data, str):
+                    self._records[job_id] = (time.monotonic(), data)
+                    if len(self._records) > MAX_RECORDS:
+                        self._records.pop(next(iter(self._records)))
+                else:
+                    self._records.pop(job_id, None)
+            self._notifier.notify(job_id)
 
     def _drop_unwatched(self) -> None:
-        if not self._left:
+        now = time.monotonic()
+        if not self._left or now < self._next_drop:
             return
-        cutoff = time.monotonic() - LINGER
+        self._next_drop = now + 1.0
+        cutoff = now - LINGER
+        stale: list[str] = []
         with self._lock:
-            stale = [job_id for job_id, left in self._left.items() if left < cutoff]
+            # In the order their last waiters left (`watch` takes an entry out, `unwatch`
+            # puts it back at the end), so the stale ones come first.
+            for job_id, left in self._left.items():
+                if left >= cutoff:
+                    break
+                stale.append(job_id)
             for job_id in stale:
                 del self._left[job_id]
+                self._records.pop(job_id, None)
         if stale:
             self._pubsub.unsubscribe(*(self._job_prefix + job_id for job_id in stale))

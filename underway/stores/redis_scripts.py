@@ -32,15 +32,28 @@ local function changed(id)
   redis.call('PUBLISH', c_job(id), '')
 end
 
+-- The same, carrying the job's record (a flat field/value list, as HGETALL returns
+-- it; read here when `rec` is nil): a waiter woken by it need not read the job back.
+-- Nobody subscribed (the usual case for a busy system): nothing to read or send.
+local function changed_to(id, rec)
+  local channel = c_job(id)
+  if redis.call('PUBSUB', 'NUMSUB', channel)[2] == 0 then return end
+  if rec == nil then rec = redis.call('HGETALL', k_job(id)) end
+  redis.call('PUBLISH', channel, cjson.encode(rec))
+end
+
 -- Wake one idle claimer (a worker slot that found nothing), if any is still waiting;
 -- false when none was. Its process hears it on its own channel; a busy system
 -- publishes nothing.
 local function wake()
-  local t = redis.call('TIME')
-  local clock = tonumber(t[1]) + tonumber(t[2]) / 1e6
+  local clock = nil
   while true do
     local got = redis.call('ZPOPMIN', K_IDLE)
     if #got == 0 then return false end
+    if clock == nil then
+      local t = redis.call('TIME')
+      clock = tonumber(t[1]) + tonumber(t[2]) / 1e6
+    end
     if tonumber(got[2]) >= clock then
       local process, thread = string.match(got[1], '^(.*)/([^/]*)$')
       -- Nobody listening: that process is gone; wake the next idle slot instead.
@@ -188,8 +201,11 @@ GET = (
 local rec = redis.call('HGETALL', k_job(ARGV[3]))
 if #rec == 0 then return {} end
 local position = false
-local f = redis.call('HMGET', k_job(ARGV[3]), 'state', 'queue')
-if f[1] == 'queued' then position = redis.call('ZRANK', k_queue(f[2]), ARGV[3]) end
+local state, queue = nil, 'default'
+for i = 1, #rec, 2 do
+  if rec[i] == 'state' then state = rec[i + 1] elseif rec[i] == 'queue' then queue = rec[i + 1] end
+end
+if state == 'queued' then position = redis.call('ZRANK', k_queue(queue), ARGV[3]) end
 return {rec, position}
 """
 )
@@ -280,8 +296,7 @@ local function apply(at)
       did = 'requeued'
     elseif to == 'running' then
       redis.call('SADD', k_running(task), id)
-      local lease = redis.call('HGET', j, 'lease_until')
-      if lease then redis.call('ZADD', K_LEASES, lease, id) end
+      if f[4] then redis.call('ZADD', K_LEASES, f[4], id) end
     else
       if expires then redis.call('ZADD', K_EXPIRY, expires, id) end
       if finished then redis.call('ZADD', K_FINISHED, finished, id) end
@@ -297,14 +312,18 @@ local function apply(at)
     move_state(id, from, to)
   end
   if nev > 0 then
-    local now_attempt = redis.call('HGET', j, 'attempt') or '0'
+    local now_attempt = attempt or f[3] or '0'
     local events = {}
     for i = at + 15, nxt - 1, 2 do
       events[#events + 1] = entry(ARGV[i], NOW, now_attempt, ARGV[i + 1])
     end
     redis.call('RPUSH', k_events(id), unpack(events))
   end
-  changed(id)
+  if moves and to ~= 'queued' then
+    changed_to(id, nil)
+  else
+    changed(id)
+  end
   return nxt, true, did, task
 end
 
@@ -335,12 +354,18 @@ if requeued == 0 and #freed > 0 then
   if room then wake() end
 end
 if max_jobs <= 0 then return {applied, {}, ''} end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', NOW, 'LIMIT', 0, 500)) do
-  local f = redis.call('HMGET', k_job(id), 'task', 'priority')
-  if f[1] then redis.call('ZADD', k_ready(f[1]), f[2], id) end
-  redis.call('ZREM', K_DELAYED, id)
+-- Delayed jobs that are due become ready (looked for only when the earliest is due).
+local nxt = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+if nxt[2] and tonumber(nxt[2]) <= tonumber(NOW) then
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', NOW, 'LIMIT', 0, 500)) do
+    local f = redis.call('HMGET', k_job(id), 'task', 'priority')
+    if f[1] then redis.call('ZADD', k_ready(f[1]), f[2], id) end
+    redis.call('ZREM', K_DELAYED, id)
+  end
+  nxt = nil
 end
-local room, candidates = {}, {}
+-- `unsure`: tasks whose ready set may hold more than was read here.
+local room, candidates, unsure = {}, {}, {}
 for i = 9, 8 + n do
   local task = ARGV[i]
   local r = max_jobs
@@ -353,6 +378,9 @@ for i = 9, 8 + n do
     for k = 1, #got, 2 do
       candidates[#candidates + 1] = {tonumber(got[k + 1]), got[k], task}
     end
+    if #got >= 2 * r then unsure[#unsure + 1] = task end
+  else
+    unsure[#unsure + 1] = task
   end
 end
 table.sort(candidates, function(a, b)
@@ -367,22 +395,28 @@ for _, c in ipairs(candidates) do
     room[task] = room[task] - 1
     local j = k_job(id)
     redis.call('ZREM', k_ready(task), id)
-    redis.call('ZREM', k_queue(redis.call('HGET', j, 'queue')), id)
-    local attempt = redis.call('HINCRBY', j, 'attempt', 1)
-    redis.call('HSET', j, 'state', 'running', 'worker', worker, 'lease_until', lease_until,
-               'started_at', NOW, 'output_count', '0')
-    redis.call('HDEL', j, 'progress')
-    -- A fresh output segment for this attempt (one given back may have had a list).
-    if attempt > tonumber(redis.call('HGET', j, 'out_top') or '0') then
-      redis.call('HSET', j, 'out_top', attempt)
+    local f = redis.call('HMGET', j, 'queue', 'attempt', 'out_top', 'progress')
+    redis.call('ZREM', k_queue(f[1]), id)
+    local attempt = tostring(tonumber(f[2] or '0') + 1)
+    local sets = {'state', 'running', 'attempt', attempt, 'worker', worker,
+                  'lease_until', lease_until, 'started_at', NOW, 'output_count', '0'}
+    -- A fresh output segment for this attempt: a new attempt number has no list yet;
+    -- one given back and claimed again may have had one.
+    if tonumber(attempt) > tonumber(f[3] or '0') then
+      sets[#sets + 1] = 'out_top'
+      sets[#sets + 1] = attempt
+    else
+      redis.call('DEL', k_output(id, attempt))
     end
-    redis.call('DEL', k_output(id, attempt))
+    redis.call('HSET', j, unpack(sets))
+    if f[4] then redis.call('HDEL', j, 'progress') end
     move_state(id, 'queued', 'running')
     redis.call('ZADD', K_LEASES, lease_until, id)
     redis.call('SADD', k_running(task), id)
     push_event(id, 'state', attempt, '{"state":"running","attempt":' .. attempt .. '}')
-    changed(id)
-    out[#out + 1] = redis.call('HGETALL', j)
+    local rec = redis.call('HGETALL', j)
+    changed_to(id, rec)
+    out[#out + 1] = rec
   end
 end
 if #out < max_jobs then
@@ -391,11 +425,15 @@ if #out < max_jobs then
 else
   redis.call('ZREM', K_IDLE, claimer)
   -- More may be waiting: pass the baton to another idle slot rather than leave it asleep.
-  for i = 9, 8 + n do
-    if redis.call('ZCARD', k_ready(ARGV[i])) > 0 then wake() break end
+  -- A candidate left over says so; so may a ready set read only in part.
+  local more = #candidates > #out
+  for _, task in ipairs(unsure) do
+    if more then break end
+    more = redis.call('ZCARD', k_ready(task)) > 0
   end
+  if more then wake() end
 end
-local nxt = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+if nxt == nil then nxt = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES') end
 return {applied, out, nxt[2] or ''}
 """
 )
