@@ -9,6 +9,7 @@ costs no CPU and no store reads.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -48,14 +49,17 @@ class ChangeFeed:
     # flat) only ever makes versions look changed: a waiter may wake for nothing, but
     # never sleeps through a change.
     MAX_KEYS = 10_000
-    MAX_KNOWN = 1_000  # what stores said of jobs is dropped past this (waiters read)
+    # What stores said of jobs, kept for this many jobs (the oldest goes first; its
+    # waiters then read): enough for a burst of jobs submitted before any is awaited.
+    MAX_KNOWN = 4_096
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._versions: dict[str, int] = {}
         self._waiters: dict[str, list[threading.Event]] = {}
         self._listeners: dict[str, set[Listener]] = {}
-        self._known: dict[str, tuple[int, Known]] = {}  # by key: (its version then, what)
+        # by key: (its version then, what), oldest first
+        self._known: OrderedDict[str, tuple[int, Known]] = OrderedDict()
         self._counter = 0
         self._floor = 0
 
@@ -89,8 +93,6 @@ class ChangeFeed:
             if len(self._versions) >= self.MAX_KEYS:
                 self._clear_versions()
             hints = self._known
-            if len(hints) >= self.MAX_KNOWN:
-                hints.clear()
             for key in keys:
                 if known is not None and key in known:
                     fresh = since is None or (
@@ -98,7 +100,10 @@ class ChangeFeed:
                     )
                     self._counter += 1
                     if fresh:
+                        hints.pop(key, None)
                         hints[key] = (self._counter, known[key])
+                        if len(hints) > self.MAX_KNOWN:
+                            hints.popitem(last=False)
                     elif hints:
                         hints.pop(key, None)
                 else:
