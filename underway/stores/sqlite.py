@@ -188,7 +188,6 @@ class SQLiteStore(Store):
         self._memory = path == ":memory:"
         self._lock = threading.RLock()
         self._local = threading.local()
-        # Rows of jobs this process finished lately, for `finished` (bounded).
         self._closed = threading.Event()
         # Set once this process has taken its look at everything after binding its
         # wake-up socket (see sqlite_wake.SETTLE); from then on, idle waiters stay idle.
