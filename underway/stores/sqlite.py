@@ -426,12 +426,7 @@ class SQLiteStore(Store):
         row = db.execute(sql, values).fetchone()
         if row is None:
             return False
-        seq, attempt = row[0] - len(d.events), row[1]
-        if len(row) > 2:  # it finished the job: the statement returned the whole row
-            finals.append(row[2:])
-        for kind, data in d.events:
-            seq += 1
-            rows.append((d.job_id, seq, _VALUES[kind], None, data, now, attempt))
+        _took(d, row, now, rows, finals)
         return True
 
     def _apply_many(
@@ -457,12 +452,7 @@ class SQLiteStore(Store):
             if row is None:
                 continue
             done[k] = True
-            seq, attempt = row[1] - len(d.events), row[2]
-            if len(row) > 3:
-                finals.append(row[3:])
-            for kind, data in d.events:
-                seq += 1
-                rows.append((d.job_id, seq, _VALUES[kind], None, data, now, attempt))
+            _took(d, row[1:], now, rows, finals)
 
     # -- submission ------------------------------------------------------------------
     def enqueue(
@@ -619,8 +609,9 @@ class SQLiteStore(Store):
             known[row[_ID]] = Known(
                 _STATES[row[_STATE]], load=functools.partial(_row_to_record, row)
             )
-        changed = [d.job_id for d, ok in zip(decisions, done, strict=True) if ok]
-        if any(d.state is State.QUEUED for d, ok in zip(decisions, done, strict=True) if ok):
+        applied = [d for d, ok in zip(decisions, done, strict=True) if ok]
+        changed = [d.job_id for d in applied]
+        if any(d.state is State.QUEUED for d in applied):
             changed.append(WORK)
         if changed or claimed:
             self._changed(*changed, *(r.id for r in claimed), known=known, since=mark)
@@ -856,6 +847,23 @@ class SQLiteStore(Store):
             self._wake.close()
         with self._lock:
             self._db.close()
+
+
+def _took(
+    d: Decision,
+    row: tuple[Any, ...],
+    now: float,
+    rows: list[tuple[Any, ...]],
+    finals: list[tuple[Any, ...]],
+) -> None:
+    """`d` applied, and its statement returned `row` (event_seq, attempt, then the
+    whole job when it finished it): its events go to `rows`, a final row to `finals`."""
+    seq, attempt = row[0] - len(d.events), row[1]
+    if len(row) > 2:
+        finals.append(row[2:])
+    for kind, data in d.events:
+        seq += 1
+        rows.append((d.job_id, seq, _VALUES[kind], None, data, now, attempt))
 
 
 def _statement(d: Decision, now: float) -> tuple[str, list[Any]]:
