@@ -229,7 +229,7 @@ class SQLiteStore(Store):
             )
             db.execute("PRAGMA busy_timeout = 30000")
             if not self._memory:
-                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = _switch_to_wal(db)
                 if mode.lower() != "wal":
                     raise sqlite3.DatabaseError(f"cannot switch to WAL (journal mode {mode})")
             db.execute("PRAGMA synchronous = NORMAL")
@@ -847,6 +847,32 @@ class SQLiteStore(Store):
             self._wake.close()
         with self._lock:
             self._db.close()
+
+
+def _switch_to_wal(db: sqlite3.Connection, patience: float = 30.0) -> str:
+    """Put the file in WAL mode (it stays so); the journal mode it is in then.
+
+    Switching needs the file to itself and answers "database is locked" at once, not
+    after the busy timeout, while another process is opening the same new file: so
+    a file already in WAL mode is left alone, and a busy switch is tried again."""
+    deadline = time.monotonic() + patience
+    delay = 0.005
+    while True:
+        try:
+            mode = str(db.execute("PRAGMA journal_mode").fetchone()[0])
+            if mode.lower() == "wal":
+                return mode
+            return str(db.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            busy = code is not None and (code & 0xFF) in (
+                sqlite3.SQLITE_BUSY,
+                sqlite3.SQLITE_LOCKED,
+            )
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)  # another process holds the file for its own switch: a moment
+        delay = min(delay * 2, 0.1)
 
 
 def _took(
