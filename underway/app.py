@@ -25,7 +25,16 @@ from .executors import Executor, create_executor
 from .feed import ChangeFeed
 from .handle import JobHandle
 from .job import MAX_OUTPUT_BYTES
-from .records import TERMINAL, Event, EventKind, JobRecord, State, Waiting, latest_segment
+from .records import (
+    EMPTY_PROGRESS,
+    TERMINAL,
+    Event,
+    EventKind,
+    JobRecord,
+    State,
+    Waiting,
+    latest_segment,
+)
 from .stores import Page, Store, open_store
 from .tasks import Task, make_settings
 from .waiting import why_waiting
@@ -624,21 +633,37 @@ def _new_record(
 ) -> JobRecord:
     """A new queued job of `task` with checked `params`, from the task's settings."""
     settings = task.settings
-    return JobRecord(
-        id=new_id(),
-        task=task.name,
-        params=params,
-        max_attempts=settings.retries + 1,
-        created_at=now,
-        run_at=now + (delay or 0.0),
-        owner=owner,
-        queue=settings.queue,
-        priority=settings.priority if priority is None else priority,
-        timeout=settings.timeout,
-        keep_for=settings.keep_for,
-        idempotency_key=idempotency_key,
-        supersede_key=supersede_key,
-        meta=meta,
+    return JobRecord.from_fields(
+        {
+            "id": new_id(),
+            "task": task.name,
+            "params": params,
+            "state": State.QUEUED,
+            "progress": EMPTY_PROGRESS,
+            "result": None,
+            "error": None,
+            "cancel_requested": False,
+            "attempt": 0,
+            "max_attempts": settings.retries + 1,
+            "created_at": now,
+            "started_at": None,
+            "finished_at": None,
+            "expires_at": None,
+            "output_count": 0,
+            "position": None,
+            "owner": owner,
+            "queue": settings.queue,
+            "priority": settings.priority if priority is None else priority,
+            "run_at": now + (delay or 0.0),
+            "timeout": settings.timeout,
+            "keep_for": settings.keep_for,
+            "idempotency_key": idempotency_key,
+            "supersede_key": supersede_key,
+            "worker": None,
+            "lease_until": None,
+            "meta": meta,
+            "waiting": None,
+        }
     )
 
 

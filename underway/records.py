@@ -137,6 +137,16 @@ class JobRecord:
     def evolve(self, **changes: Any) -> JobRecord:
         return replace(self, **changes)
 
+    @classmethod
+    def from_fields(cls, values: dict[str, Any]) -> JobRecord:
+        """A record made of `values`, which names every field (`RECORD_FIELDS`) and
+        becomes the record's own; the same as `JobRecord(**values)`, without the
+        generated `__init__`'s one frozen assignment per field. Stores and `submit`
+        make two or three records per job, on every job's path."""
+        record = object.__new__(cls)
+        object.__setattr__(record, "__dict__", values)
+        return record
+
     def to_dict(self, *, include_owner: bool = True) -> dict[str, Any]:
         """The public JSON shape (DESIGN.md, "The job record")."""
         data: dict[str, Any] = {
@@ -165,6 +175,9 @@ class JobRecord:
         if self.meta.get("webhook"):
             data["webhook"] = self.meta["webhook"]
         return data
+
+
+RECORD_FIELDS: tuple[str, ...] = tuple(JobRecord.__dataclass_fields__)
 
 
 class EventKind(StrEnum):
