@@ -44,6 +44,7 @@ class Job:
         "_outbox",
         "_outbox_lock",
         "_cancel",
+        "_cancelled",
         "_max_output_bytes",
         "started",
         "stop_reason",
@@ -66,7 +67,10 @@ class Job:
         self._version = 0
         self._outbox: list[tuple[EventKind, str]] = []
         self._outbox_lock = threading.Lock()
-        self._cancel = threading.Event()
+        # Most jobs are never asked to stop and never wait for it: the event is made
+        # only for a job that waits (`wait_cancelled`); the flag answers the rest.
+        self._cancelled = False
+        self._cancel: threading.Event | None = None
         self._max_output_bytes = max_output_bytes
         self.started = time.monotonic()
         self.stop_reason: str | None = None  # "cancel", "timeout" or "shutdown"
@@ -128,21 +132,31 @@ class Job:
     @property
     def cancelled(self) -> bool:
         """True once the job was asked to stop (cancel, timeout or shutdown)."""
-        return self._cancel.is_set()
+        return self._cancelled
 
     def check_cancelled(self) -> None:
         """Raise `Cancelled` if the job was asked to stop."""
-        if self._cancel.is_set():
+        if self._cancelled:
             raise Cancelled()
 
     def wait_cancelled(self, timeout: float | None = None) -> bool:
         """Sleep up to `timeout` seconds, returning early (True) when cancelled."""
-        return self._cancel.wait(timeout)
+        with self._outbox_lock:  # the job's one lock, for this too
+            if self._cancel is None:
+                self._cancel = threading.Event()
+                if self._cancelled:
+                    self._cancel.set()
+            event = self._cancel
+        return event.wait(timeout)
 
     def request_cancel(self, reason: str = "cancel") -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-        self._cancel.set()
+        with self._outbox_lock:
+            self._cancelled = True
+            event = self._cancel
+        if event is not None:
+            event.set()
 
     # -- external programs -------------------------------------------------------------
     def run_command(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:

@@ -66,6 +66,8 @@ class Task:
     # -- parameters --------------------------------------------------------------------
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
         """Check `params` against the signature; return them as JSON-ready values."""
+        if not params and not self._fields:
+            return {}  # nothing to check or convert
         return self.model.model_validate(params).model_dump(mode="json")
 
     def check(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("underway.worker")
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class _Running:
     job: Job
     record: JobRecord

@@ -65,6 +65,27 @@ _ID, _PRIORITY, _STATE, _ATTEMPT = 0, 3, 4, 10  # positions in _COLUMNS
 _EVENT_INSERT = (
     "INSERT INTO events (job_id, seq, kind, idx, data, at, attempt) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+# Events go in one statement per batch rather than by `executemany`, which steps once
+# per row: each step lets go of the GIL while the write lock is held, and in a busy
+# process every such let-go may hand the GIL to another thread for a while, so that
+# the transaction (and every writer queued behind it) waits a thread switch per row.
+_EVENTS_PER_INSERT = 64
+# Batches of every size have statements of their own (events, grouped decisions):
+# room for them all in each connection's cache of prepared statements.
+_CACHED_STATEMENTS = 512
+
+
+@functools.lru_cache(maxsize=_EVENTS_PER_INSERT)
+def _events_sql(count: int) -> str:
+    return _EVENT_INSERT + ", (?, ?, ?, ?, ?, ?, ?)" * (count - 1)
+
+
+def _insert_events(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    for start in range(0, len(rows), _EVENTS_PER_INSERT):
+        chunk = rows[start : start + _EVENTS_PER_INSERT]
+        db.execute(_events_sql(len(chunk)), [value for row in chunk for value in row])
+
+
 # Errors that mean "cannot write now" rather than "this is wrong": the caller retries.
 _UNAVAILABLE = frozenset(
     {
@@ -229,7 +250,11 @@ class SQLiteStore(Store):
                 raise ConfigurationError(f"cannot open job store {self.path}: no folder {parent}")
         try:
             db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=30.0,
+                cached_statements=_CACHED_STATEMENTS,
             )
             db.execute("PRAGMA busy_timeout = 30000")
             if not self._memory:
@@ -249,7 +274,11 @@ class SQLiteStore(Store):
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=30.0,
+                cached_statements=_CACHED_STATEMENTS,
             )
             db.execute("PRAGMA busy_timeout = 30000")
             self._local.db = db
@@ -413,7 +442,7 @@ class SQLiteStore(Store):
                 idx += 1
             else:
                 rows.append((job_id, seq, kind.value, None, data, now, attempt))
-        db.executemany(_EVENT_INSERT, rows)
+        _insert_events(db, rows)
 
     def _apply_one(
         self,
@@ -495,7 +524,7 @@ class SQLiteStore(Store):
                     )
                 ]
             db.execute(_INSERT, _insert_values(record, events))
-            db.executemany(_EVENT_INSERT, _first_events(record, events))
+            _insert_events(db, _first_events(record, events))
         self._changed(WORK, record.id)
         return record, True, superseded
 
@@ -508,7 +537,7 @@ class SQLiteStore(Store):
             db.executemany(_INSERT, [_insert_values(r, events) for r in records])
             rows = [row for r in records for row in _first_events(r, events)]
             if rows:
-                db.executemany(_EVENT_INSERT, rows)
+                _insert_events(db, rows)
         self._changed(WORK)
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -599,7 +628,7 @@ class SQLiteStore(Store):
                 else:
                     self._apply_many(db, decisions, statements, members, now, rows, finals, done)
             if rows:
-                db.executemany(_EVENT_INSERT, rows)
+                _insert_events(db, rows)
             claimed_rows = (
                 self._claim_any(db, worker, tasks, limits, lease, now, max_jobs)
                 if max_jobs > 0
@@ -646,8 +675,8 @@ class SQLiteStore(Store):
         if not rows:
             return []
         rows.sort(key=lambda r: (r[_PRIORITY], r[_ID]))
-        db.executemany(
-            _EVENT_INSERT,
+        _insert_events(
+            db,
             [
                 (r[_ID], r[-1], "state", None, _running_json(r[_ATTEMPT]), now, r[_ATTEMPT])
                 for r in rows
