@@ -166,13 +166,14 @@ def _insert_values(record: JobRecord, events: Sequence[tuple[EventKind, str]]) -
         record.supersede_key,
         dumps(record.meta) if record.meta else None,
         len(events),
-        _by_trigger(events),
+        _on_row(events),
     )
 
 
-def _by_trigger(events: Sequence[tuple[EventKind, str]]) -> str | None:
-    """The first event's data when it is one `state` event (the insert trigger files
-    it with the row: one statement); None when the events go in by themselves."""
+def _on_row(events: Sequence[tuple[EventKind, str]]) -> str | None:
+    """The first event's data when it is one `state` event (it stays on the job's row
+    and is read back as event 1: a submission is one row and one statement); None
+    when the events go in the events table by themselves."""
     if len(events) == 1 and events[0][0] is EventKind.STATE:
         return events[0][1]
     return None
@@ -181,7 +182,7 @@ def _by_trigger(events: Sequence[tuple[EventKind, str]]) -> str | None:
 def _first_events(
     record: JobRecord, events: Sequence[tuple[EventKind, str]]
 ) -> list[tuple[Any, ...]]:
-    if _by_trigger(events) is not None:
+    if _on_row(events) is not None:
         return []
     return [
         (record.id, seq, kind.value, None, data, record.created_at, 0)
@@ -816,11 +817,18 @@ class SQLiteStore(Store):
         return bool(gone)
 
     def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        rows: list[tuple[Any, ...]] = []
         with self._read() as db:
-            rows = db.execute(
+            if after < 1 and limit > 0:  # the first event, kept on the job's row
+                row = db.execute(
+                    "SELECT first_event, created_at FROM jobs WHERE id = ?", (job_id,)
+                ).fetchone()
+                if row is not None and row[0] is not None:
+                    rows.append((1, EventKind.STATE.value, None, row[0], row[1], 0))
+            rows += db.execute(
                 "SELECT seq, kind, idx, data, at, attempt FROM events WHERE job_id = ? "
                 "AND seq > ? ORDER BY seq LIMIT ?",
-                (job_id, after, limit),
+                (job_id, after, limit - len(rows)),
             ).fetchall()
         out = []
         for seq, kind, idx, data, at, attempt in rows:

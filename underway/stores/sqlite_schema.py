@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _V4_COLUMNS = (
     "id, task, queue, priority, state, params, progress, result, error, cancel_requested, "
@@ -176,6 +176,13 @@ MIGRATIONS: dict[int, str] = {
         VALUES (NEW.id, 1, 'state', NULL, NEW.first_event, NEW.created_at, 0);
     END;
     """.replace("COLS", _V4_COLUMNS),
+    # A new job's first event stays on its row (`first_event`, read as event 1)
+    # instead of being copied into events: a submission writes one row and one page
+    # fewer. Rows of earlier versions had theirs copied already.
+    5: """
+    DROP TRIGGER IF EXISTS jobs_first_event;
+    UPDATE jobs SET first_event = NULL WHERE first_event IS NOT NULL;
+    """,
 }
 
 
