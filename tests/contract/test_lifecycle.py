@@ -6,6 +6,7 @@ import threading
 import time
 
 from tests.contract.helpers import (
+    BOOM,
     LEASE,
     WORKER,
     cancel,
@@ -411,3 +412,26 @@ def test_events_of_unknown_job_are_empty(store: Store) -> None:
     assert store.events("nope") == []
     assert store.output("nope") == []
     assert store.output("nope", attempt=1) == []
+
+
+def test_events_read_page_by_page_are_the_events_read_at_once(store: Store) -> None:
+    """A reader that resumes after any event, with any page size, gets the same
+    stream as one read: the first event, the claim, output, and both events of the
+    end (state, then done), each once and in order."""
+    submit(store)
+    job = claim_one(store)
+    now = time.time()
+    assert store.append(job.id, fence(job), [output_item("a"), log_item("b")], now)
+    finish(store, job, state=State.FAILED, now=now)
+    whole = store.events(job.id)
+    assert [e.kind.value for e in whole] == ["state", "state", "output", "log", "state", "done"]
+    assert whole[-2].data == {"state": "failed"} and whole[-1].data["state"] == "failed"
+    assert whole[-1].data["error"]["type"] == BOOM.type
+    for size in (1, 2, 3, 5):
+        for start in range(len(whole) + 1):
+            paged, after = [], whole[start - 1].seq if start else 0
+            while page := store.events(job.id, after=after, limit=size):
+                assert len(page) <= size and page[0].seq > after
+                paged += page
+                after = page[-1].seq
+            assert paged == whole[start:], (size, start)

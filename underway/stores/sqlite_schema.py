@@ -178,7 +178,9 @@ MIGRATIONS: dict[int, str] = {
     """.replace("COLS", _V4_COLUMNS),
     # A new job's first event stays on its row (`first_event`, read as event 1)
     # instead of being copied into events: a submission writes one row and one page
-    # fewer. Rows of earlier versions had theirs copied already.
+    # fewer. Rows of earlier versions had theirs copied already. From this version
+    # on, events also holds rows of kind `end` (an end's state and done events in
+    # one row), which older versions could not read.
     5: """
     DROP TRIGGER IF EXISTS jobs_first_event;
     UPDATE jobs SET first_event = NULL WHERE first_event IS NOT NULL;
