@@ -39,7 +39,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -86,7 +86,6 @@ BATCH = 200  # jobs per script call in purge, so no call blocks Redis for long
 _STATES = {s.value: s for s in State}
 # `dumps` with its encoder made once (json.dumps builds one per call for these options).
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-_loads = json.JSONDecoder().decode
 _KINDS = {k.value: k for k in EventKind}
 
 
@@ -123,34 +122,37 @@ def _record_from(h: Mapping[str, str], position: int | None = None) -> JobRecord
     result = get("result")
     error = get("error")
     meta = get("meta")
-    return JobRecord(
-        id=h["id"],
-        task=h["task"],
-        params={} if params == "{}" else _loads(params),
-        state=_STATES[state],
-        progress=EMPTY_PROGRESS if progress is None else Progress.from_dict(_loads(progress)),
-        result=None if result is None else _loads(result),
-        error=None if error is None else ErrorInfo.from_dict(_loads(error)),
-        cancel_requested=get("cancel_requested") == "1",
-        attempt=int(get("attempt", 0)),
-        max_attempts=int(get("max_attempts", 1)),
-        created_at=float(h["created_at"]),
-        started_at=_float(get("started_at")),
-        finished_at=_float(get("finished_at")),
-        expires_at=_float(get("expires_at")),
-        output_count=int(get("output_count", 0)),
-        position=position if state == "queued" else None,
-        owner=get("owner"),
-        queue=get("queue", "default"),
-        priority=int(get("priority", 0)),
-        run_at=float(get("run_at", 0.0)),
-        timeout=_float(get("timeout")),
-        keep_for=float(h["keep_for"]),
-        idempotency_key=get("idempotency_key"),
-        supersede_key=get("supersede_key"),
-        worker=get("worker"),
-        lease_until=_float(get("lease_until")),
-        meta={} if meta is None else (_loads(meta) or {}),
+    return JobRecord.from_fields(
+        {
+            "id": h["id"],
+            "task": h["task"],
+            "params": {} if params == "{}" else loads(params),
+            "state": _STATES[state],
+            "progress": EMPTY_PROGRESS if progress is None else Progress.from_dict(loads(progress)),
+            "result": None if result is None else loads(result),
+            "error": None if error is None else ErrorInfo.from_dict(loads(error)),
+            "cancel_requested": get("cancel_requested") == "1",
+            "attempt": int(get("attempt", 0)),
+            "max_attempts": int(get("max_attempts", 1)),
+            "created_at": float(h["created_at"]),
+            "started_at": _float(get("started_at")),
+            "finished_at": _float(get("finished_at")),
+            "expires_at": _float(get("expires_at")),
+            "output_count": int(get("output_count", 0)),
+            "position": position if state == "queued" else None,
+            "owner": get("owner"),
+            "queue": get("queue", "default"),
+            "priority": int(get("priority", 0)),
+            "run_at": float(get("run_at", 0.0)),
+            "timeout": _float(get("timeout")),
+            "keep_for": float(h["keep_for"]),
+            "idempotency_key": get("idempotency_key"),
+            "supersede_key": get("supersede_key"),
+            "worker": get("worker"),
+            "lease_until": _float(get("lease_until")),
+            "meta": {} if meta is None else (loads(meta) or {}),
+            "waiting": None,
+        }
     )
 
 
