@@ -97,13 +97,29 @@ def parse_duration(value: float | int | str | None) -> float | None:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-# One encoder for every call: `json.dumps` with options builds a new one each time.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# The C encoder that `json.dumps(..., separators=(",", ":"), ensure_ascii=False,
+# allow_nan=False)` builds on every call, built once. Without a table of the objects
+# being encoded (which one encoder shared by threads could not keep), a value that
+# contains itself ends in RecursionError, turned into json's ValueError below.
+_ENCODE = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None,
+    json.JSONEncoder().default,
+    json.encoder.encode_basestring,
+    None,
+    ":",
+    ",",
+    False,
+    False,
+    False,
+)
 
 
 def dumps(value: Any) -> str:
     """Compact JSON; raises TypeError/ValueError for what JSON cannot hold."""
-    return _ENCODER.encode(value)
+    try:
+        return "".join(_ENCODE(value, 0))
+    except RecursionError:
+        raise ValueError("Circular reference detected (or nesting too deep)") from None
 
 
 # The decoder's scanner alone: `json.loads` spends most of a small document's time

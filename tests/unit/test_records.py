@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from underway import State, Underway
-from underway._util import loads
+from underway._util import dumps, loads
 from underway.records import RECORD_FIELDS, JobRecord
 
 
@@ -56,3 +56,21 @@ def test_loads_reads_what_json_reads(text: str) -> None:
 def test_loads_refuses_what_json_refuses(text: str) -> None:
     with pytest.raises(json.JSONDecodeError):
         loads(text)
+
+
+@pytest.mark.parametrize(
+    "value", [{}, [], 1, 1.5, -0.0, 10**30, 'é\n"', None, True, {"a": [1, {"b": None}]}]
+)
+def test_dumps_writes_what_json_writes(value: object) -> None:
+    compact = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    assert dumps(value) == compact
+
+
+def test_dumps_refuses_what_json_cannot_hold() -> None:
+    looped: list[object] = []
+    looped.append(looped)
+    for bad in (float("nan"), looped):
+        with pytest.raises(ValueError):
+            dumps(bad)
+    with pytest.raises(TypeError):
+        dumps(object())
