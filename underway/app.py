@@ -194,6 +194,9 @@ class Underway:
         }
 
     def executor_for(self, kind: str) -> Executor:
+        executor = self._executors.get(kind)  # made once, then only read: no lock
+        if executor is not None:
+            return executor
         with self._lock:
             executor = self._executors.get(kind)
             if executor is None:

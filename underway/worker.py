@@ -637,7 +637,8 @@ class Worker:
     def _done(self, entry: _Running) -> None:
         with self._lock:
             self._running.pop(entry.job.id, None)
-            self._slot_free.notify_all()
+            if self._stopping.is_set():  # only `stop()` waits for slots to come free
+                self._slot_free.notify_all()
         if entry.task.settings.concurrency is not None:
             # Its end frees room under the task's limit: an idle slot may claim now.
             self.store.notifier.notify(WORK)
