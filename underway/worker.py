@@ -117,6 +117,10 @@ class Worker:
         self.batch = max(1, batch)
         self.linger = linger
         self._claim_size = 1  # grows while jobs are short and the queue deep
+        # The wake-up version (of WORK) before the last claim that found fewer jobs
+        # than it asked for: while it stands, no job was announced since the queue
+        # was seen empty, and writing ends need not look for work as well.
+        self._drained_at: int | None = None
         self._ready: deque[JobRecord] = deque()  # claimed, not started yet
         self._ready_since = 0.0  # monotonic time `_ready` last became non-empty
         self._ended: list[_Ended] = []  # short jobs' ends, not written yet
@@ -220,8 +224,11 @@ class Worker:
                         # so that one claim takes them together.
                         time.sleep(self.linger)
                     seen = notifier.version(WORK)
+                    size = self._claim_size
+                    if self._drained_at == seen and self._ended:
+                        size = 0  # only the ends: no job was announced since
                     try:
-                        records = self._claim(self._claim_size)
+                        records = self._claim(size)
                     except UnderwayError as exc:
                         self._stopping.wait(self._outage(exc))
                         continue
@@ -231,6 +238,8 @@ class Worker:
                         continue
                     if self._down_since is not None:
                         self._recovered()
+                    if size:
+                        self._drained_at = seen if len(records) < size else None
                     if not records:
                         # Idle slots wait for work, not for the baton: new work then wakes
                         # one of them, which takes the baton at once.
