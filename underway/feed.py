@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from .records import JobRecord, State
+from .records import TERMINAL, JobRecord, State
 
 Listener = Callable[[], None]
 WORK = "\x00work"  # feed key for "a job may be ready to claim"
@@ -57,6 +57,9 @@ class ChangeFeed:
         self._lock = threading.Lock()
         self._versions: dict[str, int] = {}
         self._waiters: dict[str, list[threading.Event]] = {}
+        # Waiters for a job's end (`wait_end`): not woken by a change the store says
+        # leaves the job unfinished (its claim, say), which they would only sleep on.
+        self._end_waiters: dict[str, list[threading.Event]] = {}
         self._listeners: dict[str, set[Listener]] = {}
         # by key: (its version then, what), oldest first
         self._known: OrderedDict[str, tuple[int, Known]] = OrderedDict()
@@ -94,6 +97,7 @@ class ChangeFeed:
                 self._clear_versions()
             hints = self._known
             for key in keys:
+                unfinished = False  # known to be queued or running after this change
                 if known is not None and key in known:
                     fresh = since is None or (
                         self._floor <= since and self._versions.get(key, 0) <= since
@@ -104,6 +108,7 @@ class ChangeFeed:
                         hints[key] = (self._counter, known[key])
                         if len(hints) > self.MAX_KNOWN:
                             hints.popitem(last=False)
+                        unfinished = known[key].state not in TERMINAL
                     elif hints:
                         hints.pop(key, None)
                 else:
@@ -121,6 +126,10 @@ class ChangeFeed:
                 waiters = self._waiters.pop(key, None)
                 if waiters:
                     woken.extend(waiters)
+                if not unfinished:
+                    waiters = self._end_waiters.pop(key, None)
+                    if waiters:
+                        woken.extend(waiters)
                 listeners = self._listeners.get(key)
                 if listeners:
                     called.extend(listeners)
@@ -134,7 +143,9 @@ class ChangeFeed:
         with self._lock:
             self._clear_versions()
             woken = [e for events in self._waiters.values() for e in events]
+            woken += [e for events in self._end_waiters.values() for e in events]
             self._waiters.clear()
+            self._end_waiters.clear()
             called = [fn for fns in self._listeners.values() for fn in fns]
         for event in woken:
             event.set()
@@ -148,25 +159,35 @@ class ChangeFeed:
         self._known.clear()
 
     def wait_end(self, key: str, seen: int, timeout: float | None) -> int:
-        """`wait`, for a caller that waits for the job to end (or go): a store may then
-        spare it (and its process) the news of the job's other changes."""
-        return self.wait(key, seen, timeout)
+        """`wait`, for a caller that waits for the job to end (or go): changes that
+        the store says leave the job unfinished change its version but wake nobody
+        here (a store may also spare the process their news)."""
+        return self._wait(self._end_waiters, key, seen, timeout)
 
     def wait(self, key: str, seen: int, timeout: float | None) -> int:
         """Block until `key`'s version differs from `seen` or `timeout` passes."""
+        return self._wait(self._waiters, key, seen, timeout)
+
+    def _wait(
+        self,
+        table: dict[str, list[threading.Event]],
+        key: str,
+        seen: int,
+        timeout: float | None,
+    ) -> int:
         event = threading.Event()
         with self._lock:
             current = self._versions.get(key, self._floor)
             if current != seen:
                 return current
-            self._waiters.setdefault(key, []).append(event)
+            table.setdefault(key, []).append(event)
         if not event.wait(timeout):
             with self._lock:
-                waiters = self._waiters.get(key)
+                waiters = table.get(key)
                 if waiters is not None and event in waiters:
                     waiters.remove(event)
                     if not waiters:
-                        del self._waiters[key]
+                        del table[key]
         return self._versions.get(key, self._floor)
 
     def subscribe(self, key: str, fn: Listener) -> Callable[[], None]:

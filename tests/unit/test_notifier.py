@@ -6,6 +6,7 @@ import queue
 import threading
 from typing import Any
 
+from tests.support.wait import wait_for
 from underway import Underway
 from underway.feed import ChangeFeed, Known
 from underway.records import JobRecord, State
@@ -94,13 +95,15 @@ def test_news_of_a_write_announced_late_does_not_hide_a_later_change() -> None:
 
 
 def test_wait_reads_nothing_while_the_store_says_what_changed() -> None:
+    """A waiter for a job's end reads nothing when the store says what changed, and
+    sleeps through a change that leaves the job unfinished (its claim)."""
     reads: list[str] = []
     sleeping: queue.Queue[str] = queue.Queue()
 
     class Feed(ChangeFeed):
-        def wait(self, key: str, seen: int, timeout: float | None) -> int:
+        def wait_end(self, key: str, seen: int, timeout: float | None) -> int:
             sleeping.put(key)  # a change from now on is not missed (versions)
-            return super().wait(key, seen, timeout)
+            return super().wait_end(key, seen, timeout)
 
     class App:
         feed = Feed()
@@ -118,8 +121,25 @@ def test_wait_reads_nothing_while_the_store_says_what_changed() -> None:
     )
     waiting.start()
     assert sleeping.get(timeout=5) == "job"
+    wait_for(lambda: app.feed._end_waiters.get("job"), 5, 0.001, "the waiter to sleep")
+    running = app.feed.version("job")
     app.feed.notify("job", known={"job": Known(State.RUNNING)})
-    assert sleeping.get(timeout=5) == "job"
+    assert app.feed.version("job") != running  # the change counts, but wakes nobody:
+    assert app.feed._end_waiters.get("job")  # the waiter still sleeps
     app.feed.notify("job", known={"job": Known(State.SUCCEEDED, load=lambda: done)})
     waiting.join(5)
     assert result == [done] and reads == []
+    assert sleeping.qsize() == 0  # it went to sleep once: the claim did not wake it
+
+
+def test_a_change_the_store_says_nothing_of_wakes_end_waiters() -> None:
+    feed = ChangeFeed()
+    seen = feed.version("job")
+    woke: list[int] = []
+    waiting = threading.Thread(target=lambda: woke.append(feed.wait_end("job", seen, 5)))
+    waiting.start()
+    wait_for(lambda: feed._end_waiters, 5, 0.001, "the waiter to register")
+    feed.notify("job", known={"job": Known(State.RUNNING)})
+    feed.notify("job")  # e.g. another process's write, or a delete
+    waiting.join(5)
+    assert woke and woke[0] != seen

@@ -55,6 +55,16 @@ class RedisNotifier(ChangeFeed):
         finally:
             listener.unwatch(key)
 
+    def wait_end(self, key: str, seen: int, timeout: float | None) -> int:
+        listener = self.listener
+        if listener is None or key == WORK:
+            return super().wait_end(key, seen, timeout)
+        listener.watch(key)
+        try:
+            return super().wait_end(key, seen, timeout)
+        finally:
+            listener.unwatch(key)
+
     def subscribe(self, key: str, fn: Listener) -> Callable[[], None]:
         unsubscribe = super().subscribe(key, fn)
         listener = self.listener
