@@ -1,6 +1,8 @@
 """Engine benchmarks: throughput, progress() cost, latency, and a large store.
 
 Run by hand: `python bench/bench_engine.py [--jobs 20000] [--only throughput,...]`.
+`--only floor` runs underway against a minimal durable queue of the same shape
+(see `bench_floor`), the machine's floor for the embedded row of the peers table.
 Each figure is printed with a ratio to a baseline measured in the same run.
 """
 
@@ -8,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import resource
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -198,7 +202,6 @@ def bench_large_store(folder: str, n: int = 100_000) -> None:
 def machine(folder: str) -> None:
     """Two costs that set this machine's floor, so figures from machines can be compared:
     a wake-up between two processes, and one committed SQLite write."""
-    import sqlite3
 
     ping_r, ping_w = os.pipe()
     pong_r, pong_w = os.pipe()
@@ -230,6 +233,111 @@ def machine(folder: str) -> None:
           f"one-row SQLite commit (WAL) {commit_us:.0f} us")  # fmt: skip
 
 
+class FloorQueue:
+    """The least a durable SQLite job queue in Python does, in underway's shape: one
+    committed INSERT per submit, 2 worker threads that claim up to 16 queued jobs in
+    one transaction and write the ends of the previous batch in it, a waiter per job
+    woken by an Event. No events, progress, output, leases, attempts or fencing."""
+
+    def __init__(self, path: str) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self.db.execute(
+            "CREATE TABLE q (id TEXT PRIMARY KEY, task TEXT, params TEXT, state TEXT, "
+            "result TEXT, created REAL) WITHOUT ROWID"
+        )
+        self.db.execute("CREATE INDEX q_queued ON q (id) WHERE state = 'queued'")
+        self.lock = threading.Lock()
+        self.work = threading.Condition(threading.Lock())
+        self.done: dict[str, tuple[threading.Event, list[object]]] = {}
+        self.stopping = False
+        self.count = 0
+        self.threads = [threading.Thread(target=self._work) for _ in range(2)]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self) -> str:
+        self.count += 1
+        job_id = f"{self.count:020d}"
+        self.done[job_id] = (threading.Event(), [])
+        with self.lock:
+            self.db.execute(
+                "INSERT INTO q VALUES (?, 'noop', '{}', 'queued', NULL, ?)", (job_id, time.time())
+            )
+        with self.work:
+            self.work.notify()
+        return job_id
+
+    def wait(self, job_id: str) -> object:
+        event, result = self.done[job_id]
+        event.wait()
+        return result[0]
+
+    def _work(self) -> None:
+        ended: list[tuple[str, str]] = []
+        while not self.stopping:
+            with self.lock:
+                self.db.execute("BEGIN IMMEDIATE")
+                if ended:
+                    self.db.executemany(
+                        "UPDATE q SET state = 'succeeded', result = ? WHERE id = ?", ended
+                    )
+                rows = self.db.execute(
+                    "UPDATE q SET state = 'running' WHERE id IN (SELECT id FROM q "
+                    "WHERE state = 'queued' ORDER BY id LIMIT 16) RETURNING id, params"
+                ).fetchall()
+                self.db.execute("COMMIT")
+            for result, job_id in ended:
+                event, box = self.done[job_id]
+                box.append(json.loads(result))
+                event.set()
+            ended = []
+            if not rows:
+                with self.work:
+                    self.work.wait(0.01)
+                continue
+            for job_id, params in rows:
+                value = noop(**json.loads(params))
+                ended.append((json.dumps(value), job_id))
+
+    def close(self) -> None:
+        self.stopping = True
+        for thread in self.threads:
+            thread.join()
+        self.db.close()
+
+
+def bench_floor(n: int, folder: str, rounds: int = 3) -> None:
+    """underway (embedded SQLite, 2 slots) against `FloorQueue`, interleaved: `n` no-op
+    jobs submitted one by one, then waited for in order, as the peers table runs them."""
+    ours: list[float] = []
+    floor: list[float] = []
+    for r in range(rounds):
+        uw = Underway(f"sqlite:///{folder}/floor-uw-{r}.db", workers=2)
+        uw.task(name="noop")(noop)
+        uw.store.count()
+        uw.start()
+        start = time.perf_counter()
+        handles = [uw.submit("noop") for _ in range(n)]
+        for handle in handles:
+            handle.wait(300)
+        ours.append(n / (time.perf_counter() - start))
+        uw.close()
+        queue = FloorQueue(f"{folder}/floor-q-{r}.db")
+        start = time.perf_counter()
+        ids = [queue.submit() for _ in range(n)]
+        for job_id in ids:
+            queue.wait(job_id)
+        floor.append(n / (time.perf_counter() - start))
+        queue.close()
+    a, b = statistics.median(ours), statistics.median(floor)
+    print(
+        f"floor: underway {a:,.0f} jobs/s, a minimal durable queue {b:,.0f} jobs/s "
+        f"({n:,} no-op jobs one by one, medians of {rounds}); ratio {a / b:.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=20_000)
@@ -247,6 +355,8 @@ def main() -> None:
             bench_latency(folder)
         if "large" in which:
             bench_large_store(folder)
+        if "floor" in which:
+            bench_floor(min(args.jobs, 2000), folder)
 
 
 if __name__ == "__main__":
