@@ -62,7 +62,7 @@ RETRY_AFTER = 2.0  # seconds callers are told to wait while the server is unreac
 POOL_TIMEOUT = 5.0  # seconds a call waits for a pooled connection before giving up
 DOWN_TIMEOUT = 0.5  # the same while the server was lost at the last call
 POOL_SIZE = 16  # connections at most, per store (one more for the listener)
-STATS_CHECK = 5.0  # seconds between looks at the jobs table's statistics, while claims find work
+STATS_CHECK = 1.0  # seconds between looks at the jobs table's statistics, while claims find work
 
 log = logging.getLogger("underway.stores.postgres")
 
@@ -495,7 +495,7 @@ class PostgresStore(Store):
             if claim is not None:
                 rows = claim.fetchall()
         claimed = [row_to_record(row) for row in rows]
-        if claimed and len(claimed) == max_jobs:
+        if claimed:
             self._refresh_stats()
         known = {r.id: Known(State.RUNNING, record=r) for r in claimed}
         work = False
@@ -575,11 +575,11 @@ class PostgresStore(Store):
         )
 
     def _refresh_stats(self) -> None:
-        """ANALYZE the jobs table when the planner's idea of it is far off: never
-        analyzed, or changed by more than half since. A claim planned for a (nearly)
-        empty table reads and sorts the whole queue to take one job; autovacuum
-        corrects that only within a minute or so, and a queue can grow by thousands of
-        jobs meanwhile. Looked at every few seconds, while claims find work."""
+        """ANALYZE the jobs table when the planner's idea of it is far off (see
+        `Statements.stale_stats`). A claim planned for a (nearly) empty table reads
+        and sorts the whole queue to take one job; autovacuum corrects that only
+        within a minute or so, and a queue can grow by thousands of jobs meanwhile.
+        Looked at every second, while claims find work."""
         now = time.monotonic()
         if now < self._stats_due:
             return

@@ -19,6 +19,7 @@ from . import postgres_schema as schema
 
 NOTIFY_IDS = 200  # job ids per notification (a payload holds at most 8000 bytes)
 DOC_BYTES = 7800  # a final row larger than this is not sent with its notification
+STATS_MIN_PAGES = 4  # a table this small is read whole as fast as through an index
 IDLE_FRESH = 2.0  # seconds an idle worker's word holds (idle slots claim every 0.5 s)
 
 COLUMN_NAMES = (
@@ -280,9 +281,17 @@ class Statements:
         # idle poll at least); a word older than this is of a process that is gone.
         self.purge_idle = f"""
             DELETE FROM {idle} WHERE at < extract(epoch FROM now()) - {30 * IDLE_FRESH}"""
-        self.stale_stats = """
-            SELECT c.reltuples < 0
-                OR coalesce(s.n_mod_since_analyze, 0) > 1000 + c.reltuples / 2
+        # The statements run as prepared statements, each planned once for all its
+        # runs (a generic plan, kept until the table's statistics change): a plan
+        # made while the table was empty or tiny scans it whole, which costs more
+        # with every job it holds. The table is analyzed again (which has every
+        # session plan afresh) when it has grown to twice the pages its statistics
+        # say, or changed by half since. Never while it is tiny and never analyzed:
+        # PostgreSQL then plans for 10 pages at least, the plans it needs later.
+        self.stale_stats = f"""
+            SELECT pg_relation_size(c.oid) / current_setting('block_size')::int
+                    > 2 * greatest(c.relpages, {STATS_MIN_PAGES})
+                OR coalesce(s.n_mod_since_analyze, 0) > 1000 + greatest(c.reltuples, 0) / 2
             FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
             WHERE c.oid = %s::regclass"""
         self.running_counts = f"""
