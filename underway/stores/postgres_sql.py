@@ -19,6 +19,7 @@ from . import postgres_schema as schema
 
 NOTIFY_IDS = 200  # job ids per notification (a payload holds at most 8000 bytes)
 DOC_BYTES = 7800  # a final row larger than this is not sent with its notification
+PUSH_BYTES = 4000  # a job whose parameters and names take more is not claimed at submission
 STATS_MIN_PAGES = 4  # a table this small is read whole as fast as through an index
 IDLE_FRESH = 2.0  # seconds an idle worker's word holds (idle slots claim every 0.5 s)
 
@@ -146,31 +147,63 @@ class Statements:
         # task (the one idle longest; its word is used up), on its own channel, or to
         # all when none did: one new job does not wake every idle process. A process
         # whose slots all got busy meanwhile passes it on to all (`PostgresStore`).
+        # When the word names its worker (`push`), the statement also claims the job
+        # for that worker, as its claim would (attempt 1, its lease, the `running`
+        # event), and the news carries the job's row: the worker runs it without a
+        # claim of its own. Only while the process's listening connection holds the
+        # word's lock (so the news reaches it), for a task it takes without a
+        # concurrency limit, and with no due job of its tasks queued ahead.
         self.submit = f"""
-            WITH ins AS (
-                INSERT INTO {j} AS j (id, task, queue, priority, state, params, max_attempts,
-                    created_at, run_at, timeout, keep_for, owner, idempotency_key,
-                    supersede_key, meta, event_seq)
-                VALUES (%(id)s, %(task)s, %(queue)s, %(priority)s, 'queued', %(params)s,
-                    %(max_attempts)s, %(created_at)s, %(run_at)s, %(timeout)s, %(keep_for)s,
-                    %(owner)s, %(idempotency_key)s, %(supersede_key)s, %(meta)s, %(n)s)
-                ON CONFLICT (idempotency_key) DO NOTHING RETURNING j.id
-            ), ev AS (
-                INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
-                SELECT ins.id, x.n, x.kind, NULL, x.data, %(created_at)s, 0
-                FROM ins, unnest(%(kinds)s::text[], %(datas)s::text[])
-                    WITH ORDINALITY AS x(kind, data, n)
-            )
-            , idle AS (
+            WITH idle AS (
                 DELETE FROM {idle} WHERE channel = (
                     SELECT channel FROM {idle}
                     WHERE %(task)s = ANY(tasks) AND at > extract(epoch FROM now()) - {IDLE_FRESH}
-                        AND EXISTS (SELECT 1 FROM ins) AND %(run_at)s <= %(created_at)s
+                        AND %(run_at)s <= %(created_at)s
+                        AND (%(idempotency_key)s::text IS NULL OR NOT EXISTS (
+                            SELECT 1 FROM {j} WHERE idempotency_key = %(idempotency_key)s::text))
                     ORDER BY at LIMIT 1 FOR UPDATE SKIP LOCKED
-                ) RETURNING channel
+                ) RETURNING channel, worker, lease, tasks, push_key,
+                    %(pushable)s AND worker IS NOT NULL AND %(task)s = ANY(push_tasks) AS push
+            ), push AS (
+                SELECT worker, lease FROM idle
+                WHERE push AND NOT pg_try_advisory_xact_lock(push_key) AND NOT EXISTS (
+                    SELECT 1 FROM {j} q WHERE q.state = 'queued' AND q.priority <= %(priority)s
+                        AND q.task = ANY(idle.tasks) AND q.run_at <= %(created_at)s)
+            ), ins AS (
+                INSERT INTO {j} AS j (id, task, queue, priority, state, params, max_attempts,
+                    created_at, run_at, timeout, keep_for, owner, idempotency_key,
+                    supersede_key, meta, event_seq, attempt, started_at, worker, lease_until)
+                SELECT %(id)s, %(task)s, %(queue)s, %(priority)s,
+                    CASE WHEN push.worker IS NULL THEN 'queued' ELSE 'running' END, %(params)s,
+                    %(max_attempts)s, %(created_at)s, %(run_at)s, %(timeout)s, %(keep_for)s,
+                    %(owner)s, %(idempotency_key)s, %(supersede_key)s, %(meta)s,
+                    %(n)s + (push.worker IS NOT NULL)::int, (push.worker IS NOT NULL)::int,
+                    CASE WHEN push.worker IS NOT NULL THEN %(created_at)s::float8 END,
+                    push.worker, %(created_at)s::float8 + push.lease
+                FROM (SELECT 1) AS one LEFT JOIN push ON true
+                ON CONFLICT (idempotency_key) DO NOTHING RETURNING {returning}
+            ), ev AS (
+                INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
+                SELECT ins.id, x.n::int, x.kind, NULL::int, x.data, %(created_at)s::float8, 0
+                FROM ins, unnest(%(kinds)s::text[], %(datas)s::text[])
+                    WITH ORDINALITY AS x(kind, data, n)
+                UNION ALL
+                SELECT ins.id, %(n)s::int + 1, 'state', NULL, '{{"state":"running","attempt":1}}',
+                    %(created_at)s::float8, 1
+                FROM ins WHERE ins.state = 'running'
+            ), note AS (
+                SELECT pg_notify(%(jobs_channel)s, %(origin)s || '|running|' || ins.id)
+                FROM ins WHERE ins.state = 'running'
+                    AND NOT pg_try_advisory_xact_lock(%(jobs_key)s)
+            ), doc AS (
+                SELECT CASE WHEN state = 'running' THEN json_build_array({COLUMNS})::text END
+                    AS doc
+                FROM ins
             )
-            SELECT pg_notify(coalesce((SELECT channel FROM idle), %(work_channel)s), %(origin)s)
-            FROM ins"""
+            SELECT pg_notify(coalesce((SELECT channel FROM idle), %(work_channel)s),
+                    %(origin)s || coalesce('|' || doc.doc, '')),
+                (SELECT count(*) FROM note), doc.doc
+            FROM doc"""
         self.insert_many = f"""
             WITH new AS (
                 INSERT INTO {j} (id, task, queue, priority, state, params, max_attempts,
@@ -266,10 +299,14 @@ class Statements:
                 FROM (SELECT id, (row_number() OVER ()) / {NOTIFY_IDS} AS g FROM c) s
                 WHERE (SELECT NOT pg_try_advisory_xact_lock(%(jobs_key)s)) GROUP BY g
             ), idle AS (
-                INSERT INTO {idle} (channel, tasks, at)
-                SELECT %(idle_channel)s, %(idle_tasks)s::text[], extract(epoch FROM now())
+                INSERT INTO {idle} (channel, tasks, at, worker, lease, push_tasks, push_key)
+                SELECT %(idle_channel)s, %(idle_tasks)s::text[], extract(epoch FROM now()),
+                    %(push_worker)s::text, %(push_lease)s::float8, %(push_tasks)s::text[],
+                    %(push_key)s::bigint
                 WHERE %(idle_channel)s::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM c)
-                ON CONFLICT (channel) DO UPDATE SET tasks = EXCLUDED.tasks, at = EXCLUDED.at
+                ON CONFLICT (channel) DO UPDATE SET tasks = EXCLUDED.tasks, at = EXCLUDED.at,
+                    worker = EXCLUDED.worker, lease = EXCLUDED.lease,
+                    push_tasks = EXCLUDED.push_tasks, push_key = EXCLUDED.push_key
             )"""
         self.claim_select = """
             SELECT c.*, (SELECT count(*) FROM note) FROM c ORDER BY c.priority, c.id"""
@@ -338,6 +375,11 @@ class Statements:
                     WITH ORDINALITY AS x(kind, data, idx, n)
             )
             SELECT {notify_running} FROM u"""
+        # Jobs claimed for `worker` at their submission (their start is their
+        # creation: no claim of a worker starts a job at the very time it was made).
+        self.pushed_to = f"""
+            SELECT {COLUMNS} FROM {j}
+            WHERE state = 'running' AND worker = %s AND started_at = created_at"""
         self.expired = f"""
             SELECT {COLUMNS} FROM {j}
             WHERE state = 'running' AND lease_until < %s LIMIT %s"""
