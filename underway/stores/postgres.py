@@ -62,6 +62,7 @@ from .postgres_sql import (
     job_values,
     lock_key,
     row_to_record,
+    run,
     text_array,
 )
 
@@ -322,7 +323,7 @@ class PostgresStore(Store):
         with self._connection() as conn:
             if record.supersede_key is None:
                 # One statement, so one round trip and its own transaction.
-                inserted = conn.execute(sql.submit, values).fetchone()
+                inserted = run(conn, sql.submit, values).fetchone()
             else:
                 with conn.transaction():
                     conn.execute(
@@ -337,7 +338,7 @@ class PostgresStore(Store):
                             (record.supersede_key,),
                         )
                     ]
-                    inserted = conn.execute(sql.submit, values).fetchone()
+                    inserted = run(conn, sql.submit, values).fetchone()
             if inserted is None:  # the idempotency key names a job that exists
                 row = conn.execute(
                     f"SELECT {COLUMNS} FROM {sql.jobs} WHERE idempotency_key = %s",
@@ -551,7 +552,7 @@ class PostgresStore(Store):
                 # The claim reads the running counts under its advisory locks before it
                 # picks: a transaction with a round trip in the middle.
                 with conn.pipeline(), conn.transaction():
-                    applied = [conn.execute(self._sql.apply, p) for p in params]
+                    applied = [run(conn, self._sql.apply, p) for p in params]
                     claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
             elif len(params) == 1 and max_jobs > 0:
                 # The end of a job and the next claim: one statement (the claim does
@@ -567,11 +568,11 @@ class PostgresStore(Store):
                     docs[order[0]] = rows[0][-1]
                     rows = [row[:-2] for row in rows if row[0] is not None]
                 else:  # no room under the limits: the decision alone
-                    applied = [conn.execute(self._sql.apply, params[0])]
+                    applied = [run(conn, self._sql.apply, params[0])]
             elif len(params) + (max_jobs > 0) == 1:
                 # One statement is a transaction of its own.
                 if params:
-                    applied = [conn.execute(self._sql.apply, params[0])]
+                    applied = [run(conn, self._sql.apply, params[0])]
                     claim = None
                 else:
                     applied = []
@@ -583,7 +584,7 @@ class PostgresStore(Store):
                 # BEGIN/COMMIT and no `conn.transaction()`, which syncs at its entry and
                 # exit (each sync is a round trip of its own).
                 with conn.pipeline():
-                    applied = [conn.execute(self._sql.apply, p) for p in params]
+                    applied = [run(conn, self._sql.apply, p) for p in params]
                     claim = None
                     if max_jobs > 0:
                         claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
@@ -666,14 +667,17 @@ class PostgresStore(Store):
             pick = sql.pick.format(tasks=f"tasks{number}", room=f"room{number}")
             ctes.append(f"g{number} AS {pick}")
         if len(groups) == 1:
-            picked = "SELECT id FROM g0"
+            picked = "SELECT id AS pick FROM g0"
         else:
             union = " UNION ALL ".join(f"SELECT id, priority FROM g{n}" for n in range(len(groups)))
-            picked = f"SELECT id FROM ({union}) AS grp ORDER BY priority, id LIMIT %(n_jobs)s"
+            picked = (
+                f"SELECT id AS pick FROM ({union}) AS grp ORDER BY priority, id LIMIT %(n_jobs)s"
+            )
         if decision is not None:
             ctes.insert(0, f"{sql.apply_head}, un AS ({sql.apply_tail})")
             values = {**decision, **values}
-        return conn.execute(
+        return run(
+            conn,
             f"WITH {', '.join(ctes)}, picked AS ({picked}), c AS ({sql.claim_set}), "
             f"{sql.claim_tail}"
             f"{sql.claim_select if decision is None else sql.claim_select_after_apply}",

@@ -8,10 +8,13 @@ round trips stay few. Table names come from `postgres_schema`.
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
+
+import psycopg
 
 from .._util import dumps, loads
 from ..records import ErrorInfo, JobRecord, Progress, State
@@ -109,6 +112,32 @@ def text_array(values: Iterable[str]) -> str:
 def cached_text_array(values: tuple[str, ...]) -> str:
     """`text_array` of a few names that recur (states, tasks)."""
     return text_array(values)
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+@lru_cache(maxsize=256)
+def native(query: str) -> tuple[str, tuple[str, ...]]:
+    """`query` with its `%(name)s` placeholders turned into PostgreSQL's own `$n`, and
+    the names in the order of their numbers (the query holds no other `%`)."""
+    numbers: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        return f"${numbers.setdefault(match.group(1), len(numbers) + 1)}"
+
+    return _PLACEHOLDER.sub(number, query), tuple(numbers)
+
+
+def run(
+    conn: psycopg.Connection[Any], query: str, values: dict[str, Any]
+) -> psycopg.RawCursor[Any]:
+    """Execute `query` with named `values`, its placeholders converted once per query
+    (`native`): psycopg converts them at every call for a statement longer than 4,096
+    characters (it keeps only shorter ones), as a claim that applies a decision is."""
+    text, names = native(query)
+    cursor: psycopg.RawCursor[Any] = psycopg.RawCursor(conn)
+    return cursor.execute(text, [values[name] for name in names])
 
 
 def lock_key(name: str) -> int:
@@ -283,11 +312,11 @@ class Statements:
                 (SELECT doc FROM un)
             FROM (SELECT 1) AS one LEFT JOIN c ON true ORDER BY c.priority, c.id"""
         self.claim_set = f"""
-            UPDATE {j} AS j SET state = 'running', attempt = j.attempt + 1,
+            UPDATE {j} SET state = 'running', attempt = attempt + 1,
                 started_at = %(now)s, worker = %(worker)s, lease_until = %(lease_until)s,
-                output_count = 0, progress = NULL, event_seq = j.event_seq + 1
-            FROM picked WHERE j.id = picked.id
-            RETURNING {returning}, j.event_seq"""
+                output_count = 0, progress = NULL, event_seq = event_seq + 1
+            FROM picked WHERE id = pick
+            RETURNING {COLUMNS}, event_seq"""
         self.claim_tail = f"""
             ev AS (
                 INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
@@ -409,3 +438,10 @@ class Statements:
                 DELETE FROM {e} WHERE job_id IN (SELECT id FROM gone)
             )
             SELECT id FROM gone"""
+        # Statements go out without their indentation: psycopg parses a statement's
+        # placeholders once and keeps the result only for statements of at most 4,096
+        # characters (a claim that applies a decision is close to that); a longer one
+        # is parsed again at every call.
+        for name, value in list(vars(self).items()):
+            if isinstance(value, str):
+                setattr(self, name, " ".join(value.split()))
