@@ -292,7 +292,9 @@ def test_a_submission_wakes_one_idle_worker_process(
 
     def idle() -> list[str]:
         with psycopg.connect(conninfo, autocommit=True) as conn:
-            rows = conn.execute(f'SELECT channel FROM "{name}".underway_idle ORDER BY at')
+            rows = conn.execute(
+                f'SELECT channel FROM "{name}".underway_idle WHERE slots > 0 ORDER BY at'
+            )
             return [r[0] for r in rows]
 
     try:

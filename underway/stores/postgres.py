@@ -652,6 +652,8 @@ class PostgresStore(Store):
             # Found nothing: this process has an idle slot (see `Statements.submit`).
             "idle_channel": self._listener.own_channel,
             "idle_tasks": cached_text_array(tuple(sorted(tasks))),
+            # Its slots that wait for work, and the claiming one, which will.
+            "idle_slots": self._feed.idle_slots() + 1,
             # ... to which submissions may hand jobs, claimed (while its listener holds
             # the lock that says it hears them).
             "push_worker": worker if self._may_push(worker) else None,

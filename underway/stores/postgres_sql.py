@@ -173,9 +173,10 @@ class Statements:
         # and the news of work; no row when the idempotency key is taken. Nobody
         # elsewhere can wait on the new job yet, so it needs no announcement of its own.
         # The news goes to one worker process that said it has an idle slot for the
-        # task (the one idle longest; its word is used up), on its own channel, or to
-        # all when none did: one new job does not wake every idle process. A process
-        # whose slots all got busy meanwhile passes it on to all (`PostgresStore`).
+        # task (the one with most idle slots, then idle longest; one slot of its word
+        # is used up), on its own channel, or to all when none did: one new job does
+        # not wake every idle process. A process whose slots all got busy meanwhile
+        # passes it on to all (`PostgresStore`).
         # When the word names its worker (`push`), the statement also claims the job
         # for that worker, as its claim would (attempt 1, its lease, the `running`
         # event), and the news carries the job's row: the worker runs it without a
@@ -184,13 +185,13 @@ class Statements:
         # concurrency limit, and with no due job of its tasks queued ahead.
         self.submit = f"""
             WITH idle AS (
-                DELETE FROM {idle} WHERE channel = (
+                UPDATE {idle} SET slots = coalesce(slots, 1) - 1 WHERE channel = (
                     SELECT channel FROM {idle}
                     WHERE %(task)s = ANY(tasks) AND at > extract(epoch FROM now()) - {IDLE_FRESH}
-                        AND %(run_at)s <= %(created_at)s
+                        AND coalesce(slots, 1) > 0 AND %(run_at)s <= %(created_at)s
                         AND (%(idempotency_key)s::text IS NULL OR NOT EXISTS (
                             SELECT 1 FROM {j} WHERE idempotency_key = %(idempotency_key)s::text))
-                    ORDER BY at LIMIT 1 FOR UPDATE SKIP LOCKED
+                    ORDER BY coalesce(slots, 1) DESC, at LIMIT 1 FOR UPDATE SKIP LOCKED
                 ) RETURNING channel, worker, lease, tasks, push_key,
                     %(pushable)s AND worker IS NOT NULL AND %(task)s = ANY(push_tasks) AS push
             ), push AS (
@@ -328,13 +329,14 @@ class Statements:
                 FROM (SELECT id, (row_number() OVER ()) / {NOTIFY_IDS} AS g FROM c) s
                 WHERE (SELECT NOT pg_try_advisory_xact_lock(%(jobs_key)s)) GROUP BY g
             ), idle AS (
-                INSERT INTO {idle} (channel, tasks, at, worker, lease, push_tasks, push_key)
+                INSERT INTO {idle} (channel, tasks, at, slots, worker, lease, push_tasks,
+                    push_key)
                 SELECT %(idle_channel)s, %(idle_tasks)s::text[], extract(epoch FROM now()),
-                    %(push_worker)s::text, %(push_lease)s::float8, %(push_tasks)s::text[],
-                    %(push_key)s::bigint
+                    %(idle_slots)s::int, %(push_worker)s::text, %(push_lease)s::float8,
+                    %(push_tasks)s::text[], %(push_key)s::bigint
                 WHERE %(idle_channel)s::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM c)
                 ON CONFLICT (channel) DO UPDATE SET tasks = EXCLUDED.tasks, at = EXCLUDED.at,
-                    worker = EXCLUDED.worker, lease = EXCLUDED.lease,
+                    slots = EXCLUDED.slots, worker = EXCLUDED.worker, lease = EXCLUDED.lease,
                     push_tasks = EXCLUDED.push_tasks, push_key = EXCLUDED.push_key
             )"""
         self.claim_select = """
