@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -457,5 +458,39 @@ def test_a_job_queued_ahead_is_not_passed_by_a_submission(
             ahead.id,
             later.id,
         ]
+    finally:
+        worker.close()
+
+
+def test_an_idle_process_is_handed_as_many_jobs_as_it_has_idle_slots(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    """Its word counts the slots that wait for work and the one that claimed: so many
+    submissions claim their job for it; the next one is queued for whoever claims."""
+    worker = open_store(postgres_url)
+    assert isinstance(worker, PostgresStore)
+    # Waiting once has the store listen for work, which wakes every waiter when it does.
+    first = worker.notifier.version("\x00work")
+    assert worker.wait_for_work(first, 10.0) != first
+    seen = worker.notifier.version("\x00work")
+    slots = [threading.Thread(target=worker.wait_for_work, args=(seen, 30.0)) for _ in range(2)]
+    try:
+        for slot in slots:
+            slot.start()
+        deadline = time.monotonic() + 10.0
+        while worker._feed.idle_slots() < 2:  # both slots wait (no other way to know)
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert worker._listener.push_ready.wait(5.0)
+        assert claim(worker, worker="w-idle") == []  # says: 3 slots idle
+        pushed = [submit(pg_store) for _ in range(3)]
+        queued = submit(pg_store)
+        states = [pg_store.get(job.id).state for job in [*pushed, queued]]  # type: ignore[union-attr]
+        assert states == [State.RUNNING] * 3 + [State.QUEUED]
+        for slot in slots:
+            slot.join(10.0)  # each push woke one
+            assert not slot.is_alive()
+        taken = claim(worker, worker="w-idle", max_jobs=4)  # the rows that came in by now
+        assert {job.id for job in taken} <= {job.id for job in pushed}
     finally:
         worker.close()
