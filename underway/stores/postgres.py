@@ -118,6 +118,7 @@ class PostgresStore(Store):
         # Jobs submissions claimed for this process's workers, not handed out yet
         # (`Statements.submit`), and the workers that stopped (theirs go back).
         self._pushed: list[JobRecord] = []
+        self._taken: set[str] = set()  # ... handed to a worker, whose end is not written yet
         self._stopped: set[str] = set()
         self._push_lock = threading.Lock()
         # Held (shared) by the processes that listen on these channels (see `Statements`).
@@ -269,6 +270,7 @@ class PostgresStore(Store):
             taken = taken[:max_jobs]
             if taken:
                 self._pushed = [r for r in self._pushed if r not in taken]
+                self._taken.update(r.id for r in taken)
         return taken
 
     def _may_push(self, worker: str) -> bool:
@@ -464,7 +466,11 @@ class PostgresStore(Store):
                 f"DELETE FROM {self._sql.idle} WHERE channel = %s", (self._listener.own_channel,)
             )
             rows = conn.execute(self._sql.pushed_to, (worker,)).fetchall()
-        self._hand_back([row_to_record(row) for row in rows])
+        # Not those it ran: a job whose code ran and whose end it could not write is
+        # lost when its lease runs out, the attempt counted.
+        with self._push_lock:
+            records = [row_to_record(row) for row in rows if row[0] not in self._taken]
+        self._hand_back(records)
 
     def live_workers(self, now: float) -> dict[str, list[str]] | None:
         with self._connection() as conn:
@@ -522,6 +528,9 @@ class PostgresStore(Store):
     ) -> tuple[list[bool], list[JobRecord]]:
         if not tasks:
             max_jobs = 0
+        if self._taken and decisions:
+            with self._push_lock:
+                self._taken.difference_update(d.job_id for d in decisions)
         any_room = max_jobs <= 0
         # Jobs claimed for this worker at their submission come first, with no round
         # trip: with no decision to write, they are all this call takes.
