@@ -17,6 +17,12 @@ in one run, for each queue (a peer that is not installed is left out):
   the benchmark's own turns their "done" row into a NOTIFY that the client LISTENs
   for (one trigger and one notification per job: a little extra work for them);
 
+and, to read the ratios against, the floors of the same run: a bare `SELECT 1`, a
+NOTIFY answered by NOTIFY from a process that LISTENs (two wake-ups through the
+server), a thread hand-off, and each queue's submissions with no worker running
+(`--jobs` of them, into a database of their own): the end-to-end rate can be no
+more than that, since jobs are submitted one by one from one client;
+
 and for underway alone, statements per job on the bulk claim-and-finish path:
 `--bulk` jobs queued with `submit_many`, then drained by the workers, with the
 statements the server ran meanwhile counted by pg_stat_statements (BEGIN and COMMIT
