@@ -523,6 +523,12 @@ def measure(
     return out
 
 
+def medians(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One queue's figures over its rounds: the median of each."""
+    keys = [key for key in runs[0] if key != "name"]
+    return {"name": name, **{key: statistics.median(run[key] for run in runs) for key in keys}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=2000)
@@ -530,6 +536,7 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--bulk", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=1, help="turns of every queue; medians")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated; '' for none")
     parser.add_argument("--worker", nargs=2, metavar=("PEER", "URL"), help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=PGQUEUER_BATCH, help=argparse.SUPPRESS)
@@ -547,7 +554,6 @@ def main() -> None:
         if importlib.util.find_spec(peer) is None:
             print(f"{peer} is not installed (pip install -e '.[bench-postgres]'): left out")
             peers.remove(peer)
-    rows: list[dict[str, Any]] = []
     with PostgresServer(settings={"shared_preload_libraries": "pg_stat_statements"}) as server:
         with psycopg.connect(server.url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
@@ -556,35 +562,40 @@ def main() -> None:
         ping_pong = notify_ping_pong(server.url)
         hand_off = thread_hand_off()
         bulk_rate, per_job = bulk_statements(server.url, args.bulk, args.procs, args.slots)
-        url = with_schema(database(server.url, "underway_bench"), "bench")
-        rows.append(
-            measure(
-                "underway",
-                UnderwayQueue,
-                lambda u, _batch: underway_workers(u, args.procs, args.slots),
-                url,
-                with_schema(url, "alone"),
-                args,
-                server,
-            )
-        )
-        for peer in peers:
-            url = database(server.url, f"{peer}_bench")
-            alone = database(server.url, f"{peer}_alone")
-            make: Any = ProcrastinateQueue if peer == "procrastinate" else PgqueuerQueue
-            make.install(url)
-            make.install(alone)
-            rows.append(
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for number in range(args.rounds):
+            # The queues take turns, round after round, each on fresh databases: on a
+            # shared machine the load changes from minute to minute.
+            url = with_schema(database(server.url, f"underway_bench_{number}"), "bench")
+            runs.setdefault("underway", []).append(
                 measure(
-                    peer,
-                    make,
-                    lambda u, batch, peer=peer: peer_workers(peer, u, args.procs, batch),
+                    "underway",
+                    UnderwayQueue,
+                    lambda u, _batch: underway_workers(u, args.procs, args.slots),
                     url,
-                    alone,
+                    with_schema(url, "alone"),
                     args,
                     server,
                 )
             )
+            for peer in peers:
+                url = database(server.url, f"{peer}_bench_{number}")
+                alone = database(server.url, f"{peer}_alone_{number}")
+                make: Any = ProcrastinateQueue if peer == "procrastinate" else PgqueuerQueue
+                make.install(url)
+                make.install(alone)
+                runs.setdefault(peer, []).append(
+                    measure(
+                        peer,
+                        make,
+                        lambda u, batch, peer=peer: peer_workers(peer, u, args.procs, batch),
+                        url,
+                        alone,
+                        args,
+                        server,
+                    )
+                )
+    rows = [medians(name, measured) for name, measured in runs.items()]
     ours = rows[0]
     print(
         f"floors: bare INSERT + DELETE round trip {bare * 1e6:.0f} us; SELECT 1 "
@@ -603,7 +614,7 @@ def main() -> None:
     )
     print(
         f"{args.procs} worker processes each; {args.jobs} no-op jobs submitted one by one; "
-        f"{args.trips} round trips to idle workers"
+        f"{args.trips} round trips to idle workers; medians of {args.rounds} rounds"
     )
     print(
         "| queue | jobs/s end to end | CPU per job | round trip p50 | p90 | "
