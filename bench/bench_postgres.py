@@ -17,6 +17,12 @@ in one run, for each queue (a peer that is not installed is left out):
   the benchmark's own turns their "done" row into a NOTIFY that the client LISTENs
   for (one trigger and one notification per job: a little extra work for them);
 
+and, to read the ratios against, the floors of the same run: a bare `SELECT 1`, a
+NOTIFY answered by NOTIFY from a process that LISTENs (two wake-ups through the
+server), a thread hand-off, and each queue's submissions with no worker running
+(`--jobs` of them, into a database of their own): the end-to-end rate can be no
+more than that, since jobs are submitted one by one from one client;
+
 and for underway alone, statements per job on the bulk claim-and-finish path:
 `--bulk` jobs queued with `submit_many`, then drained by the workers, with the
 statements the server ran meanwhile counted by pg_stat_statements (BEGIN and COMMIT
@@ -43,6 +49,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -95,6 +102,76 @@ def bare_round_trip(url: str, n: int = 500) -> float:
             conn.execute("INSERT INTO bare VALUES (%s)", (i,))
             conn.execute("DELETE FROM bare WHERE id = %s", (i,))
         return (time.perf_counter() - started) / n
+
+
+def select_round_trip(url: str, n: int = 500) -> float:
+    """p50 of a bare `SELECT 1` through psycopg: the least a statement costs."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            conn.execute("SELECT 1").fetchone()
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+PONG = """
+import sys, psycopg
+conn = psycopg.connect(sys.argv[1], autocommit=True)
+conn.execute("LISTEN bench_ping")
+print("ready", flush=True)
+while True:
+    note = next(iter(conn.notifies(stop_after=1)))
+    if note.payload == "stop":
+        break
+    conn.execute("SELECT pg_notify('bench_pong', %s)", (note.payload,))
+"""
+
+
+def notify_ping_pong(url: str, n: int = 300) -> float:
+    """p50 of a NOTIFY answered by a NOTIFY from a process that LISTENs: two wake-ups
+    through the server, and two statements."""
+    pong = subprocess.Popen([sys.executable, "-c", PONG, url], stdout=subprocess.PIPE, text=True)
+    try:
+        assert pong.stdout is not None and pong.stdout.readline().strip() == "ready"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("LISTEN bench_pong")
+            times = []
+            for i in range(n):
+                started = time.perf_counter()
+                conn.execute("SELECT pg_notify('bench_ping', %s)", (str(i),))
+                for _ in conn.notifies(stop_after=1):
+                    pass
+                times.append(time.perf_counter() - started)
+            conn.execute("SELECT pg_notify('bench_ping', 'stop')")
+    finally:
+        pong.wait(timeout=10)
+        if pong.stdout is not None:
+            pong.stdout.close()
+    return statistics.median(times)
+
+
+def thread_hand_off(n: int = 2000) -> float:
+    """p50 of one thread waking another and being woken back, halved: one hand-off."""
+    ping, pong = threading.Event(), threading.Event()
+
+    def other() -> None:
+        for _ in range(n):
+            ping.wait()
+            ping.clear()
+            pong.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        ping.set()
+        pong.wait()
+        pong.clear()
+        times.append(time.perf_counter() - started)
+    thread.join()
+    return statistics.median(times) / 2
 
 
 def count(url: str, sql: str) -> int:
@@ -373,6 +450,15 @@ def end_to_end(queue: Queue, jobs: int, others: list[int]) -> tuple[float, float
     return jobs / took, (time.process_time() + cpu_seconds(others) - cpu) / jobs
 
 
+def submit_alone(queue: Queue, jobs: int) -> float:
+    """Seconds per submission with no worker running: the client's own floor, and so
+    the end-to-end rate's (jobs are submitted one by one)."""
+    started = time.perf_counter()
+    for _ in range(jobs):
+        queue.submit()
+    return (time.perf_counter() - started) / jobs
+
+
 def round_trips(queue: Queue, trips: int) -> list[float]:
     times = []
     for _ in range(trips + 10):
@@ -405,12 +491,19 @@ def measure(
     make: Callable[[str], Queue],
     spawn: Callable[[str, int], Any],
     url: str,
+    alone: str,
     args: argparse.Namespace,
     server: PostgresServer,
 ) -> dict[str, Any]:
-    """One queue: its end-to-end rate (workers in their throughput configuration),
-    then its round trips (workers in their latency configuration)."""
+    """One queue: its submissions with no worker running (on the database `alone`),
+    its end-to-end rate (workers in their throughput configuration), then its round
+    trips (workers in their latency configuration)."""
     out: dict[str, Any] = {"name": name}
+    queue = make(alone)
+    try:
+        out["alone"] = submit_alone(queue, args.jobs)
+    finally:
+        queue.close()
     queue = make(url)
     try:
         with spawn(url, PGQUEUER_BATCH) as pids:
@@ -430,6 +523,12 @@ def measure(
     return out
 
 
+def medians(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One queue's figures over its rounds: the median of each."""
+    keys = [key for key in runs[0] if key != "name"]
+    return {"name": name, **{key: statistics.median(run[key] for run in runs) for key in keys}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=2000)
@@ -437,6 +536,7 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--bulk", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=1, help="turns of every queue; medians")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated; '' for none")
     parser.add_argument("--worker", nargs=2, metavar=("PEER", "URL"), help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=PGQUEUER_BATCH, help=argparse.SUPPRESS)
@@ -454,39 +554,59 @@ def main() -> None:
         if importlib.util.find_spec(peer) is None:
             print(f"{peer} is not installed (pip install -e '.[bench-postgres]'): left out")
             peers.remove(peer)
-    rows: list[dict[str, Any]] = []
     with PostgresServer(settings={"shared_preload_libraries": "pg_stat_statements"}) as server:
         with psycopg.connect(server.url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         bare = bare_round_trip(server.url)
+        select = select_round_trip(server.url)
+        ping_pong = notify_ping_pong(server.url)
+        hand_off = thread_hand_off()
         bulk_rate, per_job = bulk_statements(server.url, args.bulk, args.procs, args.slots)
-        url = with_schema(database(server.url, "underway_bench"), "bench")
-        rows.append(
-            measure(
-                "underway",
-                UnderwayQueue,
-                lambda u, _batch: underway_workers(u, args.procs, args.slots),
-                url,
-                args,
-                server,
-            )
-        )
-        for peer in peers:
-            url = database(server.url, f"{peer}_bench")
-            make: Any = ProcrastinateQueue if peer == "procrastinate" else PgqueuerQueue
-            make.install(url)
-            rows.append(
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for number in range(args.rounds):
+            # The queues take turns, round after round, each on fresh databases: on a
+            # shared machine the load changes from minute to minute.
+            url = with_schema(database(server.url, f"underway_bench_{number}"), "bench")
+            runs.setdefault("underway", []).append(
                 measure(
-                    peer,
-                    make,
-                    lambda u, batch, peer=peer: peer_workers(peer, u, args.procs, batch),
+                    "underway",
+                    UnderwayQueue,
+                    lambda u, _batch: underway_workers(u, args.procs, args.slots),
                     url,
+                    with_schema(url, "alone"),
                     args,
                     server,
                 )
             )
+            for peer in peers:
+                url = database(server.url, f"{peer}_bench_{number}")
+                alone = database(server.url, f"{peer}_alone_{number}")
+                make: Any = ProcrastinateQueue if peer == "procrastinate" else PgqueuerQueue
+                make.install(url)
+                make.install(alone)
+                runs.setdefault(peer, []).append(
+                    measure(
+                        peer,
+                        make,
+                        lambda u, batch, peer=peer: peer_workers(peer, u, args.procs, batch),
+                        url,
+                        alone,
+                        args,
+                        server,
+                    )
+                )
+    rows = [medians(name, measured) for name, measured in runs.items()]
     ours = rows[0]
-    print(f"floor: bare INSERT + DELETE round trip {bare * 1e6:.0f} us")
+    print(
+        f"floors: bare INSERT + DELETE round trip {bare * 1e6:.0f} us; SELECT 1 "
+        f"{select * 1e6:.0f} us; NOTIFY answered by NOTIFY from a listening process "
+        f"{ping_pong * 1e6:.0f} us; thread hand-off {hand_off * 1e6:.0f} us"
+    )
+    print(
+        "submission alone (no worker running), us per job, and the end-to-end rate it "
+        "allows: "
+        + "; ".join(f"{r['name']} {r['alone'] * 1e6:.0f} ({1 / r['alone']:,.0f}/s)" for r in rows)
+    )
     print(
         f"underway bulk: {args.bulk} jobs by submit_many, drained by {args.procs} processes x "
         f"{args.slots} slots: {bulk_rate:,.0f} jobs/s; {per_job:.2f} statements per job "
@@ -494,7 +614,7 @@ def main() -> None:
     )
     print(
         f"{args.procs} worker processes each; {args.jobs} no-op jobs submitted one by one; "
-        f"{args.trips} round trips to idle workers"
+        f"{args.trips} round trips to idle workers; medians of {args.rounds} rounds"
     )
     print(
         "| queue | jobs/s end to end | CPU per job | round trip p50 | p90 | "

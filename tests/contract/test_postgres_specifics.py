@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,7 @@ from tests.support.services import free_port, missing
 from underway.errors import ConfigurationError, StoreUnavailable
 from underway.records import State
 from underway.stores import open_store
+from underway.stores import postgres_schema as schema
 from underway.stores.postgres import PostgresStore, split_url
 
 pytestmark = pytest.mark.postgres
@@ -291,7 +293,9 @@ def test_a_submission_wakes_one_idle_worker_process(
 
     def idle() -> list[str]:
         with psycopg.connect(conninfo, autocommit=True) as conn:
-            rows = conn.execute(f'SELECT channel FROM "{name}".underway_idle ORDER BY at')
+            rows = conn.execute(
+                f'SELECT channel FROM "{name}".underway_idle WHERE slots > 0 ORDER BY at'
+            )
             return [r[0] for r in rows]
 
     try:
@@ -303,7 +307,8 @@ def test_a_submission_wakes_one_idle_worker_process(
         job = submit(pg_store)
         assert idle() == [second._listener.own_channel]  # the first's word is used up
         assert first.wait_for_work(seen[first], 5.0) != seen[first]
-        assert claim_one(first, worker="w-first").id == job.id
+        # Claimed for the idle worker at its submission: its next claim takes it.
+        assert claim_one(first, worker=f"w-{id(first)}").id == job.id
         submit(pg_store)  # the second is still idle: its turn
         assert idle() == []
         assert second.wait_for_work(seen[second], 5.0) != seen[second]
@@ -345,38 +350,147 @@ def test_a_version_1_schema_is_migrated(pg_store: PostgresStore, postgres_url: s
         assert claim(again) == []
         with psycopg.connect(conninfo, autocommit=True) as conn:
             row = conn.execute(f'SELECT version FROM "{name}".underway_schema').fetchone()
-        assert row == (2,)
+        assert row == (3,)
     finally:
         again.close()
 
 
-def test_changes_are_announced_only_while_someone_listens(
+def test_a_version_2_schema_is_migrated(pg_store: PostgresStore, postgres_url: str) -> None:
+    """Version 3 adds to the idle table what a submission needs to claim a job for an
+    idle worker; a version 2 store gets it on first use, and works as before."""
+    job = submit(pg_store)
+    pg_store.close()
+    conninfo, name = split_url(postgres_url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP TABLE "{name}".underway_idle')
+        for statement in schema.MIGRATIONS[2]:
+            conn.execute(statement.format(s=f'"{name}"'))
+        conn.execute(f'UPDATE "{name}".underway_schema SET version = 2')
+    again = open_store(postgres_url)
+    try:
+        assert claim_one(again).id == job.id
+        assert claim(again) == []  # says it is idle, in the new columns too
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            row = conn.execute(f'SELECT version FROM "{name}".underway_schema').fetchone()
+            assert row == (3,)
+            words = conn.execute(f'SELECT worker, push_tasks FROM "{name}".underway_idle')
+            assert words.fetchall() == [(None, ["t"])]  # nobody waits for work: no pushes
+    finally:
+        again.close()
+
+
+def _idle_worker(store: PostgresStore, worker: str) -> None:
+    """As a worker slot does: wait for work once (the store listens for it from then
+    on), then find nothing, which leaves the process's word that it is idle."""
+    store.wait_for_work(store.notifier.version("\x00work"), 0.0)
+    assert store._listener.push_ready.wait(5.0)
+    assert claim(store, worker=worker) == []
+
+
+def test_a_job_submitted_to_an_idle_worker_is_claimed_for_it_as_its_claim_would(
     pg_store: PostgresStore, postgres_url: str
 ) -> None:
-    """PostgreSQL wakes every listening connection for every notification, so job
-    changes are announced only while some process holds the channel's listening lock;
-    notifications arrive in commit order, so a sentinel sent after the change tells
-    whether the change was announced (no waiting on time)."""
-    conninfo, _ = split_url(postgres_url)
-    channel = pg_store._jobs_channel
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'LISTEN "{channel}"')
-
-        def heard() -> list[str]:
-            with psycopg.connect(conninfo, autocommit=True) as other:
-                other.execute("SELECT pg_notify(%s, 'sentinel')", (channel,))
-            notes = []
-            for note in conn.notifies(timeout=5.0):
-                if note.payload == "sentinel":
-                    return notes
-                notes.append(note.payload)
-            raise AssertionError("the sentinel did not arrive")
-
-        submit(pg_store)
-        claim_one(pg_store)
-        assert heard() == []  # nobody holds the lock: nobody was told
-        conn.execute("SELECT pg_advisory_lock_shared(%s)", (pg_store._listen_keys[channel],))
+    """The submission claims the job for the idle worker and sends it the row: the
+    worker's next claim takes it without a round trip, as its own claim would have
+    claimed it (attempt 1, its lease, the same events), and no other worker gets it."""
+    worker = open_store(postgres_url)
+    assert isinstance(worker, PostgresStore)
+    try:
+        _idle_worker(worker, "w-idle")
+        seen = worker.notifier.version("\x00work")
         job = submit(pg_store)
-        claim_one(pg_store)
-        (payload,) = heard()
-        assert payload.endswith(f"|running|{job.id}")
+        assert worker.wait_for_work(seen, 5.0) != seen  # the row came with the news
+        assert claim(worker, worker="w-other") == []
+        before = pg_store.notifier.version(job.id)
+        got = claim_one(worker, worker="w-idle")
+        assert got == pg_store.get(job.id)
+        assert (got.state, got.attempt, got.worker) == (State.RUNNING, 1, "w-idle")
+        assert got.lease_until == pytest.approx(got.created_at + 30.0)
+        assert got.started_at == got.created_at
+        done = finish(worker, got)
+        assert done is not None and done.state is State.SUCCEEDED
+        worker.heartbeat("w-other", ["t"], 0.0)  # its word goes: nobody is idle now
+        queued = submit(pg_store)  # queued, and claimed as ever
+        claimed = claim_one(pg_store, worker="w-idle")
+        finish(pg_store, claimed)
+        kinds = [(e.kind, e.data) for e in pg_store.events(job.id)]
+        assert kinds == [(e.kind, e.data) for e in pg_store.events(queued.id)]
+        assert pg_store.notifier.version(job.id) == before  # no news of its own writes
+    finally:
+        worker.close()
+
+
+def test_jobs_claimed_for_a_worker_that_stops_go_back_to_the_queue(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    worker = open_store(postgres_url)
+    assert isinstance(worker, PostgresStore)
+    try:
+        _idle_worker(worker, "w-idle")
+        seen = worker.notifier.version("\x00work")
+        job = submit(pg_store)
+        assert worker.wait_for_work(seen, 5.0) != seen
+        assert pg_store.get(job.id).state is State.RUNNING  # type: ignore[union-attr]
+        worker.heartbeat("w-idle", ["t"], 0.0)  # it stopped without taking it
+        back = pg_store.get(job.id)
+        assert back is not None and (back.state, back.attempt) == (State.QUEUED, 0)
+        assert claim_one(pg_store, worker="w-next").id == job.id
+        later = submit(pg_store)  # its word went with it
+        assert pg_store.get(later.id).state is State.QUEUED  # type: ignore[union-attr]
+    finally:
+        worker.close()
+
+
+def test_a_job_queued_ahead_is_not_passed_by_a_submission(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    """Claims take jobs oldest first: a submission claims nothing for an idle worker
+    while a due job of its tasks waits in the queue (it only tells the worker)."""
+    worker = open_store(postgres_url)
+    assert isinstance(worker, PostgresStore)
+    try:
+        _idle_worker(worker, "w-idle")
+        now = time.time()
+        ahead = submit(pg_store, now=now, run_at=now + 1.0)  # not due yet: takes no word
+        later = submit(pg_store, now=now + 2.0)  # `ahead` is due by then
+        assert pg_store.get(later.id).state is State.QUEUED  # type: ignore[union-attr]
+        assert [r.id for r in claim(worker, worker="w-idle", now=now + 2.0, max_jobs=2)] == [
+            ahead.id,
+            later.id,
+        ]
+    finally:
+        worker.close()
+
+
+def test_an_idle_process_is_handed_as_many_jobs_as_it_has_idle_slots(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    """Its word counts the slots that wait for work and the one that claimed: so many
+    submissions claim their job for it; the next one is queued for whoever claims."""
+    worker = open_store(postgres_url)
+    assert isinstance(worker, PostgresStore)
+    # Waiting once has the store listen for work, which wakes every waiter when it does.
+    first = worker.notifier.version("\x00work")
+    assert worker.wait_for_work(first, 10.0) != first
+    seen = worker.notifier.version("\x00work")
+    slots = [threading.Thread(target=worker.wait_for_work, args=(seen, 30.0)) for _ in range(2)]
+    try:
+        for slot in slots:
+            slot.start()
+        deadline = time.monotonic() + 10.0
+        while worker._feed.idle_slots() < 2:  # both slots wait (no other way to know)
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert worker._listener.push_ready.wait(5.0)
+        assert claim(worker, worker="w-idle") == []  # says: 3 slots idle
+        pushed = [submit(pg_store) for _ in range(3)]
+        queued = submit(pg_store)
+        states = [pg_store.get(job.id).state for job in [*pushed, queued]]  # type: ignore[union-attr]
+        assert states == [State.RUNNING] * 3 + [State.QUEUED]
+        for slot in slots:
+            slot.join(10.0)  # each push woke one
+            assert not slot.is_alive()
+        taken = claim(worker, worker="w-idle", max_jobs=4)  # the rows that came in by now
+        assert {job.id for job in taken} <= {job.id for job in pushed}
+    finally:
+        worker.close()

@@ -13,7 +13,11 @@ jobs, then a claim with `FOR UPDATE SKIP LOCKED`) is one transaction, sent as on
 pipeline with a single Sync (an implicit transaction: no BEGIN, no COMMIT), so one
 round trip: one statement per decision and one for the whole claim; the end of a
 single job and the next claim are one statement. A submission is one statement
-too, and wakes one idle worker process rather than all (`Statements.submit`).
+too, and wakes one idle worker process rather than all (`Statements.submit`); it
+claims the job for that process's idle worker there and then, when it can, and
+the notification carries the job's row, so that the worker runs it without a
+claim of its own (such jobs wait in the store for the worker's next claim, are
+renewed with its jobs, and go back to the queue if it stops first).
 Claims of tasks with a concurrency limit take a transaction-level advisory lock
 per limited task, so two workers never both fill the last free place.
 
@@ -29,9 +33,11 @@ listener reconnects by itself.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -39,6 +45,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from .. import lifecycle
 from .._util import dumps, loads, new_id
 from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK, Known
@@ -48,12 +55,14 @@ from .base import Store, listing_filter
 from .postgres_listener import PostgresFeed, PostgresListener
 from .postgres_sql import (
     COLUMNS,
+    PUSH_BYTES,
     Statements,
     cached_text_array,
     doc_to_record,
     job_values,
     lock_key,
     row_to_record,
+    run,
     text_array,
 )
 
@@ -62,7 +71,7 @@ RETRY_AFTER = 2.0  # seconds callers are told to wait while the server is unreac
 POOL_TIMEOUT = 5.0  # seconds a call waits for a pooled connection before giving up
 DOWN_TIMEOUT = 0.5  # the same while the server was lost at the last call
 POOL_SIZE = 16  # connections at most, per store (one more for the listener)
-STATS_CHECK = 5.0  # seconds between looks at the jobs table's statistics, while claims find work
+STATS_CHECK = 1.0  # seconds between looks at the jobs table's statistics, while claims find work
 
 log = logging.getLogger("underway.stores.postgres")
 
@@ -104,6 +113,14 @@ class PostgresStore(Store):
         self._origin = new_id()[-12:]  # names this instance's own notifications
         self._jobs_channel, self._ends_channel, self._work_channel = schema.channels(self.schema)
         self._lock_prefix = f"underway:{self.schema}:"
+        own_channel = f"{self._jobs_channel[:40]}.{self._origin}"
+        self._push_key = lock_key(f"{self._lock_prefix}push:{own_channel}")
+        # Jobs submissions claimed for this process's workers, not handed out yet
+        # (`Statements.submit`), and the workers that stopped (theirs go back).
+        self._pushed: list[JobRecord] = []
+        self._taken: set[str] = set()  # ... handed to a worker, whose end is not written yet
+        self._stopped: set[str] = set()
+        self._push_lock = threading.Lock()
         # Held (shared) by the processes that listen on these channels (see `Statements`).
         self._listen_keys = {
             channel: lock_key(f"{self._lock_prefix}listen:{channel}")
@@ -142,12 +159,14 @@ class PostgresStore(Store):
             jobs_channel=self._jobs_channel,
             ends_channel=self._ends_channel,
             work_channel=self._work_channel,
-            own_channel=f"{self._jobs_channel[:40]}.{self._origin}",
+            own_channel=own_channel,
             origin=self._origin,
             on_reconnect=self._drop_lost_connections,
             poke=self._poke,
             on_work=self._work_for_us,
+            on_pushed=self._pushed_to_us,
             listen_keys=self._listen_keys,
+            push_key=self._push_key,
         )
         self._feed.listener = self._listener
         self._listener.start()
@@ -228,6 +247,51 @@ class PostgresStore(Store):
                 pass  # the idle slots elsewhere claim within their poll
         self.notifier.notify(WORK)
 
+    def _pushed_to_us(self, doc: str) -> None:
+        """A submission claimed a job for a worker of this process (see
+        `Statements.submit`): its next claim takes it, without a round trip. A
+        worker that stopped meanwhile gives it back."""
+        record = doc_to_record(doc)
+        with self._push_lock:
+            stopped = record.worker in self._stopped
+            if not stopped:
+                self._pushed.append(record)
+        if stopped:
+            self._hand_back([record])
+            return
+        self.notifier.notify(WORK)
+
+    def _take_pushed(self, worker: str, tasks: Collection[str], max_jobs: int) -> list[JobRecord]:
+        """Up to `max_jobs` of the jobs claimed for `worker` at their submission."""
+        if not self._pushed or max_jobs <= 0:
+            return []
+        with self._push_lock:
+            taken = [r for r in self._pushed if r.worker == worker and r.task in tasks]
+            taken = taken[:max_jobs]
+            if taken:
+                self._pushed = [r for r in self._pushed if r not in taken]
+                self._taken.update(r.id for r in taken)
+        return taken
+
+    def _may_push(self, worker: str) -> bool:
+        return self._listener.push_ready.is_set() and worker not in self._stopped
+
+    def _hand_back(self, records: Sequence[JobRecord]) -> None:
+        """Give back jobs claimed for a worker that will not run them (it stopped, or
+        the store closes): queued again, their attempt given back, as a worker hands
+        back the jobs it claimed and never started."""
+        if not records:
+            return
+        now = time.time()
+        decisions = [
+            lifecycle.released(r, fence=Fence(worker=r.worker or "", attempt=r.attempt), now=now)
+            for r in records
+        ]
+        try:
+            self.apply(decisions, now)
+        except (psycopg.Error, StoreUnavailable) as exc:  # their leases run out instead
+            log.warning("could not hand back %d jobs claimed at submission: %s", len(records), exc)
+
     def _names(self) -> dict[str, Any]:
         return {
             "jobs_channel": self._jobs_channel,
@@ -251,11 +315,17 @@ class PostgresStore(Store):
             "kinds": cached_text_array(tuple(k.value for k, _ in events)),
             "datas": text_array(d for _, d in events),
         }
+        # Its row must fit in the notification that hands it to a worker.
+        values["pushable"] = (
+            sum(len(values[k] or "") for k in ("params", "meta", "idempotency_key", "owner"))
+            + len(record.supersede_key or "")
+            < PUSH_BYTES
+        )
         mark = self.notifier.mark()
         with self._connection() as conn:
             if record.supersede_key is None:
                 # One statement, so one round trip and its own transaction.
-                inserted = conn.execute(sql.submit, values).fetchone()
+                inserted = run(conn, sql.submit, values).fetchone()
             else:
                 with conn.transaction():
                     conn.execute(
@@ -270,7 +340,7 @@ class PostgresStore(Store):
                             (record.supersede_key,),
                         )
                     ]
-                    inserted = conn.execute(sql.submit, values).fetchone()
+                    inserted = run(conn, sql.submit, values).fetchone()
             if inserted is None:  # the idempotency key names a job that exists
                 row = conn.execute(
                     f"SELECT {COLUMNS} FROM {sql.jobs} WHERE idempotency_key = %s",
@@ -279,9 +349,14 @@ class PostgresStore(Store):
                 if row is not None:
                     return row_to_record(row), False, []
                 raise StoreUnavailable("an idempotency key was taken and released; try again")
-        self.notifier.notify(
-            WORK, record.id, known={record.id: Known(State.QUEUED, record=record)}, since=mark
-        )
+        doc = inserted[2]
+        if doc is None:
+            self.notifier.notify(
+                WORK, record.id, known={record.id: Known(State.QUEUED, record=record)}, since=mark
+            )
+        else:  # claimed for an idle worker at once: it is running already
+            known = Known(State.RUNNING, load=partial(doc_to_record, doc))
+            self.notifier.notify(record.id, known={record.id: known}, since=mark)
         return record, True, superseded
 
     def enqueue_many(
@@ -363,6 +438,8 @@ class PostgresStore(Store):
         return int(row[0]) if row is not None else 0
 
     def heartbeat(self, worker: str, tasks: Collection[str], until: float) -> None:
+        if until <= 0:
+            self._stop_pushing(worker)
         table = self._sql.workers
         with self._connection() as conn, conn.transaction():
             if until <= 0:
@@ -375,6 +452,25 @@ class PostgresStore(Store):
             )
             # Rows of workers that died without saying so, an hour on.
             conn.execute(f"DELETE FROM {table} WHERE until < %s", (until - 3600,))
+
+    def _stop_pushing(self, worker: str) -> None:
+        """`worker` stopped: no more jobs are claimed for it at submission, and those
+        that were and it never took go back to the queue (those whose notification is
+        still on its way too: they are in the table already)."""
+        with self._push_lock:
+            self._stopped.add(worker)
+            self._pushed = [r for r in self._pushed if r.worker != worker]
+        with self._connection() as conn:
+            # Waits for a submission that holds the word to commit: its job is seen below.
+            conn.execute(
+                f"DELETE FROM {self._sql.idle} WHERE channel = %s", (self._listener.own_channel,)
+            )
+            rows = conn.execute(self._sql.pushed_to, (worker,)).fetchall()
+        # Not those it ran: a job whose code ran and whose end it could not write is
+        # lost when its lease runs out, the attempt counted.
+        with self._push_lock:
+            records = [row_to_record(row) for row in rows if row[0] not in self._taken]
+        self._hand_back(records)
 
     def live_workers(self, now: float) -> dict[str, list[str]] | None:
         with self._connection() as conn:
@@ -432,13 +528,27 @@ class PostgresStore(Store):
     ) -> tuple[list[bool], list[JobRecord]]:
         if not tasks:
             max_jobs = 0
+        if self._taken and decisions:
+            with self._push_lock:
+                self._taken.difference_update(d.job_id for d in decisions)
+        any_room = max_jobs <= 0
+        # Jobs claimed for this worker at their submission come first, with no round
+        # trip: with no decision to write, they are all this call takes.
+        pushed = self._take_pushed(worker, tasks, max_jobs)
+        max_jobs = 0 if pushed and not decisions else max_jobs - len(pushed)
         if not decisions and max_jobs <= 0:
-            return [], []
+            if pushed:
+                self._refresh_stats()
+                self.notifier.notify(
+                    *(r.id for r in pushed),
+                    known={r.id: Known(State.RUNNING, record=r) for r in pushed},
+                )
+            return [], pushed
         # In the order of their jobs, so that two batches never wait on each other's rows.
         order = sorted(range(len(decisions)), key=lambda i: decisions[i].job_id)
         limited = cached_text_array(tuple(sorted(limits)))
         params = [
-            self._decision_params(decisions[i], now, any_room=max_jobs <= 0, limited=limited)
+            self._decision_params(decisions[i], now, any_room=any_room, limited=limited)
             for i in order
         ]
         done = [False] * len(decisions)
@@ -451,7 +561,7 @@ class PostgresStore(Store):
                 # The claim reads the running counts under its advisory locks before it
                 # picks: a transaction with a round trip in the middle.
                 with conn.pipeline(), conn.transaction():
-                    applied = [conn.execute(self._sql.apply, p) for p in params]
+                    applied = [run(conn, self._sql.apply, p) for p in params]
                     claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
             elif len(params) == 1 and max_jobs > 0:
                 # The end of a job and the next claim: one statement (the claim does
@@ -467,11 +577,11 @@ class PostgresStore(Store):
                     docs[order[0]] = rows[0][-1]
                     rows = [row[:-2] for row in rows if row[0] is not None]
                 else:  # no room under the limits: the decision alone
-                    applied = [conn.execute(self._sql.apply, params[0])]
+                    applied = [run(conn, self._sql.apply, params[0])]
             elif len(params) + (max_jobs > 0) == 1:
                 # One statement is a transaction of its own.
                 if params:
-                    applied = [conn.execute(self._sql.apply, params[0])]
+                    applied = [run(conn, self._sql.apply, params[0])]
                     claim = None
                 else:
                     applied = []
@@ -483,7 +593,7 @@ class PostgresStore(Store):
                 # BEGIN/COMMIT and no `conn.transaction()`, which syncs at its entry and
                 # exit (each sync is a round trip of its own).
                 with conn.pipeline():
-                    applied = [conn.execute(self._sql.apply, p) for p in params]
+                    applied = [run(conn, self._sql.apply, p) for p in params]
                     claim = None
                     if max_jobs > 0:
                         claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
@@ -494,8 +604,8 @@ class PostgresStore(Store):
                     docs[i] = row[2]
             if claim is not None:
                 rows = claim.fetchall()
-        claimed = [row_to_record(row) for row in rows]
-        if claimed and len(claimed) == max_jobs:
+        claimed = pushed + [row_to_record(row) for row in rows]
+        if claimed:
             self._refresh_stats()
         known = {r.id: Known(State.RUNNING, record=r) for r in claimed}
         work = False
@@ -551,6 +661,14 @@ class PostgresStore(Store):
             # Found nothing: this process has an idle slot (see `Statements.submit`).
             "idle_channel": self._listener.own_channel,
             "idle_tasks": cached_text_array(tuple(sorted(tasks))),
+            # Its slots that wait for work, and the claiming one, which will.
+            "idle_slots": self._feed.idle_slots() + 1,
+            # ... to which submissions may hand jobs, claimed (while its listener holds
+            # the lock that says it hears them).
+            "push_worker": worker if self._may_push(worker) else None,
+            "push_lease": lease,
+            "push_tasks": cached_text_array(tuple(sorted(set(tasks) - set(limits)))),
+            "push_key": self._push_key,
         }
         # Each group is a CTE of its own (FOR UPDATE does not go with UNION).
         ctes = []
@@ -560,14 +678,17 @@ class PostgresStore(Store):
             pick = sql.pick.format(tasks=f"tasks{number}", room=f"room{number}")
             ctes.append(f"g{number} AS {pick}")
         if len(groups) == 1:
-            picked = "SELECT id FROM g0"
+            picked = "SELECT id AS pick FROM g0"
         else:
             union = " UNION ALL ".join(f"SELECT id, priority FROM g{n}" for n in range(len(groups)))
-            picked = f"SELECT id FROM ({union}) AS grp ORDER BY priority, id LIMIT %(n_jobs)s"
+            picked = (
+                f"SELECT id AS pick FROM ({union}) AS grp ORDER BY priority, id LIMIT %(n_jobs)s"
+            )
         if decision is not None:
             ctes.insert(0, f"{sql.apply_head}, un AS ({sql.apply_tail})")
             values = {**decision, **values}
-        return conn.execute(
+        return run(
+            conn,
             f"WITH {', '.join(ctes)}, picked AS ({picked}), c AS ({sql.claim_set}), "
             f"{sql.claim_tail}"
             f"{sql.claim_select if decision is None else sql.claim_select_after_apply}",
@@ -575,11 +696,11 @@ class PostgresStore(Store):
         )
 
     def _refresh_stats(self) -> None:
-        """ANALYZE the jobs table when the planner's idea of it is far off: never
-        analyzed, or changed by more than half since. A claim planned for a (nearly)
-        empty table reads and sorts the whole queue to take one job; autovacuum
-        corrects that only within a minute or so, and a queue can grow by thousands of
-        jobs meanwhile. Looked at every few seconds, while claims find work."""
+        """ANALYZE the jobs table when the planner's idea of it is far off (see
+        `Statements.stale_stats`). A claim planned for a (nearly) empty table reads
+        and sorts the whole queue to take one job; autovacuum corrects that only
+        within a minute or so, and a queue can grow by thousands of jobs meanwhile.
+        Looked at every second, while claims find work."""
         now = time.monotonic()
         if now < self._stats_due:
             return
@@ -596,6 +717,10 @@ class PostgresStore(Store):
     def renew(
         self, *, worker: str, fences: Mapping[str, int], lease: float, now: float
     ) -> tuple[set[str], set[str]]:
+        with self._push_lock:
+            waiting = {r.id: r.attempt for r in self._pushed if r.worker == worker}
+        # Jobs claimed for it at submission are its own too, while they wait for a slot.
+        fences = {**waiting, **fences} if waiting else fences
         if not fences:
             return set(), set()
         ids = sorted(fences)
@@ -609,7 +734,20 @@ class PostgresStore(Store):
                     "attempts": "{" + ",".join(str(fences[i]) for i in ids) + "}",
                 },
             ).fetchall()
-        return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
+        held, cancelled = {r[0] for r in rows}, {r[0] for r in rows if r[1]}
+        if waiting:
+            self._update_pushed(waiting, held, cancelled)
+        return held - waiting.keys(), cancelled - waiting.keys()
+
+    def _update_pushed(self, ids: Collection[str], held: set[str], cancelled: set[str]) -> None:
+        """What a renewal said of the jobs claimed at submission that wait here: those
+        no longer held are dropped; those asked to cancel start cancelled."""
+        with self._push_lock:
+            self._pushed = [
+                replace(r, cancel_requested=True) if r.id in cancelled else r
+                for r in self._pushed
+                if r.id not in ids or r.id in held
+            ]
 
     def save_progress(self, job_id: str, fence: Fence, progress: Progress, now: float) -> bool:
         mark = self.notifier.mark()
@@ -739,6 +877,9 @@ class PostgresStore(Store):
                 pass
 
         self._listener.close(wake)
+        with self._push_lock:
+            left, self._pushed = self._pushed, []
+        self._hand_back(left)
         try:
             with self._pool.connection(timeout=1.0) as conn:
                 conn.execute(

@@ -13,6 +13,9 @@ new state (empty when unknown) and the jobs. A notification from another store
 instance (in this process or any other, on any machine) becomes a `ChangeFeed`
 wake-up that says what it knows (`Known`), so that a waiter need not read the job
 back; the store's own writes wake its waiters directly, so its echoes are skipped.
+On the store's own channel come the news of work meant for this process alone, and
+the rows of jobs that submissions claimed for its idle worker (while the thread
+listens for work it holds a lock that says so: `push_ready`).
 When the thread starts listening for job changes it wakes every waiter, who read
 again: a change made before that was not heard.
 
@@ -88,7 +91,9 @@ class PostgresListener:
         on_reconnect: Callable[[], None] = lambda: None,
         poke: Callable[[], None] = lambda: None,
         on_work: Callable[[], None] = lambda: None,
+        on_pushed: Callable[[str], None] = lambda doc: None,
         listen_keys: dict[str, int] | None = None,
+        push_key: int | None = None,
     ) -> None:
         self._conninfo = conninfo
         self._notifier = notifier
@@ -106,6 +111,11 @@ class PostgresListener:
         self._on_reconnect = on_reconnect  # e.g. drop pooled connections the server lost
         self._poke = poke  # notifies `own_channel`, to end the thread's wait at once
         self._on_work = on_work  # a submission chose this process (on `own_channel`)
+        self._on_pushed = on_pushed  # ... and claimed a job for it: the job's row
+        # Held (exclusive) while listening for work: submissions claim jobs for this
+        # process only meanwhile, so that the job's row reaches it (`Statements.submit`).
+        self._push_key = push_key
+        self.push_ready = threading.Event()
         # Advisory locks held (shared) while listening on a channel, by channel: changes
         # are announced on it only while some process holds its lock (`Statements`).
         self._listen_keys = dict(listen_keys or {})
@@ -172,6 +182,7 @@ class PostgresListener:
                 if self.connected.is_set():
                     log.warning("lost the PostgreSQL notification connection: %s", exc)
             self.connected.clear()
+            self.push_ready.clear()
             if self._closed.is_set():
                 break
             # Waiters read again (and see StoreUnavailable while the server is away).
@@ -192,11 +203,20 @@ class PostgresListener:
                 conn.execute("SELECT pg_advisory_lock_shared(%s)", (key,))
             conn.execute(f"LISTEN {quote(channel)}")
             listening.add(channel)
+            if channel == self._work and self._push_key is not None:
+                # Another process holding the same key (a checksum) keeps it: this one
+                # then hears of work without jobs claimed for it.
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._push_key,))
+                if row.fetchone() == (True,):
+                    self.push_ready.set()
         return bool(new)
 
     def _handle(self, channel: str, payload: str) -> None:
         if channel == self.own_channel:
-            if payload:  # a submission's news of work, for this process alone
+            _, _, doc = payload.partition("|")
+            if doc:  # a job a submission claimed for this process: its row
+                self._on_pushed(doc)
+            elif payload:  # a submission's news of work, for this process alone
                 self._on_work()
             return  # else a wake-up only (see `close` and `want`)
         origin, _, rest = payload.partition("|")

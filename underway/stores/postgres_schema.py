@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry upgrades a schema from version N-1 to N; `{s}` is the quoted schema
 # name. Never edit a released entry: add the next one, so that every earlier
@@ -98,6 +98,17 @@ MIGRATIONS: dict[int, list[str]] = {
             at      double precision NOT NULL
         )
         """,
+    ],
+    3: [
+        # An idle process's word says how many of its slots wait (each submission
+        # takes one; none said: one), and may carry its worker's name and lease, and
+        # the tasks it takes without a concurrency limit: a submission of such a task
+        # then claims the job for it in the same statement and sends it the job's row
+        # (`postgres_sql.Statements.submit`), so that the worker need not claim it.
+        # `push_key` is the advisory lock its listening connection holds meanwhile.
+        "ALTER TABLE {s}.underway_idle ADD COLUMN slots integer, ADD COLUMN worker text, "
+        "ADD COLUMN lease double precision, ADD COLUMN push_tasks text[], "
+        "ADD COLUMN push_key bigint",
     ],
 }
 

@@ -8,10 +8,13 @@ round trips stay few. Table names come from `postgres_schema`.
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
+
+import psycopg
 
 from .._util import dumps, loads
 from ..records import ErrorInfo, JobRecord, Progress, State
@@ -19,6 +22,8 @@ from . import postgres_schema as schema
 
 NOTIFY_IDS = 200  # job ids per notification (a payload holds at most 8000 bytes)
 DOC_BYTES = 7800  # a final row larger than this is not sent with its notification
+PUSH_BYTES = 4000  # a job whose parameters and names take more is not claimed at submission
+STATS_MIN_PAGES = 4  # a table this small is read whole as fast as through an index
 IDLE_FRESH = 2.0  # seconds an idle worker's word holds (idle slots claim every 0.5 s)
 
 COLUMN_NAMES = (
@@ -109,6 +114,32 @@ def cached_text_array(values: tuple[str, ...]) -> str:
     return text_array(values)
 
 
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+@lru_cache(maxsize=256)
+def native(query: str) -> tuple[str, tuple[str, ...]]:
+    """`query` with its `%(name)s` placeholders turned into PostgreSQL's own `$n`, and
+    the names in the order of their numbers (the query holds no other `%`)."""
+    numbers: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        return f"${numbers.setdefault(match.group(1), len(numbers) + 1)}"
+
+    return _PLACEHOLDER.sub(number, query), tuple(numbers)
+
+
+def run(
+    conn: psycopg.Connection[Any], query: str, values: dict[str, Any]
+) -> psycopg.RawCursor[Any]:
+    """Execute `query` with named `values`, its placeholders converted once per query
+    (`native`): psycopg converts them at every call for a statement longer than 4,096
+    characters (it keeps only shorter ones), as a claim that applies a decision is."""
+    text, names = native(query)
+    cursor: psycopg.RawCursor[Any] = psycopg.RawCursor(conn)
+    return cursor.execute(text, [values[name] for name in names])
+
+
 def lock_key(name: str) -> int:
     return zlib.crc32(name.encode()) - (1 << 31)
 
@@ -142,34 +173,67 @@ class Statements:
         # and the news of work; no row when the idempotency key is taken. Nobody
         # elsewhere can wait on the new job yet, so it needs no announcement of its own.
         # The news goes to one worker process that said it has an idle slot for the
-        # task (the one idle longest; its word is used up), on its own channel, or to
-        # all when none did: one new job does not wake every idle process. A process
-        # whose slots all got busy meanwhile passes it on to all (`PostgresStore`).
+        # task (the one with most idle slots, then idle longest; one slot of its word
+        # is used up), on its own channel, or to all when none did: one new job does
+        # not wake every idle process. A process whose slots all got busy meanwhile
+        # passes it on to all (`PostgresStore`).
+        # When the word names its worker (`push`), the statement also claims the job
+        # for that worker, as its claim would (attempt 1, its lease, the `running`
+        # event), and the news carries the job's row: the worker runs it without a
+        # claim of its own. Only while the process's listening connection holds the
+        # word's lock (so the news reaches it), for a task it takes without a
+        # concurrency limit, and with no due job of its tasks queued ahead.
         self.submit = f"""
-            WITH ins AS (
-                INSERT INTO {j} AS j (id, task, queue, priority, state, params, max_attempts,
-                    created_at, run_at, timeout, keep_for, owner, idempotency_key,
-                    supersede_key, meta, event_seq)
-                VALUES (%(id)s, %(task)s, %(queue)s, %(priority)s, 'queued', %(params)s,
-                    %(max_attempts)s, %(created_at)s, %(run_at)s, %(timeout)s, %(keep_for)s,
-                    %(owner)s, %(idempotency_key)s, %(supersede_key)s, %(meta)s, %(n)s)
-                ON CONFLICT (idempotency_key) DO NOTHING RETURNING j.id
-            ), ev AS (
-                INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
-                SELECT ins.id, x.n, x.kind, NULL, x.data, %(created_at)s, 0
-                FROM ins, unnest(%(kinds)s::text[], %(datas)s::text[])
-                    WITH ORDINALITY AS x(kind, data, n)
-            )
-            , idle AS (
-                DELETE FROM {idle} WHERE channel = (
+            WITH idle AS (
+                UPDATE {idle} SET slots = coalesce(slots, 1) - 1 WHERE channel = (
                     SELECT channel FROM {idle}
                     WHERE %(task)s = ANY(tasks) AND at > extract(epoch FROM now()) - {IDLE_FRESH}
-                        AND EXISTS (SELECT 1 FROM ins) AND %(run_at)s <= %(created_at)s
-                    ORDER BY at LIMIT 1 FOR UPDATE SKIP LOCKED
-                ) RETURNING channel
+                        AND coalesce(slots, 1) > 0 AND %(run_at)s <= %(created_at)s
+                        AND (%(idempotency_key)s::text IS NULL OR NOT EXISTS (
+                            SELECT 1 FROM {j} WHERE idempotency_key = %(idempotency_key)s::text))
+                    ORDER BY coalesce(slots, 1) DESC, at LIMIT 1 FOR UPDATE SKIP LOCKED
+                ) RETURNING channel, worker, lease, tasks, push_key,
+                    %(pushable)s AND worker IS NOT NULL AND %(task)s = ANY(push_tasks) AS push
+            ), push AS (
+                SELECT worker, lease FROM idle
+                WHERE push AND NOT pg_try_advisory_xact_lock(push_key) AND NOT EXISTS (
+                    SELECT 1 FROM {j} q WHERE q.state = 'queued' AND q.priority <= %(priority)s
+                        AND q.task = ANY(idle.tasks) AND q.run_at <= %(created_at)s)
+            ), ins AS (
+                INSERT INTO {j} AS j (id, task, queue, priority, state, params, max_attempts,
+                    created_at, run_at, timeout, keep_for, owner, idempotency_key,
+                    supersede_key, meta, event_seq, attempt, started_at, worker, lease_until)
+                SELECT %(id)s, %(task)s, %(queue)s, %(priority)s,
+                    CASE WHEN push.worker IS NULL THEN 'queued' ELSE 'running' END, %(params)s,
+                    %(max_attempts)s, %(created_at)s, %(run_at)s, %(timeout)s, %(keep_for)s,
+                    %(owner)s, %(idempotency_key)s, %(supersede_key)s, %(meta)s,
+                    %(n)s + (push.worker IS NOT NULL)::int, (push.worker IS NOT NULL)::int,
+                    CASE WHEN push.worker IS NOT NULL THEN %(created_at)s::float8 END,
+                    push.worker, %(created_at)s::float8 + push.lease
+                FROM (SELECT 1) AS one LEFT JOIN push ON true
+                ON CONFLICT (idempotency_key) DO NOTHING RETURNING {returning}
+            ), ev AS (
+                INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
+                SELECT ins.id, x.n::int, x.kind, NULL::int, x.data, %(created_at)s::float8, 0
+                FROM ins, unnest(%(kinds)s::text[], %(datas)s::text[])
+                    WITH ORDINALITY AS x(kind, data, n)
+                UNION ALL
+                SELECT ins.id, %(n)s::int + 1, 'state', NULL, '{{"state":"running","attempt":1}}',
+                    %(created_at)s::float8, 1
+                FROM ins WHERE ins.state = 'running'
+            ), note AS (
+                SELECT pg_notify(%(jobs_channel)s, %(origin)s || '|running|' || ins.id)
+                FROM ins WHERE ins.state = 'running'
+                    AND NOT pg_try_advisory_xact_lock(%(jobs_key)s)
+            ), doc AS (
+                SELECT CASE WHEN state = 'running' THEN json_build_array({COLUMNS})::text END
+                    AS doc
+                FROM ins
             )
-            SELECT pg_notify(coalesce((SELECT channel FROM idle), %(work_channel)s), %(origin)s)
-            FROM ins"""
+            SELECT pg_notify(coalesce((SELECT channel FROM idle), %(work_channel)s),
+                    %(origin)s || coalesce('|' || doc.doc, '')),
+                (SELECT count(*) FROM note), doc.doc
+            FROM doc"""
         self.insert_many = f"""
             WITH new AS (
                 INSERT INTO {j} (id, task, queue, priority, state, params, max_attempts,
@@ -249,11 +313,11 @@ class Statements:
                 (SELECT doc FROM un)
             FROM (SELECT 1) AS one LEFT JOIN c ON true ORDER BY c.priority, c.id"""
         self.claim_set = f"""
-            UPDATE {j} AS j SET state = 'running', attempt = j.attempt + 1,
+            UPDATE {j} SET state = 'running', attempt = attempt + 1,
                 started_at = %(now)s, worker = %(worker)s, lease_until = %(lease_until)s,
-                output_count = 0, progress = NULL, event_seq = j.event_seq + 1
-            FROM picked WHERE j.id = picked.id
-            RETURNING {returning}, j.event_seq"""
+                output_count = 0, progress = NULL, event_seq = event_seq + 1
+            FROM picked WHERE id = pick
+            RETURNING {COLUMNS}, event_seq"""
         self.claim_tail = f"""
             ev AS (
                 INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
@@ -265,10 +329,15 @@ class Statements:
                 FROM (SELECT id, (row_number() OVER ()) / {NOTIFY_IDS} AS g FROM c) s
                 WHERE (SELECT NOT pg_try_advisory_xact_lock(%(jobs_key)s)) GROUP BY g
             ), idle AS (
-                INSERT INTO {idle} (channel, tasks, at)
-                SELECT %(idle_channel)s, %(idle_tasks)s::text[], extract(epoch FROM now())
+                INSERT INTO {idle} (channel, tasks, at, slots, worker, lease, push_tasks,
+                    push_key)
+                SELECT %(idle_channel)s, %(idle_tasks)s::text[], extract(epoch FROM now()),
+                    %(idle_slots)s::int, %(push_worker)s::text, %(push_lease)s::float8,
+                    %(push_tasks)s::text[], %(push_key)s::bigint
                 WHERE %(idle_channel)s::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM c)
-                ON CONFLICT (channel) DO UPDATE SET tasks = EXCLUDED.tasks, at = EXCLUDED.at
+                ON CONFLICT (channel) DO UPDATE SET tasks = EXCLUDED.tasks, at = EXCLUDED.at,
+                    slots = EXCLUDED.slots, worker = EXCLUDED.worker, lease = EXCLUDED.lease,
+                    push_tasks = EXCLUDED.push_tasks, push_key = EXCLUDED.push_key
             )"""
         self.claim_select = """
             SELECT c.*, (SELECT count(*) FROM note) FROM c ORDER BY c.priority, c.id"""
@@ -280,9 +349,17 @@ class Statements:
         # idle poll at least); a word older than this is of a process that is gone.
         self.purge_idle = f"""
             DELETE FROM {idle} WHERE at < extract(epoch FROM now()) - {30 * IDLE_FRESH}"""
-        self.stale_stats = """
-            SELECT c.reltuples < 0
-                OR coalesce(s.n_mod_since_analyze, 0) > 1000 + c.reltuples / 2
+        # The statements run as prepared statements, each planned once for all its
+        # runs (a generic plan, kept until the table's statistics change): a plan
+        # made while the table was empty or tiny scans it whole, which costs more
+        # with every job it holds. The table is analyzed again (which has every
+        # session plan afresh) when it has grown to twice the pages its statistics
+        # say, or changed by half since. Never while it is tiny and never analyzed:
+        # PostgreSQL then plans for 10 pages at least, the plans it needs later.
+        self.stale_stats = f"""
+            SELECT pg_relation_size(c.oid) / current_setting('block_size')::int
+                    > 2 * greatest(c.relpages, {STATS_MIN_PAGES})
+                OR coalesce(s.n_mod_since_analyze, 0) > 1000 + greatest(c.reltuples, 0) / 2
             FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
             WHERE c.oid = %s::regclass"""
         self.running_counts = f"""
@@ -329,6 +406,11 @@ class Statements:
                     WITH ORDINALITY AS x(kind, data, idx, n)
             )
             SELECT {notify_running} FROM u"""
+        # Jobs claimed for `worker` at their submission (their start is their
+        # creation: no claim of a worker starts a job at the very time it was made).
+        self.pushed_to = f"""
+            SELECT {COLUMNS} FROM {j}
+            WHERE state = 'running' AND worker = %s AND started_at = created_at"""
         self.expired = f"""
             SELECT {COLUMNS} FROM {j}
             WHERE state = 'running' AND lease_until < %s LIMIT %s"""
@@ -358,3 +440,10 @@ class Statements:
                 DELETE FROM {e} WHERE job_id IN (SELECT id FROM gone)
             )
             SELECT id FROM gone"""
+        # Statements go out without their indentation: psycopg parses a statement's
+        # placeholders once and keeps the result only for statements of at most 4,096
+        # characters (a claim that applies a decision is close to that); a longer one
+        # is parsed again at every call.
+        for name, value in list(vars(self).items()):
+            if isinstance(value, str):
+                setattr(self, name, " ".join(value.split()))
