@@ -218,6 +218,11 @@ class Worker:
                 if record is not None:
                     if self._ended_due():
                         self._write_ended()
+                    with self._lock:
+                        if self._ended:
+                            # They wait while this slot runs a claimed job: the monitor
+                            # writes them if that job runs long.
+                            self._wake_monitor()
                 else:
                     if self._ended and self.linger and notifier.version(WORK) != seen:
                         # Jobs keep coming in while ends wait: let a few more gather,
@@ -616,8 +621,9 @@ class Worker:
                 pass  # written below, one by one, with retries
             else:
                 with self._lock:
+                    # This slot writes it with its next claim, at once, unless it runs a
+                    # claimed job first (see `_slot_loop`): no need to wake the monitor.
                     self._ended.append(_Ended(entry=entry, outcome=outcome, at=time.monotonic()))
-                    self._wake_monitor()
                 return
         self._record(entry, outcome)
         self._done(entry)
