@@ -21,6 +21,7 @@ import pytest
 from tests.support.services import free_port
 from tests.support.wait import wait_for
 from underway import State, Underway
+from underway.stores.sqlite_wake import wake_folder
 
 APP = "underway.demo:uw"
 ERROR = 3  # the command could not do its work
@@ -132,6 +133,19 @@ def worker(tmp_path: Path, store: str) -> Iterator[Running]:
     yield proc
     assert proc.stop(signal.SIGTERM) == 0, proc.err
     assert "underway worker: stopped" in proc.err
+
+
+def test_a_stopped_worker_and_server_leave_no_wake_up_socket(tmp_path: Path, store: str) -> None:
+    """Other processes on the file would find and try a dead process's socket (and
+    remove it), but a clean stop leaves nothing behind."""
+    folder = Path(wake_folder(store.removeprefix("sqlite:///")))
+    worker = Running(["worker", APP, "--store", store], cwd=tmp_path, name="worker")
+    wait_for(lambda: list(folder.glob("*.s")), timeout=30, what="the worker's socket")
+    assert worker.stop(signal.SIGTERM) == 0, worker.err
+    assert not list(folder.glob("*.s")) if folder.exists() else True
+    proc, _ = start_server(tmp_path, store)  # healthy: its store is open
+    assert proc.stop(signal.SIGTERM) == 0, proc.err
+    assert not folder.exists() or not list(folder.glob("*.s"))
 
 
 @pytest.fixture

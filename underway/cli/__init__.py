@@ -105,6 +105,7 @@ def worker(
         signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
         signal.signal(signal.SIGINT, previous[signal.SIGINT])
         stop_workers(uw, running, drain)
+        uw.close()  # the store too: its connections, and its wake-up socket
     click.echo("underway worker: stopped", err=True)
     return EXIT_OK
 

@@ -183,6 +183,7 @@ def run_server(
         sock.close()
         try:
             stop_workers(uw, worker, drain)
+            uw.close()  # the store too: its connections, and its wake-up socket
         finally:
             signal.signal(signal.SIGTERM, previous)
     return EXIT_OK
