@@ -13,8 +13,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from .._util import loads
 from ..feed import WORK, ChangeFeed
-from ..records import Decision, Event, EventKind, Fence, JobRecord, Page, Progress, State
+from ..records import (
+    EMPTY_PROGRESS,
+    Decision,
+    ErrorInfo,
+    Event,
+    EventKind,
+    Fence,
+    JobRecord,
+    Page,
+    Progress,
+    State,
+)
 
 
 def listing_filter(
@@ -235,3 +247,55 @@ class Store(ABC):
 
     def close(self) -> None:
         """Release connections and background threads."""
+
+
+# A job row as the SQL stores select it: these columns, in this order.
+ROW_COLUMNS = (
+    "id", "task", "queue", "priority", "state", "params", "progress", "result", "error",
+    "cancel_requested", "attempt", "max_attempts", "created_at", "started_at", "finished_at",
+    "expires_at", "run_at", "timeout", "keep_for", "output_count", "owner", "idempotency_key",
+    "supersede_key", "worker", "lease_until", "meta",
+)  # fmt: skip
+_STATES = {s.value: s for s in State}
+
+
+def row_record(row: Sequence[Any], position: int | None = None) -> JobRecord:
+    """The record of a job row of `ROW_COLUMNS` (JSON columns as text), and its place in
+    its queue while queued."""
+    (
+        id_, task, queue, priority, state, params, progress, result, error, cancel_requested,
+        attempt, max_attempts, created_at, started_at, finished_at, expires_at, run_at, timeout,
+        keep_for, output_count, owner, idem, supersede, worker, lease_until, meta,
+    ) = row  # fmt: skip
+    return JobRecord.from_fields(
+        {
+            "id": id_,
+            "task": task,
+            "params": loads(params),
+            "state": _STATES[state],
+            "progress": EMPTY_PROGRESS if progress is None else Progress.from_dict(loads(progress)),
+            "result": loads(result),
+            "error": None if error is None else ErrorInfo.from_dict(loads(error)),
+            "cancel_requested": bool(cancel_requested),
+            "attempt": attempt,
+            "max_attempts": max_attempts,
+            "created_at": created_at,
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "expires_at": expires_at,
+            "output_count": output_count,
+            "position": position if state == "queued" else None,
+            "owner": owner,
+            "queue": queue,
+            "priority": priority,
+            "run_at": run_at,
+            "timeout": timeout,
+            "keep_for": keep_for,
+            "idempotency_key": idem,
+            "supersede_key": supersede,
+            "worker": worker,
+            "lease_until": lease_until,
+            "meta": loads(meta) or {},
+            "waiting": None,
+        }
+    )

@@ -16,9 +16,10 @@ from typing import Any
 
 import psycopg
 
-from .._util import dumps, loads
-from ..records import ErrorInfo, JobRecord, Progress, State
+from .._util import dumps
+from ..records import JobRecord
 from . import postgres_schema as schema
+from .base import ROW_COLUMNS, row_record
 
 NOTIFY_IDS = 200  # job ids per notification (a payload holds at most 8000 bytes)
 DOC_BYTES = 7800  # a final row larger than this is not sent with its notification
@@ -26,54 +27,13 @@ PUSH_BYTES = 4000  # a job whose parameters and names take more is not claimed a
 STATS_MIN_PAGES = 4  # a table this small is read whole as fast as through an index
 IDLE_FRESH = 2.0  # seconds an idle worker's word holds (idle slots claim every 0.5 s)
 
-COLUMN_NAMES = (
-    "id", "task", "queue", "priority", "state", "params", "progress", "result", "error",
-    "cancel_requested", "attempt", "max_attempts", "created_at", "started_at", "finished_at",
-    "expires_at", "run_at", "timeout", "keep_for", "output_count", "owner", "idempotency_key",
-    "supersede_key", "worker", "lease_until", "meta",
-)  # fmt: skip
+COLUMN_NAMES = ROW_COLUMNS
 COLUMNS = ", ".join(COLUMN_NAMES)
-_STATES = {s.value: s for s in State}
 
 
 def row_to_record(row: Sequence[Any], position: int | None = None) -> JobRecord:
-    (
-        id_, task, queue, priority, state, params, progress, result, error, cancel_requested,
-        attempt, max_attempts, created_at, started_at, finished_at, expires_at, run_at, timeout,
-        keep_for, output_count, owner, idem, supersede, worker, lease_until, meta,
-    ) = row[:26]  # fmt: skip
-    return JobRecord.from_fields(
-        {
-            "id": id_,
-            "task": task,
-            "params": loads(params),
-            "state": _STATES[state],
-            "progress": Progress.from_dict(loads(progress)),
-            "result": loads(result),
-            "error": ErrorInfo.from_dict(loads(error)),
-            "cancel_requested": bool(cancel_requested),
-            "attempt": attempt,
-            "max_attempts": max_attempts,
-            "created_at": created_at,
-            "started_at": started_at,
-            "finished_at": finished_at,
-            "expires_at": expires_at,
-            "output_count": output_count,
-            "position": position if state == "queued" else None,
-            "owner": owner,
-            "queue": queue,
-            "priority": priority,
-            "run_at": run_at,
-            "timeout": timeout,
-            "keep_for": keep_for,
-            "idempotency_key": idem,
-            "supersede_key": supersede,
-            "worker": worker,
-            "lease_until": lease_until,
-            "meta": loads(meta) or {},
-            "waiting": None,
-        }
-    )
+    """The record of a row that starts with `COLUMN_NAMES` (claims add columns after)."""
+    return row_record(row[: len(COLUMN_NAMES)], position)
 
 
 def doc_to_record(doc: str) -> JobRecord:

@@ -32,11 +32,9 @@ from .._util import dumps, loads
 from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK, ChangeFeed, Known
 from ..records import (
-    EMPTY_PROGRESS,
     POSITION_LIMIT,
     TERMINAL,
     Decision,
-    ErrorInfo,
     Event,
     EventKind,
     Fence,
@@ -45,15 +43,11 @@ from ..records import (
     Progress,
     State,
 )
-from .base import Store, listing_filter
+from .base import ROW_COLUMNS, Store, listing_filter, row_record
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION, statements
 from .sqlite_wake import SETTLE, WakeChannel, wake_folder
 
-_COLUMNS = (
-    "id, task, queue, priority, state, params, progress, result, error, cancel_requested, "
-    "attempt, max_attempts, created_at, started_at, finished_at, expires_at, run_at, timeout, "
-    "keep_for, output_count, owner, idempotency_key, supersede_key, worker, lease_until, meta"
-)
+_COLUMNS = ", ".join(ROW_COLUMNS)
 _CLAIM_SET = (
     "state = 'running', attempt = attempt + 1, started_at = ?, worker = ?, lease_until = ?, "
     "output_count = 0, progress = NULL, event_seq = event_seq + 1"
@@ -105,46 +99,6 @@ _KINDS = {k.value: k for k in EventKind}
 # share of a page, fewer per job). Any other pair goes in as two rows.
 _END = "end"
 _END_STATES = {s: (EventKind.STATE, dumps({"state": s.value})) for s in TERMINAL}
-
-
-def _row_to_record(row: sqlite3.Row | tuple[Any, ...], position: int | None = None) -> JobRecord:
-    (
-        id_, task, queue, priority, state, params, progress, result, error, cancel_requested,
-        attempt, max_attempts, created_at, started_at, finished_at, expires_at, run_at, timeout,
-        keep_for, output_count, owner, idem, supersede, worker, lease_until, meta,
-    ) = row  # fmt: skip
-    return JobRecord.from_fields(
-        {
-            "id": id_,
-            "task": task,
-            "params": loads(params),
-            "state": _STATES[state],
-            "progress": EMPTY_PROGRESS if progress is None else Progress.from_dict(loads(progress)),
-            "result": loads(result),
-            "error": None if error is None else ErrorInfo.from_dict(loads(error)),
-            "cancel_requested": bool(cancel_requested),
-            "attempt": attempt,
-            "max_attempts": max_attempts,
-            "created_at": created_at,
-            "started_at": started_at,
-            "finished_at": finished_at,
-            "expires_at": expires_at,
-            "output_count": output_count,
-            "position": position,
-            "owner": owner,
-            "queue": queue,
-            "priority": priority,
-            "run_at": run_at,
-            "timeout": timeout,
-            "keep_for": keep_for,
-            "idempotency_key": idem,
-            "supersede_key": supersede,
-            "worker": worker,
-            "lease_until": lease_until,
-            "meta": loads(meta) or {},
-            "waiting": None,
-        }
-    )
 
 
 _INSERT = (
@@ -519,7 +473,7 @@ class SQLiteStore(Store):
                     (record.idempotency_key,),
                 ).fetchone()
                 if row is not None:
-                    return _row_to_record(row), False, []
+                    return row_record(row), False, []
             if record.supersede_key is not None:
                 superseded = [
                     r[0]
@@ -552,7 +506,7 @@ class SQLiteStore(Store):
             if row is None:
                 return None
             position = _position(db, row) if row[4] == "queued" else None
-        return _row_to_record(row, position)
+        return row_record(row, position)
 
     def list_jobs(
         self,
@@ -570,7 +524,7 @@ class SQLiteStore(Store):
             rows = db.execute(sql, args).fetchall()
             page = rows[:limit]
             positions = _positions(db, [r for r in page if r[4] == "queued"])
-        records = [_row_to_record(r, positions.get(r[_ID])) for r in page]
+        records = [row_record(r, positions.get(r[_ID])) for r in page]
         return Page(jobs=records, next_cursor=records[-1].id if len(rows) > limit else None)
 
     def count(self, *, state: State | None = None) -> int:
@@ -640,14 +594,12 @@ class SQLiteStore(Store):
                 if max_jobs > 0
                 else []
             )
-        claimed = [_row_to_record(r) for r in claimed_rows]
+        claimed = [row_record(r) for r in claimed_rows]
         # What waiters of these jobs may take without a read: a claimed job's record,
         # and a finished job's final row (made into a record only if someone asks).
         known = {r.id: Known(State.RUNNING, record=r) for r in claimed}
         for row in finals:
-            known[row[_ID]] = Known(
-                _STATES[row[_STATE]], load=functools.partial(_row_to_record, row)
-            )
+            known[row[_ID]] = Known(_STATES[row[_STATE]], load=functools.partial(row_record, row))
         applied = [d for d, ok in zip(decisions, done, strict=True) if ok]
         changed = [d.job_id for d in applied]
         if any(d.state is State.QUEUED for d in applied):
@@ -799,7 +751,7 @@ class SQLiteStore(Store):
                 f"SELECT {_COLUMNS} FROM jobs WHERE state = 'running' AND lease_until < ? LIMIT ?",
                 (now, limit),
             ).fetchall()
-        return [_row_to_record(r) for r in rows]
+        return [row_record(r) for r in rows]
 
     # -- callers ---------------------------------------------------------------------
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
