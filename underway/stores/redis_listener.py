@@ -46,22 +46,25 @@ class RedisNotifier(ChangeFeed):
         self.listener: RedisListener | None = None
 
     def wait(self, key: str, seen: int, timeout: float | None) -> int:
-        listener = self.listener
-        if listener is None or key == WORK:
-            return super().wait(key, seen, timeout)
-        listener.watch(key)
-        try:
-            return super().wait(key, seen, timeout)
-        finally:
-            listener.unwatch(key)
+        return self._following(key, super().wait, seen, timeout)
 
     def wait_end(self, key: str, seen: int, timeout: float | None) -> int:
+        return self._following(key, super().wait_end, seen, timeout)
+
+    def _following(
+        self,
+        key: str,
+        wait: Callable[[str, int, float | None], int],
+        seen: int,
+        timeout: float | None,
+    ) -> int:
+        """`wait`, with the listener following the job meanwhile."""
         listener = self.listener
         if listener is None or key == WORK:
-            return super().wait_end(key, seen, timeout)
+            return wait(key, seen, timeout)
         listener.watch(key)
         try:
-            return super().wait_end(key, seen, timeout)
+            return wait(key, seen, timeout)
         finally:
             listener.unwatch(key)
 
