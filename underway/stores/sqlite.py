@@ -209,14 +209,7 @@ class SQLiteStore(Store):
             if not os.path.isdir(parent):
                 raise ConfigurationError(f"cannot open job store {self.path}: no folder {parent}")
         try:
-            db = sqlite3.connect(
-                self.path,
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=30.0,
-                cached_statements=_CACHED_STATEMENTS,
-            )
-            db.execute("PRAGMA busy_timeout = 30000")
+            db = _connect(self.path)
             if not self._memory:
                 mode = _switch_to_wal(db)
                 if mode.lower() != "wal":
@@ -233,14 +226,7 @@ class SQLiteStore(Store):
             return self._db
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(
-                self.path,
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=30.0,
-                cached_statements=_CACHED_STATEMENTS,
-            )
-            db.execute("PRAGMA busy_timeout = 30000")
+            db = _connect(self.path)
             self._local.db = db
         return db
 
@@ -851,6 +837,20 @@ class SQLiteStore(Store):
             self._wake.close()
         with self._lock:
             self._db.close()
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), shared by threads
+    under the store's lock, waiting up to 30 s for other processes' locks."""
+    db = sqlite3.connect(
+        path,
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=30.0,
+        cached_statements=_CACHED_STATEMENTS,
+    )
+    db.execute("PRAGMA busy_timeout = 30000")
+    return db
 
 
 def _switch_to_wal(db: sqlite3.Connection, patience: float = 30.0) -> str:
