@@ -15,7 +15,11 @@ the job again. Idle workers are woken by the
 scripts: a claim that comes up short registers its thread as idle, and the next
 enqueue (or a decision that requeues a job, or ends one and so frees room under a
 concurrency limit) wakes one such thread through its process's own channel. Busy
-workers cost no messages at all.
+workers cost no messages at all. A submission that finds an idle slot whose worker
+runs its task (no concurrency limit, due now, nothing of its task queued ahead)
+claims the job for that worker there and then, and the wake-up carries the job's
+record: the worker's next claim takes it without a round trip. Jobs so claimed for
+a worker that stopped before taking them go back to the queue.
 
 While Redis cannot be reached, every call raises `StoreUnavailable`; the
 subscriber reconnects by itself. One exception: the writes of a lease holder
@@ -41,6 +45,8 @@ import time
 import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -48,9 +54,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .. import lifecycle
 from .._util import loads, new_id, rfc3339
 from ..errors import ConfigurationError, StoreUnavailable
-from ..feed import WORK
+from ..feed import WORK, Known
 from ..records import (
     EMPTY_PROGRESS,
     Decision,
@@ -81,6 +88,7 @@ log = logging.getLogger("underway.stores.redis")
 RETRY_AFTER = 2.0  # seconds callers are told to wait while Redis is unreachable
 MAX_IDLE_WAIT = 5.0  # an idle worker looks again at least this often, in case a wake-up got lost
 HELD_RETRY_STEP = 0.2  # seconds between attempts of a lease holder's write during an outage
+FLUSH_WAIT = 2.0  # seconds a stopping worker waits for jobs claimed for it on their way
 BATCH = 200  # jobs per script call in purge, so no call blocks Redis for long
 
 _STATES = {s.value: s for s in State}
@@ -153,6 +161,19 @@ def _record_from(h: Mapping[str, str], position: int | None = None) -> JobRecord
             "meta": {} if meta is None else (loads(meta) or {}),
             "waiting": None,
         }
+    )
+
+
+def _claimed(record: JobRecord, worker: str, lease_until: str) -> JobRecord:
+    """A new job's record once its submission claimed it for an idle worker."""
+    return replace(
+        record,
+        state=State.RUNNING,
+        attempt=1,
+        worker=worker,
+        lease_until=float(lease_until),
+        started_at=record.created_at,
+        position=None,
     )
 
 
@@ -249,6 +270,16 @@ class RedisStore(Store):
         self._local = threading.local()  # per thread: the wake-up version seen at claim
         self._held: dict[str, float] = {}  # job id -> monotonic end of the lease we hold
         self._closing = threading.Event()
+        # Jobs submissions claimed for this instance's idle workers, not taken yet; the
+        # workers that stopped (what comes for them goes back); the idle members each
+        # worker left in Redis (taken back when it stops).
+        self._pushed: list[JobRecord] = []
+        self._stopped: set[str] = set()
+        self._idlers: dict[tuple[Any, ...], str] = {}
+        self._push_lock = threading.Lock()
+        self._flushed = threading.Condition(self._push_lock)
+        self._flush_seen = 0
+        self._flush_sent = 0
         # Scripts run on connections of a free list of this store's own, used directly:
         # the client's pool and command layers cost about as much CPU as the call itself.
         # (list.pop and list.append are atomic: a call takes one, then puts it back.)
@@ -304,7 +335,7 @@ class RedisStore(Store):
             self._redis,
             self.notifier,
             wake_channel=self.keys.wake_channel(self._process),
-            on_wake=lambda thread: self.notifier.notify(_sleeper_key(thread)),
+            on_wake=self._on_wake,
             job_channel_prefix=self.keys.job_channel_prefix,
             on_connect=self._on_connect,
         )
@@ -390,6 +421,101 @@ class RedisStore(Store):
             conn.disconnect()
             raise
 
+    # -- jobs claimed at their submission ----------------------------------------------
+    def _on_wake(self, message: str) -> None:
+        """A message on this instance's wake channel: the thread to wake, and the record
+        of a job the submission claimed for its worker, if it did (see `ENQUEUE`); or
+        a marker this instance sent itself (see `_stop_pushing`)."""
+        if message.startswith("\x00"):
+            with self._flushed:
+                self._flush_seen = max(self._flush_seen, int(message[1:]))
+                self._flushed.notify_all()
+            return
+        thread, _, doc = message.partition("\n")
+        if doc:
+            record = _record(loads(doc))
+            with self._push_lock:
+                stopped = record.worker in self._stopped
+                if not stopped:
+                    self._pushed.append(record)
+            if stopped:
+                self._hand_back([record])
+                return
+            # WORK too: a slot that has ends to write claims (and so takes it) only
+            # when work was announced since it last found none.
+            self.notifier.notify(_sleeper_key(thread), WORK)
+        else:
+            self.notifier.notify(_sleeper_key(thread))
+
+    def _take_pushed(self, worker: str, max_jobs: int) -> list[JobRecord]:
+        """Up to `max_jobs` of the jobs claimed for `worker` at their submission."""
+        with self._push_lock:
+            taken = [r for r in self._pushed if r.worker == worker][: max(max_jobs, 0)]
+            if taken:
+                ids = {r.id for r in taken}
+                self._pushed = [r for r in self._pushed if r.id not in ids]
+        return taken
+
+    def _idler(
+        self, worker: str, thread: str, lease: float, names: list[str], limits: Mapping[str, int]
+    ) -> str:
+        """The member of the idle set that stands for this claiming thread (see
+        `redis_keys`): a submission may claim jobs of its unlimited tasks for it."""
+        key = (worker, thread, lease, tuple(names), tuple(sorted(limits)))
+        member = self._idlers.get(key)
+        if member is None:
+            push = sorted(name for name in set(names) if name not in limits)
+            member = _dumps([self._process, thread, worker, lease, push])
+            with self._push_lock:
+                self._idlers[key] = member
+        return member
+
+    def _stop_pushing(self, worker: str) -> None:
+        """`worker` stopped: no more jobs are claimed for it at submission, and those
+        that were and it did not take go back to the queue, those still on their way
+        to this instance too."""
+        with self._push_lock:
+            self._stopped.add(worker)
+            members = [m for key, m in self._idlers.items() if key[0] == worker]
+            self._idlers = {k: m for k, m in self._idlers.items() if k[0] != worker}
+        try:
+            with self._guard():
+                if members:
+                    self._redis.zrem(self.keys.idle, *members)
+                # A claim made before that is on its way: a marker sent now comes after it.
+                if self._listener.connected.is_set():
+                    with self._flushed:
+                        self._flush_sent += 1
+                        token = self._flush_sent
+                    self._redis.publish(self.keys.wake_channel(self._process), f"\x00{token}")
+                    with self._flushed:
+                        self._flushed.wait_for(lambda: self._flush_seen >= token, FLUSH_WAIT)
+        except StoreUnavailable as exc:  # their leases run out, and they are recovered
+            log.warning("could not take back the idle slots of worker %s: %s", worker, exc)
+        with self._push_lock:
+            records = [r for r in self._pushed if r.worker == worker]
+            self._pushed = [r for r in self._pushed if r.worker != worker]
+        self._hand_back(records)
+
+    def _hand_back(self, records: Sequence[JobRecord]) -> None:
+        """Give back jobs claimed for a worker that will not run them: queued again,
+        the attempt the claim counted given back, as a worker hands back the jobs it
+        claimed and never started."""
+        if not records:
+            return
+        now = time.time()
+        decisions = [
+            lifecycle.released(r, fence=Fence(worker=r.worker or "", attempt=r.attempt), now=now)
+            for r in records
+        ]
+        try:
+            applied = self.apply(decisions, now)
+        except StoreUnavailable as exc:  # their leases run out, and they are recovered
+            log.warning("could not hand back %d jobs claimed at submission: %s", len(records), exc)
+            return
+        for record, decision, ok in zip(records, decisions, applied, strict=True):
+            lifecycle.log_applied(record, decision, ok)
+
     def _hold(self, job_ids: Collection[str], lease: float) -> None:
         until = time.monotonic() + lease
         for job_id in job_ids:
@@ -413,6 +539,7 @@ class RedisStore(Store):
         self, record: JobRecord, events: Sequence[tuple[EventKind, str]]
     ) -> tuple[JobRecord, bool, list[str]]:
         fields = _fields(record)
+        mark = self.notifier.mark()
         reply = self._run(
             self._enqueue,
             record.created_at,
@@ -431,6 +558,13 @@ class RedisStore(Store):
         )
         if reply[0] == 0:
             return _record(reply[1]), False, []
+        # A waiter in this process knows it without a read (it reads the job once it
+        # hears of a change after this).
+        if len(reply) > 2:  # claimed for an idle worker at once
+            known = Known(State.RUNNING, load=partial(_claimed, record, reply[3], reply[2]))
+        else:
+            known = Known(State.QUEUED, record=record)
+        self.notifier.notify(record.id, known={record.id: known}, since=mark)
         return record, True, list(reply[1])
 
     def enqueue_many(
@@ -526,6 +660,8 @@ class RedisStore(Store):
             return int(self._redis.scard(self.keys.running(task)))
 
     def heartbeat(self, worker: str, tasks: Collection[str], until: float) -> None:
+        if until <= 0:
+            self._stop_pushing(worker)
         with self._guard():
             if until <= 0:
                 self._redis.hdel(self.keys.workers, worker)
@@ -565,6 +701,17 @@ class RedisStore(Store):
     ) -> tuple[list[bool], list[JobRecord]]:
         if not tasks:
             max_jobs = 0
+        pushed: list[JobRecord] = []
+        if self._pushed and max_jobs > 0:
+            # Jobs claimed for this worker at their submission come first, with no round
+            # trip: with no decision to write, they are all this call takes.
+            pushed = self._take_pushed(worker, max_jobs)
+            if pushed:
+                self._hold([r.id for r in pushed], lease)
+                max_jobs -= len(pushed)
+                if not decisions and max_jobs <= 0:
+                    self.notifier.notify(*(r.id for r in pushed))
+                    return [], pushed
         if not decisions and max_jobs <= 0:
             return [], []
         names = list(tasks)
@@ -575,7 +722,7 @@ class RedisStore(Store):
             worker,
             repr(now + lease),
             max(max_jobs, 0),
-            f"{self._process}/{thread}",
+            self._idler(worker, thread, lease, names, limits),
             len(names),
             len(decisions),
             *names,
@@ -604,6 +751,7 @@ class RedisStore(Store):
         records = [_record(flat) for flat in claimed]
         self._hold([r.id for r in records], lease)
         changed = [d.job_id for d, ok in zip(decisions, done, strict=True) if ok]
+        records = pushed + records
         if changed or records:
             self._listener.forget(*changed, *(r.id for r in records))
             self.notifier.notify(*changed, *(r.id for r in records))
@@ -748,6 +896,9 @@ class RedisStore(Store):
         return self._lost_at
 
     def close(self) -> None:
+        # Workers stop before the store closes; any left behind take no more jobs here.
+        for worker in {key[0] for key in list(self._idlers)}:
+            self._stop_pushing(worker)
         self._closing.set()
         self._listener.close()
         with self._connections_lock:

@@ -31,14 +31,18 @@ Layout (`{id}` is a job id, `{n}` an attempt)::
     epoch             string  when this data began (epoch seconds): written by the first
                               user, so that a Redis that lost its data is noticed
     workers           hash    worker id -> {"tasks": [...], "until": epoch s} (heartbeats)
-    idle              zset    worker slots that found nothing to claim ("process/thread"),
-                              score = when that stops being true (Redis clock)
+    idlers            zset    worker slots that found nothing to claim, each a JSON list
+                              [process, thread, worker, lease seconds, tasks a
+                              submission may claim a job of for it], score = when
+                              that stops being true (Redis clock)
 
 Channels: `wake:{process}` (new work for one idle slot of that store instance; the
-message names the thread) and `ch:{id}` (the job changed; subscribed only while
-someone in a process waits on the job). A claim's or an end's message on `ch:{id}`
-carries the job's hash as a JSON list of fields and values (sent only while the
-channel has a subscriber); other messages are empty.
+message names the thread, and, after a newline, carries the record of a job the
+submission claimed for that slot's worker, if it did) and `ch:{id}` (the job
+changed; subscribed only while someone in a process waits on the job). A claim's
+or an end's message on `ch:{id}` carries the job's hash as a JSON list of fields
+and values (sent only while the channel has a subscriber); other messages are
+empty.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ EXPIRY = "expiry"
 FINISHED = "finished"
 IDEMPOTENCY = "idem:"
 SUPERSEDE = "sup:"
-IDLE = "idle"
+IDLE = "idlers"
 EPOCH = "epoch"
 WORKERS = "workers"
 WAKE_CHANNEL = "wake:"

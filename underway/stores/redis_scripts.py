@@ -43,9 +43,13 @@ local function changed_to(id, rec)
 end
 
 -- Wake one idle claimer (a worker slot that found nothing), if any is still waiting;
--- false when none was. Its process hears it on its own channel; a busy system
--- publishes nothing.
-local function wake()
+-- false when none was. Its process hears it on its own channel (the message names the
+-- thread); a busy system publishes nothing. An idle claimer is known by its member of
+-- K_IDLE, a JSON list: process, thread, worker, lease (seconds), and the tasks a
+-- submission may claim a job of for it. `offer`, when given, is called with that list
+-- and returns the record (a flat field/value list) of a job claimed for the worker, or
+-- nil: the message then carries the record, and the decoded member is returned.
+local function wake(offer)
   local clock = nil
   while true do
     local got = redis.call('ZPOPMIN', K_IDLE)
@@ -55,9 +59,16 @@ local function wake()
       clock = tonumber(t[1]) + tonumber(t[2]) / 1e6
     end
     if tonumber(got[2]) >= clock then
-      local process, thread = string.match(got[1], '^(.*)/([^/]*)$')
+      local m = cjson.decode(got[1])
+      local rec = nil
+      if offer ~= nil then rec = offer(m) end
+      local message = m[2]
+      if rec ~= nil then message = message .. '\\n' .. cjson.encode(rec) end
       -- Nobody listening: that process is gone; wake the next idle slot instead.
-      if redis.call('PUBLISH', C_WAKE .. process, thread) > 0 then return true end
+      if redis.call('PUBLISH', C_WAKE .. m[1], message) > 0 then
+        if rec ~= nil then return m, rec end
+        return true
+      end
     end
   end
 end
@@ -118,19 +129,31 @@ local function erase(id)
   return 1
 end
 
--- Store a new queued job from `nfields` hash field pairs at ARGV[at], with `nevents`
--- (kind, data) pairs at ARGV[ev] as its first events, stamped `now`.
-local function insert(id, task, queue, priority, run_at, owner, now, at, nfields, ev, nevents)
-  redis.call('HSET', k_job(id), unpack(ARGV, at, at + nfields - 1))
+-- Store a new job from `nfields` hash field pairs at ARGV[at], with `nevents`
+-- (kind, data) pairs at ARGV[ev] as its first events, stamped `now`: queued, or
+-- running when `claimed` (its whole record, claimed at submission for an idle worker,
+-- whose lease ends at `lease_until`), with the event a claim writes.
+local function insert(id, task, queue, priority, run_at, owner, now, at, nfields, ev, nevents,
+                      claimed, lease_until)
   local events = {}
   for i = ev, ev + 2 * nevents - 1, 2 do
     events[#events + 1] = entry(ARGV[i], now, 0, ARGV[i + 1])
   end
-  if #events > 0 then redis.call('RPUSH', k_events(id), unpack(events)) end
   redis.call('ZADD', K_ALL, 0, id)
   redis.call('ZADD', k_task(task), 0, id)
-  redis.call('ZADD', k_state('queued'), 0, id)
   if owner ~= '' then redis.call('ZADD', k_owner(owner), 0, id) end
+  if claimed then
+    redis.call('HSET', k_job(id), unpack(claimed))
+    events[#events + 1] = entry('state', now, 1, '{"state":"running","attempt":1}')
+    redis.call('RPUSH', k_events(id), unpack(events))
+    redis.call('ZADD', k_state('running'), 0, id)
+    redis.call('ZADD', K_LEASES, lease_until, id)
+    redis.call('SADD', k_running(task), id)
+    return
+  end
+  redis.call('HSET', k_job(id), unpack(ARGV, at, at + nfields - 1))
+  if #events > 0 then redis.call('RPUSH', k_events(id), unpack(events)) end
+  redis.call('ZADD', k_state('queued'), 0, id)
   make_ready(id, task, queue, priority, run_at, now)
 end
 """
@@ -138,7 +161,8 @@ end
 
 # ARGV: P, now, id, task, queue, priority, run_at, owner, idem, sup, nfields, nevents,
 # then nfields hash field pairs (flattened), then nevents (kind, data) pairs.
-# -> {0, existing hash} (idempotency key taken) or {1, other active ids under sup}
+# -> {0, existing hash} (idempotency key taken) or {1, other active ids under sup}, and
+# when the job was claimed for an idle worker at once: its lease_until and worker
 ENQUEUE = (
     _HELPERS
     + """
@@ -165,9 +189,41 @@ if sup ~= '' then
   table.sort(others)
   redis.call('SADD', k_sup(sup), id)
 end
-insert(id, task, queue, priority, run_at, owner, NOW, 13, nfields, 13 + nfields, nevents)
+-- Claimed at once for an idle worker that runs its task (as that worker's claim would
+-- have: attempt 1, its lease), unless it is not due yet or due jobs of its task, or
+-- delayed ones now due, are waiting ahead of it; else queued, and an idle slot woken.
+local pushable = tonumber(run_at) <= tonumber(NOW) and redis.call('EXISTS', k_ready(task)) == 0
+if pushable then
+  local due = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+  pushable = not (due[2] and tonumber(due[2]) <= tonumber(NOW))
+end
+local claimed, lease_until, claimed_by = nil, nil, nil
+local function offer(m)
+  for _, name in ipairs(m[5]) do
+    if name == task then
+      claimed_by = m[3]
+      lease_until = string.format('%.6f', tonumber(NOW) + m[4])
+      local rec = {unpack(ARGV, 13, 12 + nfields)}
+      for _, v in ipairs({'state', 'running', 'attempt', '1', 'worker', m[3], 'lease_until',
+                          lease_until, 'started_at', NOW, 'output_count', '0', 'out_top', '1'}) do
+        rec[#rec + 1] = v
+      end
+      return rec
+    end
+  end
+  return nil
+end
+local woken = false
+if pushable then
+  local m, rec = wake(offer)
+  if rec then claimed = rec end
+  woken = true
+end
+insert(id, task, queue, priority, run_at, owner, NOW, 13, nfields, 13 + nfields, nevents,
+       claimed, lease_until)
 if idem ~= '' then redis.call('SET', k_idem(idem), id) end
-wake()
+if not woken then wake(nil) end
+if claimed then return {1, others, lease_until, claimed_by} end
 return {1, others}
 """
 )
