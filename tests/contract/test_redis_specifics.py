@@ -11,6 +11,7 @@ import redis
 
 from tests.contract.helpers import (
     cancel,
+    claim,
     claim_one,
     fence,
     finish,
@@ -22,10 +23,12 @@ from tests.contract.helpers import (
 )
 from tests.support.redis_server import RedisServer
 from tests.support.services import free_port, missing
+from underway import lifecycle
 from underway.errors import ConfigurationError, StoreUnavailable
+from underway.feed import WORK
 from underway.records import Progress, State
 from underway.stores import open_store
-from underway.stores.redis import RedisStore
+from underway.stores.redis import RedisStore, _sleeper_key
 
 pytestmark = pytest.mark.redis
 
@@ -54,7 +57,7 @@ def test_purged_jobs_leave_no_keys_behind(redis_store: RedisStore, redis_url: st
     assert finish(redis_store, job, now=now, keep_for=1.0) is not None
     assert any(job.id in key for key in _keys(redis_url))
     assert redis_store.purge(now + 2) == 1
-    leftovers = [k for k in _keys(redis_url) if not k.endswith((":idle", ":epoch"))]
+    leftovers = [k for k in _keys(redis_url) if not k.endswith((":idlers", ":epoch"))]
     assert leftovers == []
 
 
@@ -77,14 +80,14 @@ def test_a_job_of_several_attempts_leaves_no_keys_behind(
     assert redis_store.output(first.id, attempt=1) == ["a"]
     assert redis_store.output(first.id) == ["b"]
     assert redis_store.purge(now + 11) == 1
-    assert [k for k in _keys(redis_url) if not k.endswith((":idle", ":epoch"))] == []
+    assert [k for k in _keys(redis_url) if not k.endswith((":idlers", ":epoch"))] == []
 
 
 def test_deleted_jobs_leave_no_keys_behind(redis_store: RedisStore, redis_url: str) -> None:
     job = submit(redis_store, owner="bob")
     cancel(redis_store, job.id)
     assert redis_store.delete(job.id)
-    assert [k for k in _keys(redis_url) if not k.endswith((":idle", ":epoch"))] == []
+    assert [k for k in _keys(redis_url) if not k.endswith((":idlers", ":epoch"))] == []
 
 
 def test_an_unreachable_redis_opens_and_its_calls_say_store_unavailable(
@@ -246,3 +249,162 @@ def test_a_process_reads_its_own_write_over_a_record_that_came_with_a_message(
             stop()
     finally:
         watcher.close()
+
+
+# -- jobs claimed at their submission for an idle worker ----------------------------
+
+
+def _idle_worker(url: str) -> RedisStore:
+    """Another process's store with a worker slot ("w-idle", this thread) that claimed
+    and found nothing, which leaves it in the idle set."""
+    worker = open_store(url)
+    assert isinstance(worker, RedisStore)
+    assert worker._listener.connected.wait(5.0)  # hears its wake channel
+    assert claim(worker, worker="w-idle") == []
+    return worker
+
+
+def _wait_for_news(store: RedisStore, seen: int) -> None:
+    assert store.notifier.wait(WORK, seen, 5.0) != seen
+
+
+def test_a_job_submitted_to_an_idle_worker_is_claimed_for_it_as_its_claim_would(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    """The submission claims the job for the idle worker and sends it the record: the
+    worker's next claim takes it without a round trip, as its own claim would have
+    claimed it (attempt 1, its lease, the same events), and no other worker gets it."""
+    worker = _idle_worker(redis_url)
+    try:
+        seen = worker.notifier.version(WORK)
+        job = submit(redis_store)
+        assert redis_store.get(job.id).state is State.RUNNING  # type: ignore[union-attr]
+        _wait_for_news(worker, seen)  # the record came with the news
+        assert claim(worker, worker="w-other") == []
+        worker.heartbeat("w-other", ["t"], 0.0)  # its slot goes: nobody is idle now
+        before = _script_calls(redis_url)
+        got = claim_one(worker, worker="w-idle")
+        assert _script_calls(redis_url) == before  # taken without a round trip
+        assert got == redis_store.get(job.id)
+        assert (got.state, got.attempt, got.worker) == (State.RUNNING, 1, "w-idle")
+        assert got.lease_until == pytest.approx(got.created_at + 30.0)
+        assert got.started_at == got.created_at
+        done = finish(worker, got)
+        assert done is not None and done.state is State.SUCCEEDED
+        queued = submit(redis_store)  # queued, and claimed as ever
+        assert redis_store.get(queued.id).state is State.QUEUED  # type: ignore[union-attr]
+        finish(redis_store, claim_one(redis_store, worker="w-idle"))
+        kinds = [(e.kind, e.data, e.attempt) for e in redis_store.events(job.id)]
+        assert kinds == [(e.kind, e.data, e.attempt) for e in redis_store.events(queued.id)]
+        assert redis_store.count(state=State.RUNNING) == 0
+    finally:
+        worker.close()
+
+
+def test_jobs_claimed_for_a_worker_that_stops_go_back_to_the_queue(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    worker = _idle_worker(redis_url)
+    try:
+        seen = worker.notifier.version(WORK)
+        job = submit(redis_store)
+        assert redis_store.get(job.id).state is State.RUNNING  # type: ignore[union-attr]
+        _wait_for_news(worker, seen)
+        worker.heartbeat("w-idle", ["t"], 0.0)  # it stopped without taking it
+        back = redis_store.get(job.id)
+        assert back is not None and (back.state, back.attempt) == (State.QUEUED, 0)
+        assert claim_one(redis_store, worker="w-next").id == job.id
+    finally:
+        worker.close()
+
+
+def test_jobs_on_their_way_to_a_worker_that_stops_and_closes_go_back_to_the_queue(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    """The process stops right after two submissions claimed jobs for its two idle
+    slots, before its listener has read the news: both go back all the same."""
+    worker = _idle_worker(redis_url)
+    other_slot = threading.Thread(target=claim, args=(worker,), kwargs={"worker": "w-idle"})
+    other_slot.start()
+    other_slot.join()
+    # The listener reads the news only once the stopping worker sends anything.
+    gate = threading.Event()
+    heard = worker._listener._on_wake
+
+    def held_up(message: str) -> None:
+        if "\n" in message:
+            assert gate.wait(10.0)
+        heard(message)
+
+    publish = worker._redis.publish
+
+    def publish_then_open(channel: str, message: str) -> int:
+        try:
+            return int(publish(channel, message))
+        finally:
+            gate.set()
+
+    worker._listener._on_wake = held_up  # type: ignore[method-assign]
+    worker._redis.publish = publish_then_open  # type: ignore[method-assign]
+    try:
+        jobs = [submit(redis_store), submit(redis_store)]
+        assert [redis_store.get(j.id).state for j in jobs] == [State.RUNNING] * 2  # type: ignore[union-attr]
+        worker.heartbeat("w-idle", ["t"], 0.0)
+    finally:
+        worker.close()
+    for job in jobs:
+        back = redis_store.get(job.id)
+        assert back is not None and (back.state, back.attempt) == (State.QUEUED, 0)
+
+
+def test_a_stopped_worker_is_not_handed_jobs(redis_store: RedisStore, redis_url: str) -> None:
+    worker = _idle_worker(redis_url)
+    try:
+        worker.heartbeat("w-idle", ["t"], 0.0)  # its idle slot goes with it
+        job = submit(redis_store)
+        assert redis_store.get(job.id).state is State.QUEUED  # type: ignore[union-attr]
+        kinds = [e.kind for e in redis_store.events(job.id)]
+        assert kinds == [kind for kind, _ in lifecycle.submitted()]  # never claimed
+    finally:
+        worker.close()
+
+
+def test_a_job_queued_ahead_is_not_passed_by_a_submission(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    """Claims take jobs oldest first: a submission claims nothing for an idle worker
+    while a due job of its tasks waits (here, a delayed one that came due)."""
+    worker = _idle_worker(redis_url)
+    try:
+        now = time.time()
+        ahead = submit(redis_store, now=now, run_at=now + 1.0)  # not due: only a wake-up
+        assert claim(worker, worker="w-idle", now=now) == []  # idle again
+        later = submit(redis_store, now=now + 2.0)  # `ahead` is due by then
+        assert redis_store.get(later.id).state is State.QUEUED  # type: ignore[union-attr]
+        got = claim(worker, worker="w-idle", now=now + 2.0, max_jobs=2)
+        assert [r.id for r in got] == [ahead.id, later.id]
+    finally:
+        worker.close()
+
+
+def test_a_task_with_a_concurrency_limit_is_never_claimed_at_submission(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    worker = open_store(redis_url)
+    assert isinstance(worker, RedisStore)
+    try:
+        assert worker._listener.connected.wait(5.0)
+        assert claim(worker, ["t", "u"], worker="w-idle", limits={"t": 1}) == []
+        key = _sleeper_key(str(threading.get_ident()))
+        seen = worker.notifier.version(key)
+        limited = submit(redis_store, "t")
+        assert redis_store.get(limited.id).state is State.QUEUED  # type: ignore[union-attr]
+        # The slot is woken to claim it under the limit, as before.
+        assert worker.notifier.wait(key, seen, 5.0) != seen
+        got = claim(worker, ["t", "u"], worker="w-idle", limits={"t": 1})
+        assert [r.id for r in got] == [limited.id]
+        assert claim(worker, ["t", "u"], worker="w-idle", limits={"t": 1}, max_jobs=2) == []
+        free = submit(redis_store, "u")  # its other task has no limit
+        assert redis_store.get(free.id).state is State.RUNNING  # type: ignore[union-attr]
+    finally:
+        worker.close()
