@@ -45,8 +45,6 @@ import time
 import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
-from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -57,7 +55,7 @@ from redis.retry import Retry
 from .. import lifecycle
 from .._util import loads, new_id, rfc3339
 from ..errors import ConfigurationError, StoreUnavailable
-from ..feed import WORK, Known
+from ..feed import WORK
 from ..records import (
     EMPTY_PROGRESS,
     Decision,
@@ -161,19 +159,6 @@ def _record_from(h: Mapping[str, str], position: int | None = None) -> JobRecord
             "meta": {} if meta is None else (loads(meta) or {}),
             "waiting": None,
         }
-    )
-
-
-def _claimed(record: JobRecord, worker: str, lease_until: str) -> JobRecord:
-    """A new job's record once its submission claimed it for an idle worker."""
-    return replace(
-        record,
-        state=State.RUNNING,
-        attempt=1,
-        worker=worker,
-        lease_until=float(lease_until),
-        started_at=record.created_at,
-        position=None,
     )
 
 
@@ -539,7 +524,6 @@ class RedisStore(Store):
         self, record: JobRecord, events: Sequence[tuple[EventKind, str]]
     ) -> tuple[JobRecord, bool, list[str]]:
         fields = _fields(record)
-        mark = self.notifier.mark()
         reply = self._run(
             self._enqueue,
             record.created_at,
@@ -558,13 +542,6 @@ class RedisStore(Store):
         )
         if reply[0] == 0:
             return _record(reply[1]), False, []
-        # A waiter in this process knows it without a read (it reads the job once it
-        # hears of a change after this).
-        if len(reply) > 2:  # claimed for an idle worker at once
-            known = Known(State.RUNNING, load=partial(_claimed, record, reply[3], reply[2]))
-        else:
-            known = Known(State.QUEUED, record=record)
-        self.notifier.notify(record.id, known={record.id: known}, since=mark)
         return record, True, list(reply[1])
 
     def enqueue_many(

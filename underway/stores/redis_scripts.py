@@ -13,6 +13,8 @@ once. `EVENTS` hands them back with the item in place of the empty `data`.
 
 from __future__ import annotations
 
+import re
+
 from .redis_keys import LUA_KEYS
 
 _HELPERS = (
@@ -159,13 +161,59 @@ end
 """
 )
 
+
+def _definitions(prelude: str) -> list[tuple[set[str], str]]:
+    """The top-level definitions of a script prelude: (names defined, text), in order.
+    A definition is one `local` line, or a `local function` up to its closing `end` at
+    the start of a line; the comment lines just above it go with it."""
+    found: list[tuple[set[str], str]] = []
+    lines = prelude.splitlines(keepends=True)
+    i, comments = 0, ""
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip():
+            i, comments = i + 1, ""
+            continue
+        if line.startswith("--"):
+            i, comments = i + 1, comments + line
+            continue
+        fn = re.match(r"local function (\w+)\(", line)
+        if fn:
+            text, i = line, i + 1
+            if not line.rstrip().endswith(" end"):
+                while lines[i].rstrip() != "end":
+                    text, i = text + lines[i], i + 1
+                text, i = text + lines[i], i + 1
+            found.append(({fn.group(1)}, comments + text))
+        else:
+            names = re.match(r"local ([\w, ]+) = ", line)
+            if names is None:
+                raise ValueError(f"not a definition: {line!r}")
+            found.append(({n.strip() for n in names.group(1).split(",")}, comments + line))
+            i += 1
+        comments = ""
+    return found
+
+
+def _script(prelude: str, body: str) -> str:
+    """`prelude + body` without the prelude's definitions that the body does not use,
+    directly or through another definition it uses: Redis runs a script's whole text
+    on every call, and each definition costs time there (about 5 us for all of them)."""
+    needed = set(re.findall(r"\w+", body))
+    kept: list[str] = []
+    for names, text in reversed(_definitions(prelude)):
+        if names & needed:
+            kept.append(text)
+            needed |= set(re.findall(r"\w+", text))
+    return "".join(reversed(kept)) + body
+
+
 # ARGV: P, now, id, task, queue, priority, run_at, owner, idem, sup, nfields, nevents,
 # then nfields hash field pairs (flattened), then nevents (kind, data) pairs.
-# -> {0, existing hash} (idempotency key taken) or {1, other active ids under sup}, and
-# when the job was claimed for an idle worker at once: its lease_until and worker
-ENQUEUE = (
-    _HELPERS
-    + """
+# -> {0, existing hash} (idempotency key taken) or {1, other active ids under sup}
+ENQUEUE = _script(
+    _HELPERS,
+    """
 local id, task, queue, priority, run_at = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local owner, idem, sup = ARGV[8], ARGV[9], ARGV[10]
 local nfields, nevents = tonumber(ARGV[11]), tonumber(ARGV[12])
@@ -192,16 +240,19 @@ end
 -- Claimed at once for an idle worker that runs its task (as that worker's claim would
 -- have: attempt 1, its lease), unless it is not due yet or due jobs of its task, or
 -- delayed ones now due, are waiting ahead of it; else queued, and an idle slot woken.
-local pushable = tonumber(run_at) <= tonumber(NOW) and redis.call('EXISTS', k_ready(task)) == 0
-if pushable then
-  local due = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
-  pushable = not (due[2] and tonumber(due[2]) <= tonumber(NOW))
-end
-local claimed, lease_until, claimed_by = nil, nil, nil
+local pushable = nil  -- found out when an idle slot is found
+local claimed, lease_until = nil, nil
 local function offer(m)
+  if pushable == nil then
+    pushable = tonumber(run_at) <= tonumber(NOW) and redis.call('EXISTS', k_ready(task)) == 0
+    if pushable then
+      local due = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+      pushable = not (due[2] and tonumber(due[2]) <= tonumber(NOW))
+    end
+  end
+  if not pushable then return nil end
   for _, name in ipairs(m[5]) do
     if name == task then
-      claimed_by = m[3]
       lease_until = string.format('%.6f', tonumber(NOW) + m[4])
       local rec = {unpack(ARGV, 13, 12 + nfields)}
       for _, v in ipairs({'state', 'running', 'attempt', '1', 'worker', m[3], 'lease_until',
@@ -213,27 +264,21 @@ local function offer(m)
   end
   return nil
 end
-local woken = false
-if pushable then
-  local m, rec = wake(offer)
-  if rec then claimed = rec end
-  woken = true
-end
+local _, rec = wake(offer)
+claimed = rec
 insert(id, task, queue, priority, run_at, owner, NOW, 13, nfields, 13 + nfields, nevents,
        claimed, lease_until)
 if idem ~= '' then redis.call('SET', k_idem(idem), id) end
-if not woken then wake(nil) end
-if claimed then return {1, others, lease_until, claimed_by} end
 return {1, others}
-"""
+""",
 )
 
 # ARGV: P, now, count, nevents, then nevents (kind, data) pairs shared by every job,
 # then per job: id, task, queue, priority, run_at, owner, created_at, nfields, then
 # the field pairs. Jobs without idempotency or supersede keys.
-ENQUEUE_MANY = (
-    _HELPERS
-    + """
+ENQUEUE_MANY = _script(
+    _HELPERS,
+    """
 local count, nevents = tonumber(ARGV[3]), tonumber(ARGV[4])
 local ev = 5
 local at = ev + 2 * nevents
@@ -247,13 +292,13 @@ for _ = 1, count do
   if not wake() then break end
 end
 return count
-"""
+""",
 )
 
 # ARGV: P, now, id -> {hash, position or false}
-GET = (
-    LUA_KEYS
-    + """
+GET = _script(
+    LUA_KEYS,
+    """
 local rec = redis.call('HGETALL', k_job(ARGV[3]))
 if #rec == 0 then return {} end
 local position = false
@@ -263,7 +308,7 @@ for i = 1, #rec, 2 do
 end
 if state == 'queued' then position = redis.call('ZRANK', k_queue(queue), ARGV[3]) end
 return {rec, position}
-"""
+""",
 )
 
 # One decision (see `underway.records.Decision`) is DECISION_FIELDS arguments, then
@@ -279,9 +324,9 @@ DECISION_FIELDS = 15
 # first, then up to max_jobs jobs are claimed. `claimer` names the calling thread
 # ("process/thread"), to be woken when work comes.
 # -> {applied flags (1/0), claimed hashes, earliest delayed run_at or ''}
-APPLY_AND_CLAIM = (
-    _HELPERS
-    + """
+APPLY_AND_CLAIM = _script(
+    _HELPERS,
+    """
 local worker, lease_until, max_jobs = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local claimer, n, m = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 
@@ -491,14 +536,14 @@ else
 end
 if nxt == nil then nxt = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES') end
 return {applied, out, nxt[2] or ''}
-"""
+""",
 )
 
 # ARGV: P, now, worker, lease_until, then (id, attempt) pairs
 # -> {ids still held, those among them with a cancel request}
-RENEW = (
-    LUA_KEYS
-    + """
+RENEW = _script(
+    LUA_KEYS,
+    """
 local worker, lease_until = ARGV[3], ARGV[4]
 local held, cancelled = {}, {}
 for i = 5, #ARGV, 2 do
@@ -513,7 +558,7 @@ for i = 5, #ARGV, 2 do
   end
 end
 return {held, cancelled}
-"""
+""",
 )
 
 _FENCED = """
@@ -526,22 +571,22 @@ end
 """
 
 # ARGV: P, now, id, fence worker, fence attempt, progress JSON -> 1, or 0 when not held
-PROGRESS = (
-    _HELPERS
-    + _FENCED
+PROGRESS = _script(
+    _HELPERS,
+    _FENCED
     + """
 redis.call('HSET', j, 'progress', ARGV[6])
 push_event(id, 'progress', attempt, ARGV[6])
 changed(id)
 return 1
-"""
+""",
 )
 
 # ARGV: P, now, id, fence worker, fence attempt, then (kind, data) pairs
 # -> 1, or 0 when not held
-APPEND = (
-    _HELPERS
-    + _FENCED
+APPEND = _script(
+    _HELPERS,
+    _FENCED
     + """
 local first = tonumber(f[4] or '0')
 local idx = first
@@ -567,13 +612,13 @@ flush()
 if idx > first then redis.call('HSET', j, 'output_count', idx) end
 changed(id)
 return 1
-"""
+""",
 )
 
 # ARGV: P, now, limit -> hashes of running jobs whose lease ran out before now
-EXPIRED = (
-    LUA_KEYS
-    + """
+EXPIRED = _script(
+    LUA_KEYS,
+    """
 local out = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', '(' .. ARGV[2], 'LIMIT', 0,
                                 tonumber(ARGV[3]))) do
@@ -584,34 +629,34 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', '(' .. ARGV[2]
   end
 end
 return out
-"""
+""",
 )
 
 # ARGV: P, now, id -> 1 when it existed
-DELETE = (
-    _HELPERS
-    + """
+DELETE = _script(
+    _HELPERS,
+    """
 return erase(ARGV[3])
-"""
+""",
 )
 
 # ARGV: P, now, index ('expiry' or 'finished'), bound, batch -> number erased
-PURGE = (
-    _HELPERS
-    + """
+PURGE = _script(
+    _HELPERS,
+    """
 local index = K_EXPIRY
 if ARGV[3] == 'finished' then index = K_FINISHED end
 local ids = redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. ARGV[4], 'LIMIT', 0,
                        tonumber(ARGV[5]))
 for _, id in ipairs(ids) do erase(id) end
 return #ids
-"""
+""",
 )
 
 # ARGV: P, now, id, after, limit -> the entries; output entries end with their item
-EVENTS = (
-    LUA_KEYS
-    + """
+EVENTS = _script(
+    LUA_KEYS,
+    """
 local id, after, limit = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local entries = redis.call('LRANGE', k_events(id), after, after + limit - 1)
 local spans, outputs = {}, {}
@@ -639,13 +684,13 @@ for _, o in ipairs(outputs) do
   entries[i] = entries[i] .. item
 end
 return entries
-"""
+""",
 )
 
 # ARGV: P, now, id, attempt ('' = the job's latest), after, limit -> output items
-OUTPUT = (
-    LUA_KEYS
-    + """
+OUTPUT = _script(
+    LUA_KEYS,
+    """
 local id, attempt = ARGV[3], ARGV[4]
 local after, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
 if attempt == '' then
@@ -653,13 +698,13 @@ if attempt == '' then
   if not attempt then return {} end
 end
 return redis.call('LRANGE', k_output(id, attempt), after, after + limit - 1)
-"""
+""",
 )
 
 # ARGV: P, now, id, changes JSON -> 1 when the job exists
-UPDATE_META = (
-    _HELPERS
-    + """
+UPDATE_META = _script(
+    _HELPERS,
+    """
 local key = k_job(ARGV[3])
 if redis.call('EXISTS', key) == 0 then return 0 end
 local current = redis.call('HGET', key, 'meta')
@@ -669,5 +714,5 @@ for name, value in pairs(cjson.decode(ARGV[4])) do meta[name] = value end
 redis.call('HSET', key, 'meta', cjson.encode(meta))
 changed(ARGV[3])
 return 1
-"""
+""",
 )
