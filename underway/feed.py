@@ -9,6 +9,7 @@ costs no CPU and no store reads.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,11 +25,16 @@ class Known:
     """What a store learned of a job with a change it announces (its own write, or a
     notification that carried it): the job's state, and its whole record when the
     store has it at hand (`record`), or can make it without a read (`load`). A waiter
-    that finds it current need not read the job back (see `ChangeFeed.known`)."""
+    that finds it current need not read the job back (see `ChangeFeed.known`).
+
+    `until` (a `time.monotonic()` deadline) is for a store that hears of other
+    processes' changes only while someone waits on the job: what it said at a write of
+    its own stays current only until then (a waiter that comes later reads)."""
 
     state: State
     record: JobRecord | None = None
     load: Callable[[], JobRecord] | None = None
+    until: float | None = None
 
     def full(self) -> JobRecord | None:
         if self.record is not None:
@@ -75,7 +81,12 @@ class ChangeFeed:
         with self._lock:
             version = self._versions.get(key, self._floor)
             entry = self._known.get(key)
-        return version, (entry[1] if entry is not None and entry[0] == version else None)
+        if entry is None or entry[0] != version:
+            return version, None
+        known = entry[1]
+        if known.until is not None and time.monotonic() > known.until:
+            return version, None
+        return version, known
 
     def mark(self) -> int:
         """A stamp to pass as `notify(since=...)`: taken before a write, it lets the

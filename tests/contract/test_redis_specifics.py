@@ -408,3 +408,26 @@ def test_a_task_with_a_concurrency_limit_is_never_claimed_at_submission(
         assert redis_store.get(free.id).state is State.RUNNING  # type: ignore[union-attr]
     finally:
         worker.close()
+
+
+def test_a_waiter_that_comes_at_once_needs_no_read_before_it_follows_the_job(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    """The submission tells this process's feed the new job's state (for a short while:
+    this process hears of the job's changes only while it waits on it)."""
+    assert redis_store._listener.connected.wait(5.0)
+    redis_store._catch_up()  # its news of connecting (which forgets all) is out of the way
+    queued = submit(redis_store)
+    version, known = redis_store.notifier.known(queued.id)
+    assert version == redis_store.notifier.version(queued.id)
+    assert known is not None and known.full() == queued
+    assert known.until is not None and known.until <= time.monotonic() + 1.0
+    finish(redis_store, claim_one(redis_store))
+    worker = _idle_worker(redis_url)
+    try:
+        pushed = submit(redis_store)
+        known = redis_store.notifier.known(pushed.id)[1]
+        assert known is not None and known.state is State.RUNNING
+        assert known.full() == redis_store.get(pushed.id)
+    finally:
+        worker.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Any
 
 from tests.support.wait import wait_for
@@ -80,6 +81,18 @@ def test_what_a_store_knows_holds_until_the_next_change() -> None:
     assert known is not None and known.state is State.FAILED and known.full() is done
     notifier.notify_everything()
     assert notifier.known("job")[1] is None
+
+
+def test_what_a_store_knows_for_a_while_only_is_forgotten_after_it() -> None:
+    notifier = ChangeFeed()
+    queued = _record(State.QUEUED)
+    soon = time.monotonic() + 60.0
+    notifier.notify("a", known={"a": Known(State.QUEUED, record=queued, until=soon)})
+    known = notifier.known("a")[1]
+    assert known is not None and known.full() is queued
+    past = time.monotonic() - 0.001
+    notifier.notify("b", known={"b": Known(State.QUEUED, record=queued, until=past)})
+    assert notifier.known("b") == (notifier.version("b"), None)  # a waiter must read
 
 
 def test_news_of_a_write_announced_late_does_not_hide_a_later_change() -> None:

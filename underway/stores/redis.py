@@ -45,6 +45,8 @@ import time
 import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -55,7 +57,7 @@ from redis.retry import Retry
 from .. import lifecycle
 from .._util import loads, new_id, rfc3339
 from ..errors import ConfigurationError, StoreUnavailable
-from ..feed import WORK
+from ..feed import WORK, Known
 from ..records import (
     EMPTY_PROGRESS,
     Decision,
@@ -86,6 +88,7 @@ log = logging.getLogger("underway.stores.redis")
 RETRY_AFTER = 2.0  # seconds callers are told to wait while Redis is unreachable
 MAX_IDLE_WAIT = 5.0  # an idle worker looks again at least this often, in case a wake-up got lost
 HELD_RETRY_STEP = 0.2  # seconds between attempts of a lease holder's write during an outage
+FRESH_SUBMISSION = 0.02  # seconds what a submission says of its job stands for a read
 FLUSH_WAIT = 2.0  # seconds a stopping worker waits for jobs claimed for it on their way
 BATCH = 200  # jobs per script call in purge, so no call blocks Redis for long
 
@@ -159,6 +162,19 @@ def _record_from(h: Mapping[str, str], position: int | None = None) -> JobRecord
             "meta": {} if meta is None else (loads(meta) or {}),
             "waiting": None,
         }
+    )
+
+
+def _claimed(record: JobRecord, worker: str, lease_until: str) -> JobRecord:
+    """A new job's record once its submission claimed it for an idle worker."""
+    return replace(
+        record,
+        state=State.RUNNING,
+        attempt=1,
+        worker=worker,
+        lease_until=float(lease_until),
+        started_at=record.created_at,
+        position=None,
     )
 
 
@@ -468,19 +484,26 @@ class RedisStore(Store):
                 if members:
                     self._redis.zrem(self.keys.idle, *members)
                 # A claim made before that is on its way: a marker sent now comes after it.
-                if self._listener.connected.is_set():
-                    with self._flushed:
-                        self._flush_sent += 1
-                        token = self._flush_sent
-                    self._redis.publish(self.keys.wake_channel(self._process), f"\x00{token}")
-                    with self._flushed:
-                        self._flushed.wait_for(lambda: self._flush_seen >= token, FLUSH_WAIT)
+                self._catch_up()
         except StoreUnavailable as exc:  # their leases run out, and they are recovered
             log.warning("could not take back the idle slots of worker %s: %s", worker, exc)
         with self._push_lock:
             records = [r for r in self._pushed if r.worker == worker]
             self._pushed = [r for r in self._pushed if r.worker != worker]
         self._hand_back(records)
+
+    def _catch_up(self) -> None:
+        """Return once the listener has handled every message sent to this instance
+        before now (a marker sent on its own channel comes back after them)."""
+        if not self._listener.connected.is_set():
+            return
+        with self._flushed:
+            self._flush_sent += 1
+            token = self._flush_sent
+        with self._guard():
+            self._redis.publish(self.keys.wake_channel(self._process), f"\x00{token}")
+        with self._flushed:
+            self._flushed.wait_for(lambda: self._flush_seen >= token, FLUSH_WAIT)
 
     def _hand_back(self, records: Sequence[JobRecord]) -> None:
         """Give back jobs claimed for a worker that will not run them: queued again,
@@ -524,6 +547,7 @@ class RedisStore(Store):
         self, record: JobRecord, events: Sequence[tuple[EventKind, str]]
     ) -> tuple[JobRecord, bool, list[str]]:
         fields = _fields(record)
+        mark = self.notifier.mark()
         reply = self._run(
             self._enqueue,
             record.created_at,
@@ -542,6 +566,16 @@ class RedisStore(Store):
         )
         if reply[0] == 0:
             return _record(reply[1]), False, []
+        # A waiter that comes at once (submit, then wait) need not read the job before
+        # it follows it; one that comes later reads, since this process hears of the
+        # job's changes only while someone in it waits on the job.
+        until = time.monotonic() + FRESH_SUBMISSION
+        if len(reply) > 2:  # claimed for an idle worker at once
+            load = partial(_claimed, record, reply[2], reply[3])
+            known = Known(State.RUNNING, load=load, until=until)
+        else:
+            known = Known(State.QUEUED, record=record, until=until)
+        self.notifier.notify(record.id, known={record.id: known}, since=mark)
         return record, True, list(reply[1])
 
     def enqueue_many(

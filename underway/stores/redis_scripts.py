@@ -210,7 +210,8 @@ def _script(prelude: str, body: str) -> str:
 
 # ARGV: P, now, id, task, queue, priority, run_at, owner, idem, sup, nfields, nevents,
 # then nfields hash field pairs (flattened), then nevents (kind, data) pairs.
-# -> {0, existing hash} (idempotency key taken) or {1, other active ids under sup}
+# -> {0, existing hash} (idempotency key taken) or {1, other active ids under sup}, and
+# when the job was claimed for an idle worker at once: that worker and the lease's end
 ENQUEUE = _script(
     _HELPERS,
     """
@@ -264,11 +265,12 @@ local function offer(m)
   end
   return nil
 end
-local _, rec = wake(offer)
+local m, rec = wake(offer)
 claimed = rec
 insert(id, task, queue, priority, run_at, owner, NOW, 13, nfields, 13 + nfields, nevents,
        claimed, lease_until)
 if idem ~= '' then redis.call('SET', k_idem(idem), id) end
+if claimed then return {1, others, m[3], lease_until} end
 return {1, others}
 """,
 )
