@@ -12,6 +12,12 @@ file changed without a datagram (a writer killed between COMMIT and its send, or
 that does not speak the channel), and every `sweep_every` looks when anything changed.
 Without a usable socket folder it polls `data_version` every 50 ms as before.
 
+A submission made while a worker slot of this same store instance waits for work
+claims its job for that slot in the transaction that inserts it, as the slot's claim
+would, and hands it the record in memory: the slot's next claim returns it without a
+transaction of its own (see `SQLiteStore.enqueue`). Other processes on the file
+submit and claim as ever.
+
 A full disk (or a file that cannot be written) raises `StoreUnavailable`: the
 caller keeps what it could not write and tries again.
 """
@@ -20,14 +26,17 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+from .. import lifecycle
 from .._util import dumps, loads
 from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK, ChangeFeed, Known
@@ -149,6 +158,114 @@ def _first_events(
     ]
 
 
+# -- claims at submission (see `SQLiteStore.enqueue`) -----------------------------------
+log = logging.getLogger("underway.stores.sqlite")
+
+# A job claimed at its submission: running, attempt 1, its worker and lease, and the
+# claim's `state` event after the submission's (so `event_seq` is one more).
+_INSERT_RUNNING = (
+    "INSERT INTO jobs (id, task, queue, priority, state, params, max_attempts, "
+    "created_at, run_at, timeout, keep_for, owner, idempotency_key, supersede_key, meta, "
+    "event_seq, first_event, attempt, started_at, worker, lease_until) "
+    "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)"
+)
+# The first queued jobs that a new job of some priority would not pass: a submission
+# claims nothing for a slot while one of them is due and of the slot's tasks (claims
+# go oldest first), nor while the queue holds this many of them (it looks no further).
+_AHEAD_LOOK = 16
+_AHEAD = (
+    "SELECT task, run_at FROM jobs INDEXED BY jobs_queued "
+    f"WHERE state = 'queued' AND priority <= ? LIMIT {_AHEAD_LOOK}"
+)
+# A job claimed for a slot that no slot of its worker took within this many seconds
+# (they all went into jobs meanwhile) goes back to the queue at the worker's next
+# renewal, for whoever claims first.
+_PUSH_HOSTAGE = 0.1
+
+
+class _Feed(ChangeFeed):
+    """The store's change feed, with what claims at submission need: a worker slot
+    waits for work on an event of its own (`enlist`), which a submission can take out
+    of the waiters of work (`take_waiter`) and set once the slot's job is ready for it
+    (`hand_over`); and a count of the announcements of work (`work_news`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.work_news = 0  # WORK announced (and notify_everything) so far
+
+    def notify(
+        self, *keys: str, known: Mapping[str, Known] | None = None, since: int | None = None
+    ) -> None:
+        if WORK in keys:
+            with self._lock:
+                self.work_news += 1
+        super().notify(*keys, known=known, since=since)
+
+    def notify_everything(self) -> None:
+        with self._lock:
+            self.work_news += 1
+        super().notify_everything()
+
+    def enlist(self, event: threading.Event, seen: int) -> int | None:
+        """Have `event` wait for work, as `wait(WORK, seen, ...)` would wait: None, or
+        WORK's version when it is not `seen` any more (then there is no waiting)."""
+        with self._lock:
+            current = self._versions.get(WORK, self._floor)
+            if current != seen:
+                return current
+            self._waiters.setdefault(WORK, []).append(event)
+        return None
+
+    def take_waiter(self, event: threading.Event) -> bool:
+        """Take `event` out of the waiters of work, if it still waits there (it was
+        not woken yet): then no announcement wakes it, but `hand_over`."""
+        with self._lock:
+            waiters = self._waiters.get(WORK)
+            if not waiters or event not in waiters:
+                return False
+            waiters.remove(event)
+            if not waiters:
+                del self._waiters[WORK]
+            return True
+
+    def hand_over(self, event: threading.Event) -> None:
+        """Wake the waiter taken out (`take_waiter`), moving WORK's version on: a slot
+        that looks at the version after this (say, to decide it only writes ends)
+        knows that work came."""
+        with self._lock:
+            self._counter += 1
+            self._versions[WORK] = self._counter
+        event.set()
+
+
+@dataclass(eq=False, slots=True)
+class _Slot:
+    """A worker slot (a thread) of this process, as its latest claim left it."""
+
+    key: tuple[Any, ...]  # what its claims said: worker, lease, tasks, limited tasks
+    worker: str
+    tasks: frozenset[str]
+    pushable: frozenset[str]  # its tasks without a concurrency limit
+    lease: float
+    idle: bool = False  # that claim found fewer jobs than it asked for
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    """An idle slot waiting for work (`SQLiteStore.wait_for_work`), on `event`."""
+
+    slot: _Slot
+    event: threading.Event
+
+
+@dataclass(eq=False, slots=True)
+class _Pushed:
+    """A job claimed for a worker at its submission, that no slot of it took yet."""
+
+    record: JobRecord
+    at: float  # monotonic time of the claim
+
+
 class SQLiteStore(Store):
     """`sqlite:///path/to/file.db` (default `./underway.db`); `memory://` uses `:memory:`."""
 
@@ -169,7 +286,17 @@ class SQLiteStore(Store):
         no channel); `wake=False` goes without the channel."""
         self.path = path
         self.url = url or f"sqlite:///{path}"
-        self.notifier = ChangeFeed()
+        self._feed = _Feed()
+        self.notifier = self._feed
+        # Claims at submission (see `enqueue`): the slots waiting for work, oldest
+        # first; the jobs claimed for workers and not taken yet; the workers that
+        # stopped; and for each worker, `work_news` before its latest claim that found
+        # its queue drained (no entry once one found as many jobs as it asked for).
+        self._push_lock = threading.Lock()
+        self._waiting: list[_Waiter] = []
+        self._pushed: list[_Pushed] = []
+        self._stopped: set[str] = set()
+        self._drained: dict[str, int] = {}
         self._memory = path == ":memory:"
         self._lock = threading.RLock()
         self._local = threading.local()
@@ -437,8 +564,16 @@ class SQLiteStore(Store):
     def enqueue(
         self, record: JobRecord, events: Sequence[tuple[EventKind, str]]
     ) -> tuple[JobRecord, bool, list[str]]:
+        """Insert the job; while a slot of this process waits for work and may take it,
+        claimed for that slot in the same transaction (see `_push`)."""
         superseded: list[str] = []
-        if record.idempotency_key is None and record.supersede_key is None:
+        # A look without the lock, to keep the plain way plain (`_push` looks again).
+        push = (
+            bool(self._waiting)
+            and record.run_at <= record.created_at
+            and any(record.task in w.slot.pushable for w in self._waiting)
+        )
+        if not push and record.idempotency_key is None and record.supersede_key is None:
             first = _first_events(record, events)
             if not first:  # one statement, and so its own transaction
                 values = _insert_values(record, events)
@@ -452,27 +587,99 @@ class SQLiteStore(Store):
                 queued = {record.id: Known(State.QUEUED, record=record)}
                 self._changed(WORK, record.id, known=queued, since=mark)
                 return record, True, superseded
-        with self._write() as db:
-            if record.idempotency_key is not None:
-                row = db.execute(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?",
-                    (record.idempotency_key,),
-                ).fetchone()
-                if row is not None:
-                    return row_record(row), False, []
-            if record.supersede_key is not None:
-                superseded = [
-                    r[0]
-                    for r in db.execute(
-                        "SELECT id FROM jobs WHERE supersede_key = ? "
-                        "AND state IN ('queued', 'running')",
-                        (record.supersede_key,),
-                    )
-                ]
-            db.execute(_INSERT, _insert_values(record, events))
-            _insert_events(db, _first_events(record, events))
-        self._changed(WORK, record.id)
+        mark = self.notifier.mark()
+        handed: tuple[JobRecord, _Waiter] | None = None
+        # The write lock is held until a job claimed for a slot is among `_pushed`:
+        # a worker that stops, or the store closing, finds it there (see `_stop_pushing`).
+        with self._lock:
+            try:
+                with self._write() as db:
+                    if record.idempotency_key is not None:
+                        row = db.execute(
+                            f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?",
+                            (record.idempotency_key,),
+                        ).fetchone()
+                        if row is not None:
+                            return row_record(row), False, []
+                    if record.supersede_key is not None:
+                        superseded = [
+                            r[0]
+                            for r in db.execute(
+                                "SELECT id FROM jobs WHERE supersede_key = ? "
+                                "AND state IN ('queued', 'running')",
+                                (record.supersede_key,),
+                            )
+                        ]
+                    if push:
+                        handed = self._push(db, record, events)
+                    if handed is None:
+                        db.execute(_INSERT, _insert_values(record, events))
+                        _insert_events(db, _first_events(record, events))
+            except BaseException:
+                if handed is not None:
+                    handed[1].event.set()  # not claimed for it after all: it claims
+                raise
+            if handed is not None:
+                with self._push_lock:
+                    self._pushed.append(_Pushed(handed[0], time.monotonic()))
+        if handed is None:
+            queued = {record.id: Known(State.QUEUED, record=record)}
+            self._changed(WORK, record.id, known=queued, since=mark)
+            return record, True, superseded
+        job, waiter = handed
+        self._feed.hand_over(waiter.event)
+        self._changed(record.id, known={record.id: Known(State.RUNNING, record=job)}, since=mark)
         return record, True, superseded
+
+    def _push(
+        self, db: sqlite3.Connection, record: JobRecord, events: Sequence[tuple[EventKind, str]]
+    ) -> tuple[JobRecord, _Waiter] | None:
+        """In the submission's transaction: insert `record` claimed for a slot of this
+        process that waits for work, as that slot's claim would claim it (running,
+        attempt 1, its worker, its lease from the submission's time, which is also its
+        start, and the claim's `state` event), and take that slot out of the waiters
+        of work. The job and the slot's waiter; None (nothing written) when no slot
+        may take it: none waits for its task, or the task has a concurrency limit, or
+        a due job of the slot's tasks is queued ahead of it."""
+        if self._closed.is_set():
+            return None
+        with self._push_lock:
+            waiter = next((w for w in self._waiting if record.task in w.slot.pushable), None)
+        if waiter is None:
+            return None
+        slot = waiter.slot
+        created = record.created_at
+        ahead = db.execute(_AHEAD, (record.priority,)).fetchall()
+        if len(ahead) >= _AHEAD_LOOK or any(
+            task in slot.tasks and run_at <= created for task, run_at in ahead
+        ):
+            return None
+        with self._push_lock:
+            if waiter not in self._waiting or slot.worker in self._stopped:
+                return None
+            if not self._feed.take_waiter(waiter.event):
+                return None  # woken meanwhile (it claims anyway)
+            self._waiting.remove(waiter)
+        lease_until = created + slot.lease
+        values = _insert_values(record, events)
+        rows = _first_events(record, events)
+        rows.append((record.id, len(events) + 1, "state", None, _running_json(1), created, 1))
+        try:
+            db.execute(
+                _INSERT_RUNNING,
+                (*values[:-2], len(events) + 1, values[-1], created, slot.worker, lease_until),
+            )
+            _insert_events(db, rows)
+        except BaseException:
+            waiter.event.set()
+            raise
+        row = (
+            record.id, record.task, record.queue, record.priority, "running", values[4],
+            None, None, None, 0, 1, record.max_attempts, created, created, None, None,
+            record.run_at, record.timeout, record.keep_for, 0, record.owner,
+            record.idempotency_key, record.supersede_key, slot.worker, lease_until, values[13],
+        )  # fmt: skip
+        return row_record(row), waiter
 
     def enqueue_many(
         self, records: Sequence[JobRecord], events: Sequence[tuple[EventKind, str]]
@@ -528,6 +735,8 @@ class SQLiteStore(Store):
             return int(row.fetchone()[0])
 
     def heartbeat(self, worker: str, tasks: Collection[str], until: float) -> None:
+        if until <= 0:
+            self._stop_pushing(worker)
         with self._write() as db:
             if until <= 0:
                 db.execute("DELETE FROM workers WHERE id = ?", (worker,))
@@ -538,6 +747,83 @@ class SQLiteStore(Store):
             )
             # Rows of workers that died without saying so, an hour on.
             db.execute("DELETE FROM workers WHERE until < ?", (until - 3600,))
+
+    def _stop_pushing(self, worker: str) -> None:
+        """`worker` stopped: no more jobs are claimed for it at submission, and those
+        that were and no slot of it took go back to the queue."""
+        with self._lock, self._push_lock:  # see `enqueue`
+            self._stopped.add(worker)
+            self._drained.pop(worker, None)
+            left = [p.record for p in self._pushed if p.record.worker == worker]
+            if left:
+                self._pushed = [p for p in self._pushed if p.record.worker != worker]
+            self._waiting = [w for w in self._waiting if w.slot.worker != worker]
+        self._hand_back(left)
+
+    def _take_pushed(self, worker: str, tasks: Collection[str], max_jobs: int) -> list[JobRecord]:
+        """Up to `max_jobs` of the jobs claimed for `worker` at their submission."""
+        with self._push_lock:
+            taken: list[JobRecord] = []
+            kept: list[_Pushed] = []
+            for pushed in self._pushed:
+                record = pushed.record
+                if len(taken) < max_jobs and record.worker == worker and record.task in tasks:
+                    taken.append(record)
+                else:
+                    kept.append(pushed)
+            if taken:
+                self._pushed = kept
+        return taken
+
+    def _put_back(self, records: Sequence[JobRecord]) -> None:
+        """Taken jobs claimed at submission that a failed call did not return: they
+        wait again for their worker's next claim (or go back, if it stopped)."""
+        at = time.monotonic()
+        with self._push_lock:
+            stopped = [r for r in records if r.worker in self._stopped]
+            kept = [_Pushed(r, at) for r in records if r.worker not in self._stopped]
+            self._pushed[:0] = kept
+        self._hand_back(stopped)
+
+    def _hand_back(self, records: Sequence[JobRecord]) -> None:
+        """Give back jobs claimed at submission for a worker that will not run them (it
+        stopped, its slots are all busy, or the store closes): queued again, their
+        attempt given back (`lifecycle.released`), as a worker hands back the jobs it
+        claimed and never started."""
+        if not records:
+            return
+        now = time.time()
+        decisions = [
+            lifecycle.released(r, fence=Fence(worker=r.worker or "", attempt=r.attempt), now=now)
+            for r in records
+        ]
+        try:
+            self.apply(decisions, now)
+        except (sqlite3.Error, StoreUnavailable) as exc:  # their leases run out instead
+            log.warning("could not hand back %d jobs claimed at submission: %s", len(records), exc)
+
+    def _note_claim(
+        self,
+        worker: str,
+        tasks: Collection[str],
+        limits: Mapping[str, int],
+        lease: float,
+        asked: int,
+        got: int,
+    ) -> None:
+        """What a claim of the calling thread (a worker slot) says of it: idle when it
+        found fewer jobs than it asked for, until its next claim."""
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if got >= asked:
+            if slot is not None:
+                slot.idle = False
+            return
+        key = (worker, lease, tuple(tasks), tuple(limits))
+        if slot is None or slot.key != key:
+            names = frozenset(tasks)
+            slot = _Slot(key, worker, names, names.difference(limits), lease)
+            self._local.slot = slot
+        slot.idle = True
 
     def live_workers(self, now: float) -> dict[str, list[str]] | None:
         with self._read() as db:
@@ -558,28 +844,61 @@ class SQLiteStore(Store):
     ) -> tuple[list[bool], list[JobRecord]]:
         if not tasks:
             max_jobs = 0
+        asked = max_jobs
+        pushed: list[JobRecord] = []
+        if max_jobs > 0 and self._pushed:
+            # Jobs claimed for this worker at their submission come first. With no
+            # decision to write, they are all this call takes, with no transaction:
+            # unless it takes fewer than asked for while work was announced since its
+            # worker last found its queue drained (the slot would take the queue for
+            # drained), when it claims the rest as ever.
+            pushed = self._take_pushed(worker, tasks, max_jobs)
+            if pushed:
+                if not decisions and (
+                    len(pushed) == max_jobs or self._drained.get(worker) == self._feed.work_news
+                ):
+                    self._note_claim(worker, tasks, limits, lease, asked, len(pushed))
+                    return [], pushed
+                max_jobs -= len(pushed)
         if not decisions and max_jobs <= 0:
             return [], []
+        news = self._feed.work_news
         statements = [_statement(d, now) for d in decisions]
         groups = _same_shape(decisions, statements)
         mark = self.notifier.mark()
-        with self._write() as db:  # one transaction: one commit for the whole batch
-            rows: list[tuple[Any, ...]] = []
-            finals: list[tuple[Any, ...]] = []
-            done = [False] * len(decisions)
-            for members in groups:
-                if len(members) == 1:
-                    k = members[0]
-                    done[k] = self._apply_one(db, decisions[k], statements[k], now, rows, finals)
+        try:
+            with self._write() as db:  # one transaction: one commit for the whole batch
+                rows: list[tuple[Any, ...]] = []
+                finals: list[tuple[Any, ...]] = []
+                done = [False] * len(decisions)
+                for members in groups:
+                    if len(members) == 1:
+                        k = members[0]
+                        done[k] = self._apply_one(
+                            db, decisions[k], statements[k], now, rows, finals
+                        )
+                    else:
+                        self._apply_many(
+                            db, decisions, statements, members, now, rows, finals, done
+                        )
+                if rows:
+                    _insert_events(db, rows)
+                claimed_rows = (
+                    self._claim_any(db, worker, tasks, limits, lease, now, max_jobs)
+                    if max_jobs > 0
+                    else []
+                )
+        except BaseException:
+            if pushed:  # the worker gets none of this call's jobs: they wait for the next
+                self._put_back(pushed)
+            raise
+        if asked > 0:
+            if max_jobs > 0:
+                if len(claimed_rows) < max_jobs:
+                    self._drained[worker] = news
                 else:
-                    self._apply_many(db, decisions, statements, members, now, rows, finals, done)
-            if rows:
-                _insert_events(db, rows)
-            claimed_rows = (
-                self._claim_any(db, worker, tasks, limits, lease, now, max_jobs)
-                if max_jobs > 0
-                else []
-            )
+                    self._drained.pop(worker, None)
+            self._note_claim(worker, tasks, limits, lease, asked, len(pushed) + len(claimed_rows))
         claimed = [row_record(r) for r in claimed_rows]
         # What waiters of these jobs may take without a read: a claimed job's record,
         # and a finished job's final row (made into a record only if someone asks).
@@ -592,7 +911,7 @@ class SQLiteStore(Store):
             changed.append(WORK)
         if changed or claimed:
             self._changed(*changed, *(r.id for r in claimed), known=known, since=mark)
-        return done, claimed
+        return done, pushed + claimed if pushed else claimed
 
     def _claim_any(
         self,
@@ -678,6 +997,8 @@ class SQLiteStore(Store):
     def renew(
         self, *, worker: str, fences: Mapping[str, int], lease: float, now: float
     ) -> tuple[set[str], set[str]]:
+        if self._pushed:
+            self._release_hostages(worker)
         if not fences:
             return set(), set()
         held: set[str] = set()
@@ -694,6 +1015,17 @@ class SQLiteStore(Store):
                     if row[0]:
                         cancelled.add(job_id)
         return held, cancelled
+
+    def _release_hostages(self, worker: str) -> None:
+        """Jobs claimed at submission for `worker` that none of its slots took within
+        `_PUSH_HOSTAGE` (they all went into jobs since) go back to the queue: the
+        worker renews leases while its slots run jobs."""
+        old = time.monotonic() - _PUSH_HOSTAGE
+        with self._push_lock:
+            stale = [p for p in self._pushed if p.record.worker == worker and p.at < old]
+            if stale:
+                self._pushed = [p for p in self._pushed if p not in stale]
+        self._hand_back([p.record for p in stale])
 
     def save_progress(self, job_id: str, fence: Fence, progress: Progress, now: float) -> bool:
         data = dumps(progress.to_dict())
@@ -820,7 +1152,30 @@ class SQLiteStore(Store):
         return len(ids)
 
     def wait_for_work(self, seen: int, timeout: float) -> int:
-        return self.notifier.wait(WORK, seen, timeout)
+        """Wait for work; a worker slot whose latest claim found fewer jobs than it
+        asked for waits where a submission can claim a job for it (see `enqueue`)."""
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if slot is None or not slot.idle:
+            return self.notifier.wait(WORK, seen, timeout)
+        # Listed first, then among the waiters of work: a submission claims a job for
+        # a listed slot only if it can take it out of those waiters (see `_push`).
+        waiter = _Waiter(slot, threading.Event())
+        with self._push_lock:
+            listed = slot.worker not in self._stopped and not self._closed.is_set()
+            if listed:
+                self._waiting.append(waiter)
+        try:
+            current = self._feed.enlist(waiter.event, seen)
+            if current is not None:
+                return current
+            if not waiter.event.wait(timeout):
+                self._feed.take_waiter(waiter.event)
+        finally:
+            if listed:
+                with self._push_lock:
+                    if waiter in self._waiting:
+                        self._waiting.remove(waiter)
+        return self.notifier.version(WORK)
 
     def subscribe(self, job_id: str, fn: Callable[[], None]) -> Callable[[], None]:
         return self.notifier.subscribe(job_id, fn)
@@ -829,6 +1184,11 @@ class SQLiteStore(Store):
         if self._closed.is_set():
             return
         self._closed.set()
+        with self._lock, self._push_lock:  # see `enqueue`
+            left = [p.record for p in self._pushed]
+            self._pushed = []
+            self._waiting = []
+        self._hand_back(left)
         if self._wake is not None:
             self._wake.interrupt()
         if self._watcher is not None:
