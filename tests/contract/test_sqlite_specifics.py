@@ -1,0 +1,340 @@
+"""What only the SQLite store promises: jobs claimed at submission for an idle slot.
+
+A submission made while a worker slot of the same store instance waits for work
+claims the job for that slot in its own transaction, and hands the record over in
+memory (see `SQLiteStore.enqueue`). These tests drive slots as the worker's slot loop
+does (claim, find nothing, wait for work), each in a thread of its own, and the
+embedded workers themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.contract.helpers import LEASE, claim, claim_one, finish, record, submit
+from tests.support.wait import wait_for
+from underway import Underway, lifecycle
+from underway.errors import StoreUnavailable
+from underway.feed import WORK
+from underway.records import State
+from underway.stores import sqlite as sqlite_store
+from underway.stores.sqlite import SQLiteStore
+
+HOUR = 3600.0
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "jobs.db")
+
+
+def _open(path: str, fallback_interval: float | None = None) -> SQLiteStore:
+    """A store that took its look after binding its wake-up socket: from now on only
+    changes wake its waiters."""
+    opened = SQLiteStore(path, fallback_interval=fallback_interval)
+    assert opened.settled.wait(5.0)
+    return opened
+
+
+@pytest.fixture
+def store(db_path: str) -> Iterator[SQLiteStore]:
+    opened = _open(db_path)
+    yield opened
+    opened.close()
+
+
+class IdleSlot:
+    """A worker slot in a thread of its own: it claims (finding nothing), then waits
+    for work once; `woken` is set when that wait ends (the test claims in its stead)."""
+
+    def __init__(
+        self,
+        store: SQLiteStore,
+        worker: str,
+        tasks: tuple[str, ...] = ("t",),
+        limits: dict[str, int] | None = None,
+    ) -> None:
+        self.woken = threading.Event()
+        self.found: list[str] | None = None
+        self.thread = threading.Thread(
+            target=self._run, args=(store, worker, tasks, limits), daemon=True
+        )
+
+    def _run(
+        self, store: SQLiteStore, worker: str, tasks: tuple[str, ...], limits: dict[str, int] | None
+    ) -> None:
+        seen = store.notifier.version(WORK)
+        self.found = [r.id for r in claim(store, tasks, worker=worker, limits=limits)]
+        store.wait_for_work(seen, 30.0)
+        self.woken.set()
+
+
+def _work_waiters(store: SQLiteStore) -> int:
+    return len(store._feed._waiters.get(WORK, ()))
+
+
+def idle_slots(
+    store: SQLiteStore,
+    count: int = 1,
+    *,
+    worker: str = "w-idle",
+    tasks: tuple[str, ...] = ("t",),
+    limits: dict[str, int] | None = None,
+) -> list[IdleSlot]:
+    """`count` slots of `worker`, all waiting for work once this returns."""
+    before = _work_waiters(store)
+    slots = [IdleSlot(store, worker, tasks, limits) for _ in range(count)]
+    for slot in slots:
+        slot.thread.start()
+    # A slot is listed for claims at submission before it waits among the waiters.
+    wait_for(lambda: _work_waiters(store) == before + count, what="the slots to wait")
+    assert all(slot.found == [] for slot in slots)
+    return slots
+
+
+class Statements:
+    """The statements the store's writing connection runs meanwhile."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+        self.seen: list[str] = []
+
+    def __enter__(self) -> list[str]:
+        self.store._db.set_trace_callback(self.seen.append)
+        return self.seen
+
+    def __exit__(self, *exc: object) -> None:
+        self.store._db.set_trace_callback(None)
+
+
+def _history(store: SQLiteStore, job_id: str) -> list[tuple[object, ...]]:
+    return [(e.seq, e.kind, e.data, e.attempt) for e in store.events(job_id)]
+
+
+def test_a_job_submitted_to_an_idle_slot_is_claimed_for_it_as_its_claim_would(
+    store: SQLiteStore,
+) -> None:
+    """The submission claims the job for the waiting slot and wakes it: its worker's
+    next claim takes it without a statement, as its own claim would have claimed it
+    (attempt 1, its lease, the same events), and no other worker gets it."""
+    [slot] = idle_slots(store)
+    job = submit(store)
+    assert slot.woken.wait(5.0)  # the submission woke it
+    held = store.get(job.id)
+    assert held is not None
+    assert (held.state, held.attempt, held.worker) == (State.RUNNING, 1, "w-idle")
+    assert held.lease_until == pytest.approx(held.created_at + LEASE)
+    assert held.started_at == held.created_at
+    assert claim(store, worker="w-other") == []  # not in the queue
+    with Statements(store) as ran:
+        got = claim_one(store, worker="w-idle")
+    assert ran == []  # handed over in memory
+    assert got == store.get(job.id)
+    done = finish(store, got)
+    assert done is not None and done.state is State.SUCCEEDED
+    queued = submit(store)  # no slot waits now: queued, and claimed as ever
+    assert store.get(queued.id).state is State.QUEUED  # type: ignore[union-attr]
+    finish(store, claim_one(store, worker="w-idle"))
+    assert _history(store, job.id) == _history(store, queued.id)
+
+
+def test_jobs_claimed_for_a_worker_that_stops_go_back_to_the_queue(store: SQLiteStore) -> None:
+    [slot] = idle_slots(store)
+    job = submit(store)
+    assert slot.woken.wait(5.0)
+    assert store.get(job.id).state is State.RUNNING  # type: ignore[union-attr]
+    store.heartbeat("w-idle", ["t"], 0.0)  # it stopped without taking it
+    back = store.get(job.id)
+    assert back is not None and (back.state, back.attempt) == (State.QUEUED, 0)
+    assert [e.data for e in store.events(job.id)][-1]["state"] == "queued"
+    assert claim_one(store, worker="w-next").id == job.id
+    idle_slots(store)  # a slot of the stopped worker, waiting: none is claimed for it
+    later = submit(store)
+    assert store.get(later.id).state is State.QUEUED  # type: ignore[union-attr]
+
+
+def test_jobs_claimed_for_a_slot_go_back_to_the_queue_when_the_store_closes(
+    store: SQLiteStore, db_path: str
+) -> None:
+    [slot] = idle_slots(store)
+    job = submit(store)
+    assert slot.woken.wait(5.0)
+    store.close()
+    reopened = SQLiteStore(db_path)
+    try:
+        back = reopened.get(job.id)
+        assert back is not None and (back.state, back.attempt) == (State.QUEUED, 0)
+        assert claim_one(reopened, worker="w-next").id == job.id
+    finally:
+        reopened.close()
+
+
+def test_a_job_queued_ahead_is_not_passed_by_a_submission(store: SQLiteStore) -> None:
+    """Claims take jobs oldest first: a submission claims nothing for an idle slot
+    while a due job of its tasks waits in the queue (it only tells the slot)."""
+    now = time.time()
+    ahead = submit(store, now=now, run_at=now + 60.0)  # not due yet: queued
+    idle_slots(store)  # its claim finds nothing due
+    later = submit(store, now=now + 120.0)  # `ahead` is due by then
+    assert store.get(later.id).state is State.QUEUED  # type: ignore[union-attr]
+    got = claim(store, worker="w-idle", now=now + 120.0, max_jobs=2)
+    assert [r.id for r in got] == [ahead.id, later.id]
+
+
+def test_delayed_jobs_and_tasks_with_a_concurrency_limit_are_queued(store: SQLiteStore) -> None:
+    now = time.time()
+    idle_slots(store)
+    delayed = submit(store, now=now, run_at=now + 60.0)
+    assert store.get(delayed.id).state is State.QUEUED  # type: ignore[union-attr]
+    idle_slots(store, limits={"t": 5})
+    limited = submit(store)
+    assert store.get(limited.id).state is State.QUEUED  # type: ignore[union-attr]
+
+
+def test_jobs_with_keys_are_claimed_for_a_slot_after_their_keys_are_checked(
+    store: SQLiteStore,
+) -> None:
+    [slot] = idle_slots(store)
+    keyed = submit(store, idempotency_key="k", supersede_key="s")
+    assert slot.woken.wait(5.0)
+    assert store.get(keyed.id).state is State.RUNNING  # type: ignore[union-attr]
+    idle_slots(store, worker="w-2")
+    existing, created, _ = store.enqueue(record(idempotency_key="k"), lifecycle.submitted())
+    assert not created and existing.id == keyed.id  # nothing claimed for the slot
+    replacing, created, superseded = store.enqueue(record(supersede_key="s"), lifecycle.submitted())
+    assert created and superseded == [keyed.id]
+    assert store.get(replacing.id).state is State.RUNNING  # type: ignore[union-attr]
+
+
+def test_an_idle_worker_is_handed_as_many_jobs_as_it_has_slots_waiting(
+    store: SQLiteStore,
+) -> None:
+    slots = idle_slots(store, 2)
+    pushed = [submit(store) for _ in range(2)]
+    queued = submit(store)
+    states = [store.get(job.id).state for job in [*pushed, queued]]  # type: ignore[union-attr]
+    assert states == [State.RUNNING] * 2 + [State.QUEUED]
+    for slot in slots:
+        assert slot.woken.wait(5.0)  # each claim woke one
+    # The queued job was announced since the worker found its queue drained: a claim
+    # for more than the jobs claimed for it takes the queue's too.
+    taken = claim(store, worker="w-idle", max_jobs=4)
+    assert [job.id for job in taken] == [*(job.id for job in pushed), queued.id]
+
+
+def test_a_claim_takes_its_jobs_claimed_at_submission_alone_unless_work_came_since(
+    store: SQLiteStore,
+) -> None:
+    """A claim for more jobs than were claimed for its worker returns those alone
+    (its slot then holds the queue for drained) only while no other work was announced
+    since its worker found the queue drained; else it claims the rest as ever."""
+    idle_slots(store)
+    alone = submit(store)
+    with Statements(store) as ran:
+        assert [r.id for r in claim(store, worker="w-idle", max_jobs=2)] == [alone.id]
+    assert ran == []
+    idle_slots(store)
+    pushed = submit(store)
+    queued = record()
+    store.enqueue_many([queued], lifecycle.submitted())  # announced, not claimed at once
+    got = claim(store, worker="w-idle", max_jobs=2)
+    assert [r.id for r in got] == [pushed.id, queued.id]
+
+
+def test_jobs_claimed_for_a_worker_whose_slots_are_all_busy_go_back_to_the_queue(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    idle_slots(store)
+    job = submit(store)
+    store.renew(worker="w-idle", fences={}, lease=LEASE, now=time.time())
+    assert store.get(job.id).state is State.RUNNING  # type: ignore[union-attr]  # still fresh
+    monkeypatch.setattr(sqlite_store, "_PUSH_HOSTAGE", 0.0)
+    store.renew(worker="w-idle", fences={}, lease=LEASE, now=time.time())
+    back = store.get(job.id)
+    assert back is not None and (back.state, back.attempt) == (State.QUEUED, 0)
+    assert claim_one(store, worker="w-other").id == job.id
+
+
+def test_jobs_claimed_at_submission_wait_again_when_the_claim_that_took_them_fails(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    idle_slots(store)
+    job = submit(store)
+    queued = submit(store)  # a decision to write with the claim
+    cancelling = lifecycle.cancel(store.get(queued.id), now=time.time())  # type: ignore[arg-type]
+    assert cancelling is not None
+
+    def unavailable(*args: object) -> None:
+        raise StoreUnavailable("the disk is full")
+
+    monkeypatch.setattr(store, "_claim_any", unavailable)
+    with pytest.raises(StoreUnavailable):
+        store.apply_and_claim(
+            [cancelling], worker="w-idle", tasks=["t"], limits={}, lease=LEASE,
+            now=time.time(), max_jobs=2,
+        )  # fmt: skip
+    monkeypatch.undo()
+    assert store.get(queued.id).state is State.QUEUED  # type: ignore[union-attr]
+    assert [r.id for r in claim(store, worker="w-idle")] == [job.id]
+
+
+def test_a_submission_from_another_store_instance_is_queued(
+    store: SQLiteStore, db_path: str
+) -> None:
+    other = _open(db_path)
+    try:
+        [slot] = idle_slots(store)
+        job = submit(other)
+        assert slot.woken.wait(5.0)  # told through the wake-up channel
+        assert store.get(job.id).state is State.QUEUED  # type: ignore[union-attr]
+    finally:
+        other.close()
+
+
+def _started_at_submission(store: SQLiteStore, job_id: str) -> bool:
+    """Was the job claimed by its submission (its claim's event is at its creation)?"""
+    found = store.get(job_id)
+    events = store.events(job_id)
+    return found is not None and events[1].at == found.created_at
+
+
+def test_embedded_workers_run_jobs_claimed_for_them_without_waiting_for_a_poll(
+    db_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing but the submission wakes an idle slot here (the idle poll and the
+    fallback poll are an hour long): jobs submitted one by one to waiting slots are
+    claimed at their submission, and those submitted a few at once too, or queued;
+    all end within seconds, and each claim is logged."""
+    store = _open(db_path, fallback_interval=HOUR)
+    uw = Underway(store)
+
+    @uw.task
+    def double(n: int) -> int:
+        return 2 * n
+
+    caplog.set_level(logging.INFO, logger="underway.jobs")
+    uw.start(2, idle_poll=HOUR)
+    try:
+        ids = []
+        for n in range(40):
+            wait_for(lambda: store._waiting and _work_waiters(store), what="an idle slot")
+            handle = uw.submit("double", n=n)
+            assert handle.wait(5.0) == 2 * n
+            assert _started_at_submission(store, handle.id)
+            ids.append(handle.id)
+        for _ in range(10):
+            handles = [uw.submit("double", n=n) for n in range(5)]
+            assert [h.wait(5.0) for h in handles] == [2 * n for n in range(5)]
+            ids += [h.id for h in handles]
+        logged = " ".join(r.getMessage() for r in caplog.records)
+        assert all(
+            f"job {job_id} double attempt 1/1: queued -> running" in logged for job_id in ids
+        )
+    finally:
+        uw.close()
