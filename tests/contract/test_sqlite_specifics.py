@@ -284,6 +284,24 @@ def test_jobs_claimed_at_submission_wait_again_when_the_claim_that_took_them_fai
     assert [r.id for r in claim(store, worker="w-idle")] == [job.id]
 
 
+def test_work_is_announced_only_once_the_job_claimed_for_a_slot_can_be_taken(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot that sees WORK's version move on after a claim at submission (and so
+    claims, rather than only write its ends) finds the job among those it takes."""
+    idle_slots(store)
+    takeable: list[list[str]] = []
+    hand_over = store._feed.hand_over
+
+    def looked(event: threading.Event) -> None:
+        takeable.append([p.record.id for p in store._pushed])
+        hand_over(event)
+
+    monkeypatch.setattr(store._feed, "hand_over", looked)
+    job = submit(store)
+    assert takeable == [[job.id]]
+
+
 def test_a_submission_from_another_store_instance_is_queued(
     store: SQLiteStore, db_path: str
 ) -> None:
