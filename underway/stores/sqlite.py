@@ -616,8 +616,8 @@ class SQLiteStore(Store):
                         db.execute(_INSERT, _insert_values(record, events))
                         _insert_events(db, _first_events(record, events))
             except BaseException:
-                if handed is not None:
-                    handed[1].event.set()  # not claimed for it after all: it claims
+                if handed is not None:  # nothing was claimed for the slot taken: wake it
+                    handed[1].event.set()
                 raise
             if handed is not None:
                 with self._push_lock:
@@ -673,6 +673,7 @@ class SQLiteStore(Store):
         except BaseException:
             waiter.event.set()
             raise
+        # The row as inserted (`ROW_COLUMNS`), made into a record as a claim's would be.
         row = (
             record.id, record.task, record.queue, record.priority, "running", values[4],
             None, None, None, 0, 1, record.max_attempts, created, created, None, None,
