@@ -270,7 +270,7 @@ def test_jobs_claimed_at_submission_wait_again_when_the_claim_that_took_them_fai
     cancelling = lifecycle.cancel(store.get(queued.id), now=time.time())  # type: ignore[arg-type]
     assert cancelling is not None
 
-    def unavailable(*args: object) -> None:
+    def unavailable(*args: object, **kwargs: object) -> None:
         raise StoreUnavailable("the disk is full")
 
     monkeypatch.setattr(store, "_claim_any", unavailable)
@@ -313,6 +313,22 @@ def test_a_submission_from_another_store_instance_is_queued(
         assert store.get(job.id).state is State.QUEUED  # type: ignore[union-attr]
     finally:
         other.close()
+
+
+def test_a_worker_that_found_its_queue_drained_claims_a_delayed_job_once_due(
+    store: SQLiteStore,
+) -> None:
+    """A claim made while no work was announced since its worker found the queue
+    drained looks before it claims (see `_claim_any`): a job that only became due
+    meanwhile, which nobody announces, is still found."""
+    now = time.time()
+    delayed = submit(store, now=now, run_at=now + 60.0)
+    assert claim(store, worker="w", now=now) == []
+    with Statements(store) as ran:
+        assert claim(store, worker="w", now=now + 1.0) == []
+    assert not any(sql.startswith("UPDATE") for sql in ran)  # it only looked
+    got = claim(store, worker="w", now=now + 61.0)
+    assert [r.id for r in got] == [delayed.id]
 
 
 def _started_at_submission(store: SQLiteStore, job_id: str) -> bool:

@@ -884,11 +884,12 @@ class SQLiteStore(Store):
                         )
                 if rows:
                     _insert_events(db, rows)
-                claimed_rows = (
-                    self._claim_any(db, worker, tasks, limits, lease, now, max_jobs)
-                    if max_jobs > 0
-                    else []
-                )
+                claimed_rows: list[tuple[Any, ...]] = []
+                if max_jobs > 0:
+                    likely_none = self._drained.get(worker) == news
+                    claimed_rows = self._claim_any(
+                        db, worker, tasks, limits, lease, now, max_jobs, look_first=likely_none
+                    )
         except BaseException:
             if pushed:  # the worker gets none of this call's jobs: they wait for the next
                 self._put_back(pushed)
@@ -923,12 +924,20 @@ class SQLiteStore(Store):
         lease: float,
         now: float,
         max_jobs: int,
+        look_first: bool = False,
     ) -> list[tuple[Any, ...]]:
-        """Claim up to `max_jobs` ready jobs; their rows, in claim order."""
+        """Claim up to `max_jobs` ready jobs; their rows, in claim order. `look_first`:
+        the queue is likely empty of them (no work was announced since the worker
+        found it so)."""
         if limits:
             rows = self._claim_limited_in(db, worker, tasks, limits, lease, now, max_jobs)
         else:
             marks = ",".join("?" * len(tasks))
+            # The UPDATE builds its work tables (the list it picks from, the rows it
+            # returns) even when it finds nothing: a claim likely to find nothing
+            # looks first.
+            if look_first and not _any_ready(db, marks, tasks, now):
+                return []
             rows = db.execute(
                 f"UPDATE jobs SET {_CLAIM_SET} WHERE id IN (SELECT id FROM jobs "
                 f"INDEXED BY jobs_queued WHERE state = 'queued' AND run_at <= ? "
@@ -1371,6 +1380,16 @@ def _update_sql(
         where.append("lease_until < ?")
     returning = f"event_seq, attempt, {_COLUMNS}" if terminal else "event_seq, attempt"
     return f"UPDATE jobs SET {', '.join(sets)} WHERE {' AND '.join(where)} RETURNING {returning}"
+
+
+def _any_ready(db: sqlite3.Connection, marks: str, tasks: Collection[str], now: float) -> bool:
+    """Is a job of `tasks` (`marks` placeholders for them) queued and due at `now`?"""
+    row = db.execute(
+        "SELECT 1 FROM jobs INDEXED BY jobs_queued WHERE state = 'queued' "
+        f"AND run_at <= ? AND task IN ({marks}) LIMIT 1",
+        (now, *tasks),
+    ).fetchone()
+    return row is not None
 
 
 def _count_capped(db: sqlite3.Connection, where: str, args: tuple[Any, ...], cap: int) -> int:
