@@ -213,13 +213,20 @@ def test_jobs_with_keys_are_claimed_for_a_slot_after_their_keys_are_checked(
 
 
 def test_an_idle_worker_is_handed_as_many_jobs_as_it_has_slots_waiting(
-    store: SQLiteStore,
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     slots = idle_slots(store, 2)
+    handed: list[threading.Event] = []
+    hand_over = store._feed.hand_over
+    monkeypatch.setattr(store._feed, "hand_over", handed.append)  # the slots sleep on
     pushed = [submit(store) for _ in range(2)]
     queued = submit(store)
     states = [store.get(job.id).state for job in [*pushed, queued]]  # type: ignore[union-attr]
     assert states == [State.RUNNING] * 2 + [State.QUEUED]
+    monkeypatch.undo()
+    assert len(handed) == 2
+    for event in handed:
+        hand_over(event)
     for slot in slots:
         assert slot.woken.wait(5.0)  # each claim woke one
     # The queued job was announced since the worker found its queue drained: a claim

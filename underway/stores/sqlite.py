@@ -187,24 +187,15 @@ class _Feed(ChangeFeed):
     """The store's change feed, with what claims at submission need: a worker slot
     waits for work on an event of its own (`enlist`), which a submission can take out
     of the waiters of work (`take_waiter`) and set once the slot's job is ready for it
-    (`hand_over`); and a count of the announcements of work (`work_news`)."""
+    (`hand_over`); and whether anything but those hand-overs moved WORK's version on
+    since some version of it (`only_handed_over_since`)."""
+
+    # Hand-overs remembered, to follow WORK's version back through them.
+    HANDED_OVER = 256
 
     def __init__(self) -> None:
         super().__init__()
-        self.work_news = 0  # WORK announced (and notify_everything) so far
-
-    def notify(
-        self, *keys: str, known: Mapping[str, Known] | None = None, since: int | None = None
-    ) -> None:
-        if WORK in keys:
-            with self._lock:
-                self.work_news += 1
-        super().notify(*keys, known=known, since=since)
-
-    def notify_everything(self) -> None:
-        with self._lock:
-            self.work_news += 1
-        super().notify_everything()
+        self._handed_over: dict[int, int] = {}  # WORK version a hand-over made: the one before
 
     def enlist(self, event: threading.Event, seen: int) -> int | None:
         """Have `event` wait for work, as `wait(WORK, seen, ...)` would wait: None, or
@@ -233,9 +224,26 @@ class _Feed(ChangeFeed):
         that looks at the version after this (say, to decide it only writes ends)
         knows that work came."""
         with self._lock:
+            before = self._versions.get(WORK, self._floor)
             self._counter += 1
             self._versions[WORK] = self._counter
+            if len(self._handed_over) >= self.HANDED_OVER:
+                self._handed_over.clear()  # older versions read as other news
+            self._handed_over[self._counter] = before
         event.set()
+
+    def only_handed_over_since(self, version: int) -> bool:
+        """Was WORK's version moved on since `version` by hand-overs alone (or not at
+        all), and never by an announcement of work?"""
+        current = self.version(WORK)
+        for _ in range(self.HANDED_OVER):
+            if current == version:
+                return True
+            before = self._handed_over.get(current)
+            if before is None:
+                return False
+            current = before
+        return False
 
 
 @dataclass(eq=False, slots=True)
@@ -290,8 +298,8 @@ class SQLiteStore(Store):
         self.notifier = self._feed
         # Claims at submission (see `enqueue`): the slots waiting for work, oldest
         # first; the jobs claimed for workers and not taken yet; the workers that
-        # stopped; and for each worker, `work_news` before its latest claim that found
-        # its queue drained (no entry once one found as many jobs as it asked for).
+        # stopped; and for each worker, WORK's version before its latest claim that
+        # found its queue drained (no entry once one found as many jobs as it asked for).
         self._push_lock = threading.Lock()
         self._waiting: list[_Waiter] = []
         self._pushed: list[_Pushed] = []
@@ -803,6 +811,12 @@ class SQLiteStore(Store):
         except (sqlite3.Error, StoreUnavailable) as exc:  # their leases run out instead
             log.warning("could not hand back %d jobs claimed at submission: %s", len(records), exc)
 
+    def _drained_quiet(self, worker: str) -> bool:
+        """Did `worker` find its queue drained, with no work announced since (other than
+        jobs claimed for slots at their submission)?"""
+        drained = self._drained.get(worker)
+        return drained is not None and self._feed.only_handed_over_since(drained)
+
     def _note_claim(
         self,
         worker: str,
@@ -855,15 +869,13 @@ class SQLiteStore(Store):
             # drained), when it claims the rest as ever.
             pushed = self._take_pushed(worker, tasks, max_jobs)
             if pushed:
-                if not decisions and (
-                    len(pushed) == max_jobs or self._drained.get(worker) == self._feed.work_news
-                ):
+                if not decisions and (len(pushed) == max_jobs or self._drained_quiet(worker)):
                     self._note_claim(worker, tasks, limits, lease, asked, len(pushed))
                     return [], pushed
                 max_jobs -= len(pushed)
         if not decisions and max_jobs <= 0:
             return [], []
-        news = self._feed.work_news
+        work_version = self._feed.version(WORK) if max_jobs > 0 else 0
         statements = [_statement(d, now) for d in decisions]
         groups = _same_shape(decisions, statements)
         mark = self.notifier.mark()
@@ -886,9 +898,9 @@ class SQLiteStore(Store):
                     _insert_events(db, rows)
                 claimed_rows: list[tuple[Any, ...]] = []
                 if max_jobs > 0:
-                    likely_none = self._drained.get(worker) == news
+                    quiet = worker in self._drained and self._drained_quiet(worker)
                     claimed_rows = self._claim_any(
-                        db, worker, tasks, limits, lease, now, max_jobs, look_first=likely_none
+                        db, worker, tasks, limits, lease, now, max_jobs, look_first=quiet
                     )
         except BaseException:
             if pushed:  # the worker gets none of this call's jobs: they wait for the next
@@ -897,7 +909,7 @@ class SQLiteStore(Store):
         if asked > 0:
             if max_jobs > 0:
                 if len(claimed_rows) < max_jobs:
-                    self._drained[worker] = news
+                    self._drained[worker] = work_version
                 else:
                     self._drained.pop(worker, None)
             self._note_claim(worker, tasks, limits, lease, asked, len(pushed) + len(claimed_rows))
