@@ -494,3 +494,108 @@ def test_an_idle_process_is_handed_as_many_jobs_as_it_has_idle_slots(
         assert {job.id for job in taken} <= {job.id for job in pushed}
     finally:
         worker.close()
+
+
+def _end_without_claim(
+    store: PostgresStore, *claimed: Any, limits: dict[str, int] | None = None
+) -> None:
+    """As a worker slot writes jobs' ends when it saw the queue drained: no claim."""
+    applied, none = store.apply_and_claim(
+        [ended(job) for job in claimed],
+        worker=claimed[0].worker,
+        tasks=["t"],
+        limits=limits or {},
+        lease=30.0,
+        now=time.time(),
+        max_jobs=0,
+    )
+    assert applied == [True] * len(claimed) and none == []
+
+
+def test_an_end_written_without_a_claim_says_again_that_the_worker_is_idle(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    """A slot that writes its job's end without claiming (it saw the queue drained)
+    waits for work after it: the same statement renews its process's word, so that
+    the next submission is claimed for it too, as after a claim that found nothing."""
+    worker = open_store(postgres_url)
+    assert isinstance(worker, PostgresStore)
+    try:
+        _idle_worker(worker, "w-idle")
+        seen = worker.notifier.version("\x00work")
+        first = submit(pg_store)  # uses its word up
+        assert worker.wait_for_work(seen, 5.0) != seen
+        got = claim_one(worker, worker="w-idle")
+        assert got.id == first.id
+        _end_without_claim(worker, got)
+        again = pg_store.get(submit(pg_store).id)
+        assert again is not None and (again.state, again.worker) == (State.RUNNING, "w-idle")
+        # Several ends at once (one transaction) do the same.
+        queued = submit(pg_store)  # its word is used up again: queued
+        assert worker.wait_for_work(seen, 5.0) != seen  # `again`'s row is here
+        taken = [claim_one(worker, worker="w-idle") for _ in range(2)]  # its row, then a claim
+        assert [job.id for job in taken] == [again.id, queued.id]
+        _end_without_claim(worker, *taken)
+        last = pg_store.get(submit(pg_store).id)
+        assert last is not None and (last.state, last.worker) == (State.RUNNING, "w-idle")
+    finally:
+        worker.close()
+
+
+def test_an_end_a_worker_writes_is_news_of_work_only_under_a_concurrency_limit(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    """A worker's end frees room for others only under its task's limit, which the
+    worker names: without one, idle processes are not woken for it (they would all
+    claim, and find nothing). A caller that names no limits (`apply`) wakes them."""
+    conninfo, _ = split_url(postgres_url)
+    with psycopg.connect(conninfo, autocommit=True) as listen:
+        listen.execute(f'LISTEN "{pg_store._work_channel}"')
+
+        def news() -> list[str]:
+            """The news of work sent since the last call (a marker of ours ends it)."""
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                conn.execute("SELECT pg_notify(%s, 'marker')", (pg_store._work_channel,))
+            heard = []
+            for note in listen.notifies(timeout=5.0):
+                if note.payload == "marker":
+                    return heard
+                heard.append(note.payload)
+            raise AssertionError(f"no marker within 5 s, after {heard}")
+
+        for limits, wakes in (({}, False), ({"t": 5}, True)):
+            submit(pg_store)
+            assert len(news()) == 1  # the new job (queued: nobody said it is idle)
+            _end_without_claim(pg_store, claim_one(pg_store), limits=limits)
+            assert len(news()) == wakes
+        submit(pg_store)
+        assert len(news()) == 1
+        finish(pg_store, claim_one(pg_store))  # `apply`: the limits are not known
+        assert len(news()) == 1
+
+
+def test_jobs_claimed_for_a_worker_whose_slots_stay_busy_go_back_to_the_queue(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    """A word may count one slot too many (the one that wrote it, which does not
+    always wait for work after). A job claimed for the worker that still waits at its
+    next renewal, and no slot of its process waits for work, goes back to the queue,
+    its attempt given back: it does not wait for a busy slot while others are idle."""
+    worker = open_store(postgres_url)
+    assert isinstance(worker, PostgresStore)
+    try:
+        _idle_worker(worker, "w-idle")  # no slot waits for work after this
+        seen = worker.notifier.version("\x00work")
+        job = submit(pg_store)
+        assert worker.wait_for_work(seen, 5.0) != seen  # its row is here
+        for _ in range(2):  # its first renewal sees it wait; the next one too
+            assert pg_store.get(job.id).state is State.RUNNING  # type: ignore[union-attr]
+            assert worker.renew(worker="w-idle", fences={}, lease=30.0, now=time.time()) == (
+                set(),
+                set(),
+            )
+        back = pg_store.get(job.id)
+        assert back is not None and (back.state, back.attempt) == (State.QUEUED, 0)
+        assert claim_one(pg_store, worker="w-next").id == job.id
+    finally:
+        worker.close()

@@ -17,7 +17,13 @@ too, and wakes one idle worker process rather than all (`Statements.submit`); it
 claims the job for that process's idle worker there and then, when it can, and
 the notification carries the job's row, so that the worker runs it without a
 claim of its own (such jobs wait in the store for the worker's next claim, are
-renewed with its jobs, and go back to the queue if it stops first).
+renewed with its jobs, and go back to the queue if it stops first, or if two of
+its renewals in a row find them waiting while no slot of its process waits for
+work).
+A worker's slot that writes an end without claiming (it saw the queue drained, and
+waits for work after) renews its process's word in the same statement, as a claim
+that found nothing does; its end is news of work for others only when it frees
+room under its task's concurrency limit.
 Claims of tasks with a concurrency limit take a transaction-level advisory lock
 per limited task, so two workers never both fill the last free place.
 
@@ -120,6 +126,7 @@ class PostgresStore(Store):
         self._pushed: list[JobRecord] = []
         self._taken: set[str] = set()  # ... handed to a worker, whose end is not written yet
         self._stopped: set[str] = set()
+        self._waited: dict[str, set[str]] = {}  # ... by worker, at its last renewal
         self._push_lock = threading.Lock()
         # Held (shared) by the processes that listen on these channels (see `Statements`).
         self._listen_keys = {
@@ -531,7 +538,10 @@ class PostgresStore(Store):
         if self._taken and decisions:
             with self._push_lock:
                 self._taken.difference_update(d.job_id for d in decisions)
-        any_room = max_jobs <= 0
+        # An end frees room under a task's concurrency limit: news of work for idle
+        # slots elsewhere. A worker names its limits; a caller that claims nothing and
+        # names no tasks (`apply`) does not, so its ends are news for all.
+        any_room = max_jobs <= 0 and not tasks
         # Jobs claimed for this worker at their submission come first, with no round
         # trip: with no decision to write, they are all this call takes.
         pushed = self._take_pushed(worker, tasks, max_jobs)
@@ -580,7 +590,12 @@ class PostgresStore(Store):
                     applied = [run(conn, self._sql.apply, params[0])]
             elif len(params) + (max_jobs > 0) == 1:
                 # One statement is a transaction of its own.
-                if params:
+                if params and tasks:
+                    # A worker that claims nothing: its slot waits for work after.
+                    idle = self._idle_values(worker, tasks, limits, lease)
+                    applied = [run(conn, self._sql.apply_idle, {**params[0], **idle})]
+                    claim = None
+                elif params:
                     applied = [run(conn, self._sql.apply, params[0])]
                     claim = None
                 else:
@@ -593,7 +608,12 @@ class PostgresStore(Store):
                 # BEGIN/COMMIT and no `conn.transaction()`, which syncs at its entry and
                 # exit (each sync is a round trip of its own).
                 with conn.pipeline():
-                    applied = [run(conn, self._sql.apply, p) for p in params]
+                    applied = [run(conn, self._sql.apply, p) for p in params[:-1]]
+                    if max_jobs <= 0 and tasks:  # the last one renews the idle word too
+                        idle = self._idle_values(worker, tasks, limits, lease)
+                        applied.append(run(conn, self._sql.apply_idle, {**params[-1], **idle}))
+                    else:
+                        applied.append(run(conn, self._sql.apply, params[-1]))
                     claim = None
                     if max_jobs > 0:
                         claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
@@ -654,21 +674,11 @@ class PostgresStore(Store):
             return None
         values: dict[str, Any] = {
             **self._names(),
+            **self._idle_values(worker, tasks, limits, lease),
             "now": now,
             "worker": worker,
             "lease_until": now + lease,
             "n_jobs": max_jobs,
-            # Found nothing: this process has an idle slot (see `Statements.submit`).
-            "idle_channel": self._listener.own_channel,
-            "idle_tasks": cached_text_array(tuple(sorted(tasks))),
-            # Its slots that wait for work, and the claiming one, which will.
-            "idle_slots": self._feed.idle_slots() + 1,
-            # ... to which submissions may hand jobs, claimed (while its listener holds
-            # the lock that says it hears them).
-            "push_worker": worker if self._may_push(worker) else None,
-            "push_lease": lease,
-            "push_tasks": cached_text_array(tuple(sorted(set(tasks) - set(limits)))),
-            "push_key": self._push_key,
         }
         # Each group is a CTE of its own (FOR UPDATE does not go with UNION).
         ctes = []
@@ -695,6 +705,24 @@ class PostgresStore(Store):
             values,
         )
 
+    def _idle_values(
+        self, worker: str, tasks: Collection[str], limits: Mapping[str, int], lease: float
+    ) -> dict[str, Any]:
+        """The word that `worker`'s slot, which found (or claimed) nothing, waits for
+        work: this process has an idle slot (see `Statements.submit`)."""
+        return {
+            "idle_channel": self._listener.own_channel,
+            "idle_tasks": cached_text_array(tuple(sorted(tasks))),
+            # Its slots that wait for work, and the claiming one, which will.
+            "idle_slots": self._feed.idle_slots() + 1,
+            # ... to which submissions may hand jobs, claimed (while its listener holds
+            # the lock that says it hears them).
+            "push_worker": worker if self._may_push(worker) else None,
+            "push_lease": lease,
+            "push_tasks": cached_text_array(tuple(sorted(set(tasks) - set(limits)))),
+            "push_key": self._push_key,
+        }
+
     def _refresh_stats(self) -> None:
         """ANALYZE the jobs table when the planner's idea of it is far off (see
         `Statements.stale_stats`). A claim planned for a (nearly) empty table reads
@@ -718,7 +746,23 @@ class PostgresStore(Store):
         self, *, worker: str, fences: Mapping[str, int], lease: float, now: float
     ) -> tuple[set[str], set[str]]:
         with self._push_lock:
-            waiting = {r.id: r.attempt for r in self._pushed if r.worker == worker}
+            mine = [r for r in self._pushed if r.worker == worker]
+            # Jobs claimed for it at submission that have waited here since its last
+            # renewal while no slot of this process waits for work: its slots are
+            # busy, maybe for long (a word counts the slot that wrote it, which is
+            # not always about to wait), while other processes may be idle.
+            stuck: list[JobRecord] = []
+            if mine and not self._feed.idle_slots():
+                before = self._waited.get(worker, set())
+                stuck = [r for r in mine if r.id in before]
+                if stuck:
+                    gone = {r.id for r in stuck}
+                    self._pushed = [r for r in self._pushed if r.id not in gone]
+                    mine = [r for r in mine if r.id not in gone]
+            self._waited[worker] = {r.id for r in mine}
+            waiting = {r.id: r.attempt for r in mine}
+        if stuck:
+            self._hand_back(stuck)  # back to the queue, for whoever claims first
         # Jobs claimed for it at submission are its own too, while they wait for a slot.
         fences = {**waiting, **fences} if waiting else fences
         if not fences:

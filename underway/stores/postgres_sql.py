@@ -281,6 +281,26 @@ class Statements:
                 output_count = 0, progress = NULL, event_seq = event_seq + 1
             FROM picked WHERE id = pick
             RETURNING {COLUMNS}, event_seq"""
+        # The word of a process whose slot found nothing to claim (or claimed
+        # nothing: see `apply_idle`), renewed with each such claim.
+        idle_word = f"""
+            idle AS (
+                INSERT INTO {idle} (channel, tasks, at, slots, worker, lease, push_tasks,
+                    push_key)
+                SELECT %(idle_channel)s, %(idle_tasks)s::text[], extract(epoch FROM now()),
+                    %(idle_slots)s::int, %(push_worker)s::text, %(push_lease)s::float8,
+                    %(push_tasks)s::text[], %(push_key)s::bigint
+                WHERE %(idle_channel)s::text IS NOT NULL AND {{found_nothing}}
+                ON CONFLICT (channel) DO UPDATE SET tasks = EXCLUDED.tasks, at = EXCLUDED.at,
+                    slots = EXCLUDED.slots, worker = EXCLUDED.worker, lease = EXCLUDED.lease,
+                    push_tasks = EXCLUDED.push_tasks, push_key = EXCLUDED.push_key
+            )"""
+        # A worker's decision written without a claim (its slot found the queue
+        # drained and waits for work after it): the decision, and the process's word
+        # renewed, as a claim that found nothing renews it; one statement.
+        self.apply_idle = (
+            f"WITH {self.apply_head}, {idle_word.format(found_nothing='true')} {self.apply_tail}"
+        )
         self.claim_tail = f"""
             ev AS (
                 INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
@@ -291,17 +311,7 @@ class Statements:
                 SELECT pg_notify(%(jobs_channel)s, %(origin)s || '|running|' || string_agg(id, ','))
                 FROM (SELECT id, (row_number() OVER ()) / {NOTIFY_IDS} AS g FROM c) s
                 WHERE (SELECT NOT pg_try_advisory_xact_lock(%(jobs_key)s)) GROUP BY g
-            ), idle AS (
-                INSERT INTO {idle} (channel, tasks, at, slots, worker, lease, push_tasks,
-                    push_key)
-                SELECT %(idle_channel)s, %(idle_tasks)s::text[], extract(epoch FROM now()),
-                    %(idle_slots)s::int, %(push_worker)s::text, %(push_lease)s::float8,
-                    %(push_tasks)s::text[], %(push_key)s::bigint
-                WHERE %(idle_channel)s::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM c)
-                ON CONFLICT (channel) DO UPDATE SET tasks = EXCLUDED.tasks, at = EXCLUDED.at,
-                    slots = EXCLUDED.slots, worker = EXCLUDED.worker, lease = EXCLUDED.lease,
-                    push_tasks = EXCLUDED.push_tasks, push_key = EXCLUDED.push_key
-            )"""
+            ), {idle_word.format(found_nothing="NOT EXISTS (SELECT 1 FROM c)")}"""
         self.claim_select = """
             SELECT c.*, (SELECT count(*) FROM note) FROM c ORDER BY c.priority, c.id"""
         self.pick = f"""
@@ -309,7 +319,8 @@ class Statements:
              AND task = ANY(%({{tasks}})s::text[]) ORDER BY priority, id
              LIMIT %({{room}})s FOR UPDATE SKIP LOCKED)"""
         # Idle processes renew their word at each claim that finds nothing (every
-        # idle poll at least); a word older than this is of a process that is gone.
+        # idle poll at least) and at each end written without a claim; a word older
+        # than this is of a process that is gone.
         self.purge_idle = f"""
             DELETE FROM {idle} WHERE at < extract(epoch FROM now()) - {30 * IDLE_FRESH}"""
         # The statements run as prepared statements, each planned once for all its
