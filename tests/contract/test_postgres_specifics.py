@@ -599,3 +599,42 @@ def test_jobs_claimed_for_a_worker_whose_slots_stay_busy_go_back_to_the_queue(
         assert claim_one(pg_store, worker="w-next").id == job.id
     finally:
         worker.close()
+
+
+def test_the_row_a_submission_sends_an_idle_worker_is_the_row_it_stored(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    """The submission builds the row it sends with the job (the server adds the
+    worker and its lease): the worker's record is the stored job's, whatever the
+    parameters, names and numbers hold."""
+    worker = open_store(postgres_url)
+    assert isinstance(worker, PostgresStore)
+    odd = 'é "quoted" \\ back\\slash \u2603 \n line'
+    try:
+        for changes in (
+            {},
+            {
+                "params": {"s": odd, "n": [1, 2.5, None, True], "big": 10**20},
+                "owner": odd,
+                "idempotency_key": odd,
+                "supersede_key": odd,
+                "meta": {"m": odd},
+                "priority": -3,
+                "max_attempts": 4,
+                "timeout": 2.0,
+                "keep_for": 7.25,
+                "queue": odd,
+            },
+        ):
+            _idle_worker(worker, "w-idle")
+            seen = worker.notifier.version("\x00work")
+            job = submit(pg_store, **changes)
+            assert worker.wait_for_work(seen, 5.0) != seen
+            got = claim_one(worker, worker="w-idle")
+            assert got.started_at == got.created_at  # claimed at its submission
+            assert got == pg_store.get(job.id)
+            _, known = pg_store.notifier.known(job.id)  # the submitter's own news
+            assert known is not None and known.full() == got
+            finish(worker, got)
+    finally:
+        worker.close()

@@ -67,6 +67,7 @@ from .postgres_sql import (
     doc_to_record,
     job_values,
     lock_key,
+    push_doc,
     row_to_record,
     run,
     text_array,
@@ -322,6 +323,7 @@ class PostgresStore(Store):
             "kinds": cached_text_array(tuple(k.value for k, _ in events)),
             "datas": text_array(d for _, d in events),
         }
+        values["doc_head"], values["doc_tail"] = push_doc(values)
         # Its row must fit in the notification that hands it to a worker.
         values["pushable"] = (
             sum(len(values[k] or "") for k in ("params", "meta", "idempotency_key", "owner"))

@@ -61,6 +61,24 @@ def job_values(record: JobRecord) -> dict[str, Any]:
     }
 
 
+def push_doc(values: dict[str, Any]) -> tuple[str, str]:
+    """The row of a job that a submission claims for an idle worker (see
+    `Statements.submit`), as a JSON array of `COLUMN_NAMES` (JSON columns as text),
+    from `job_values`: all of it but its `worker` and `lease_until`, which the
+    statement puts between the two parts."""
+    created = values["created_at"]
+    head = [
+        values["id"], values["task"], values["queue"], values["priority"], "running",
+        values["params"], None, None, None, False, 1, values["max_attempts"], created,
+        created, None, None, values["run_at"], values["timeout"], values["keep_for"], 0,
+        values["owner"], values["idempotency_key"], values["supersede_key"],
+    ]  # fmt: skip
+    return _compact(head)[:-1] + ",", "," + _compact(values["meta"]) + "]"
+
+
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def text_array(values: Iterable[str]) -> str:
     """A `text[]` literal of `values`: a plain string is far cheaper to send than a
     list the driver adapts item by item (the statements cast it with `::text[]`)."""
@@ -145,7 +163,10 @@ class Statements:
         # event), and the news carries the job's row: the worker runs it without a
         # claim of its own. Only while the process's listening connection holds the
         # word's lock (so the news reaches it), for a task it takes without a
-        # concurrency limit, and with no due job of its tasks queued ahead.
+        # concurrency limit, and with no due job of its tasks queued ahead. The row
+        # is as `json_build_array` would make it, from the caller's parts
+        # (`push_doc`) and the worker and lease the word gave: the server builds no
+        # JSON and returns no row of its own.
         self.submit = f"""
             WITH idle AS (
                 UPDATE {idle} SET slots = coalesce(slots, 1) - 1 WHERE channel = (
@@ -174,7 +195,8 @@ class Statements:
                     CASE WHEN push.worker IS NOT NULL THEN %(created_at)s::float8 END,
                     push.worker, %(created_at)s::float8 + push.lease
                 FROM (SELECT 1) AS one LEFT JOIN push ON true
-                ON CONFLICT (idempotency_key) DO NOTHING RETURNING {returning}
+                ON CONFLICT (idempotency_key) DO NOTHING
+                RETURNING j.id, j.state, j.worker, j.lease_until
             ), ev AS (
                 INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
                 SELECT ins.id, x.n::int, x.kind, NULL::int, x.data, %(created_at)s::float8, 0
@@ -189,8 +211,8 @@ class Statements:
                 FROM ins WHERE ins.state = 'running'
                     AND NOT pg_try_advisory_xact_lock(%(jobs_key)s)
             ), doc AS (
-                SELECT CASE WHEN state = 'running' THEN json_build_array({COLUMNS})::text END
-                    AS doc
+                SELECT CASE WHEN state = 'running' THEN %(doc_head)s || to_json(worker)::text
+                    || ',' || to_json(lease_until)::text || %(doc_tail)s END AS doc
                 FROM ins
             )
             SELECT pg_notify(coalesce((SELECT channel FROM idle), %(work_channel)s),
