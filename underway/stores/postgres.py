@@ -220,8 +220,14 @@ class PostgresStore(Store):
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection; a lost or unreachable server is StoreUnavailable."""
         try:
-            with self._pool.connection(POOL_TIMEOUT if self._healthy else DOWN_TIMEOUT) as conn:
+            # Not `pool.connection()`, whose exit also commits: a round of the
+            # driver's machinery per call, for connections in autocommit mode. The
+            # pool brings a connection returned in a transaction back to idle.
+            conn = self._pool.getconn(POOL_TIMEOUT if self._healthy else DOWN_TIMEOUT)
+            try:
                 yield conn
+            finally:
+                self._pool.putconn(conn)
             self._healthy = True
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._healthy = False
