@@ -9,11 +9,15 @@ All methods are synchronous and thread-safe. Times are epoch seconds (floats).
 
 from __future__ import annotations
 
+import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from .. import lifecycle
 from .._util import loads
+from ..errors import StoreUnavailable
 from ..feed import WORK, ChangeFeed
 from ..records import (
     EMPTY_PROGRESS,
@@ -54,11 +58,16 @@ def listing_filter(
     return (" WHERE " + " AND ".join(where) if where else ""), args
 
 
+log = logging.getLogger("underway.stores")
+
+
 class Store(ABC):
     """The interface every store implements. See the module docstring."""
 
     url: str
     notifier: ChangeFeed
+    # What the store's driver raises, besides StoreUnavailable, when a write fails.
+    driver_errors: tuple[type[Exception], ...] = ()
 
     # -- submission ------------------------------------------------------------------
     @abstractmethod
@@ -247,6 +256,28 @@ class Store(ABC):
 
     def close(self) -> None:
         """Release connections and background threads."""
+
+    def hand_back(self, records: Sequence[JobRecord]) -> None:
+        """Give back jobs claimed for a worker that will not run them (claimed at their
+        submission for a worker that stopped, or whose slots all went into other jobs,
+        or for a store that closes): queued again, the attempt the claim counted given
+        back, as a worker hands back the jobs it claimed and never started. When the
+        store cannot take it, their leases run out and they are recovered."""
+        if not records:
+            return
+        now = time.time()
+        decisions = [
+            lifecycle.released(r, fence=Fence(worker=r.worker or "", attempt=r.attempt), now=now)
+            for r in records
+        ]
+        errors: tuple[type[Exception], ...] = (StoreUnavailable, *self.driver_errors)
+        try:
+            applied = self.apply(decisions, now)
+        except errors as exc:
+            log.warning("could not hand back %d jobs claimed at submission: %s", len(records), exc)
+            return
+        for record, decision, ok in zip(records, decisions, applied, strict=True):
+            lifecycle.log_applied(record, decision, ok)
 
 
 # A job row as the SQL stores select it: these columns, in this order.

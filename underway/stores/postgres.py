@@ -51,7 +51,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .. import lifecycle
 from .._util import dumps, loads, new_id
 from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK, Known
@@ -109,6 +108,8 @@ def split_url(url: str) -> tuple[str, str]:
 
 class PostgresStore(Store):
     """`postgresql://user:password@host:port/db?schema=NAME` (or `postgres://`)."""
+
+    driver_errors = (psycopg.Error,)
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -271,7 +272,7 @@ class PostgresStore(Store):
             if not stopped:
                 self._pushed.append(record)
         if stopped:
-            self._hand_back([record])
+            self.hand_back([record])
             return
         self.notifier.notify(WORK)
 
@@ -289,22 +290,6 @@ class PostgresStore(Store):
 
     def _may_push(self, worker: str) -> bool:
         return self._listener.push_ready.is_set() and worker not in self._stopped
-
-    def _hand_back(self, records: Sequence[JobRecord]) -> None:
-        """Give back jobs claimed for a worker that will not run them (it stopped, or
-        the store closes): queued again, their attempt given back, as a worker hands
-        back the jobs it claimed and never started."""
-        if not records:
-            return
-        now = time.time()
-        decisions = [
-            lifecycle.released(r, fence=Fence(worker=r.worker or "", attempt=r.attempt), now=now)
-            for r in records
-        ]
-        try:
-            self.apply(decisions, now)
-        except (psycopg.Error, StoreUnavailable) as exc:  # their leases run out instead
-            log.warning("could not hand back %d jobs claimed at submission: %s", len(records), exc)
 
     def _names(self) -> dict[str, Any]:
         return {
@@ -485,7 +470,7 @@ class PostgresStore(Store):
         # lost when its lease runs out, the attempt counted.
         with self._push_lock:
             records = [row_to_record(row) for row in rows if row[0] not in self._taken]
-        self._hand_back(records)
+        self.hand_back(records)
 
     def live_workers(self, now: float) -> dict[str, list[str]] | None:
         with self._connection() as conn:
@@ -770,7 +755,7 @@ class PostgresStore(Store):
             self._waited[worker] = {r.id for r in mine}
             waiting = {r.id: r.attempt for r in mine}
         if stuck:
-            self._hand_back(stuck)  # back to the queue, for whoever claims first
+            self.hand_back(stuck)  # back to the queue, for whoever claims first
         # Jobs claimed for it at submission are its own too, while they wait for a slot.
         fences = {**waiting, **fences} if waiting else fences
         if not fences:
@@ -931,7 +916,7 @@ class PostgresStore(Store):
         self._listener.close(wake)
         with self._push_lock:
             left, self._pushed = self._pushed, []
-        self._hand_back(left)
+        self.hand_back(left)
         try:
             with self._pool.connection(timeout=1.0) as conn:
                 conn.execute(

@@ -54,7 +54,6 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .. import lifecycle
 from .._util import loads, new_id, rfc3339
 from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK, Known
@@ -440,7 +439,7 @@ class RedisStore(Store):
                 if not stopped:
                     self._pushed.append(record)
             if stopped:
-                self._hand_back([record])
+                self.hand_back([record])
                 return
             # WORK too: a slot that has ends to write claims (and so takes it) only
             # when work was announced since it last found none.
@@ -490,7 +489,7 @@ class RedisStore(Store):
         with self._push_lock:
             records = [r for r in self._pushed if r.worker == worker]
             self._pushed = [r for r in self._pushed if r.worker != worker]
-        self._hand_back(records)
+        self.hand_back(records)
 
     def _catch_up(self) -> None:
         """Return once the listener has handled every message sent to this instance
@@ -504,25 +503,6 @@ class RedisStore(Store):
             self._redis.publish(self.keys.wake_channel(self._process), f"\x00{token}")
         with self._flushed:
             self._flushed.wait_for(lambda: self._flush_seen >= token, FLUSH_WAIT)
-
-    def _hand_back(self, records: Sequence[JobRecord]) -> None:
-        """Give back jobs claimed for a worker that will not run them: queued again,
-        the attempt the claim counted given back, as a worker hands back the jobs it
-        claimed and never started."""
-        if not records:
-            return
-        now = time.time()
-        decisions = [
-            lifecycle.released(r, fence=Fence(worker=r.worker or "", attempt=r.attempt), now=now)
-            for r in records
-        ]
-        try:
-            applied = self.apply(decisions, now)
-        except StoreUnavailable as exc:  # their leases run out, and they are recovered
-            log.warning("could not hand back %d jobs claimed at submission: %s", len(records), exc)
-            return
-        for record, decision, ok in zip(records, decisions, applied, strict=True):
-            lifecycle.log_applied(record, decision, ok)
 
     def _hold(self, job_ids: Collection[str], lease: float) -> None:
         until = time.monotonic() + lease

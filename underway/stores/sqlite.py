@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import logging
 import os
 import sqlite3
 import threading
@@ -36,7 +35,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .. import lifecycle
 from .._util import dumps, loads
 from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK, ChangeFeed, Known
@@ -159,7 +157,6 @@ def _first_events(
 
 
 # -- claims at submission (see `SQLiteStore.enqueue`) -----------------------------------
-log = logging.getLogger("underway.stores.sqlite")
 
 # A job claimed at its submission: running, attempt 1, its worker and lease, and the
 # claim's `state` event after the submission's (so `event_seq` is one more).
@@ -276,6 +273,8 @@ class _Pushed:
 
 class SQLiteStore(Store):
     """`sqlite:///path/to/file.db` (default `./underway.db`); `memory://` uses `:memory:`."""
+
+    driver_errors = (sqlite3.Error,)
 
     fallback_interval = 1.0  # seconds between looks at data_version beside the channel
     poll_without_channel = 0.05  # ... and without it
@@ -767,7 +766,7 @@ class SQLiteStore(Store):
             if left:
                 self._pushed = [p for p in self._pushed if p.record.worker != worker]
             self._waiting = [w for w in self._waiting if w.slot.worker != worker]
-        self._hand_back(left)
+        self.hand_back(left)
 
     def _take_pushed(self, worker: str, tasks: Collection[str], max_jobs: int) -> list[JobRecord]:
         """Up to `max_jobs` of the jobs claimed for `worker` at their submission."""
@@ -792,24 +791,7 @@ class SQLiteStore(Store):
             stopped = [r for r in records if r.worker in self._stopped]
             kept = [_Pushed(r, at) for r in records if r.worker not in self._stopped]
             self._pushed[:0] = kept
-        self._hand_back(stopped)
-
-    def _hand_back(self, records: Sequence[JobRecord]) -> None:
-        """Give back jobs claimed at submission for a worker that will not run them (it
-        stopped, its slots are all busy, or the store closes): queued again, their
-        attempt given back (`lifecycle.released`), as a worker hands back the jobs it
-        claimed and never started."""
-        if not records:
-            return
-        now = time.time()
-        decisions = [
-            lifecycle.released(r, fence=Fence(worker=r.worker or "", attempt=r.attempt), now=now)
-            for r in records
-        ]
-        try:
-            self.apply(decisions, now)
-        except (sqlite3.Error, StoreUnavailable) as exc:  # their leases run out instead
-            log.warning("could not hand back %d jobs claimed at submission: %s", len(records), exc)
+        self.hand_back(stopped)
 
     def _drained_quiet(self, worker: str) -> bool:
         """Did `worker` find its queue drained, with no work announced since (other than
@@ -1047,7 +1029,7 @@ class SQLiteStore(Store):
             stale = [p for p in self._pushed if p.record.worker == worker and p.at < old]
             if stale:
                 self._pushed = [p for p in self._pushed if p not in stale]
-        self._hand_back([p.record for p in stale])
+        self.hand_back([p.record for p in stale])
 
     def save_progress(self, job_id: str, fence: Fence, progress: Progress, now: float) -> bool:
         data = dumps(progress.to_dict())
@@ -1210,7 +1192,7 @@ class SQLiteStore(Store):
             left = [p.record for p in self._pushed]
             self._pushed = []
             self._waiting = []
-        self._hand_back(left)
+        self.hand_back(left)
         if self._wake is not None:
             self._wake.interrupt()
         if self._watcher is not None:
