@@ -23,6 +23,7 @@ from tests.contract.helpers import (
 )
 from tests.support.redis_server import RedisServer
 from tests.support.services import free_port, missing
+from tests.support.wait import wait_for
 from underway import lifecycle
 from underway.errors import ConfigurationError, StoreUnavailable
 from underway.feed import WORK
@@ -213,15 +214,18 @@ def test_a_waiter_elsewhere_is_handed_the_finished_record_without_reading_it(
             changes.wait_for(2)
             assert finish(redis_store, claimed, now=now + 1, result={"ok": "ü"}) is not None
             changes.wait_for(3)
+            redis_store._catch_up()  # the end that came to the submitter's channel too
             before = _script_calls(redis_url)
             brought = watcher.get(job.id)
             assert _script_calls(redis_url) == before  # no read: it came with the message
+            # Nor for the submitter: the job's end came to its own channel.
             assert brought == redis_store.get(job.id)
+            assert _script_calls(redis_url) == before
             assert brought is not None and brought.state is State.SUCCEEDED
             assert brought.result == {"ok": "ü"} and brought.params == job.params
             # Handed out once: the next read goes to Redis, and agrees.
             assert watcher.get(job.id) == brought
-            assert _script_calls(redis_url) == before + 2
+            assert _script_calls(redis_url) == before + 1
         finally:
             stop()
     finally:
@@ -410,18 +414,17 @@ def test_a_task_with_a_concurrency_limit_is_never_claimed_at_submission(
         worker.close()
 
 
-def test_a_waiter_that_comes_at_once_needs_no_read_before_it_follows_the_job(
+def test_a_waiter_for_a_job_submitted_here_needs_no_read_before_it_waits(
     redis_store: RedisStore, redis_url: str
 ) -> None:
-    """The submission tells this process's feed the new job's state (for a short while:
-    this process hears of the job's changes only while it waits on it)."""
+    """The submission tells this process's feed the new job's state, which stands until
+    the job changes: the job's end comes to this store instance's own channel."""
     assert redis_store._listener.connected.wait(5.0)
     redis_store._catch_up()  # its news of connecting (which forgets all) is out of the way
     queued = submit(redis_store)
     version, known = redis_store.notifier.known(queued.id)
     assert version == redis_store.notifier.version(queued.id)
-    assert known is not None and known.full() == queued
-    assert known.until is not None and known.until <= time.monotonic() + 1.0
+    assert known is not None and known.full() == queued and known.until is None
     finish(redis_store, claim_one(redis_store))
     worker = _idle_worker(redis_url)
     try:
@@ -431,3 +434,124 @@ def test_a_waiter_that_comes_at_once_needs_no_read_before_it_follows_the_job(
         assert known.full() == redis_store.get(pushed.id)
     finally:
         worker.close()
+
+
+# -- the ends of jobs submitted here come to this store instance's own channel ----------
+
+
+def _subscribers(url: str, channel: str) -> int:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        return int(client.pubsub_numsub(channel)[0][1])
+    finally:
+        client.close()
+
+
+class _EndWaiter:
+    """A thread of the submitting process waiting for a job's end (as `wait()` does)."""
+
+    def __init__(self, store: RedisStore, job_id: str) -> None:
+        self.seen = store.notifier.version(job_id)
+        self.woke: int | None = None
+        self._thread = threading.Thread(target=self._run, args=(store, job_id), daemon=True)
+        self._thread.start()
+        # It sleeps on the feed now (a change before that would have returned at once).
+        wait_for(lambda: job_id in store.notifier._end_waiters, what="the waiter sleeps")
+
+    def _run(self, store: RedisStore, job_id: str) -> None:
+        self.woke = store.notifier.wait_end(job_id, self.seen, 10.0)
+
+    def join(self) -> int:
+        self._thread.join(10.0)
+        assert self.woke is not None and self.woke != self.seen, "the waiter was not woken"
+        return self.woke
+
+
+def test_the_end_of_a_job_submitted_here_comes_without_a_subscription_or_a_read(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    assert redis_store._listener.connected.wait(5.0)
+    redis_store._catch_up()
+    worker = open_store(redis_url)  # another process runs it
+    try:
+        job = submit(redis_store)
+        waiter = _EndWaiter(redis_store, job.id)
+        assert _subscribers(redis_url, redis_store.keys.job_channel(job.id)) == 0
+        claimed = claim_one(worker)
+        assert finish(worker, claimed, result={"ok": 1}) is not None
+        waiter.join()
+        before = _script_calls(redis_url)
+        ended = redis_store.get(job.id)
+        assert _script_calls(redis_url) == before  # the final record came with the news
+        assert ended is not None and ended.state is State.SUCCEEDED
+        assert ended.result == {"ok": 1} and ended == worker.get(job.id)
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize("change", ["meta", "delete"])
+def test_a_change_elsewhere_after_the_end_is_not_hidden_by_the_record_that_came_with_it(
+    redis_store: RedisStore, redis_url: str, change: str
+) -> None:
+    assert redis_store._listener.connected.wait(5.0)
+    redis_store._catch_up()
+    other = open_store(redis_url)
+    try:
+        job = submit(redis_store)
+        waiter = _EndWaiter(redis_store, job.id)
+        finish(other, claim_one(other))
+        seen = waiter.join()  # the final record is kept here now
+        if change == "meta":
+            assert other.update_meta(job.id, {"note": "later"})
+        else:
+            assert other.delete(job.id)
+        assert redis_store.notifier.wait_end(job.id, seen, 10.0) != seen  # heard of it
+        now = redis_store.get(job.id)
+        if change == "meta":
+            assert now is not None and now.meta == {"note": "later"}
+        else:
+            assert now is None
+    finally:
+        other.close()
+
+
+def test_a_job_submitted_before_the_channel_was_lost_is_followed_on_its_own_channel(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    """Its end may have been sent while the listener was away: its waiters follow it
+    on its own channel once the listener is back (after reading it again)."""
+    assert redis_store._listener.connected.wait(5.0)
+    redis_store._catch_up()
+    job = submit(redis_store)
+    assert redis_store._listener.hears(job.id)
+    killer = redis.Redis.from_url(redis_url)
+    try:
+        assert killer.client_kill_filter(_type="pubsub") >= 1
+    finally:
+        killer.close()
+    wait_for(lambda: not redis_store._listener.hears(job.id), what="the loss is seen")
+    wait_for(redis_store._listener.connected.is_set, what="the listener is back")
+    ended = threading.Event()
+
+    def wait() -> None:  # as `Underway.wait` does: read, then sleep until it changes
+        while True:
+            seen = redis_store.notifier.version(job.id)
+            now = redis_store.get(job.id)
+            if now is not None and now.state is State.SUCCEEDED:
+                ended.set()
+                return
+            redis_store.notifier.wait_end(job.id, seen, 10.0)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    channel = redis_store.keys.job_channel(job.id)
+    wait_for(lambda: _subscribers(redis_url, channel) == 1, what="the job's channel followed")
+    other = open_store(redis_url)
+    try:
+        finish(other, claim_one(other))
+    finally:
+        other.close()
+    assert ended.wait(10.0)
+    waiter.join(10.0)
+    later = submit(redis_store)  # submitted since: its end comes to this instance again
+    wait_for(lambda: redis_store._listener.hears(later.id), what="the channel is heard again")

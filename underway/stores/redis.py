@@ -526,7 +526,10 @@ class RedisStore(Store):
     def enqueue(
         self, record: JobRecord, events: Sequence[tuple[EventKind, str]]
     ) -> tuple[JobRecord, bool, list[str]]:
-        fields = _fields(record)
+        # The job's end (or deletion) is sent to this instance's channel too (`reply`):
+        # a thread of this process that waits for it need not follow it on its own.
+        fields = [*_fields(record), "reply", self._process]
+        hears = self._listener.submitted(record.id)
         mark = self.notifier.mark()
         reply = self._run(
             self._enqueue,
@@ -546,10 +549,10 @@ class RedisStore(Store):
         )
         if reply[0] == 0:
             return _record(reply[1]), False, []
-        # A waiter that comes at once (submit, then wait) need not read the job before
-        # it follows it; one that comes later reads, since this process hears of the
-        # job's changes only while someone in it waits on the job.
-        until = time.monotonic() + FRESH_SUBMISSION
+        # A waiter for the job's end need not read the job before it waits: its end
+        # comes here. Without the wake channel subscribed (it hears of the job's changes
+        # only while someone follows the job) only a waiter that comes at once need not.
+        until = None if hears else time.monotonic() + FRESH_SUBMISSION
         if len(reply) > 2:  # claimed for an idle worker at once
             load = partial(_claimed, record, reply[2], reply[3])
             known = Known(State.RUNNING, load=load, until=until)
@@ -799,6 +802,7 @@ class RedisStore(Store):
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
         self._listener.forget(job_id)
         changed = self._run(self._update_meta, 0.0, job_id, _dumps(dict(changes)))
+        self._listener.forget(job_id)  # what came meanwhile came before this write
         if changed:
             self.notifier.notify(job_id)
         return bool(changed)
@@ -806,6 +810,7 @@ class RedisStore(Store):
     def delete(self, job_id: str) -> bool:
         self._listener.forget(job_id)
         gone = self._run(self._delete, 0.0, job_id)
+        self._listener.forget(job_id)  # what came meanwhile came before this write
         if gone:
             self.notifier.notify(job_id)
             self.notifier.forget(job_id)
@@ -830,9 +835,11 @@ class RedisStore(Store):
         index, bound = ("expiry", now) if finished_before is None else ("finished", finished_before)
         total = 0
         while True:
-            n = int(self._run(self._purge, now, index, repr(bound), BATCH))
-            total += n
-            if n < BATCH:
+            erased = self._run(self._purge, now, index, repr(bound), BATCH)
+            # Their final records may have come here with their ends: read own writes.
+            self._listener.forget(*erased)
+            total += len(erased)
+            if len(erased) < BATCH:
                 return total
 
     def wait_for_work(self, seen: int, timeout: float) -> int:

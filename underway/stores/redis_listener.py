@@ -11,6 +11,12 @@ the job's waiters, who then read again, so a change made between their read and
 the subscription is never missed. When the connection drops the thread reconnects
 by itself and then wakes everyone, since messages may have been lost meanwhile.
 
+A job's end (and its deletion, or a change of its metadata) also goes to the wake
+channel of the store instance that submitted it, which listens there always: a
+thread of the submitting process waiting for that end subscribes to nothing and
+reads nothing (`hears`), for as long as the wake channel stays subscribed since the
+submission (else it follows the job on the job's channel, as any other waiter).
+
 A claim and a job's end publish the job's record with the message. The listener
 keeps the latest one per watched job, briefly, and hands it out once (`take`): the
 waiter woken by that message reads it instead of the job (one round trip fewer on
@@ -23,6 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -33,8 +40,12 @@ from ..feed import WORK, ChangeFeed, Listener
 log = logging.getLogger("underway.stores.redis")
 
 LINGER = 30.0  # seconds a job channel stays subscribed after its last waiter left
-MAX_RECORDS = 1000  # records kept at most (the oldest goes first)
+MAX_RECORDS = 5000  # records kept at most (the oldest goes first)
 FRESH = 1.0  # seconds a record that came with a message may stand in for a read
+# The same for a job's final record sent to the instance that submitted it: every
+# later change of an ended job (its deletion, its metadata) is sent there too.
+FRESH_FINAL = 60.0
+MAX_OWN = 10_000  # jobs this instance submitted that it remembers hearing the end of
 RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -49,7 +60,7 @@ class RedisNotifier(ChangeFeed):
         return self._following(key, super().wait, seen, timeout)
 
     def wait_end(self, key: str, seen: int, timeout: float | None) -> int:
-        return self._following(key, super().wait_end, seen, timeout)
+        return self._following(key, super().wait_end, seen, timeout, end=True)
 
     def _following(
         self,
@@ -57,10 +68,13 @@ class RedisNotifier(ChangeFeed):
         wait: Callable[[str, int, float | None], int],
         seen: int,
         timeout: float | None,
+        *,
+        end: bool = False,
     ) -> int:
-        """`wait`, with the listener following the job meanwhile."""
+        """`wait`, with the listener following the job meanwhile; for the job's `end`,
+        not when that comes to this instance anyway (see `RedisListener.hears`)."""
         listener = self.listener
-        if listener is None or key == WORK:
+        if listener is None or key == WORK or (end and listener.hears(key)):
             return wait(key, seen, timeout)
         listener.watch(key)
         try:
@@ -107,9 +121,15 @@ class RedisListener:
         self._lock = threading.Lock()
         self._waiters: dict[str, int] = {}  # job id -> threads/listeners waiting on it
         self._left: dict[str, float] = {}  # job id -> when its last waiter left
-        # job id -> (monotonic arrival, the record's JSON) from the latest message
+        # job id -> (monotonic time it stops standing for a read, the record's JSON)
+        # from the latest message
         self._records: dict[str, tuple[float, str]] = {}
         self._next_drop = 0.0
+        # Jobs this instance submitted, each with the `_heard` count when it was: while
+        # the wake channel stays subscribed, their ends come there (see `hears`).
+        self._own: OrderedDict[str, int] = OrderedDict()
+        self._heard = 0  # confirmed subscriptions to the wake channel so far
+        self._hearing = False  # the latest one stands
         self._pubsub: Any = None  # redis.client.PubSub, owned by the thread
         self.connected = threading.Event()
         self._closed = threading.Event()
@@ -126,6 +146,26 @@ class RedisListener:
             except (redis.RedisError, OSError):
                 pass
         self._thread.join(timeout=5)
+
+    # -- the ends of this instance's own jobs --------------------------------------------
+    def submitted(self, job_id: str) -> bool:
+        """This instance submitted the job (its record names this instance's channel):
+        whether its end will come to this listener (see `hears`)."""
+        with self._lock:
+            if not self._hearing:
+                return False
+            self._own[job_id] = self._heard
+            if len(self._own) > MAX_OWN:
+                self._own.popitem(last=False)
+        return True
+
+    def hears(self, job_id: str) -> bool:
+        """Whether the job's end (and its deletion) comes to this listener without a
+        subscription: it was submitted here while the wake channel was subscribed, and
+        that subscription still stands (what came while it was down is lost; waiters
+        then follow the job on its channel, after reading it again)."""
+        with self._lock:
+            return self._hearing and self._own.get(job_id) == self._heard
 
     # -- interest --------------------------------------------------------------------
     def watch(self, job_id: str) -> None:
@@ -157,7 +197,7 @@ class RedisListener:
             return None
         with self._lock:
             found = self._records.pop(job_id, None)
-        if found is None or time.monotonic() - found[0] > FRESH:
+        if found is None or time.monotonic() > found[0]:
             return None
         return found[1]
 
@@ -216,6 +256,7 @@ class RedisListener:
     def _disconnect(self) -> None:
         self.connected.clear()
         with self._lock:
+            self._hearing = False
             pubsub, self._pubsub = self._pubsub, None
             self._records.clear()
         if pubsub is not None:
@@ -230,19 +271,39 @@ class RedisListener:
         if not isinstance(channel, str) or kind not in ("message", "subscribe"):
             return
         if channel == self._wake:
-            if kind == "message" and message.get("data"):
-                self._on_wake(str(message.get("data")))
+            data = message.get("data")
+            if kind == "subscribe":
+                with self._lock:
+                    self._heard += 1
+                    self._hearing = True
+            elif data and isinstance(data, str):
+                if data.startswith("\x01"):
+                    self._ended(data)
+                else:
+                    self._on_wake(data)
         elif channel.startswith(self._job_prefix):
             job_id = channel[len(self._job_prefix) :]
             data = message.get("data") if kind == "message" else None
-            with self._lock:
-                if data and isinstance(data, str):
-                    self._records[job_id] = (time.monotonic(), data)
-                    if len(self._records) > MAX_RECORDS:
-                        self._records.pop(next(iter(self._records)))
-                else:
-                    self._records.pop(job_id, None)
-            self._notifier.notify(job_id)
+            self._keep(job_id, data if isinstance(data, str) else None, FRESH)
+
+    def _ended(self, message: str) -> None:
+        """`\\x01<id>\\n<record>`: a job this instance submitted ended (with its final
+        record) or changed in a way its waiters must hear of (without)."""
+        job_id, _, doc = message[1:].partition("\n")
+        self._keep(job_id, doc, FRESH_FINAL)
+
+    def _keep(self, job_id: str, doc: str | None, fresh: float) -> None:
+        """Keep the record a message brought (or drop the one kept, for a message
+        without one) and wake the job's waiters."""
+        with self._lock:
+            if doc:
+                self._records.pop(job_id, None)
+                self._records[job_id] = (time.monotonic() + fresh, doc)
+                if len(self._records) > MAX_RECORDS:
+                    self._records.pop(next(iter(self._records)))
+            else:
+                self._records.pop(job_id, None)
+        self._notifier.notify(job_id)
 
     def _drop_unwatched(self) -> None:
         now = time.monotonic()

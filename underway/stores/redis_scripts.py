@@ -34,14 +34,27 @@ local function changed(id)
   redis.call('PUBLISH', c_job(id), '')
 end
 
+-- Tell the store instance that submitted the job (`reply`, its process id, or nil)
+-- that the job ended or was deleted, or that its state or record changed otherwise:
+-- on that instance's own channel, which it listens on always, so that a thread of it
+-- waiting for the job's end need not subscribe to the job's channel, nor read the job
+-- back after subscribing. `doc`: the job's record (JSON) when it ended, else ''.
+local function replied(id, reply, doc)
+  if reply then redis.call('PUBLISH', C_WAKE .. reply, string.char(1) .. id .. '\\n' .. doc) end
+end
+
 -- The same, carrying the job's record (a flat field/value list, as HGETALL returns
 -- it; read here when `rec` is nil): a waiter woken by it need not read the job back.
--- Nobody subscribed (the usual case for a busy system): nothing to read or send.
-local function changed_to(id, rec)
+-- Nobody subscribed (the usual case for a busy system) and no submitter to tell
+-- (`reply`, see `replied`): nothing to read or send.
+local function changed_to(id, rec, reply)
   local channel = c_job(id)
-  if redis.call('PUBSUB', 'NUMSUB', channel)[2] == 0 then return end
+  local watched = redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0
+  if not watched and not reply then return end
   if rec == nil then rec = redis.call('HGETALL', k_job(id)) end
-  redis.call('PUBLISH', channel, cjson.encode(rec))
+  local doc = cjson.encode(rec)
+  if watched then redis.call('PUBLISH', channel, doc) end
+  replied(id, reply, doc)
 end
 
 -- Wake one idle claimer (a worker slot that found nothing), if any is still waiting;
@@ -110,7 +123,7 @@ end
 local function erase(id)
   local j = k_job(id)
   local f = redis.call('HMGET', j, 'task', 'queue', 'state', 'owner', 'idempotency_key',
-                       'supersede_key', 'out_top')
+                       'supersede_key', 'out_top', 'reply')
   redis.call('DEL', j, k_events(id))
   if not f[1] then return 0 end
   for n = 1, tonumber(f[7] or '0') do redis.call('DEL', k_output(id, n)) end
@@ -128,6 +141,7 @@ local function erase(id)
   if f[5] and redis.call('GET', k_idem(f[5])) == id then redis.call('DEL', k_idem(f[5])) end
   if f[6] then redis.call('SREM', k_sup(f[6]), id) end
   changed(id)
+  replied(id, f[8], '')
   return 1
 end
 
@@ -345,7 +359,7 @@ local function apply(at)
   local nxt = at + 15 + 2 * nev
   local j = k_job(id)
   local f = redis.call('HMGET', j, 'state', 'worker', 'attempt', 'lease_until', 'task',
-                       'queue', 'priority', 'supersede_key')
+                       'queue', 'priority', 'supersede_key', 'reply')
   local from = f[1]
   if not from then return nxt, false end
   local ok = false
@@ -423,9 +437,10 @@ local function apply(at)
     redis.call('RPUSH', k_events(id), unpack(events))
   end
   if moves and to ~= 'queued' then
-    changed_to(id, nil)
+    changed_to(id, nil, f[9])
   else
     changed(id)
+    replied(id, f[9], '')
   end
   return nxt, true, did, task
 end
@@ -642,7 +657,7 @@ return erase(ARGV[3])
 """,
 )
 
-# ARGV: P, now, index ('expiry' or 'finished'), bound, batch -> number erased
+# ARGV: P, now, index ('expiry' or 'finished'), bound, batch -> the ids erased
 PURGE = _script(
     _HELPERS,
     """
@@ -651,7 +666,7 @@ if ARGV[3] == 'finished' then index = K_FINISHED end
 local ids = redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. ARGV[4], 'LIMIT', 0,
                        tonumber(ARGV[5]))
 for _, id in ipairs(ids) do erase(id) end
-return #ids
+return ids
 """,
 )
 
@@ -709,12 +724,13 @@ UPDATE_META = _script(
     """
 local key = k_job(ARGV[3])
 if redis.call('EXISTS', key) == 0 then return 0 end
-local current = redis.call('HGET', key, 'meta')
+local current, reply = unpack(redis.call('HMGET', key, 'meta', 'reply'))
 local meta = {}
 if current and current ~= '' then meta = cjson.decode(current) end
 for name, value in pairs(cjson.decode(ARGV[4])) do meta[name] = value end
 redis.call('HSET', key, 'meta', cjson.encode(meta))
 changed(ARGV[3])
+replied(ARGV[3], reply, '')
 return 1
 """,
 )
