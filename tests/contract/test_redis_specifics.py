@@ -28,7 +28,7 @@ from underway import lifecycle
 from underway.errors import ConfigurationError, StoreUnavailable
 from underway.feed import WORK
 from underway.records import Progress, State
-from underway.stores import open_store
+from underway.stores import open_store, redis_listener
 from underway.stores.redis import RedisStore, _sleeper_key
 
 pytestmark = pytest.mark.redis
@@ -214,16 +214,14 @@ def test_a_waiter_elsewhere_is_handed_the_finished_record_without_reading_it(
             changes.wait_for(2)
             assert finish(redis_store, claimed, now=now + 1, result={"ok": "ü"}) is not None
             changes.wait_for(3)
-            redis_store._catch_up()  # the end that came to the submitter's channel too
             before = _script_calls(redis_url)
             brought = watcher.get(job.id)
             assert _script_calls(redis_url) == before  # no read: it came with the message
-            # Nor for the submitter: the job's end came to its own channel.
             assert brought == redis_store.get(job.id)
-            assert _script_calls(redis_url) == before
             assert brought is not None and brought.state is State.SUCCEEDED
             assert brought.result == {"ok": "ü"} and brought.params == job.params
             # Handed out once: the next read goes to Redis, and agrees.
+            before = _script_calls(redis_url)
             assert watcher.get(job.id) == brought
             assert _script_calls(redis_url) == before + 1
         finally:
@@ -487,6 +485,37 @@ def test_the_end_of_a_job_submitted_here_comes_without_a_subscription_or_a_read(
         assert ended.result == {"ok": 1} and ended == worker.get(job.id)
     finally:
         worker.close()
+
+
+def test_a_large_final_record_is_read_rather_than_sent_to_the_submitter(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    assert redis_store._listener.connected.wait(5.0)
+    redis_store._catch_up()
+    worker = open_store(redis_url)
+    try:
+        job = submit(redis_store)
+        waiter = _EndWaiter(redis_store, job.id)
+        big = "x" * 100_000  # a large result: not shipped to every submitting process
+        assert finish(worker, claim_one(worker), result=big) is not None
+        waiter.join()  # still woken by the end
+        assert redis_store._listener._record_chars == 0  # nothing kept
+        before = _script_calls(redis_url)
+        ended = redis_store.get(job.id)
+        assert _script_calls(redis_url) == before + 1
+        assert ended is not None and ended.result == big
+    finally:
+        worker.close()
+
+
+def test_kept_records_are_bounded_in_size(redis_store: RedisStore) -> None:
+    listener = redis_store._listener
+    doc = "y" * 60_000
+    for n in range(400):  # 24 MB of records, each under the size sent
+        listener._ended(f"\x01job-{n}\n{doc}")
+    assert listener._record_chars <= redis_listener.MAX_RECORD_BYTES
+    assert listener._record_chars == len(listener._records) * len(doc)
+    assert listener.take("job-399") == doc and listener.take("job-0") is None
 
 
 @pytest.mark.parametrize("change", ["meta", "delete"])

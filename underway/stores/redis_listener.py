@@ -41,6 +41,7 @@ log = logging.getLogger("underway.stores.redis")
 
 LINGER = 30.0  # seconds a job channel stays subscribed after its last waiter left
 MAX_RECORDS = 5000  # records kept at most (the oldest goes first)
+MAX_RECORD_BYTES = 16 << 20  # ... and characters of them in all
 FRESH = 1.0  # seconds a record that came with a message may stand in for a read
 # The same for a job's final record sent to the instance that submitted it: every
 # later change of an ended job (its deletion, its metadata) is sent there too.
@@ -124,6 +125,7 @@ class RedisListener:
         # job id -> (monotonic time it stops standing for a read, the record's JSON)
         # from the latest message
         self._records: dict[str, tuple[float, str]] = {}
+        self._record_chars = 0  # their records' length in all
         self._next_drop = 0.0
         # Jobs this instance submitted, each with the `_heard` count when it was: while
         # the wake channel stays subscribed, their ends come there (see `hears`).
@@ -196,7 +198,7 @@ class RedisListener:
         if not self._records:
             return None
         with self._lock:
-            found = self._records.pop(job_id, None)
+            found = self._unkeep(job_id)
         if found is None or time.monotonic() > found[0]:
             return None
         return found[1]
@@ -208,7 +210,14 @@ class RedisListener:
             return
         with self._lock:
             for job_id in job_ids:
-                self._records.pop(job_id, None)
+                self._unkeep(job_id)
+
+    def _unkeep(self, job_id: str) -> tuple[float, str] | None:
+        """Drop the record kept for the job (holding `_lock`); it, or None."""
+        found = self._records.pop(job_id, None)
+        if found is not None:
+            self._record_chars -= len(found[1])
+        return found
 
     # -- the thread ------------------------------------------------------------------
     def _run(self) -> None:
@@ -259,6 +268,7 @@ class RedisListener:
             self._hearing = False
             pubsub, self._pubsub = self._pubsub, None
             self._records.clear()
+            self._record_chars = 0
         if pubsub is not None:
             try:
                 pubsub.close()
@@ -297,12 +307,13 @@ class RedisListener:
         without one) and wake the job's waiters."""
         with self._lock:
             if doc:
-                self._records.pop(job_id, None)
+                self._unkeep(job_id)
                 self._records[job_id] = (time.monotonic() + fresh, doc)
-                if len(self._records) > MAX_RECORDS:
-                    self._records.pop(next(iter(self._records)))
+                self._record_chars += len(doc)
+                while len(self._records) > MAX_RECORDS or self._record_chars > MAX_RECORD_BYTES:
+                    self._unkeep(next(iter(self._records)))
             else:
-                self._records.pop(job_id, None)
+                self._unkeep(job_id)
         self._notifier.notify(job_id)
 
     def _drop_unwatched(self) -> None:
@@ -321,6 +332,6 @@ class RedisListener:
                 stale.append(job_id)
             for job_id in stale:
                 del self._left[job_id]
-                self._records.pop(job_id, None)
+                self._unkeep(job_id)
         if stale:
             self._pubsub.unsubscribe(*(self._job_prefix + job_id for job_id in stale))

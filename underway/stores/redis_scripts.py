@@ -21,6 +21,7 @@ _HELPERS = (
     LUA_KEYS
     + """
 local NOW = ARGV[2]
+local REPLY_MAX = 65536
 
 local function entry(kind, at, attempt, data)
   return kind .. '|' .. at .. '|' .. attempt .. '||' .. data
@@ -39,8 +40,12 @@ end
 -- on that instance's own channel, which it listens on always, so that a thread of it
 -- waiting for the job's end need not subscribe to the job's channel, nor read the job
 -- back after subscribing. `doc`: the job's record (JSON) when it ended, else ''.
+-- A record longer than REPLY_MAX is not sent: the waiter reads it (a large result is
+-- not shipped to a process that may not wait for it).
 local function replied(id, reply, doc)
-  if reply then redis.call('PUBLISH', C_WAKE .. reply, string.char(1) .. id .. '\\n' .. doc) end
+  if not reply then return end
+  if #doc > REPLY_MAX then doc = '' end
+  redis.call('PUBLISH', C_WAKE .. reply, string.char(1) .. id .. '\\n' .. doc)
 end
 
 -- The same, carrying the job's record (a flat field/value list, as HGETALL returns
