@@ -412,13 +412,19 @@ def test_a_task_with_a_concurrency_limit_is_never_claimed_at_submission(
         worker.close()
 
 
+def _settled(store: RedisStore) -> None:
+    """Return once the store's listener is connected and has handled its news of
+    connecting (which forgets all), so that what a test does next is heard."""
+    assert store._listener.connected.wait(5.0)
+    store._catch_up()
+
+
 def test_a_waiter_for_a_job_submitted_here_needs_no_read_before_it_waits(
     redis_store: RedisStore, redis_url: str
 ) -> None:
     """The submission tells this process's feed the new job's state, which stands until
     the job changes: the job's end comes to this store instance's own channel."""
-    assert redis_store._listener.connected.wait(5.0)
-    redis_store._catch_up()  # its news of connecting (which forgets all) is out of the way
+    _settled(redis_store)
     queued = submit(redis_store)
     version, known = redis_store.notifier.known(queued.id)
     assert version == redis_store.notifier.version(queued.id)
@@ -468,8 +474,7 @@ class _EndWaiter:
 def test_the_end_of_a_job_submitted_here_comes_without_a_subscription_or_a_read(
     redis_store: RedisStore, redis_url: str
 ) -> None:
-    assert redis_store._listener.connected.wait(5.0)
-    redis_store._catch_up()
+    _settled(redis_store)
     worker = open_store(redis_url)  # another process runs it
     try:
         job = submit(redis_store)
@@ -490,8 +495,7 @@ def test_the_end_of_a_job_submitted_here_comes_without_a_subscription_or_a_read(
 def test_a_large_final_record_is_read_rather_than_sent_to_the_submitter(
     redis_store: RedisStore, redis_url: str
 ) -> None:
-    assert redis_store._listener.connected.wait(5.0)
-    redis_store._catch_up()
+    _settled(redis_store)
     worker = open_store(redis_url)
     try:
         job = submit(redis_store)
@@ -522,8 +526,7 @@ def test_kept_records_are_bounded_in_size(redis_store: RedisStore) -> None:
 def test_a_change_elsewhere_after_the_end_is_not_hidden_by_the_record_that_came_with_it(
     redis_store: RedisStore, redis_url: str, change: str
 ) -> None:
-    assert redis_store._listener.connected.wait(5.0)
-    redis_store._catch_up()
+    _settled(redis_store)
     other = open_store(redis_url)
     try:
         job = submit(redis_store)
@@ -549,8 +552,7 @@ def test_a_job_submitted_before_the_channel_was_lost_is_followed_on_its_own_chan
 ) -> None:
     """Its end may have been sent while the listener was away: its waiters follow it
     on its own channel once the listener is back (after reading it again)."""
-    assert redis_store._listener.connected.wait(5.0)
-    redis_store._catch_up()
+    _settled(redis_store)
     job = submit(redis_store)
     assert redis_store._listener.hears(job.id)
     killer = redis.Redis.from_url(redis_url)
