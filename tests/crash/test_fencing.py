@@ -40,12 +40,28 @@ def lines(log: Path) -> list[list[str]]:
     return [line.split()[:2] for line in log.read_text().splitlines()] if log.exists() else []
 
 
+def all_threads_stopped(pid: int) -> bool:
+    """True once the kernel has stopped every thread of `pid`: SIGSTOP is delivered
+    to a running thread only when it next enters the kernel, so until then it can
+    still take a write lock after the check below has found none."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:  # a thread that has just ended
+            continue
+        if stat.rpartition(")")[2].split()[0] not in ("T", "t"):
+            return False
+    return True
+
+
 def freeze_outside_a_write(proc: subprocess.Popen[str], store_url: str) -> None:
     """SIGSTOP `proc`, at a moment it holds no SQLite write lock: a process frozen
     inside a transaction would hold every other process's writes up (that is
     SQLite's locking, not what this test is about)."""
     for _ in range(50):
         proc.send_signal(signal.SIGSTOP)
+        wait_for(lambda: all_threads_stopped(proc.pid), timeout=10,
+                 what="every thread of the worker to be stopped")  # fmt: skip
         if not store_url.startswith("sqlite"):
             return
         db = sqlite3.connect(store_url.removeprefix("sqlite:///"), timeout=0.2)
