@@ -22,6 +22,7 @@ from tests.contract.helpers import (
 )
 from tests.support.postgres_server import PostgresServer, drop_schema, fresh_schema, with_schema
 from tests.support.services import free_port, missing
+from tests.support.wait import wait_for
 from underway.errors import ConfigurationError, StoreUnavailable
 from underway.records import State
 from underway.stores import open_store
@@ -238,6 +239,8 @@ def test_calls_raise_store_unavailable_while_the_server_is_down_then_resume() ->
         store = PostgresStore(server.url)
         try:
             job = submit(store)
+            store.notifier.wait_end(job.id, store.notifier.version(job.id), 0.01)  # listens
+            assert store._listener.connected.wait(10)
             server.stop()
             with pytest.raises(StoreUnavailable) as caught:
                 store.get(job.id)
@@ -395,6 +398,7 @@ def test_a_job_submitted_to_an_idle_worker_is_claimed_for_it_as_its_claim_would(
     claimed it (attempt 1, its lease, the same events), and no other worker gets it."""
     worker = open_store(postgres_url)
     assert isinstance(worker, PostgresStore)
+    pg_store._listener.start(wait=5.0)  # as its claim below would: it hears from now on
     try:
         _idle_worker(worker, "w-idle")
         seen = worker.notifier.version("\x00work")
@@ -425,6 +429,7 @@ def test_jobs_claimed_for_a_worker_that_stops_go_back_to_the_queue(
 ) -> None:
     worker = open_store(postgres_url)
     assert isinstance(worker, PostgresStore)
+    pg_store._listener.start(wait=5.0)  # as its claim below would: it hears from now on
     try:
         _idle_worker(worker, "w-idle")
         seen = worker.notifier.version("\x00work")
@@ -636,5 +641,83 @@ def test_the_row_a_submission_sends_an_idle_worker_is_the_row_it_stored(
             _, known = pg_store.notifier.known(job.id)  # the submitter's own news
             assert known is not None and known.full() == got
             finish(worker, got)
+    finally:
+        worker.close()
+
+
+def test_a_process_that_only_submits_keeps_no_listening_session(postgres_url: str) -> None:
+    """Every notification in the database interrupts each session that LISTENs, so a
+    store that only submits and reads keeps none (a web process that hands jobs to
+    workers elsewhere costs the server nothing per job); it listens from the first
+    time a thread waits for a job's end, and then hears it."""
+    name = f"uw-test-{time.monotonic_ns()}"
+    url = f"{postgres_url}&application_name={name}"
+    admin = split_url(postgres_url)[0]
+
+    def listening() -> int:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = %s AND query LIKE 'LISTEN%%'",
+                (name,),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    store, worker = open_store(url), open_store(postgres_url)
+    try:
+        jobs = [submit(store) for _ in range(3)]
+        assert store.get(jobs[0].id) is not None and store.count() == 3
+        assert listening() == 0
+        job = jobs[-1]
+        seen = store.notifier.version(job.id)
+        waiter = threading.Thread(target=store.notifier.wait_end, args=(job.id, seen, 10.0))
+        waiter.start()
+        wait_for(lambda: listening() == 1, timeout=10,
+                 what="a listening session once a thread waits")  # fmt: skip
+        for claimed in claim(worker, max_jobs=3):
+            finish(worker, claimed)
+        waiter.join(timeout=10)
+        assert not waiter.is_alive(), "the waiting thread did not hear the job's end"
+    finally:
+        store.close()
+        worker.close()
+
+
+def test_the_end_of_a_pushed_job_claims_the_work_announced_since(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    """A job handed to an idle worker at its submission leaves nothing due queued, so
+    its end is written without a claim while no work was announced since; once some
+    was, the end's claim takes it at once (it does not wait for the idle poll)."""
+    worker = open_store(postgres_url)
+    assert isinstance(worker, PostgresStore)
+    try:
+        _idle_worker(worker, "w-idle")
+        seen = worker.notifier.version("\x00work")
+        first = submit(pg_store)
+        assert worker.wait_for_work(seen, 5.0) != seen
+        assert claim_one(worker, worker="w-idle").id == first.id  # handed over
+        # Nothing was announced since: the end is written alone.
+        now = time.time()
+        done, claimed = worker.apply_and_claim(
+            [ended(pg_store.get(first.id) or first, now=now)], worker="w-idle", tasks=["t"],
+            limits={}, lease=30.0, now=now, max_jobs=1,
+        )  # fmt: skip
+        assert done == [True] and claimed == []
+        # Handed over again; then a job no idle word takes is announced.
+        _idle_worker(worker, "w-idle")
+        seen = worker.notifier.version("\x00work")
+        second = submit(pg_store)
+        assert worker.wait_for_work(seen, 5.0) != seen
+        assert claim_one(worker, worker="w-idle").id == second.id
+        seen = worker.notifier.version("\x00work")
+        third = submit(pg_store)  # the word is used up: news for every process
+        assert worker.wait_for_work(seen, 5.0) != seen
+        now = time.time()
+        done, claimed = worker.apply_and_claim(
+            [ended(pg_store.get(second.id) or second, now=now)], worker="w-idle",
+            tasks=["t"], limits={}, lease=30.0, now=now, max_jobs=1,
+        )  # fmt: skip
+        assert done == [True] and [r.id for r in claimed] == [third.id]
     finally:
         worker.close()

@@ -78,6 +78,7 @@ POOL_TIMEOUT = 5.0  # seconds a call waits for a pooled connection before giving
 DOWN_TIMEOUT = 0.5  # the same while the server was lost at the last call
 POOL_SIZE = 16  # connections at most, per store (one more for the listener)
 STATS_CHECK = 1.0  # seconds between looks at the jobs table's statistics, while claims find work
+CONNECT_WAIT = 5.0  # seconds a first idle word waits for the listener to connect
 
 log = logging.getLogger("underway.stores.postgres")
 
@@ -127,6 +128,11 @@ class PostgresStore(Store):
         # (`Statements.submit`), and the workers that stopped (theirs go back).
         self._pushed: list[JobRecord] = []
         self._taken: set[str] = set()  # ... handed to a worker, whose end is not written yet
+        # By worker: the version of WORK when its last claim took only jobs handed to it
+        # at their submission, which finds no due job of its tasks queued (see
+        # `Statements.submit`); while no work has been announced since, its next end
+        # is written without a claim (`apply_and_claim`).
+        self._drained: dict[str, int] = {}
         self._stopped: set[str] = set()
         self._waited: dict[str, set[str]] = {}  # ... by worker, at its last renewal
         self._push_lock = threading.Lock()
@@ -177,9 +183,7 @@ class PostgresStore(Store):
             listen_keys=self._listen_keys,
             push_key=self._push_key,
         )
-        self._feed.listener = self._listener
-        self._listener.start()
-        self._listener.connected.wait(5.0)
+        self._feed.listener = self._listener  # it starts once a thread waits (`want`)
 
     # -- plumbing --------------------------------------------------------------------
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
@@ -539,8 +543,18 @@ class PostgresStore(Store):
         # trip: with no decision to write, they are all this call takes.
         pushed = self._take_pushed(worker, tasks, max_jobs)
         max_jobs = 0 if pushed and not decisions else max_jobs - len(pushed)
+        if max_jobs > 0 and decisions and not pushed:
+            drained = self._drained.get(worker)
+            if drained is not None and drained == self.notifier.version(WORK):
+                # Nothing announced since the queue was found drained: write the ends
+                # and the idle word only, as after a claim that found nothing (the
+                # idle poll still claims, for jobs that fall due).
+                max_jobs = 0
+        if max_jobs > 0:
+            self._drained.pop(worker, None)  # this claim looks for itself
         if not decisions and max_jobs <= 0:
             if pushed:
+                self._drained[worker] = self.notifier.version(WORK)
                 self._refresh_stats()
                 self.notifier.notify(
                     *(r.id for r in pushed),
@@ -703,6 +717,9 @@ class PostgresStore(Store):
     ) -> dict[str, Any]:
         """The word that `worker`'s slot, which found (or claimed) nothing, waits for
         work: this process has an idle slot (see `Statements.submit`)."""
+        # Submissions that read the word notify this process's own channel: it must
+        # be heard from the first word on.
+        self._listener.start(wait=CONNECT_WAIT)
         return {
             "idle_channel": self._listener.own_channel,
             "idle_tasks": cached_text_array(tuple(sorted(tasks))),

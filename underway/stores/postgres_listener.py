@@ -1,7 +1,10 @@
 """Turning PostgreSQL notifications into in-process wake-ups.
 
-One background thread per store holds one connection that LISTENs on the store's
-channel of new work from the first time a worker slot of this process waits for
+One background thread per store holds one connection, from the first time it is
+needed: a process that only submits and reads keeps none, since every notification
+in the database interrupts each session that listens (a worker's first word that
+it is idle starts it, as does a first wait). It LISTENs on the store's own channel
+from then on, on the channel of new work from the first time a worker slot of this process waits for
 work, on its channel of job ends from the first time some thread waits for a job to
 end (`wait()`), and on its channel of all other job changes from the first time some
 thread watches a job (`PostgresFeed`): a process that only runs jobs is not woken
@@ -125,13 +128,27 @@ class PostgresListener:
         self.connected = threading.Event()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="underway-pg-listen", daemon=True)
+        self._started = False
 
-    def start(self) -> None:
+    def start(self, wait: float = 0.0) -> None:
+        """Connect and listen, if not done yet, waiting up to `wait` seconds for it.
+        Not before it is needed: every notification in the database interrupts each
+        session that listens, so a process that only submits keeps none."""
+        with self._want_lock:
+            if self._started or self._closed.is_set():
+                return
+            self._started = True
         self._thread.start()
+        if wait:
+            self.connected.wait(wait)
 
     def close(self, wake: Callable[[], None]) -> None:
         """Stop the thread; `wake` notifies `own_channel`, to end its wait at once."""
-        self._closed.set()
+        with self._want_lock:
+            self._closed.set()
+            started = self._started
+        if not started:
+            return
         if self.connected.is_set():
             wake()
         self._thread.join(timeout=5)
@@ -146,6 +163,7 @@ class PostgresListener:
         with self._want_lock:
             self._wanted = self._wanted | channels
         self._more.set()
+        self.start()
         if self.connected.is_set():
             try:
                 self._poke()
