@@ -23,6 +23,9 @@ server), a thread hand-off, and each queue's submissions with no worker running
 (`--jobs` of them, into a database of their own): the end-to-end rate can be no
 more than that, since jobs are submitted one by one from one client;
 
+and `job.progress()`'s cost inside a running job on this store, beside the same
+call on SQLite and a bare method call (the best of 3 interleaved runs each);
+
 and for underway alone, statements per job on the bulk claim-and-finish path:
 `--bulk` jobs queued with `submit_many`, then drained by the workers, with the
 statements the server ran meanwhile counted by pg_stat_statements (BEGIN and COMMIT
@@ -49,6 +52,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -63,7 +67,7 @@ import psycopg  # noqa: E402
 
 from tests.crash.crash_app import build_app  # noqa: E402
 from tests.support.postgres_server import PostgresServer, with_schema  # noqa: E402
-from underway import State  # noqa: E402
+from underway import Job, State, Underway  # noqa: E402
 
 PEERS = ("procrastinate", "pgqueuer")
 PROCRASTINATE_CONCURRENCY = 8
@@ -434,6 +438,50 @@ class PgqueuerQueue(PeerQueue):
 
 
 # -- the measurements -------------------------------------------------------------------
+PROGRESS_CALLS = 200_000
+
+
+def progress_cost(url: str) -> float:
+    """Seconds per `job.progress()` call, timed inside a job running on the store at
+    `url` (the store is written apart, by the worker's monitor)."""
+    uw = Underway(url, workers=1)
+
+    @uw.task
+    def spin(job: Job) -> float:
+        started = time.perf_counter()
+        for i in range(PROGRESS_CALLS):
+            job.progress(i + 1, total=PROGRESS_CALLS)
+        return (time.perf_counter() - started) / PROGRESS_CALLS
+
+    uw.start()
+    try:
+        return float(uw.submit("spin").wait(timeout=120))
+    finally:
+        uw.stop()
+        uw.close()
+
+
+def progress_costs(url: str, rounds: int = 3) -> tuple[float, float, float]:
+    """The best of `rounds` interleaved runs, in seconds per call: `job.progress()` on
+    PostgreSQL, on SQLite, and a bare method call of the same shape."""
+
+    class Plain:
+        def progress(self, current: float, total: float | None = None) -> None:
+            pass
+
+    plain = Plain()
+    postgres, sqlite, bare = [], [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(rounds):
+            postgres.append(progress_cost(url))
+            sqlite.append(progress_cost(f"sqlite:///{folder}/progress.db"))
+            started = time.perf_counter()
+            for i in range(PROGRESS_CALLS):
+                plain.progress(i + 1, total=PROGRESS_CALLS)
+            bare.append((time.perf_counter() - started) / PROGRESS_CALLS)
+    return min(postgres), min(sqlite), min(bare)
+
+
 def end_to_end(queue: Queue, jobs: int, others: list[int]) -> tuple[float, float]:
     """Jobs/s: `jobs` submitted one by one to running idle workers, until all are done;
     and the CPU seconds per job of this process and the `others` meanwhile."""
@@ -562,6 +610,7 @@ def main() -> None:
         ping_pong = notify_ping_pong(server.url)
         hand_off = thread_hand_off()
         bulk_rate, per_job = bulk_statements(server.url, args.bulk, args.procs, args.slots)
+        progress = progress_costs(with_schema(database(server.url, "underway_progress"), "bench"))
         runs: dict[str, list[dict[str, Any]]] = {}
         for number in range(args.rounds):
             # The queues take turns, round after round, each on fresh databases: on a
@@ -611,6 +660,11 @@ def main() -> None:
         f"underway bulk: {args.bulk} jobs by submit_many, drained by {args.procs} processes x "
         f"{args.slots} slots: {bulk_rate:,.0f} jobs/s; {per_job:.2f} statements per job "
         "(BEGIN/COMMIT included)"
+    )
+    print(
+        f"job.progress() inside a running job: PostgreSQL {progress[0] * 1e9:.0f} ns per call, "
+        f"SQLite {progress[1] * 1e9:.0f} ns (PostgreSQL/SQLite {progress[0] / progress[1]:.2f}); "
+        f"a bare method call of the same shape {progress[2] * 1e9:.0f} ns"
     )
     print(
         f"{args.procs} worker processes each; {args.jobs} no-op jobs submitted one by one; "
