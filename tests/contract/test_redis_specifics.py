@@ -412,6 +412,30 @@ def test_a_task_with_a_concurrency_limit_is_never_claimed_at_submission(
         worker.close()
 
 
+def test_a_wake_up_for_a_job_to_claim_is_news_of_work(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    """A slot woken for a job it must claim itself (here under a concurrency limit)
+    learns that work came, as for a job handed to it: a worker with ends to write
+    claims as it writes them only then. Else it would write them alone and wait, no
+    longer known as idle (the wake-up used its word up), with the job left queued
+    until its next look (seconds later)."""
+    worker = open_store(redis_url)
+    assert isinstance(worker, RedisStore)
+    try:
+        _settled(worker)
+        assert claim(worker, ["t"], worker="w-idle", limits={"t": 1}) == []
+        seen = worker.notifier.version(WORK)
+        limited = submit(redis_store, "t")
+        assert redis_store.get(limited.id).state is State.QUEUED  # type: ignore[union-attr]
+        assert worker.wait_for_work(seen, 5.0) != seen
+        assert [r.id for r in claim(worker, ["t"], worker="w-idle", limits={"t": 1})] == [
+            limited.id
+        ]
+    finally:
+        worker.close()
+
+
 def _settled(store: RedisStore) -> None:
     """Return once the store's listener is connected and has handled its news of
     connecting (which forgets all), so that what a test does next is heard."""

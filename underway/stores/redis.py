@@ -441,11 +441,11 @@ class RedisStore(Store):
             if stopped:
                 self.hand_back([record])
                 return
-            # WORK too: a slot that has ends to write claims (and so takes it) only
-            # when work was announced since it last found none.
-            self.notifier.notify(_sleeper_key(thread), WORK)
-        else:
-            self.notifier.notify(_sleeper_key(thread))
+        # WORK too, for a job handed over as for one to claim: a slot that has ends to
+        # write claims (and so takes it) only when work was announced since its worker
+        # last found none; else it would write the ends alone, and wait, no longer
+        # known as idle (the wake-up used its word up), while the job stays queued.
+        self.notifier.notify(_sleeper_key(thread), WORK)
 
     def _take_pushed(self, worker: str, max_jobs: int) -> list[JobRecord]:
         """Up to `max_jobs` of the jobs claimed for `worker` at their submission."""
