@@ -1,14 +1,14 @@
 """underway against procrastinate and pgqueuer on one private PostgreSQL server.
 
     pip install -e '.[postgres,bench-postgres]'
-    python bench/bench_postgres.py [--jobs 2000] [--trips 200] [--procs 2] [--bulk 5000]
+    python bench/bench_postgres.py [--jobs 2000] [--trips 200] [--procs 1,2] [--bulk 5000]
 
 Starts its own PostgreSQL server (tests/support/postgres_server.py) with
 pg_stat_statements loaded; each queue gets a database of its own on it. Measures,
 in one run, for each queue (a peer that is not installed is left out):
 
 - end to end: `--jobs` no-op jobs submitted one by one (one call each, from one
-  client) to `--procs` idle worker processes; jobs/s from the first submission to
+  client) to idle worker processes; jobs/s from the first submission to
   the last job recorded as done, and the CPU time all of it took per job: the
   client (this process), the worker processes and the PostgreSQL server's processes
   (read from /proc; a steadier figure than jobs/s on a shared machine);
@@ -31,9 +31,12 @@ and for underway alone, statements per job on the bulk claim-and-finish path:
 statements the server ran meanwhile counted by pg_stat_statements (BEGIN and COMMIT
 included); and the floor, a bare one-row INSERT + DELETE round trip through psycopg.
 
-Each queue runs as its documentation advises for CPU-light async work on a machine
-of 2 cores: one worker process per core. underway: `--slots` (4) slots per process,
-its defaults otherwise. procrastinate: an `async def` task, `concurrency=8` per
+Each queue runs in its best configuration for no-op work on this machine: each is
+measured with every worker-process count of `--procs` (1 and 2: one per core, as
+their documentation advises for CPU-bound work, or one for all, which serves
+CPU-light work best here, for the peers too), and the table shows each queue's best
+rate and best round trip, with the count that gave it. underway: `--slots` (8) slots
+in all, shared among its processes, its defaults otherwise. procrastinate: an `async def` task, `concurrency=8` per
 process, LISTEN/NOTIFY on (its default), jobs kept (its default, as underway does).
 pgqueuer: its asyncpg driver, an `async def` entrypoint, `batch_size=10` for the
 end-to-end run; for the round trip `batch_size=1`, since with a larger batch its
@@ -581,8 +584,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--trips", type=int, default=200)
-    parser.add_argument("--procs", type=int, default=2)
-    parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument(
+        "--procs", default="1,2", help="worker processes: each count is measured; best shown"
+    )
+    parser.add_argument("--slots", type=int, default=8, help="underway's slots in all")
     parser.add_argument("--bulk", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=1, help="turns of every queue; medians")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated; '' for none")
@@ -609,43 +614,75 @@ def main() -> None:
         select = select_round_trip(server.url)
         ping_pong = notify_ping_pong(server.url)
         hand_off = thread_hand_off()
-        bulk_rate, per_job = bulk_statements(server.url, args.bulk, args.procs, args.slots)
+        procs = [int(p) for p in args.procs.split(",")]
+        bulk_procs = max(procs)
+        bulk_rate, per_job = bulk_statements(
+            server.url, args.bulk, bulk_procs, max(1, args.slots // bulk_procs)
+        )
         progress = progress_costs(with_schema(database(server.url, "underway_progress"), "bench"))
-        runs: dict[str, list[dict[str, Any]]] = {}
+        runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for number in range(args.rounds):
             # The queues take turns, round after round, each on fresh databases: on a
             # shared machine the load changes from minute to minute.
-            url = with_schema(database(server.url, f"underway_bench_{number}"), "bench")
-            runs.setdefault("underway", []).append(
-                measure(
-                    "underway",
-                    UnderwayQueue,
-                    lambda u, _batch: underway_workers(u, args.procs, args.slots),
-                    url,
-                    with_schema(url, "alone"),
-                    args,
-                    server,
-                )
-            )
-            for peer in peers:
-                url = database(server.url, f"{peer}_bench_{number}")
-                alone = database(server.url, f"{peer}_alone_{number}")
-                make: Any = ProcrastinateQueue if peer == "procrastinate" else PgqueuerQueue
-                make.install(url)
-                make.install(alone)
-                runs.setdefault(peer, []).append(
+            for count in procs:
+                slots = max(1, args.slots // count)
+                tag = f"{number}_{count}"
+                url = with_schema(database(server.url, f"underway_bench_{tag}"), "bench")
+                runs.setdefault(("underway", count), []).append(
                     measure(
-                        peer,
-                        make,
-                        lambda u, batch, peer=peer: peer_workers(peer, u, args.procs, batch),
+                        f"underway x{count}",
+                        UnderwayQueue,
+                        lambda u, _batch, n=count, k=slots: underway_workers(u, n, k),
                         url,
-                        alone,
+                        with_schema(url, "alone"),
                         args,
                         server,
                     )
                 )
-    rows = [medians(name, measured) for name, measured in runs.items()]
+                for peer in peers:
+                    url = database(server.url, f"{peer}_bench_{tag}")
+                    alone = database(server.url, f"{peer}_alone_{tag}")
+                    make: Any = ProcrastinateQueue if peer == "procrastinate" else PgqueuerQueue
+                    make.install(url)
+                    make.install(alone)
+                    runs.setdefault((peer, count), []).append(
+                        measure(
+                            f"{peer} x{count}",
+                            make,
+                            lambda u, batch, peer=peer, n=count: peer_workers(peer, u, n, batch),
+                            url,
+                            alone,
+                            args,
+                            server,
+                        )
+                    )
+    # Each queue in its best configuration: the process count of its best median
+    # rate end to end, and (apart) of its best median round trip.
+    by_config = {key: medians(key[0], measured) for key, measured in runs.items()}
+    rows = []
+    for name in ["underway", *peers]:
+        configs = [(count, by_config[(name, count)]) for count in procs]
+        fast_n, fast = max(configs, key=lambda c: c[1]["rate"])
+        quick_n, quick = min(configs, key=lambda c: c[1]["p50"])
+        rows.append(
+            {
+                "name": name,
+                "alone": fast["alone"],
+                "rate": fast["rate"],
+                "cpu": fast["cpu"],
+                "rate_procs": fast_n,
+                "p50": quick["p50"],
+                "p90": quick["p90"],
+                "p50_procs": quick_n,
+            }
+        )
     ours = rows[0]
+    print("each configuration (medians of its rounds):")
+    for (name, count), row in by_config.items():
+        print(
+            f"  {name} x{count}: {row['rate']:,.0f} jobs/s ({row['cpu'] * 1e6:,.0f} us CPU "
+            f"per job); round trip p50 {row['p50'] * 1e3:.2f} ms"
+        )
     print(
         f"floors: bare INSERT + DELETE round trip {bare * 1e6:.0f} us; SELECT 1 "
         f"{select * 1e6:.0f} us; NOTIFY answered by NOTIFY from a listening process "
@@ -657,8 +694,9 @@ def main() -> None:
         + "; ".join(f"{r['name']} {r['alone'] * 1e6:.0f} ({1 / r['alone']:,.0f}/s)" for r in rows)
     )
     print(
-        f"underway bulk: {args.bulk} jobs by submit_many, drained by {args.procs} processes x "
-        f"{args.slots} slots: {bulk_rate:,.0f} jobs/s; {per_job:.2f} statements per job "
+        f"underway bulk: {args.bulk} jobs by submit_many, drained by {bulk_procs} processes "
+        f"x {max(1, args.slots // bulk_procs)} slots: {bulk_rate:,.0f} jobs/s; "
+        f"{per_job:.2f} statements per job "
         "(BEGIN/COMMIT included)"
     )
     print(
@@ -667,7 +705,8 @@ def main() -> None:
         f"a bare method call of the same shape {progress[2] * 1e9:.0f} ns"
     )
     print(
-        f"{args.procs} worker processes each; {args.jobs} no-op jobs submitted one by one; "
+        f"each queue at {args.procs} worker process(es), best shown (x N: its process count); "
+        f"{args.jobs} no-op jobs submitted one by one; "
         f"{args.trips} round trips to idle workers; medians of {args.rounds} rounds"
     )
     print(
@@ -681,8 +720,9 @@ def main() -> None:
         cpu_ratio = f"{ours['cpu'] / row['cpu']:.2f}" if peer and row["cpu"] > 0 else ""
         p50_ratio = f"{ours['p50'] / row['p50']:.2f}" if peer else ""
         print(
-            f"| {row['name']} | {row['rate']:,.0f} | {row['cpu'] * 1e6:,.0f} us | "
-            f"{row['p50'] * 1e3:.2f} ms | {row['p90'] * 1e3:.2f} ms | {rate_ratio} | "
+            f"| {row['name']} | {row['rate']:,.0f} (x{row['rate_procs']}) | "
+            f"{row['cpu'] * 1e6:,.0f} us | {row['p50'] * 1e3:.2f} ms (x{row['p50_procs']}) | "
+            f"{row['p90'] * 1e3:.2f} ms | {rate_ratio} | "
             f"{cpu_ratio} | {p50_ratio} |"
         )
 
