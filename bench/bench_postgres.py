@@ -36,8 +36,9 @@ measured with every worker-process count of `--procs` (1 and 2: one per core, as
 their documentation advises for CPU-bound work, or one for all, which serves
 CPU-light work best here, for the peers too), and the table shows each queue's best
 rate and best round trip, with the count that gave it. underway: `--slots` (8) slots
-in all, shared among its processes, its defaults otherwise. procrastinate: an `async def` task, `concurrency=8` per
-process, LISTEN/NOTIFY on (its default), jobs kept (its default, as underway does).
+in all, shared among its processes, its defaults otherwise. procrastinate: an
+`async def` task, `concurrency=8` per process, LISTEN/NOTIFY on (its default), jobs
+kept (its default, as underway does).
 pgqueuer: its asyncpg driver, an `async def` entrypoint, `batch_size=10` for the
 end-to-end run; for the round trip `batch_size=1`, since with a larger batch its
 completion log buffer holds a lone job's end for up to ~0.1 s (its flush timeout).
