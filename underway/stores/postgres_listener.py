@@ -2,25 +2,25 @@
 
 One background thread per store holds one connection, from the first time it is
 needed: a process that only submits and reads keeps none, since every notification
-in the database interrupts each session that listens (a worker's first word that
-it is idle starts it, as does a first wait). It LISTENs on the store's own channel
-from then on, on the channel of new work from the first time a worker slot of this process waits for
-work, on its channel of job ends from the first time some thread waits for a job to
-end (`wait()`), and on its channel of all other job changes from the first time some
-thread watches a job (`PostgresFeed`): a process that only runs jobs is not woken
-by every job's every change, one that only submits by every submission, nor one
-that only waits for results by every job's start. A job change's payload is
-`origin|state|ids`, or `origin|state|id|doc` when a job ends (`doc`: its final row,
-see `postgres_sql.Statements.apply`): the store instance that made it, the jobs'
-new state (empty when unknown) and the jobs. A notification from another store
-instance (in this process or any other, on any machine) becomes a `ChangeFeed`
+in the database interrupts each session that listens (a worker's first word that it
+is idle starts it, as does a first wait). It LISTENs on the store's own channel from
+then on, on the channel of new work from the first time a worker slot of this
+process waits for work, on its channel of job ends from the first time some thread
+waits for a job to end (`wait()`), and on its channel of all other job changes from
+the first time some thread watches a job (`PostgresFeed`): a process that only runs
+jobs is not woken by every job's every change, one that only submits by every
+submission, nor one that only waits for results by every job's start. A job change's
+payload is `origin|state|ids`, or `origin|state|id|doc` when a job ends (`doc`: its
+final row, see `postgres_sql.Statements.apply`): the store instance that made it,
+the jobs' new state (empty when unknown) and the jobs. A notification from another
+store instance (in this process or any other, on any machine) becomes a `ChangeFeed`
 wake-up that says what it knows (`Known`), so that a waiter need not read the job
 back; the store's own writes wake its waiters directly, so its echoes are skipped.
 On the store's own channel come the news of work meant for this process alone, and
 the rows of jobs that submissions claimed for its idle worker (while the thread
-listens for work it holds a lock that says so: `push_ready`).
-When the thread starts listening for job changes it wakes every waiter, who read
-again: a change made before that was not heard.
+listens for work it holds a lock that says so: `push_ready`). When the thread starts
+listening for job changes it wakes every waiter, who read again: a change made
+before that was not heard.
 
 When the connection drops, the thread wakes everyone (they read again, and see
 `StoreUnavailable` while the server is away), keeps waking them at a slow pace
@@ -134,6 +134,8 @@ class PostgresListener:
         """Connect and listen, if not done yet, waiting up to `wait` seconds for it.
         Not before it is needed: every notification in the database interrupts each
         session that listens, so a process that only submits keeps none."""
+        if self._started:  # every claim of a worker asks: no lock once it has started
+            return
         with self._want_lock:
             if self._started or self._closed.is_set():
                 return
