@@ -263,6 +263,7 @@ class Worker:
         finally:
             baton.release(slot)
             self._write_ended()
+            self.store.slot_done()
 
     def _outage(self, exc: Exception) -> float:
         """A claim failed (the store is down, loading, or full): log it once, and back

@@ -27,9 +27,10 @@ from tests.support.wait import wait_for
 from underway import lifecycle
 from underway.errors import ConfigurationError, StoreUnavailable
 from underway.feed import WORK
-from underway.records import Progress, State
+from underway.records import JobRecord, Progress, State
 from underway.stores import open_store, redis_listener
-from underway.stores.redis import RedisStore, _sleeper_key
+from underway.stores import redis as redis_module
+from underway.stores.redis import RedisStore
 
 pytestmark = pytest.mark.redis
 
@@ -267,7 +268,8 @@ def _idle_worker(url: str) -> RedisStore:
 
 
 def _wait_for_news(store: RedisStore, seen: int) -> None:
-    assert store.notifier.wait(WORK, seen, 5.0) != seen
+    """Wait as the idle slot (this thread) does, until it hears of work."""
+    assert store.wait_for_work(seen, 5.0) != seen
 
 
 def test_a_job_submitted_to_an_idle_worker_is_claimed_for_it_as_its_claim_would(
@@ -397,12 +399,11 @@ def test_a_task_with_a_concurrency_limit_is_never_claimed_at_submission(
     try:
         assert worker._listener.connected.wait(5.0)
         assert claim(worker, ["t", "u"], worker="w-idle", limits={"t": 1}) == []
-        key = _sleeper_key(str(threading.get_ident()))
-        seen = worker.notifier.version(key)
+        seen = worker.notifier.version(WORK)
         limited = submit(redis_store, "t")
         assert redis_store.get(limited.id).state is State.QUEUED  # type: ignore[union-attr]
         # The slot is woken to claim it under the limit, as before.
-        assert worker.notifier.wait(key, seen, 5.0) != seen
+        _wait_for_news(worker, seen)
         got = claim(worker, ["t", "u"], worker="w-idle", limits={"t": 1})
         assert [r.id for r in got] == [limited.id]
         assert claim(worker, ["t", "u"], worker="w-idle", limits={"t": 1}, max_jobs=2) == []
@@ -412,14 +413,19 @@ def test_a_task_with_a_concurrency_limit_is_never_claimed_at_submission(
         worker.close()
 
 
+@pytest.mark.parametrize("own_channel", [True, False], ids=["own-channel", "process-channel"])
 def test_a_wake_up_for_a_job_to_claim_is_news_of_work(
-    redis_store: RedisStore, redis_url: str
+    redis_store: RedisStore, redis_url: str, own_channel: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A slot woken for a job it must claim itself (here under a concurrency limit)
     learns that work came, as for a job handed to it: a worker with ends to write
     claims as it writes them only then. Else it would write them alone and wait, no
     longer known as idle (the wake-up used its word up), with the job left queued
-    until its next look (seconds later)."""
+    until its next look (seconds later). The same whether the slot reads a wake
+    channel of its own or, when that cannot be opened, its process's listener hears
+    the wake-up."""
+    if not own_channel:
+        monkeypatch.setattr(redis_module, "open_slot_channel", _refused)
     worker = open_store(redis_url)
     assert isinstance(worker, RedisStore)
     try:
@@ -433,6 +439,60 @@ def test_a_wake_up_for_a_job_to_claim_is_news_of_work(
             limited.id
         ]
     finally:
+        worker.close()
+
+
+def _refused(*args: object) -> None:
+    raise redis.ConnectionError("refused")
+
+
+def test_a_job_handed_to_a_slot_that_stops_goes_to_another_slot_of_its_worker(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    """A slot reads the jobs handed to it on a wake channel of its own. One that stops
+    right after a submission handed it a job, before reading it, leaves the job to
+    its worker's other slots (claimed once, as its own claim would have), and is
+    handed no more."""
+    worker = _idle_worker(redis_url)  # this thread is the idle slot
+    try:
+        job = submit(redis_store)
+        assert redis_store.get(job.id).state is State.RUNNING  # type: ignore[union-attr]
+        worker.slot_done()
+        got: list[JobRecord] = []
+        other = threading.Thread(target=lambda: got.extend(claim(worker, worker="w-idle")))
+        other.start()
+        other.join()
+        assert [(r.id, r.state, r.attempt) for r in got] == [(job.id, State.RUNNING, 1)]
+        assert redis_store.get(job.id) == got[0]
+    finally:
+        worker.close()
+
+
+def test_a_slot_whose_wake_channel_is_lost_wakes_and_gets_another(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    """The connection of a slot's own wake channel is closed by the server while the
+    slot waits: the slot wakes at once (not at its next look, seconds later), and
+    its next claim opens another, on which the next job handed to it comes."""
+    worker = _idle_worker(redis_url)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        lost = worker._local.channel
+        host, port = lost.pubsub.connection._sock.getsockname()[:2]
+        assert client.client_kill_filter(_type=None, addr=f"{host}:{port}") == 1
+        started = time.monotonic()
+        worker.wait_for_work(worker.notifier.version(WORK), 10.0)
+        assert time.monotonic() - started < 2.5  # not MAX_IDLE_WAIT (5 s): woken by the loss
+        assert lost.closed
+        assert claim(worker, worker="w-idle") == []
+        assert worker._local.channel is not lost and not worker._local.channel.closed
+        seen = worker.notifier.version(WORK)
+        job = submit(redis_store)
+        assert redis_store.get(job.id).state is State.RUNNING  # type: ignore[union-attr]
+        _wait_for_news(worker, seen)
+        assert claim_one(worker, worker="w-idle").id == job.id
+    finally:
+        client.close()
         worker.close()
 
 

@@ -246,6 +246,10 @@ class Store(ABC):
         """Block until new work may be there (or `timeout`); returns the new version."""
         return self.notifier.wait(WORK, seen, min(timeout, self.poll_interval))
 
+    def slot_done(self) -> None:
+        """The calling thread, a worker slot, claims no more: the store may let go of
+        what it keeps for it (and must not let a job claimed for it go unseen)."""
+
     def ping(self) -> None:
         """Raise StoreUnavailable when the store cannot be reached."""
 

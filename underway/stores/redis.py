@@ -73,6 +73,7 @@ from . import redis_scripts as scripts
 from .base import Store
 from .redis_keys import Keys
 from .redis_listener import RedisListener, RedisNotifier
+from .redis_slots import SlotChannel, open_slot_channel
 
 # redis-py's own packing checks every argument in Python first: hiredis alone is
 # several times cheaper for a script call's few dozen arguments.
@@ -89,6 +90,8 @@ MAX_IDLE_WAIT = 5.0  # an idle worker looks again at least this often, in case a
 HELD_RETRY_STEP = 0.2  # seconds between attempts of a lease holder's write during an outage
 FRESH_SUBMISSION = 0.02  # seconds what a submission says of its job stands for a read
 FLUSH_WAIT = 2.0  # seconds a stopping worker waits for jobs claimed for it on their way
+CHANNEL_WAIT = 2.0  # seconds a slot waits for Redis to confirm its channel's subscription
+CHANNEL_RETRY = 5.0  # seconds a slot whose channel could not be opened goes without one
 BATCH = 200  # jobs per script call in purge, so no call blocks Redis for long
 
 _STATES = {s.value: s for s in State}
@@ -276,6 +279,8 @@ class RedisStore(Store):
         self._pushed: list[JobRecord] = []
         self._stopped: set[str] = set()
         self._idlers: dict[tuple[Any, ...], str] = {}
+        # Worker slot threads' own wake channels (see `redis_slots`), by thread.
+        self._channels: dict[str, SlotChannel] = {}
         self._push_lock = threading.Lock()
         self._flushed = threading.Condition(self._push_lock)
         self._flush_seen = 0
@@ -330,7 +335,7 @@ class RedisStore(Store):
         self._purge = s(scripts.PURGE)
         self._events = s(scripts.EVENTS)
         self._output = s(scripts.OUTPUT)
-        self.notifier = RedisNotifier()
+        self.notifier: RedisNotifier = RedisNotifier()
         self._listener = RedisListener(
             self._redis,
             self.notifier,
@@ -422,10 +427,11 @@ class RedisStore(Store):
             raise
 
     # -- jobs claimed at their submission ----------------------------------------------
-    def _on_wake(self, message: str) -> None:
+    def _on_wake(self, message: str, *, read_by_slot: bool = False) -> None:
         """A message on this instance's wake channel: the thread to wake, and the record
         of a job the submission claimed for its worker, if it did (see `ENQUEUE`); or
-        a marker this instance sent itself (see `_stop_pushing`)."""
+        a marker this instance sent itself (see `_stop_pushing`). `read_by_slot`: the
+        slot read it on its own channel (see `redis_slots`), and is awake."""
         if message.startswith("\x00"):
             with self._flushed:
                 self._flush_seen = max(self._flush_seen, int(message[1:]))
@@ -445,7 +451,10 @@ class RedisStore(Store):
         # write claims (and so takes it) only when work was announced since its worker
         # last found none; else it would write the ends alone, and wait, no longer
         # known as idle (the wake-up used its word up), while the job stays queued.
-        self.notifier.notify(_sleeper_key(thread), WORK)
+        if read_by_slot:
+            self.notifier.notify(WORK)
+        else:
+            self.notifier.notify(_sleeper_key(thread), WORK)
 
     def _take_pushed(self, worker: str, max_jobs: int) -> list[JobRecord]:
         """Up to `max_jobs` of the jobs claimed for `worker` at their submission."""
@@ -457,15 +466,25 @@ class RedisStore(Store):
         return taken
 
     def _idler(
-        self, worker: str, thread: str, lease: float, names: list[str], limits: Mapping[str, int]
+        self,
+        worker: str,
+        thread: str,
+        lease: float,
+        names: list[str],
+        limits: Mapping[str, int],
+        own: bool,
     ) -> str:
         """The member of the idle set that stands for this claiming thread (see
-        `redis_keys`): a submission may claim jobs of its unlimited tasks for it."""
-        key = (worker, thread, lease, tuple(names), tuple(sorted(limits)))
+        `redis_keys`): a submission may claim jobs of its unlimited tasks for it;
+        `own`: the thread is woken on a channel of its own."""
+        key = (worker, thread, lease, tuple(names), tuple(sorted(limits)), own)
         member = self._idlers.get(key)
         if member is None:
             push = sorted(name for name in set(names) if name not in limits)
-            member = _dumps([self._process, thread, worker, lease, push])
+            fields: list[Any] = [self._process, thread, worker, lease, push]
+            if own:
+                fields.append(self._slot_suffix(thread))
+            member = _dumps(fields)
             with self._push_lock:
                 self._idlers[key] = member
         return member
@@ -478,6 +497,7 @@ class RedisStore(Store):
             self._stopped.add(worker)
             members = [m for key, m in self._idlers.items() if key[0] == worker]
             self._idlers = {k: m for k, m in self._idlers.items() if k[0] != worker}
+            channels = [c for c in self._channels.values() if c.worker == worker]
         try:
             with self._guard():
                 if members:
@@ -486,10 +506,94 @@ class RedisStore(Store):
                 self._catch_up()
         except StoreUnavailable as exc:  # their leases run out, and they are recovered
             log.warning("could not take back the idle slots of worker %s: %s", worker, exc)
+        for channel in channels:  # slots that did not stop by themselves
+            self._close_channel(channel, drain=True)
         with self._push_lock:
             records = [r for r in self._pushed if r.worker == worker]
             self._pushed = [r for r in self._pushed if r.worker != worker]
         self.hand_back(records)
+
+    # -- worker slots' own wake channels (see `redis_slots`) ------------------------------
+    def _slot_suffix(self, thread: str) -> str:
+        return f"{self._process}:{thread}"
+
+    def _channel(self, worker: str, thread: str) -> SlotChannel | None:
+        """The calling slot thread's own wake channel, opened at its first claim; None
+        while it cannot be (the slot is then woken through this instance's channel)."""
+        channel: SlotChannel | None = getattr(self._local, "channel", None)
+        if channel is not None and not channel.closed:
+            return channel
+        if self._closing.is_set() or time.monotonic() < getattr(self._local, "retry", 0.0):
+            return None
+        name = self.keys.wake_channel(self._slot_suffix(thread))
+        try:
+            channel = open_slot_channel(self._redis, name, worker, thread, CHANNEL_WAIT)
+        except (redis.RedisError, OSError) as exc:
+            log.debug("no wake channel of its own for slot %s: %s", thread, exc)
+            self._local.retry = time.monotonic() + CHANNEL_RETRY
+            return None
+        # What wakes the slot in this process (its worker stopping, a reconnection, a
+        # message on the instance's channel) pokes it while it reads its channel.
+        channel.unlisten = self.notifier.listen(_sleeper_key(thread), channel.poke)
+        with self._push_lock:
+            stale = self._channels.get(thread)
+            self._channels[thread] = channel
+        if stale is not None:  # a thread of the same number that is gone
+            self._close_channel(stale)
+        self._local.channel = channel
+        return channel
+
+    def _read_channel(self, channel: SlotChannel, messages: Callable[[], list[str]]) -> None:
+        """Handle what came on a slot's channel; a lost connection closes it (the
+        slot's next claim opens another)."""
+        try:
+            got = messages()
+        except (redis.RedisError, OSError, ValueError) as exc:
+            log.debug("lost the wake channel of slot %s: %s", channel.thread, exc)
+            self._close_channel(channel)
+            return
+        for message in got:
+            self._on_wake(message, read_by_slot=True)
+
+    def _close_channel(self, channel: SlotChannel, *, drain: bool = False) -> None:
+        """Close a slot's channel; with `drain`, once its idle word is gone, after
+        taking what was sent to it (jobs claimed for its worker go where any of its
+        slots takes them, or back to the queue if the worker stopped)."""
+        with self._push_lock:
+            if self._channels.get(channel.thread) is channel:
+                del self._channels[channel.thread]
+        channel.poke()  # the slot, if it waits on it, lets go
+        got: list[str] = []
+        with channel.lock:
+            if channel.closed:
+                return
+            if drain:
+                try:
+                    got = channel.drain(
+                        lambda token: self._redis.publish(channel.name, token), FLUSH_WAIT
+                    )
+                except (redis.RedisError, OSError, ValueError) as exc:
+                    # Jobs claimed for it and not read run out of lease, and are recovered.
+                    log.warning("could not read slot %s's wake channel: %s", channel.thread, exc)
+            channel.close()
+        for message in got:
+            self._on_wake(message, read_by_slot=True)
+
+    def slot_done(self) -> None:
+        thread = str(threading.get_ident())
+        with self._push_lock:
+            members = [m for key, m in self._idlers.items() if key[1] == thread]
+            self._idlers = {k: m for k, m in self._idlers.items() if k[1] != thread}
+            channel = self._channels.get(thread)
+        self._local.channel = None
+        if members:
+            try:
+                with self._guard():
+                    self._redis.zrem(self.keys.idle, *members)
+            except StoreUnavailable:
+                pass  # the words run out (IDLE_TTL); a submission then wakes another slot
+        if channel is not None:
+            self._close_channel(channel, drain=True)
 
     def _catch_up(self) -> None:
         """Return once the listener has handled every message sent to this instance
@@ -695,6 +799,12 @@ class RedisStore(Store):
     ) -> tuple[list[bool], list[JobRecord]]:
         if not tasks:
             max_jobs = 0
+        thread = str(threading.get_ident())
+        channel = self._channel(worker, thread) if max_jobs > 0 else None
+        if channel is not None:  # what came while the slot was busy
+            self._read_channel(channel, channel.take)
+            if channel.closed:
+                channel = None
         pushed: list[JobRecord] = []
         if self._pushed and max_jobs > 0:
             # Jobs claimed for this worker at their submission come first, with no round
@@ -711,12 +821,11 @@ class RedisStore(Store):
         names = list(tasks)
         encoded = [x for d in decisions for x in _decision_args(d)]
         pairs = [x for name, cap in limits.items() for x in (name, cap)]
-        thread = str(threading.get_ident())
         args = (
             worker,
             repr(now + lease),
             max(max_jobs, 0),
-            self._idler(worker, thread, lease, names, limits),
+            self._idler(worker, thread, lease, names, limits, channel is not None),
             len(names),
             len(decisions),
             *names,
@@ -856,9 +965,18 @@ class RedisStore(Store):
                 timeout = min(timeout, max(0.001, self._next_due - time.time()))
         key = _sleeper_key(str(threading.get_ident()))
         mine = getattr(self._local, "seen", None)
-        self.notifier.wait(key, self.notifier.version(key) if mine is None else mine, timeout)
+        seen_key = self.notifier.version(key) if mine is None else mine
         self._local.seen = None
+        channel: SlotChannel | None = getattr(self._local, "channel", None)
+        if channel is None or channel.closed:
+            self.notifier.wait_local(key, seen_key, timeout)
+        else:  # the slot reads its own channel: woken by the message itself
+            awake = partial(self._woken, key, seen_key)
+            self._read_channel(channel, partial(channel.wait, timeout, awake))
         return self.notifier.version(WORK)
+
+    def _woken(self, key: str, seen: int) -> bool:
+        return self.notifier.version(key) != seen
 
     def ping(self) -> None:
         with self._guard():
@@ -898,6 +1016,10 @@ class RedisStore(Store):
         for worker in {key[0] for key in list(self._idlers)}:
             self._stop_pushing(worker)
         self._closing.set()
+        with self._push_lock:
+            channels = list(self._channels.values())
+        for channel in channels:
+            self._close_channel(channel)
         self._listener.close()
         with self._connections_lock:
             connections = list(self._connections)

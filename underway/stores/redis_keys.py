@@ -33,12 +33,14 @@ Layout (`{id}` is a job id, `{n}` an attempt)::
     workers           hash    worker id -> {"tasks": [...], "until": epoch s} (heartbeats)
     idlers            zset    worker slots that found nothing to claim, each a JSON list
                               [process, thread, worker, lease seconds, tasks a
-                              submission may claim a job of for it], score = when
-                              that stops being true (Redis clock)
+                              submission may claim a job of for it, and, for a slot
+                              that reads a wake channel of its own, "{process}:{thread}"],
+                              score = when that stops being true (Redis clock)
 
 Channels: `wake:{process}` (new work for one idle slot of that store instance; the
 message names the thread, and, after a newline, carries the record of a job the
-submission claimed for that slot's worker, if it did) and `ch:{id}` (the job
+submission claimed for that slot's worker, if it did), `wake:{process}:{thread}`
+(the same, for a slot that reads its own; see `redis_slots`) and `ch:{id}` (the job
 changed; subscribed only while someone in a process waits on the job). A claim's
 or an end's message on `ch:{id}` carries the job's hash as a JSON list of fields
 and values (sent only while the channel has a subscriber); other messages are

@@ -83,6 +83,14 @@ class RedisNotifier(ChangeFeed):
         finally:
             listener.unwatch(key)
 
+    def listen(self, key: str, fn: Listener) -> Callable[[], None]:
+        """`subscribe` to a key of this process's own (no job's: nothing to follow)."""
+        return super().subscribe(key, fn)
+
+    def wait_local(self, key: str, seen: int, timeout: float | None) -> int:
+        """`wait` on a key of this process's own (no job's: nothing to follow)."""
+        return super().wait(key, seen, timeout)
+
     def subscribe(self, key: str, fn: Listener) -> Callable[[], None]:
         unsubscribe = super().subscribe(key, fn)
         listener = self.listener

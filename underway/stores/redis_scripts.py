@@ -63,10 +63,11 @@ local function changed_to(id, rec, reply)
 end
 
 -- Wake one idle claimer (a worker slot that found nothing), if any is still waiting;
--- false when none was. Its process hears it on its own channel (the message names the
--- thread); a busy system publishes nothing. An idle claimer is known by its member of
--- K_IDLE, a JSON list: process, thread, worker, lease (seconds), and the tasks a
--- submission may claim a job of for it. `offer`, when given, is called with that list
+-- false when none was. The slot hears it on a channel of its own, or its process on
+-- the process's (the message names the thread); a busy system publishes nothing. An
+-- idle claimer is known by its member of K_IDLE, a JSON list: process, thread, worker,
+-- lease (seconds), the tasks a submission may claim a job of for it, and the slot's own
+-- channel (after `wake:`) when it has one. `offer`, when given, is called with that list
 -- and returns the record (a flat field/value list) of a job claimed for the worker, or
 -- nil: the message then carries the record, and the decoded member is returned.
 local function wake(offer)
@@ -84,8 +85,10 @@ local function wake(offer)
       if offer ~= nil then rec = offer(m) end
       local message = m[2]
       if rec ~= nil then message = message .. '\\n' .. cjson.encode(rec) end
-      -- Nobody listening: that process is gone; wake the next idle slot instead.
-      if redis.call('PUBLISH', C_WAKE .. m[1], message) > 0 then
+      -- To the slot's own channel (`m[6]`), which it reads itself while it waits, or
+      -- its process's. Nobody listening: that slot or process is gone; wake the next
+      -- idle slot instead.
+      if redis.call('PUBLISH', C_WAKE .. (m[6] or m[1]), message) > 0 then
         if rec ~= nil then return m, rec end
         return true
       end
