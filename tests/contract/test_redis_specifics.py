@@ -496,6 +496,40 @@ def test_a_slot_whose_wake_channel_is_lost_wakes_and_gets_another(
         worker.close()
 
 
+@pytest.mark.parametrize("how", ["wait", "callback"])
+def test_news_that_came_while_nobody_waited_reaches_a_new_waiter_at_once(
+    redis_store: RedisStore, redis_url: str, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """While nothing in the process waits, its listener reads the news only every
+    LAZY seconds (here a minute), in one go. A thread that starts to wait for a job,
+    or a callback that starts to follow one, is told at once of what came meanwhile
+    (here the job's end, sent to the process that submitted it)."""
+    monkeypatch.setattr(redis_listener, "LAZY", 60.0)
+    _settled(redis_store)
+    job = submit(redis_store)
+    worker = open_store(redis_url)
+    try:
+        wait_for(lambda: redis_store._listener._lazy, what="the listener to sleep")
+        seen = redis_store.notifier.version(job.id)
+        assert finish(worker, claim_one(worker)) is not None
+        assert redis_store.notifier.version(job.id) == seen  # not read yet
+        started = time.monotonic()
+        if how == "wait":
+            assert redis_store.notifier.wait_end(job.id, seen, 10.0) != seen
+        else:
+            told = threading.Event()
+            stop = redis_store.notifier.subscribe(job.id, told.set)
+            try:
+                assert told.wait(10.0)
+            finally:
+                stop()
+        assert time.monotonic() - started < 5.0
+        ended = redis_store.get(job.id)
+        assert ended is not None and ended.state is State.SUCCEEDED
+    finally:
+        worker.close()
+
+
 def _settled(store: RedisStore) -> None:
     """Return once the store's listener is connected and has handled its news of
     connecting (which forgets all), so that what a test does next is heard."""

@@ -603,10 +603,11 @@ class RedisStore(Store):
         with self._flushed:
             self._flush_sent += 1
             token = self._flush_sent
-        with self._guard():
-            self._redis.publish(self.keys.wake_channel(self._process), f"\x00{token}")
-        with self._flushed:
-            self._flushed.wait_for(lambda: self._flush_seen >= token, FLUSH_WAIT)
+        with self._listener.prompt():
+            with self._guard():
+                self._redis.publish(self.keys.wake_channel(self._process), f"\x00{token}")
+            with self._flushed:
+                self._flushed.wait_for(lambda: self._flush_seen >= token, FLUSH_WAIT)
 
     def _hold(self, job_ids: Collection[str], lease: float) -> None:
         until = time.monotonic() + lease

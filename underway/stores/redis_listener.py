@@ -22,15 +22,25 @@ keeps the latest one per watched job, briefly, and hands it out once (`take`): t
 waiter woken by that message reads it instead of the job (one round trip fewer on
 the way to a result). Any later message about the job replaces or drops it, and so
 does a write of this process (`forget`), which then reads its own write.
+
+While no thread of the process waits, and nothing follows a job, the news can wait:
+the thread then reads what came every LAZY seconds, in one go, rather than wake for
+each message (a process that submits a stream of jobs would otherwise be interrupted
+by the end of each, and each interruption costs it more than its submission). A
+thread that starts to wait, or a listener that starts to follow a job, wakes it
+first (`prompt`), and it reads at once while any does.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import select
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -48,6 +58,7 @@ FRESH = 1.0  # seconds a record that came with a message may stand in for a read
 FRESH_FINAL = 60.0
 MAX_OWN = 10_000  # jobs this instance submitted that it remembers hearing the end of
 RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
+LAZY = 0.25  # seconds between reads while nobody waits (see the module's docstring)
 
 
 class RedisNotifier(ChangeFeed):
@@ -75,13 +86,16 @@ class RedisNotifier(ChangeFeed):
         """`wait`, with the listener following the job meanwhile; for the job's `end`,
         not when that comes to this instance anyway (see `RedisListener.hears`)."""
         listener = self.listener
-        if listener is None or key == WORK or (end and listener.hears(key)):
+        if listener is None:
             return wait(key, seen, timeout)
-        listener.watch(key)
-        try:
-            return wait(key, seen, timeout)
-        finally:
-            listener.unwatch(key)
+        with listener.prompt():
+            if key == WORK or (end and listener.hears(key)):
+                return wait(key, seen, timeout)
+            listener.watch(key)
+            try:
+                return wait(key, seen, timeout)
+            finally:
+                listener.unwatch(key)
 
     def listen(self, key: str, fn: Listener) -> Callable[[], None]:
         """`subscribe` to a key of this process's own (no job's: nothing to follow)."""
@@ -89,20 +103,28 @@ class RedisNotifier(ChangeFeed):
 
     def wait_local(self, key: str, seen: int, timeout: float | None) -> int:
         """`wait` on a key of this process's own (no job's: nothing to follow)."""
-        return super().wait(key, seen, timeout)
+        listener = self.listener
+        if listener is None:
+            return super().wait(key, seen, timeout)
+        with listener.prompt():
+            return super().wait(key, seen, timeout)
 
     def subscribe(self, key: str, fn: Listener) -> Callable[[], None]:
         unsubscribe = super().subscribe(key, fn)
         listener = self.listener
-        if listener is None or key == WORK:
+        if listener is None:
             return unsubscribe
-        listener.watch(key)
+        listener.hurry()
+        if key != WORK:
+            listener.watch(key)
         done = threading.Event()
 
         def stop() -> None:
             if not done.is_set():
                 done.set()
-                listener.unwatch(key)
+                if key != WORK:
+                    listener.unwatch(key)
+                listener.relax()
             unsubscribe()
 
         return stop
@@ -143,6 +165,11 @@ class RedisListener:
         self._pubsub: Any = None  # redis.client.PubSub, owned by the thread
         self.connected = threading.Event()
         self._closed = threading.Event()
+        self._prompt = 0  # threads and listeners that want news at once (see `prompt`)
+        self._lazy = False  # the thread sleeps up to LAZY seconds without reading
+        self._poke_r, self._poke_w = os.pipe()  # wakes the thread
+        os.set_blocking(self._poke_r, False)
+        os.set_blocking(self._poke_w, False)
         self._thread = threading.Thread(target=self._run, name="underway-redis-sub", daemon=True)
 
     def start(self) -> None:
@@ -150,12 +177,40 @@ class RedisListener:
 
     def close(self) -> None:
         self._closed.set()
-        if self.connected.is_set():
-            try:  # ends the thread's blocking read at once
-                self._client.publish(self._wake, "")
-            except (redis.RedisError, OSError):
-                pass
+        self._poke()
         self._thread.join(timeout=5)
+        for fd in (self._poke_r, self._poke_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    # -- promptness ------------------------------------------------------------------
+    @contextmanager
+    def prompt(self) -> Iterator[None]:
+        """While inside: the thread reads each message as it comes."""
+        self.hurry()
+        try:
+            yield
+        finally:
+            self.relax()
+
+    def hurry(self) -> None:
+        with self._lock:
+            self._prompt += 1
+            lazy, self._lazy = self._lazy, False
+        if lazy:
+            self._poke()
+
+    def relax(self) -> None:
+        with self._lock:
+            self._prompt -= 1
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._poke_w, b"\0")
+        except OSError:
+            pass  # full (a poke is pending) or closed
 
     # -- the ends of this instance's own jobs --------------------------------------------
     def submitted(self, job_id: str) -> bool:
@@ -235,9 +290,7 @@ class RedisListener:
                 self._connect()
                 failures = 0
                 while not self._closed.is_set():
-                    message = self._pubsub.get_message(timeout=1.0)
-                    if message is not None:
-                        self._handle(message)
+                    self._read()
                     self._drop_unwatched()
             except (redis.RedisError, OSError) as exc:
                 if self._closed.is_set():
@@ -251,6 +304,33 @@ class RedisListener:
                 failures += 1
                 self._closed.wait(delay)
         self._disconnect()
+
+    def _read(self) -> None:
+        """Wait for news (at once, or every LAZY seconds; see `prompt`), then handle
+        every message that came."""
+        sock = self._pubsub.connection._sock
+        if sock is None:
+            raise redis.ConnectionError("the subscriber is not connected")
+        # Until the wake channel's subscription is confirmed, this instance hears no
+        # end of its jobs: read at once.
+        with self._lock:
+            self._lazy = self._prompt == 0 and self._hearing
+            lazy = self._lazy
+        if lazy:
+            ready = select.select((self._poke_r,), (), (), LAZY)[0]
+        else:
+            ready = select.select((sock, self._poke_r), (), (), 1.0)[0]
+        if self._poke_r in ready:
+            try:
+                while os.read(self._poke_r, 64):
+                    pass
+            except OSError:
+                pass  # drained
+        while True:
+            message = self._pubsub.get_message(timeout=0)
+            if message is None:
+                return
+            self._handle(message)
 
     def _connect(self) -> None:
         pubsub = self._client.pubsub()
