@@ -511,6 +511,7 @@ class Underway:
         while True:
             seen, known = feed.known(job_id)
             record = None
+            read = False  # read from the store now (not told by the feed)
             if known is not None and (known.state in TERMINAL or not checked):
                 record = known.full()
                 if record is not None and owner is not None and record.owner != owner:
@@ -519,14 +520,23 @@ class Underway:
                 record = self.find(job_id, owner=owner)  # no `waiting`: nobody reads it
                 if record is None:
                     raise self.not_found(job_id)
+                read = True
             checked = True
             if record is not None and record.state in TERMINAL:
                 return record
             left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
-            if feed.wait_end(job_id, seen, left) == seen and left is not None:
-                raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
+            if (left is None or left > 0) and (
+                feed.wait_end(job_id, seen, left) != seen or left is None
+            ):
+                continue
+            # Out of time: the feed's news may lag behind the store (a process that
+            # reads other processes' news in batches while nobody waits), so a job
+            # not read just now is read once more before it is said not to be done.
+            if not read:
+                record = self.find(job_id, owner=owner)
+                if record is not None and record.state in TERMINAL:
+                    return record
+            raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
 
     # -- changing --------------------------------------------------------------------
     def cancel(self, job_id: str, *, owner: str | None = None) -> JobRecord:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 import redis
@@ -24,7 +25,7 @@ from tests.contract.helpers import (
 from tests.support.redis_server import RedisServer
 from tests.support.services import free_port, missing
 from tests.support.wait import wait_for
-from underway import lifecycle
+from underway import Underway, lifecycle
 from underway.errors import ConfigurationError, StoreUnavailable
 from underway.feed import WORK
 from underway.records import JobRecord, Progress, State
@@ -528,6 +529,30 @@ def test_news_that_came_while_nobody_waited_reaches_a_new_waiter_at_once(
         assert ended is not None and ended.state is State.SUCCEEDED
     finally:
         worker.close()
+
+
+def test_a_wait_out_of_time_reads_the_job_before_saying_it_is_not_done(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`wait(timeout=0)` on a job that has ended returns its end, even before the
+    process has read the news of it (which, while nothing waits, it reads every LAZY
+    seconds): out of time, a wait reads the job once before it raises TimeoutError."""
+    monkeypatch.setattr(redis_listener, "LAZY", 60.0)
+    uw = Underway(redis_url)
+    uw.task(name="t")(lambda: None)
+    worker = open_store(redis_url)
+    try:
+        _settled(cast(RedisStore, uw.store))
+        job = uw.submit("t")
+        with pytest.raises(TimeoutError):
+            uw.wait(job.id, timeout=0)
+        wait_for(lambda: cast(RedisStore, uw.store)._listener._lazy, what="the listener to sleep")
+        assert finish(worker, claim_one(worker), result=7) is not None
+        assert uw.wait(job.id, timeout=0).state is State.SUCCEEDED
+        assert job.wait(timeout=0) == 7
+    finally:
+        worker.close()
+        uw.close()
 
 
 def _settled(store: RedisStore) -> None:
