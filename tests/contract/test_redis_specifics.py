@@ -602,8 +602,13 @@ class _EndWaiter:
         self.woke: int | None = None
         self._thread = threading.Thread(target=self._run, args=(store, job_id), daemon=True)
         self._thread.start()
-        # It sleeps on the feed now (a change before that would have returned at once).
-        wait_for(lambda: job_id in store.notifier._end_waiters, what="the waiter sleeps")
+        # It sleeps on the feed now, or follows it while it reads the subscription
+        # itself (a change before that would have returned at once).
+        feed = store.notifier
+        wait_for(
+            lambda: job_id in feed._end_waiters or job_id in feed._listeners,
+            what="the waiter sleeps",
+        )
 
     def _run(self, store: RedisStore, job_id: str) -> None:
         self.woke = store.notifier.wait_end(job_id, self.seen, 10.0)
@@ -612,6 +617,32 @@ class _EndWaiter:
         self._thread.join(10.0)
         assert self.woke is not None and self.woke != self.seen, "the waiter was not woken"
         return self.woke
+
+
+def test_waiters_are_woken_while_one_of_them_reads_the_news_and_after(
+    redis_store: RedisStore, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread that waits for the end of a job submitted here reads the news itself,
+    while no other thread does. What it reads for other waiters wakes them; once it is
+    done, the news of those still waiting is read for them at once (though, while
+    nobody waits, it is read only every LAZY seconds: here a minute)."""
+    monkeypatch.setattr(redis_listener, "LAZY", 60.0)
+    _settled(redis_store)
+    worker = open_store(redis_url)
+    try:
+        first, second, third = (submit(redis_store) for _ in range(3))
+        reader = _EndWaiter(redis_store, first.id)
+        wait_for(redis_store._listener._read_lock.locked, what="a waiter reads the news")
+        others = [_EndWaiter(redis_store, second.id), _EndWaiter(redis_store, third.id)]
+        claimed = {r.id: r for r in claim(worker, max_jobs=3)}
+        assert finish(worker, claimed[second.id]) is not None
+        others[0].join()  # read by the first waiter
+        assert finish(worker, claimed[first.id]) is not None
+        reader.join()
+        assert finish(worker, claimed[third.id]) is not None
+        others[1].join()
+    finally:
+        worker.close()
 
 
 def test_the_end_of_a_job_submitted_here_comes_without_a_subscription_or_a_read(

@@ -29,6 +29,12 @@ each message (a process that submits a stream of jobs would otherwise be interru
 by the end of each, and each interruption costs it more than its submission). A
 thread that starts to wait, or a listener that starts to follow a job, wakes it
 first (`prompt`), and it reads at once while any does.
+
+A thread that waits for the end of a job this instance submitted (which comes to
+the instance's own channel) reads the subscription itself while no other thread
+does (`lead`), handling every message as the listener's thread would: the end
+then wakes the thread that waits for it, not the listener's thread, which would
+then wake it.
 """
 
 from __future__ import annotations
@@ -88,6 +94,16 @@ class RedisNotifier(ChangeFeed):
         listener = self.listener
         if listener is None:
             return wait(key, seen, timeout)
+        if end and listener.hears(key):
+            # Its end comes to this instance's channel: this thread reads that itself
+            # while nobody else does, so the news wakes the thread that waits for it.
+            stop = super().subscribe(key, listener.poke)  # other news of it, from here
+            try:
+                led = listener.lead(lambda: self.version(key) != seen, timeout)
+            finally:
+                stop()
+            if led:
+                return self.version(key)
         with listener.prompt():
             if key == WORK or (end and listener.hears(key)):
                 return wait(key, seen, timeout)
@@ -165,6 +181,7 @@ class RedisListener:
         self._pubsub: Any = None  # redis.client.PubSub, owned by the thread
         self.connected = threading.Event()
         self._closed = threading.Event()
+        self._read_lock = threading.Lock()  # held by the thread that reads `_pubsub`
         self._prompt = 0  # threads and listeners that want news at once (see `prompt`)
         self._lazy = False  # the thread sleeps up to LAZY seconds without reading
         self._poke_r, self._poke_w = os.pipe()  # wakes the thread
@@ -205,6 +222,38 @@ class RedisListener:
     def relax(self) -> None:
         with self._lock:
             self._prompt -= 1
+
+    def lead(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        """Read the subscription in the calling thread, handling every message as the
+        listener's thread would, until `done()` or `timeout`. False at once when
+        another thread reads it, and when the connection fails (the listener's thread
+        then finds out, and reconnects): the caller waits as usual."""
+        if not self.connected.is_set() or not self._read_lock.acquire(blocking=False):
+            return False
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not done():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return True
+                pubsub = self._pubsub
+                sock = None if pubsub is None else pubsub.connection._sock
+                if sock is None or self._closed.is_set():
+                    return False
+                select.select((sock, self._poke_r), (), (), 1.0 if left is None else left)
+                self._unpoke()
+                self._read_all(pubsub)
+            return True
+        except (redis.RedisError, OSError, ValueError):
+            return False
+        finally:
+            self._read_lock.release()
+            if self._prompt > 0:  # their news was read here meanwhile: not any more
+                self.poke()
+
+    def poke(self) -> None:
+        """Wake the thread (and a thread that reads the subscription instead)."""
+        self._poke()
 
     def _poke(self) -> None:
         try:
@@ -321,13 +370,21 @@ class RedisListener:
         else:
             ready = select.select((sock, self._poke_r), (), (), 1.0)[0]
         if self._poke_r in ready:
-            try:
-                while os.read(self._poke_r, 64):
-                    pass
-            except OSError:
-                pass  # drained
+            self._unpoke()
+        with self._read_lock:  # not while another thread reads it (see `lead`)
+            self._read_all(self._pubsub)
+
+    def _unpoke(self) -> None:
+        try:
+            while os.read(self._poke_r, 64):
+                pass
+        except OSError:
+            pass  # drained
+
+    def _read_all(self, pubsub: Any) -> None:
+        """Handle every message that came (holding `_read_lock`)."""
         while True:
-            message = self._pubsub.get_message(timeout=0)
+            message = pubsub.get_message(timeout=0)
             if message is None:
                 return
             self._handle(message)
