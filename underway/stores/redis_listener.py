@@ -182,6 +182,7 @@ class RedisListener:
         self.connected = threading.Event()
         self._closed = threading.Event()
         self._read_lock = threading.Lock()  # held by the thread that reads `_pubsub`
+        self._leader: int | None = None  # the thread that reads it instead (`lead`)
         self._prompt = 0  # threads and listeners that want news at once (see `prompt`)
         self._lazy = False  # the thread sleeps up to LAZY seconds without reading
         self._poke_r, self._poke_w = os.pipe()  # wakes the thread
@@ -230,6 +231,7 @@ class RedisListener:
         then finds out, and reconnects): the caller waits as usual."""
         if not self.connected.is_set() or not self._read_lock.acquire(blocking=False):
             return False
+        self._leader = threading.get_ident()
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
             while not done():
@@ -247,13 +249,16 @@ class RedisListener:
         except (redis.RedisError, OSError, ValueError):
             return False
         finally:
+            self._leader = None
             self._read_lock.release()
             if self._prompt > 0:  # their news was read here meanwhile: not any more
                 self.poke()
 
     def poke(self) -> None:
-        """Wake the thread (and a thread that reads the subscription instead)."""
-        self._poke()
+        """Wake a thread that reads the subscription (`lead`), unless it is the caller:
+        news it handles itself needs no wake-up."""
+        if threading.get_ident() != self._leader:
+            self._poke()
 
     def _poke(self) -> None:
         try:
