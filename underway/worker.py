@@ -112,6 +112,7 @@ class Worker:
         # claimed job starts waiting while the monitor sleeps long (see `_monitor`).
         self._nudge = threading.Event()
         self._monitor_sleeps = False
+        self._waited_at = -float("inf")  # monotonic time a slot last nudged the monitor
         self._threads: list[threading.Thread] = []
         self._baton = ClaimBaton()
         self.batch = max(1, batch)
@@ -376,6 +377,7 @@ class Worker:
     def _wake_monitor(self) -> None:
         """An end or a claimed job waits now: the monitor looks at it within
         ENDS_CHECK. Called holding `_lock`."""
+        self._waited_at = time.monotonic()  # the monitor ticks a while after this
         if self._monitor_sleeps:
             self._monitor_sleeps = False
             self._nudge.set()
@@ -445,8 +447,11 @@ class Worker:
                 # is in a long job now, they are written or handed back from here, a
                 # few milliseconds late at most. While none has waited for a while,
                 # the monitor sleeps until the next upkeep, or until one does.
+                # (A slot that nudged it may have written its ends since: the nudge
+                # counts, else the monitor would sleep again and be nudged per job.)
                 if self._ended or self._ready:
                     waited_last = now
+                waited_last = max(waited_last, self._waited_at)
                 ticking = now - waited_last < self.flush_interval
                 self._monitor_sleeps = not ticking
             if ticking:
