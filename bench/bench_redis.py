@@ -1,6 +1,7 @@
 """No-op jobs end to end on Redis, with 1, 2 and 4 worker processes.
 
     python bench/bench_redis.py [--jobs 20000] [--procs 1,2,4] [--slots 1] [--chunk 100]
+        [--rounds 6]
 
 Starts its own redis-server on a free port. For each worker count: the worker
 processes (`tests.integration.redis_worker_app`) start idle, this process submits
@@ -12,6 +13,15 @@ Redis commands per job (from `INFO commandstats`, commands inside scripts includ
 and client round trips per job (`total_reads_processed`), next to a bare redis-py
 LPUSH + BRPOP round trip measured in the same run.
 
+Then, in the peer harness's shape (2 worker processes x 1 slot; `--rounds` rounds of
+2,000 no-op jobs, each round submitted with `submit()` one by one and then each job
+waited for, after 300 round trips one at a time): jobs/s, the round trip p50, CPU per
+job of each side (this process, the workers, redis-server; from /proc) and script
+calls and publishes per job. Those tell the round's mode: each job's end is one
+publish (to the submitter), and the publishes above that are jobs handed to idle
+workers at their submission, each of which wakes its worker for itself alone; the
+other jobs were claimed in batches by busy workers.
+
 First, per operation ("what one job costs"): round trips and Redis commands per job
 of a submit, a get, a claim with the end of the previous job (one at a time, and 16
 at a time as a backlog is drained), and of a whole submit-then-wait with an idle
@@ -22,6 +32,7 @@ worker process, from one process's view and Redis's; Redis time is `usec` of
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -208,6 +219,62 @@ def latency(url: str, n: int = 300) -> tuple[float, float]:
     return times[len(times) // 2], times[int(len(times) * 0.95)]
 
 
+def _cpu(pid: int) -> float:
+    """Seconds on a CPU of every thread of a process (scheduler's nanoseconds)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total / 1e9
+
+
+def harness_rounds(url: str, server_pid: int, rounds: int, jobs: int = 2000) -> None:
+    """The peer harness's Redis shape, with each side's CPU per job (see the docstring)."""
+    argv = [sys.executable, "-m", "tests.integration.redis_worker_app", url, "--workers", "1"]
+    workers = [
+        subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    client: redis.Redis[str] = redis.Redis.from_url(url, decode_responses=True)
+    uw = build_app(url, workers=1)
+    print(f"harness shape: 2 worker processes x 1 slot, {jobs:,} jobs a round")
+    print(f"{'jobs/s':>7} {'rt p50':>7} {'client':>7} {'workers':>8} {'redis':>6} {'all':>5} "
+          f"{'scripts':>8} {'publish':>8}  (CPU in us per job; calls per job)")  # fmt: skip
+    try:
+        for proc in workers:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        for _ in range(rounds):
+            trips = []
+            for _ in range(300):
+                started = time.perf_counter()
+                uw.submit("noop").wait(timeout=10)
+                trips.append(time.perf_counter() - started)
+            trips.sort()
+            client.config_resetstat()
+            pids = [os.getpid(), *(p.pid for p in workers), server_pid]
+            before = [_cpu(pid) for pid in pids]
+            started = time.perf_counter()
+            handles = [uw.submit("noop") for _ in range(jobs)]
+            for handle in handles:
+                handle.wait(timeout=30)
+            elapsed = time.perf_counter() - started
+            spent = [(_cpu(pid) - b) / jobs * 1e6 for pid, b in zip(pids, before, strict=True)]
+            stats = client.info("commandstats")
+            calls = {k: int(v["calls"]) / jobs for k, v in stats.items()}
+            print(f"{jobs / elapsed:>7,.0f} {trips[len(trips) // 2] * 1000:>6.2f}ms "
+                  f"{spent[0]:>7.0f} {spent[1] + spent[2]:>8.0f} {spent[3]:>6.0f} "
+                  f"{sum(spent):>5.0f} {calls.get('cmdstat_evalsha', 0):>8.2f} "
+                  f"{calls.get('cmdstat_publish', 0):>8.2f}")  # fmt: skip
+    finally:
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers:
+            proc.wait(timeout=30)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        uw.close()
+        client.close()
+
+
 def verify_exactly_once(store: Any, expected: int) -> None:
     """Every job succeeded on its first attempt: none was lost, none ran again."""
     seen = retried = 0
@@ -282,9 +349,11 @@ def main() -> None:
     parser.add_argument("--procs", default="1,2,4")
     parser.add_argument("--slots", type=int, default=1, help="worker slots per process")
     parser.add_argument("--chunk", type=int, default=100, help="jobs per submit_many call")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds in the harness's shape")
     args = parser.parse_args()
     with RedisServer() as server:
         per_operation(server.url)
+        harness_rounds(server.url, server.pid, args.rounds)
         client: redis.Redis[str] = redis.Redis.from_url(server.url, decode_responses=True)
         bare = bare_round_trips(client, 20_000)
         client.close()
