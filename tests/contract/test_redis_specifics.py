@@ -645,6 +645,32 @@ def test_waiters_are_woken_while_one_of_them_reads_the_news_and_after(
         worker.close()
 
 
+def test_a_job_channel_nobody_follows_is_left_after_a_while_even_while_a_waiter_reads(
+    redis_store: RedisStore, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's channel stays subscribed LINGER seconds after its last follower left
+    (here 0.2 s), then is left: also while a thread of the process waits for a job of
+    its own, reading the news itself (so that the listener's thread does not)."""
+    monkeypatch.setattr(redis_listener, "LINGER", 0.2)
+    _settled(redis_store)
+    worker = open_store(redis_url)
+    try:
+        elsewhere = submit(worker)  # followed here on its own channel
+        channel = redis_store.keys.job_channel(elsewhere.id)
+        seen = redis_store.notifier.version(elsewhere.id)
+        redis_store.notifier.wait(elsewhere.id, seen, 0.05)  # follows it, then leaves it
+        wait_for(lambda: _subscribers(redis_url, channel) == 1, what="the channel followed")
+        own = submit(redis_store)
+        reader = _EndWaiter(redis_store, own.id)
+        wait_for(redis_store._listener._read_lock.locked, what="a waiter reads the news")
+        wait_for(lambda: _subscribers(redis_url, channel) == 0, 5.0, what="the channel left")
+        for claimed in claim(worker, max_jobs=2):
+            assert finish(worker, claimed) is not None
+        reader.join()
+    finally:
+        worker.close()
+
+
 def test_the_end_of_a_job_submitted_here_comes_without_a_subscription_or_a_read(
     redis_store: RedisStore, redis_url: str
 ) -> None:

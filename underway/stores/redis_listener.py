@@ -242,9 +242,10 @@ class RedisListener:
                 sock = None if pubsub is None else pubsub.connection._sock
                 if sock is None or self._closed.is_set():
                     return False
-                select.select((sock, self._poke_r), (), (), 1.0 if left is None else left)
+                select.select((sock, self._poke_r), (), (), min(1.0, left or 1.0))
                 self._unpoke()
                 self._read_all(pubsub)
+                self._drop_unwatched()  # as the listener's thread would, between reads
             return True
         except (redis.RedisError, OSError, ValueError):
             return False
