@@ -199,6 +199,8 @@ def test_a_waiter_elsewhere_is_handed_the_finished_record_without_reading_it(
     watcher = open_store(redis_url)  # as another process would open it
     assert isinstance(watcher, RedisStore)
     try:
+        # Its listener's news of connecting (which wakes every follower) comes first.
+        _settled(watcher)
         now = time.time()
         job = submit(
             redis_store,
@@ -238,6 +240,7 @@ def test_a_process_reads_its_own_write_over_a_record_that_came_with_a_message(
     watcher = open_store(redis_url)
     assert isinstance(watcher, RedisStore)
     try:
+        _settled(watcher)
         now = time.time()
         job = submit(redis_store, now=now)
         changes = _Changes()

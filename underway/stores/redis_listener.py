@@ -188,6 +188,7 @@ class RedisListener:
         self._poke_r, self._poke_w = os.pipe()  # wakes the thread
         os.set_blocking(self._poke_r, False)
         os.set_blocking(self._poke_w, False)
+        self._poke_lock = threading.Lock()  # a poke never writes to a closed descriptor
         self._thread = threading.Thread(target=self._run, name="underway-redis-sub", daemon=True)
 
     def start(self) -> None:
@@ -197,11 +198,15 @@ class RedisListener:
         self._closed.set()
         self._poke()
         self._thread.join(timeout=5)
-        for fd in (self._poke_r, self._poke_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        if self._thread.is_alive():
+            return  # still reading them: the pipe's descriptors stay open
+        with self._poke_lock:
+            for fd in (self._poke_r, self._poke_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._poke_w = -1
 
     # -- promptness ------------------------------------------------------------------
     @contextmanager
@@ -262,10 +267,13 @@ class RedisListener:
             self._poke()
 
     def _poke(self) -> None:
-        try:
-            os.write(self._poke_w, b"\0")
-        except OSError:
-            pass  # full (a poke is pending) or closed
+        with self._poke_lock:
+            if self._poke_w < 0:
+                return  # closed
+            try:
+                os.write(self._poke_w, b"\0")
+            except OSError:
+                pass  # full: a poke is pending
 
     # -- the ends of this instance's own jobs --------------------------------------------
     def submitted(self, job_id: str) -> bool:

@@ -41,13 +41,17 @@ class SlotChannel:
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
+        self._poke_lock = threading.Lock()  # a poke never writes to a closed descriptor
 
     def poke(self) -> None:
         """Wake the slot if it waits (from any thread; a pending poke is enough)."""
-        try:
-            os.write(self._w, b"\0")
-        except OSError:
-            pass  # the pipe is full (a poke is pending) or closed
+        with self._poke_lock:
+            if self._w < 0:
+                return  # closed
+            try:
+                os.write(self._w, b"\0")
+            except OSError:
+                pass  # the pipe is full: a poke is pending
 
     def wait(self, timeout: float, awake: Callable[[], bool]) -> list[str]:
         """The messages that came, waiting up to `timeout` for one, or for a poke;
@@ -101,11 +105,13 @@ class SlotChannel:
             self.pubsub.close()
         except (redis.RedisError, OSError):
             pass
-        for fd in (self._r, self._w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        with self._poke_lock:
+            for fd in (self._r, self._w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._w = -1
 
     def _unpoke(self) -> None:
         try:
