@@ -136,10 +136,7 @@ def per_operation(url: str, n: int = 2000) -> None:
             lambda: [uw.submit("noop").wait(timeout=10) for _ in range(rounds)],
         )
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=30)
-        if worker.stdout is not None:
-            worker.stdout.close()
+        _stop([worker])
         uw.close()
         client.close()
     print("per job: round trips (script calls and SUBSCRIBEs), commands run inside them, "
@@ -148,6 +145,17 @@ def per_operation(url: str, n: int = 2000) -> None:
     for label, (trips, inner, usec) in rows:
         count = n // 4 if label.startswith("submit + wait") else n
         print(f"{label:<34} {trips / count:>6.2f} {inner / count:>9.1f} {usec / count:>9.1f}")
+
+
+def _stop(workers: list[subprocess.Popen[str]]) -> None:
+    """SIGTERM the worker processes, wait for them, close their pipes."""
+    for proc in workers:
+        proc.send_signal(signal.SIGTERM)
+    for proc in workers:
+        proc.wait(timeout=30)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 def bare_round_trips(client: redis.Redis[str], n: int) -> float:
@@ -184,13 +192,7 @@ def drain(url: str, procs: int, jobs: int, slots: int) -> float:
             time.sleep(0.005)
         elapsed = time.perf_counter() - started
     finally:
-        for proc in workers:
-            proc.send_signal(signal.SIGTERM)
-        for proc in workers:
-            proc.wait(timeout=30)
-            for pipe in (proc.stdin, proc.stdout):
-                if pipe is not None:
-                    pipe.close()
+        _stop(workers)
         uw.close()
         client.close()
     return jobs / elapsed
@@ -210,10 +212,7 @@ def latency(url: str, n: int = 300) -> tuple[float, float]:
             if i >= 20:  # after warming up
                 times.append((time.perf_counter() - started) * 1000)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=30)
-        if worker.stdout is not None:
-            worker.stdout.close()
+        _stop([worker])
         uw.close()
     times.sort()
     return times[len(times) // 2], times[int(len(times) * 0.95)]
@@ -265,12 +264,7 @@ def harness_rounds(url: str, server_pid: int, rounds: int, jobs: int = 2000) -> 
                   f"{sum(spent):>5.0f} {calls.get('cmdstat_evalsha', 0):>8.2f} "
                   f"{calls.get('cmdstat_publish', 0):>8.2f}")  # fmt: skip
     finally:
-        for proc in workers:
-            proc.send_signal(signal.SIGTERM)
-        for proc in workers:
-            proc.wait(timeout=30)
-            if proc.stdout is not None:
-                proc.stdout.close()
+        _stop(workers)
         uw.close()
         client.close()
 
@@ -327,12 +321,7 @@ def run(
         verify_exactly_once(store, jobs + 1)
         uw.close()
     finally:
-        for proc in workers:
-            proc.send_signal(signal.SIGTERM)
-        for proc in workers:
-            proc.wait(timeout=30)
-            if proc.stdout is not None:
-                proc.stdout.close()
+        _stop(workers)
         client.close()
     # The completion polls above cost a command and a round trip each; not the jobs'.
     return (

@@ -40,7 +40,6 @@ then wake it.
 from __future__ import annotations
 
 import logging
-import os
 import select
 import threading
 import time
@@ -52,6 +51,7 @@ from typing import Any
 import redis
 
 from ..feed import WORK, ChangeFeed, Listener
+from .redis_slots import WakePipe
 
 log = logging.getLogger("underway.stores.redis")
 
@@ -185,10 +185,7 @@ class RedisListener:
         self._leader: int | None = None  # the thread that reads it instead (`lead`)
         self._prompt = 0  # threads and listeners that want news at once (see `prompt`)
         self._lazy = False  # the thread sleeps up to LAZY seconds without reading
-        self._poke_r, self._poke_w = os.pipe()  # wakes the thread
-        os.set_blocking(self._poke_r, False)
-        os.set_blocking(self._poke_w, False)
-        self._poke_lock = threading.Lock()  # a poke never writes to a closed descriptor
+        self._pipe = WakePipe()  # wakes the thread (and a thread that reads instead)
         self._thread = threading.Thread(target=self._run, name="underway-redis-sub", daemon=True)
 
     def start(self) -> None:
@@ -196,17 +193,11 @@ class RedisListener:
 
     def close(self) -> None:
         self._closed.set()
-        self._poke()
+        self._pipe.poke()
         self._thread.join(timeout=5)
         if self._thread.is_alive():
             return  # still reading them: the pipe's descriptors stay open
-        with self._poke_lock:
-            for fd in (self._poke_r, self._poke_w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self._poke_w = -1
+        self._pipe.close()
 
     # -- promptness ------------------------------------------------------------------
     @contextmanager
@@ -223,7 +214,7 @@ class RedisListener:
             self._prompt += 1
             lazy, self._lazy = self._lazy, False
         if lazy:
-            self._poke()
+            self._pipe.poke()
 
     def relax(self) -> None:
         with self._lock:
@@ -247,8 +238,8 @@ class RedisListener:
                 sock = None if pubsub is None else pubsub.connection._sock
                 if sock is None or self._closed.is_set():
                     return False
-                select.select((sock, self._poke_r), (), (), min(1.0, left or 1.0))
-                self._unpoke()
+                select.select((sock, self._pipe.fd), (), (), min(1.0, left or 1.0))
+                self._pipe.clear()
                 self._read_all(pubsub)
                 self._drop_unwatched()  # as the listener's thread would, between reads
             return True
@@ -264,16 +255,7 @@ class RedisListener:
         """Wake a thread that reads the subscription (`lead`), unless it is the caller:
         news it handles itself needs no wake-up."""
         if threading.get_ident() != self._leader:
-            self._poke()
-
-    def _poke(self) -> None:
-        with self._poke_lock:
-            if self._poke_w < 0:
-                return  # closed
-            try:
-                os.write(self._poke_w, b"\0")
-            except OSError:
-                pass  # full: a poke is pending
+            self._pipe.poke()
 
     # -- the ends of this instance's own jobs --------------------------------------------
     def submitted(self, job_id: str) -> bool:
@@ -380,20 +362,13 @@ class RedisListener:
             self._lazy = self._prompt == 0 and self._hearing
             lazy = self._lazy
         if lazy:
-            ready = select.select((self._poke_r,), (), (), LAZY)[0]
+            ready = select.select((self._pipe.fd,), (), (), LAZY)[0]
         else:
-            ready = select.select((sock, self._poke_r), (), (), 1.0)[0]
-        if self._poke_r in ready:
-            self._unpoke()
+            ready = select.select((sock, self._pipe.fd), (), (), 1.0)[0]
+        if self._pipe.fd in ready:
+            self._pipe.clear()
         with self._read_lock:  # not while another thread reads it (see `lead`)
             self._read_all(self._pubsub)
-
-    def _unpoke(self) -> None:
-        try:
-            while os.read(self._poke_r, 64):
-                pass
-        except OSError:
-            pass  # drained
 
     def _read_all(self, pubsub: Any) -> None:
         """Handle every message that came (holding `_read_lock`)."""

@@ -27,6 +27,45 @@ import redis
 MARKER = "\x00"  # a message that starts with it is a marker (see `SlotChannel.drain`)
 
 
+class WakePipe:
+    """A pipe that wakes a thread waiting in `select()` on `fd`: any thread may `poke`,
+    the reader `clear`s it. A poke never writes to a closed descriptor (one that may
+    have been reused for another file)."""
+
+    def __init__(self) -> None:
+        self.fd, self._w = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._w, False)
+        self._lock = threading.Lock()
+
+    def poke(self) -> None:
+        with self._lock:
+            if self._w < 0:
+                return  # closed
+            try:
+                os.write(self._w, b"\0")
+            except OSError:
+                pass  # full: a poke is pending
+
+    def clear(self) -> None:
+        try:
+            while os.read(self.fd, 64):
+                pass
+        except OSError:
+            pass  # empty
+
+    def close(self) -> None:
+        with self._lock:
+            if self._w < 0:
+                return
+            for fd in (self.fd, self._w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._w = -1
+
+
 class SlotChannel:
     """One slot thread's subscription to its own wake channel."""
 
@@ -38,20 +77,11 @@ class SlotChannel:
         self.lock = threading.Lock()  # held by whoever reads the connection
         self.closed = False
         self.unlisten: Callable[[], None] | None = None
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
-        os.set_blocking(self._w, False)
-        self._poke_lock = threading.Lock()  # a poke never writes to a closed descriptor
+        self._pipe = WakePipe()
 
     def poke(self) -> None:
         """Wake the slot if it waits (from any thread; a pending poke is enough)."""
-        with self._poke_lock:
-            if self._w < 0:
-                return  # closed
-            try:
-                os.write(self._w, b"\0")
-            except OSError:
-                pass  # the pipe is full: a poke is pending
+        self._pipe.poke()
 
     def wait(self, timeout: float, awake: Callable[[], bool]) -> list[str]:
         """The messages that came, waiting up to `timeout` for one, or for a poke;
@@ -61,12 +91,12 @@ class SlotChannel:
         with self.lock:
             if self.closed:
                 return []
-            self._unpoke()
+            self._pipe.clear()
             if not awake():
                 sock = self.pubsub.connection._sock
                 if sock is None:
                     raise redis.ConnectionError("the slot's channel is not connected")
-                select.select((sock, self._r), (), (), timeout)
+                select.select((sock, self._pipe.fd), (), (), timeout)
             return self._read()
 
     def take(self) -> list[str]:
@@ -105,20 +135,7 @@ class SlotChannel:
             self.pubsub.close()
         except (redis.RedisError, OSError):
             pass
-        with self._poke_lock:
-            for fd in (self._r, self._w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self._w = -1
-
-    def _unpoke(self) -> None:
-        try:
-            while os.read(self._r, 64):
-                pass
-        except OSError:
-            pass  # empty
+        self._pipe.close()
 
     def _read(self) -> list[str]:
         out: list[str] = []
