@@ -28,6 +28,7 @@ from underway.records import State
 from underway.stores import open_store
 from underway.stores import postgres_schema as schema
 from underway.stores.postgres import PostgresStore, split_url
+from underway.stores.postgres_sql import fetch
 
 pytestmark = pytest.mark.postgres
 
@@ -721,3 +722,48 @@ def test_the_end_of_a_pushed_job_claims_the_work_announced_since(
         assert done == [True] and [r.id for r in claimed] == [third.id]
     finally:
         worker.close()
+
+
+def test_statements_run_directly_keep_their_types_and_survive_a_discard(
+    postgres_url: str,
+) -> None:
+    """The store runs its statements through libpq directly (`fetch`), prepared on
+    each connection at their first use: values keep their types, a name that gets an
+    int one time and a float the next gets both right, and statements the server
+    dropped (DISCARD ALL, as a connection reset does) are prepared again."""
+    conninfo = split_url(postgres_url)[0]
+    query = (
+        "SELECT %(n)s::float8 * 2, %(flag)s::bool, %(text)s::text, %(none)s::text IS NULL, "
+        "%(n)s::float8 = 'Infinity'::float8"
+    )
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        values = {"flag": True, "text": "é \\ ' \"", "none": None}
+        assert fetch(conn, query, {**values, "n": 3}) == [(6.0, True, "é \\ ' \"", True, False)]
+        assert fetch(conn, query, {**values, "n": 2.25})[0][0] == 4.5
+        assert fetch(conn, query, {**values, "n": 2**40})[0][0] == 2.0**41
+        assert fetch(conn, query, {**values, "n": float("inf")})[0][-1] is True
+        conn.execute("DISCARD ALL")
+        assert fetch(conn, query, {**values, "n": 1, "flag": False})[0][:2] == (2.0, False)
+
+
+def test_a_statement_run_directly_raises_as_psycopg_would(postgres_url: str) -> None:
+    conninfo = split_url(postgres_url)[0]
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            fetch(conn, "SELECT 1 / %(z)s::int", {"z": 0})
+        assert fetch(conn, "SELECT 1 / %(z)s::int", {"z": 1}) == [(1,)]
+        pid = conn.info.backend_pid
+        with psycopg.connect(conninfo, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        # A lost connection is an OperationalError, which the store reports as
+        # StoreUnavailable.
+        with pytest.raises(psycopg.OperationalError):
+            fetch(conn, "SELECT 1 / %(z)s::int", {"z": 1})
+
+
+def test_a_connection_in_another_encoding_gets_its_text_right(postgres_url: str) -> None:
+    conninfo = split_url(postgres_url)[0]
+    with psycopg.connect(conninfo, autocommit=True, client_encoding="latin1") as conn:
+        assert fetch(conn, "SELECT %(s)s::text, length(%(s)s::text)", {"s": "déjà"}) == [
+            ("déjà", 4)
+        ]

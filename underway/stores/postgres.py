@@ -61,6 +61,7 @@ from .postgres_listener import PostgresFeed, PostgresListener
 from .postgres_sql import (
     COLUMNS,
     PUSH_BYTES,
+    Result,
     Statements,
     cached_text_array,
     doc_to_record,
@@ -329,7 +330,7 @@ class PostgresStore(Store):
         with self._connection() as conn:
             if record.supersede_key is None:
                 # One statement, so one round trip and its own transaction.
-                inserted = run(conn, sql.submit, values).fetchone()
+                inserted = run(conn, sql.submit, values, direct=True).fetchone()
             else:
                 with conn.transaction():
                     conn.execute(
@@ -584,7 +585,15 @@ class PostgresStore(Store):
                 # The end of a job and the next claim: one statement (the claim does
                 # not see what the decision changed, nor needs to).
                 merged = self._claim(
-                    conn, worker, tasks, limits, lease, now, max_jobs, decision=params[0]
+                    conn,
+                    worker,
+                    tasks,
+                    limits,
+                    lease,
+                    now,
+                    max_jobs,
+                    decision=params[0],
+                    direct=True,
                 )
                 applied = []
                 claim = None
@@ -594,20 +603,22 @@ class PostgresStore(Store):
                     docs[order[0]] = rows[0][-1]
                     rows = [row[:-2] for row in rows if row[0] is not None]
                 else:  # no room under the limits: the decision alone
-                    applied = [run(conn, self._sql.apply, params[0])]
+                    applied = [run(conn, self._sql.apply, params[0], direct=True)]
             elif len(params) + (max_jobs > 0) == 1:
                 # One statement is a transaction of its own.
                 if params and tasks:
                     # A worker that claims nothing: its slot waits for work after.
                     idle = self._idle_values(worker, tasks, limits, lease)
-                    applied = [run(conn, self._sql.apply_idle, {**params[0], **idle})]
+                    applied = [run(conn, self._sql.apply_idle, {**params[0], **idle}, direct=True)]
                     claim = None
                 elif params:
-                    applied = [run(conn, self._sql.apply, params[0])]
+                    applied = [run(conn, self._sql.apply, params[0], direct=True)]
                     claim = None
                 else:
                     applied = []
-                    claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
+                    claim = self._claim(
+                        conn, worker, tasks, limits, lease, now, max_jobs, direct=True
+                    )
             else:
                 # One pipeline with one Sync at its end: the decisions and the claim go
                 # out together, run as one implicit transaction (a failure in any of
@@ -657,10 +668,12 @@ class PostgresStore(Store):
         now: float,
         max_jobs: int,
         decision: dict[str, Any] | None = None,
-    ) -> psycopg.Cursor[Any] | None:
+        direct: bool = False,
+    ) -> Result | None:
         """Send the claim; its cursor yields the claimed rows (None: no room). With the
         parameters of one `decision`, the same statement applies it first (see
-        `Statements.claim_select_after_apply` for what it yields then)."""
+        `Statements.claim_select_after_apply` for what it yields then). `direct`: run
+        alone, outside a pipeline (see `run`)."""
         sql = self._sql
         capped = sorted(t for t in set(tasks) if t in limits)
         free = sorted(t for t in set(tasks) if t not in limits)
@@ -710,6 +723,7 @@ class PostgresStore(Store):
             f"{sql.claim_tail}"
             f"{sql.claim_select if decision is None else sql.claim_select_after_apply}",
             values,
+            direct=direct,
         )
 
     def _idle_values(

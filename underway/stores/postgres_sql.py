@@ -7,14 +7,18 @@ round trips stay few. Table names come from `postgres_schema`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+import weakref
 import zlib
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol, cast
 
 import psycopg
+from psycopg import pq
+from psycopg.adapt import Transformer
 
 from .._util import dumps
 from ..records import JobRecord
@@ -110,15 +114,133 @@ def native(query: str) -> tuple[str, tuple[str, ...]]:
     return _PLACEHOLDER.sub(number, query), tuple(numbers)
 
 
+class Result(Protocol):
+    """What a statement run gives: a cursor, or rows fetched already (`Rows`)."""
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Rows:
+    """Rows fetched already (`fetch`), read as a cursor's would be."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        self.rows = rows
+
+    def fetchone(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self.rows
+
+
 def run(
-    conn: psycopg.Connection[Any], query: str, values: dict[str, Any]
-) -> psycopg.RawCursor[Any]:
+    conn: psycopg.Connection[Any], query: str, values: dict[str, Any], *, direct: bool = False
+) -> Result:
     """Execute `query` with named `values`, its placeholders converted once per query
     (`native`): psycopg converts them at every call for a statement longer than 4,096
-    characters (it keeps only shorter ones), as a claim that applies a decision is."""
+    characters (it keeps only shorter ones), as a claim that applies a decision is.
+    `direct`: the statement runs alone, outside any pipeline, and its rows are read at
+    once (`fetch`)."""
+    if direct:
+        return Rows(fetch(conn, query, values))
     text, names = native(query)
     cursor: psycopg.RawCursor[Any] = psycopg.RawCursor(conn)
     return cursor.execute(text, [values[name] for name in names])
+
+
+# By connection: the name under which each (statement, parameter types) is prepared
+# on it, and a loader of its results. A new connection (after a lost one) prepares
+# its statements again.
+class _Prepared:
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.names: dict[tuple[str, tuple[int, ...]], bytes] = {}
+        # None: not in UTF-8, so its statements take `run`'s way.
+        self.loader = Transformer(conn) if conn.info.encoding == "utf-8" else None
+
+
+_prepared: weakref.WeakKeyDictionary[psycopg.Connection[Any], _Prepared]
+_prepared = weakref.WeakKeyDictionary()
+_names = itertools.count()
+
+
+def fetch(conn: psycopg.Connection[Any], query: str, values: dict[str, Any]) -> list[Any]:
+    """The rows of `query` run at once with named `values`, outside any pipeline: as
+    `run(...).fetchall()`, through libpq directly. The statement is prepared on the
+    connection at its first use there and then only executed: psycopg's cursor
+    machinery around an execution costs as much CPU as the store's own work for a
+    submission (~90 us a statement on a slow machine). Values other than text,
+    numbers, booleans and None, or a connection not in UTF-8, take `run`'s way.
+
+    Parameters are sent as text, their type by the value's: an int as bigint, a float
+    as double precision, a string or None as `unknown` (for the server to infer from
+    the statement, as psycopg sends them). Each set of types is a statement of its
+    own, as psycopg prepares them."""
+    text, names = native(query)
+    oids: list[int] = []
+    encoded: list[bytes | None] = []
+    for param in names:
+        value = values[param]
+        kind = type(value)
+        if kind is str:
+            oids.append(0)
+            encoded.append(value.encode())
+        elif value is None:
+            oids.append(0)
+            encoded.append(None)
+        elif kind is bool:
+            oids.append(16)
+            encoded.append(b"t" if value else b"f")
+        elif kind is float or kind is int:
+            oids.append(701 if kind is float else 20)
+            encoded.append(repr(value).encode())  # 'inf' and 'nan' are understood
+        else:
+            return run(conn, query, values).fetchall()  # not a type sent directly
+    types = tuple(oids)
+    pgconn = conn.pgconn
+    prepared = _prepared.get(conn)
+    if prepared is None:
+        prepared = _prepared[conn] = _Prepared(conn)
+    loader, known = prepared.loader, prepared.names
+    if loader is None:
+        return run(conn, query, values).fetchall()
+    key = (query, types)
+    with conn.lock:
+        for attempt in (0, 1):
+            name = known.get(key)
+            if name is None:
+                name = f"_uw{next(_names)}".encode()
+                result = pgconn.prepare(name, text.encode(), types)
+                _check(pgconn, result)
+                known[key] = name
+            # None is NULL, as in psycopg's own calls (the stub leaves it out).
+            result = pgconn.exec_prepared(name, cast("list[bytes]", encoded))
+            if (
+                attempt == 0
+                and result.status == pq.ExecStatus.FATAL_ERROR
+                and result.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
+            ):
+                # Its prepared statements were dropped (DISCARD ALL): prepare again.
+                known.clear()
+                continue
+            break
+        _check(pgconn, result)
+        loader.set_pgresult(result)
+        rows = loader.load_rows(0, result.ntuples, tuple)
+        loader.set_pgresult(None)
+        return rows
+
+
+def _check(pgconn: pq.abc.PGconn, result: pq.abc.PGresult) -> None:
+    """Raise what psycopg would for a failed `result`: a lost connection is an
+    OperationalError, an error of the statement its own class."""
+    if result.status in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+        return
+    if pgconn.status != pq.ConnStatus.OK:
+        message = pgconn.error_message.decode(errors="replace").strip()
+        raise psycopg.OperationalError(message or "the connection to the server was lost")
+    raise psycopg.errors.error_from_result(result, encoding="utf-8")
 
 
 def lock_key(name: str) -> int:
