@@ -28,7 +28,7 @@ from underway.records import State
 from underway.stores import open_store
 from underway.stores import postgres_schema as schema
 from underway.stores.postgres import PostgresStore, split_url
-from underway.stores.postgres_sql import fetch
+from underway.stores.postgres_sql import fetch, fetch_many
 
 pytestmark = pytest.mark.postgres
 
@@ -767,3 +767,73 @@ def test_a_connection_in_another_encoding_gets_its_text_right(postgres_url: str)
         assert fetch(conn, "SELECT %(s)s::text, length(%(s)s::text)", {"s": "déjà"}) == [
             ("déjà", 4)
         ]
+
+
+def test_a_batch_of_ends_is_undone_with_its_failed_claim(pg_store: PostgresStore) -> None:
+    """Several ends and a claim go out in one pipeline (`fetch_many`): one implicit
+    transaction, so a failing claim undoes the ends before it."""
+    jobs = [submit(pg_store) for _ in range(3)]
+    now = time.time()
+    held = claim(pg_store, now=now, max_jobs=2)
+    sql = pg_store._sql
+    select = sql.claim_select
+    sql.claim_select = select.replace("ORDER BY", "ORDER BY nonsense,")
+    try:
+        with pytest.raises(psycopg.errors.UndefinedColumn):
+            pg_store.apply_and_claim(
+                [ended(r, now=now) for r in held], worker="worker-a", tasks=["t"], limits={},
+                lease=30.0, now=now, max_jobs=1,
+            )  # fmt: skip
+    finally:
+        sql.claim_select = select
+    for record in held:
+        again = pg_store.get(record.id)
+        assert again is not None and again.state is State.RUNNING
+    done, claimed = pg_store.apply_and_claim(
+        [ended(r, now=now) for r in held], worker="worker-a", tasks=["t"], limits={},
+        lease=30.0, now=now, max_jobs=1,
+    )  # fmt: skip
+    left = {j.id for j in jobs} - {r.id for r in held}
+    assert done == [True, True] and [r.id for r in claimed] == sorted(left)
+
+
+def test_statements_sent_together_answer_in_order_and_all_or_nothing(
+    postgres_url: str,
+) -> None:
+    conninfo = split_url(postgres_url)[0]
+    insert = "WITH i AS (INSERT INTO t VALUES (%(v)s) RETURNING v) SELECT v FROM i"
+    total = "SELECT count(*), coalesce(sum(v), 0) FROM t"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE t (v bigint CHECK (v < 100))")
+        # The same statement twice, prepared once in the same round trip.
+        answers = fetch_many(conn, [(insert, {"v": 1}), (insert, {"v": 2}), (total, {})])
+        assert answers == [[(1,)], [(2,)], [(2, 3)]]
+        with pytest.raises(psycopg.errors.CheckViolation):
+            fetch_many(conn, [(insert, {"v": 5}), (insert, {"v": 500})])
+        assert fetch(conn, total, {}) == [(2, 3)]  # the first insert was undone too
+        conn.execute("DISCARD ALL")
+        conn.execute("CREATE TEMP TABLE t (v bigint CHECK (v < 100))")
+        assert fetch_many(conn, [(insert, {"v": 7}), (total, {})]) == [[(7,)], [(1, 7)]]
+
+
+def test_statements_sent_together_carry_megabytes_both_ways(postgres_url: str) -> None:
+    """Megabytes out and back in one batch: every statement's rows come back whole
+    and in order, however the sending and the reading interleave on the socket."""
+    conninfo = split_url(postgres_url)[0]
+    big = "x" * 2_000_000
+    query = "SELECT repeat(%(s)s, 3)"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        answers = fetch_many(conn, [(query, {"s": big + str(i)}) for i in range(6)])
+        assert [len(a[0][0]) for a in answers] == [3 * (len(big) + 1)] * 6
+
+
+def test_a_connection_lost_under_statements_sent_together_is_an_operational_error(
+    postgres_url: str,
+) -> None:
+    conninfo = split_url(postgres_url)[0]
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        with psycopg.connect(conninfo, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        with pytest.raises(psycopg.OperationalError):
+            fetch_many(conn, [("SELECT %(a)s::int", {"a": 1}), ("SELECT 2", {})])
+        assert conn.closed

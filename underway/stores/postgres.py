@@ -62,9 +62,11 @@ from .postgres_sql import (
     COLUMNS,
     PUSH_BYTES,
     Result,
+    Rows,
     Statements,
     cached_text_array,
     doc_to_record,
+    fetch_many,
     job_values,
     lock_key,
     push_doc,
@@ -625,16 +627,20 @@ class PostgresStore(Store):
                 # them undoes them all), and answer together: one round trip. No
                 # BEGIN/COMMIT and no `conn.transaction()`, which syncs at its entry and
                 # exit (each sync is a round trip of its own).
-                with conn.pipeline():
-                    applied = [run(conn, self._sql.apply, p) for p in params[:-1]]
-                    if max_jobs <= 0 and tasks:  # the last one renews the idle word too
-                        idle = self._idle_values(worker, tasks, limits, lease)
-                        applied.append(run(conn, self._sql.apply_idle, {**params[-1], **idle}))
-                    else:
-                        applied.append(run(conn, self._sql.apply, params[-1]))
-                    claim = None
-                    if max_jobs > 0:
-                        claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
+                statements = [(self._sql.apply, p) for p in params[:-1]]
+                if max_jobs <= 0 and tasks:  # the last one renews the idle word too
+                    idle = self._idle_values(worker, tasks, limits, lease)
+                    statements.append((self._sql.apply_idle, {**params[-1], **idle}))
+                else:
+                    statements.append((self._sql.apply, params[-1]))
+                claiming = None
+                if max_jobs > 0:
+                    claiming = self._claim_statement(worker, tasks, limits, lease, now, max_jobs)
+                    if claiming is not None:
+                        statements.append(claiming)
+                answers = fetch_many(conn, statements)
+                applied = [Rows(rows) for rows in answers[: len(params)]]
+                claim = None if claiming is None else Rows(answers[-1])
             for i, cur in zip(order if applied else (), applied, strict=True):
                 row = cur.fetchone()
                 if row is not None:
@@ -692,6 +698,43 @@ class PostgresStore(Store):
                     groups.append(([task], room))
         if not groups:
             return None
+        query, values = self._claim_groups(
+            worker, tasks, limits, lease, now, max_jobs, groups, decision
+        )
+        return run(conn, query, values, direct=direct)
+
+    def _claim_statement(
+        self,
+        worker: str,
+        tasks: Collection[str],
+        limits: Mapping[str, int],
+        lease: float,
+        now: float,
+        max_jobs: int,
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The claim's statement and values, for a task set with no concurrency
+        limit among them (those count running jobs under a lock first: `_claim`)."""
+        if any(t in limits for t in tasks):
+            return None
+        groups = [(sorted(set(tasks)), max_jobs)] if tasks else []
+        if not groups:
+            return None
+        return self._claim_groups(worker, tasks, limits, lease, now, max_jobs, groups, None)
+
+    def _claim_groups(
+        self,
+        worker: str,
+        tasks: Collection[str],
+        limits: Mapping[str, int],
+        lease: float,
+        now: float,
+        max_jobs: int,
+        groups: list[tuple[list[str], int]],
+        decision: dict[str, Any] | None,
+    ) -> tuple[str, dict[str, Any]]:
+        """The claim of `groups` (tasks, room) as one statement, applying `decision`
+        first when given (see `_claim`)."""
+        sql = self._sql
         values: dict[str, Any] = {
             **self._names(),
             **self._idle_values(worker, tasks, limits, lease),
@@ -717,13 +760,11 @@ class PostgresStore(Store):
         if decision is not None:
             ctes.insert(0, f"{sql.apply_head}, un AS ({sql.apply_tail})")
             values = {**decision, **values}
-        return run(
-            conn,
+        return (
             f"WITH {', '.join(ctes)}, picked AS ({picked}), c AS ({sql.claim_set}), "
             f"{sql.claim_tail}"
             f"{sql.claim_select if decision is None else sql.claim_select_after_apply}",
             values,
-            direct=direct,
         )
 
     def _idle_values(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import select
 import weakref
 import zlib
 from collections.abc import Iterable, Sequence
@@ -165,13 +166,13 @@ _prepared = weakref.WeakKeyDictionary()
 _names = itertools.count()
 
 
-def fetch(conn: psycopg.Connection[Any], query: str, values: dict[str, Any]) -> list[Any]:
-    """The rows of `query` run at once with named `values`, outside any pipeline: as
-    `run(...).fetchall()`, through libpq directly. The statement is prepared on the
-    connection at its first use there and then only executed: psycopg's cursor
-    machinery around an execution costs as much CPU as the store's own work for a
-    submission (~90 us a statement on a slow machine). Values other than text,
-    numbers, booleans and None, or a connection not in UTF-8, take `run`'s way.
+_Bound = tuple[tuple[str, tuple[int, ...]], str, list[bytes | None]]
+
+
+def _bind(query: str, values: dict[str, Any]) -> _Bound | None:
+    """`query`'s key among a connection's prepared statements (the query and its
+    parameter types), its text with `$n` placeholders and its parameters as text;
+    None when a value is of a type not sent directly.
 
     Parameters are sent as text, their type by the value's: an int as bigint, a float
     as double precision, a string or None as `unknown` (for the server to infer from
@@ -196,40 +197,155 @@ def fetch(conn: psycopg.Connection[Any], query: str, values: dict[str, Any]) -> 
             oids.append(701 if kind is float else 20)
             encoded.append(repr(value).encode())  # 'inf' and 'nan' are understood
         else:
-            return run(conn, query, values).fetchall()  # not a type sent directly
-    types = tuple(oids)
-    pgconn = conn.pgconn
+            return None
+    return (query, tuple(oids)), text, encoded
+
+
+def _session(conn: psycopg.Connection[Any]) -> _Prepared:
     prepared = _prepared.get(conn)
     if prepared is None:
         prepared = _prepared[conn] = _Prepared(conn)
+    return prepared
+
+
+def _forgotten(result: pq.abc.PGresult) -> bool:
+    """The server does not know a prepared statement (after DISCARD ALL)."""
+    return (
+        result.status == pq.ExecStatus.FATAL_ERROR
+        and result.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
+    )
+
+
+def _rows(loader: Any, result: pq.abc.PGresult) -> list[Any]:
+    """The rows of `result`, loaded as a cursor loads them (`loader`: a Transformer)."""
+    loader.set_pgresult(result)
+    rows: list[Any] = loader.load_rows(0, result.ntuples, tuple)
+    loader.set_pgresult(None)
+    return rows
+
+
+def fetch(conn: psycopg.Connection[Any], query: str, values: dict[str, Any]) -> list[Any]:
+    """The rows of `query` run at once with named `values`, outside any pipeline: as
+    `run(...).fetchall()`, through libpq directly. The statement is prepared on the
+    connection at its first use there and then only executed: psycopg's cursor
+    machinery around an execution costs as much CPU as the store's own work for a
+    submission (~90 us a statement on a slow machine). Values of other types than
+    `_bind` sends, or a connection not in UTF-8, take `run`'s way."""
+    bound = _bind(query, values)
+    prepared = _session(conn)
     loader, known = prepared.loader, prepared.names
-    if loader is None:
+    if bound is None or loader is None:
         return run(conn, query, values).fetchall()
-    key = (query, types)
+    key, text, encoded = bound
+    pgconn = conn.pgconn
     with conn.lock:
         for attempt in (0, 1):
             name = known.get(key)
             if name is None:
                 name = f"_uw{next(_names)}".encode()
-                result = pgconn.prepare(name, text.encode(), types)
+                result = pgconn.prepare(name, text.encode(), key[1])
                 _check(pgconn, result)
                 known[key] = name
             # None is NULL, as in psycopg's own calls (the stub leaves it out).
             result = pgconn.exec_prepared(name, cast("list[bytes]", encoded))
-            if (
-                attempt == 0
-                and result.status == pq.ExecStatus.FATAL_ERROR
-                and result.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
-            ):
-                # Its prepared statements were dropped (DISCARD ALL): prepare again.
-                known.clear()
+            if attempt == 0 and _forgotten(result):
+                known.clear()  # prepare them again
                 continue
             break
         _check(pgconn, result)
-        loader.set_pgresult(result)
-        rows = loader.load_rows(0, result.ntuples, tuple)
-        loader.set_pgresult(None)
-        return rows
+        return _rows(loader, result)
+
+
+def fetch_many(
+    conn: psycopg.Connection[Any], statements: Sequence[tuple[str, dict[str, Any]]]
+) -> list[list[Any]]:
+    """The rows of each of `statements` (query, named values), sent together in
+    libpq's pipeline mode with one sync at the end: one round trip, and one implicit
+    transaction (a failure in any of them undoes them all and raises its error).
+    What `fetch` is to `run`, for a psycopg pipeline of `run`s, whose machinery costs
+    ~100 us of client CPU a statement on a slow machine; the statements are prepared
+    as `fetch` prepares them (with the others, in the same round trip)."""
+    prepared = _session(conn)
+    loader, known = prepared.loader, prepared.names
+    bound = [_bind(query, values) for query, values in statements]
+    if loader is None or any(b is None for b in bound):
+        with conn.pipeline():
+            cursors = [run(conn, query, values) for query, values in statements]
+        return [cursor.fetchall() for cursor in cursors]
+    pgconn = conn.pgconn
+    with conn.lock:
+        for attempt in (0, 1):
+            results = _pipeline(conn, known, cast("list[_Bound]", bound))
+            failed = next((r for r in results if r.status == pq.ExecStatus.FATAL_ERROR), None)
+            if failed is not None and attempt == 0 and _forgotten(failed):
+                known.clear()  # nothing ran: prepare them again
+                continue
+            break
+        if failed is not None:
+            _check(pgconn, failed)
+        return [_rows(loader, r) for r in results]
+
+
+def _pipeline(
+    conn: psycopg.Connection[Any],
+    known: dict[tuple[str, tuple[int, ...]], bytes],
+    bound: list[_Bound],
+) -> list[pq.abc.PGresult]:
+    """Send `bound` statements (each prepared first where the connection lacks it)
+    in pipeline mode with a sync; their results in order, or the first failure's
+    first (a preparation's, or a statement's). The connection is closed when this
+    fails midway: its state is not known then."""
+    pgconn = conn.pgconn
+    new: dict[tuple[str, tuple[int, ...]], bytes] = {}
+    preparations: list[bool] = []  # whether each command sent is a preparation
+    done = False
+    try:
+        pgconn.enter_pipeline_mode()
+        for key, text, encoded in bound:
+            name = known.get(key) or new.get(key)
+            if name is None:
+                name = new[key] = f"_uw{next(_names)}".encode()
+                pgconn.send_prepare(name, text.encode(), key[1])
+                preparations.append(True)
+            pgconn.send_query_prepared(name, cast("list[bytes]", encoded))
+            preparations.append(False)
+        pgconn.pipeline_sync()
+        results = _exchange(pgconn)
+        pgconn.exit_pipeline_mode()
+        done = True
+    except OSError as exc:
+        raise psycopg.OperationalError(f"the connection to the server failed: {exc}") from None
+    finally:
+        if not done:
+            conn.close()
+    failed = [r for r in results if r.status == pq.ExecStatus.FATAL_ERROR]
+    if failed:
+        return failed[:1]
+    known.update(new)
+    return [r for r, prep in zip(results, preparations, strict=True) if not prep]
+
+
+def _exchange(pgconn: pq.abc.PGconn) -> list[pq.abc.PGresult]:
+    """Flush what the pipeline sent and read its results up to the sync, reading
+    while writing (a server blocked on a full socket stops reading; libpq also reads
+    when a send would block)."""
+    fd = pgconn.socket
+    while pgconn.flush():
+        readable, _, _ = select.select([fd], [fd], [])
+        if readable:
+            pgconn.consume_input()
+    results: list[pq.abc.PGresult] = []
+    while True:
+        if pgconn.is_busy():
+            select.select([fd], [], [])
+            pgconn.consume_input()
+            continue
+        result = pgconn.get_result()
+        if result is None:
+            continue  # between two statements' results
+        if result.status == pq.ExecStatus.PIPELINE_SYNC:
+            return results
+        results.append(result)
 
 
 def _check(pgconn: pq.abc.PGconn, result: pq.abc.PGresult) -> None:
