@@ -66,6 +66,7 @@ from .postgres_sql import (
     Statements,
     cached_text_array,
     doc_to_record,
+    fetch,
     fetch_many,
     job_values,
     lock_key,
@@ -402,7 +403,8 @@ class PostgresStore(Store):
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._connection() as conn:
-            row = conn.execute(self._sql.get, (job_id,)).fetchone()
+            rows = fetch(conn, self._sql.get, {"id": job_id})
+        row = rows[0] if rows else None
         if row is None:
             return None
         return row_to_record(row, row[26])
@@ -834,7 +836,8 @@ class PostgresStore(Store):
             return set(), set()
         ids = sorted(fences)
         with self._connection() as conn:
-            rows = conn.execute(
+            rows = fetch(
+                conn,
                 self._sql.renew,
                 {
                     "until": now + lease,
@@ -842,7 +845,7 @@ class PostgresStore(Store):
                     "ids": text_array(ids),
                     "attempts": "{" + ",".join(str(fences[i]) for i in ids) + "}",
                 },
-            ).fetchall()
+            )
         held, cancelled = {r[0] for r in rows}, {r[0] for r in rows if r[1]}
         if waiting:
             self._update_pushed(waiting, held, cancelled)
@@ -861,7 +864,8 @@ class PostgresStore(Store):
     def save_progress(self, job_id: str, fence: Fence, progress: Progress, now: float) -> bool:
         mark = self.notifier.mark()
         with self._connection() as conn:
-            row = conn.execute(
+            rows = fetch(
+                conn,
                 self._sql.progress,
                 {
                     **self._names(),
@@ -871,7 +875,8 @@ class PostgresStore(Store):
                     "data": dumps(progress.to_dict()),
                     "now": now,
                 },
-            ).fetchone()
+            )
+        row = rows[0] if rows else None
         if row is not None:
             self.notifier.notify(job_id, known={job_id: Known(State.RUNNING)}, since=mark)
         return row is not None
@@ -891,7 +896,8 @@ class PostgresStore(Store):
                 idx.append(None)
         mark = self.notifier.mark()
         with self._connection() as conn:
-            row = conn.execute(
+            rows = fetch(
+                conn,
                 self._sql.append,
                 {
                     **self._names(),
@@ -902,17 +908,18 @@ class PostgresStore(Store):
                     "n_out": n_out,
                     "kinds": cached_text_array(tuple(k.value for k, _ in items)),
                     "datas": text_array(d for _, d in items),
-                    "idx": idx,
+                    "idx": "{" + ",".join("NULL" if i is None else str(i) for i in idx) + "}",
                     "now": now,
                 },
-            ).fetchone()
+            )
+        row = rows[0] if rows else None
         if row is not None:
             self.notifier.notify(job_id, known={job_id: Known(State.RUNNING)}, since=mark)
         return row is not None
 
     def expired(self, now: float, limit: int = 500) -> list[JobRecord]:
         with self._connection() as conn:
-            rows = conn.execute(self._sql.expired, (now, limit)).fetchall()
+            rows = fetch(conn, self._sql.expired, {"now": now, "limit": limit})
         return [row_to_record(r) for r in rows]
 
     # -- callers ---------------------------------------------------------------------
@@ -936,7 +943,9 @@ class PostgresStore(Store):
 
     def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         with self._connection() as conn:
-            rows = conn.execute(self._sql.events_after, (job_id, after, limit)).fetchall()
+            rows = fetch(
+                conn, self._sql.events_after, {"id": job_id, "after": after, "limit": limit}
+            )
         out = []
         for seq, kind, idx, data, at, attempt in rows:
             value = loads(data)
@@ -951,10 +960,11 @@ class PostgresStore(Store):
         if limit <= 0:
             return []
         with self._connection() as conn:
-            rows = conn.execute(
+            rows = fetch(
+                conn,
                 self._sql.output,
                 {"id": job_id, "attempt": attempt, "after": max(after, 0), "limit": limit},
-            ).fetchall()
+            )
         return [loads(r[0]) for r in rows]
 
     # -- housekeeping ----------------------------------------------------------------

@@ -479,7 +479,7 @@ class Statements:
             SELECT {returning}, CASE WHEN j.state = 'queued' THEN (
                 SELECT count(*) FROM {j} q WHERE q.state = 'queued' AND q.queue = j.queue
                 AND (q.priority < j.priority OR (q.priority = j.priority AND q.id < j.id))
-            ) END FROM {j} j WHERE j.id = %s"""
+            ) END FROM {j} j WHERE j.id = %(id)s"""
         # One decision (see `Decision`): guarded, fenced, with its events; announced
         # with its new state and, when the job ends, its final row (`doc`, a JSON
         # array of COLUMN_NAMES) if it fits in a notification, so that waiters need
@@ -647,7 +647,7 @@ class Statements:
             WHERE state = 'running' AND worker = %s AND started_at = created_at"""
         self.expired = f"""
             SELECT {COLUMNS} FROM {j}
-            WHERE state = 'running' AND lease_until < %s LIMIT %s"""
+            WHERE state = 'running' AND lease_until < %(now)s LIMIT %(limit)s"""
         self.update_meta = f"""
             WITH u AS (
                 UPDATE {j} SET meta = (coalesce(meta, '{{}}')::jsonb || %(changes)s::jsonb)::text
@@ -661,7 +661,7 @@ class Statements:
                 THEN pg_notify(%(ends_channel)s, %(origin)s || '||' || u.id) END FROM u"""
         self.events_after = f"""
             SELECT seq, kind, idx, data, at, attempt FROM {e}
-            WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s"""
+            WHERE job_id = %(id)s AND seq > %(after)s ORDER BY seq LIMIT %(limit)s"""
         self.output = f"""
             SELECT data FROM {e}
             WHERE job_id = %(id)s AND idx >= %(after)s AND attempt = coalesce(
