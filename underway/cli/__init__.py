@@ -81,22 +81,25 @@ def worker(
     """Run jobs of MODULE:ATTR from a shared store until SIGINT or SIGTERM."""
     uw = load_app(app_spec)
     uw.configure(store=store, workers=workers)
-    uw.where  # noqa: B018 - fail now, as one line, if the store is unusable
-    log_to_stderr(log_level, log_format)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    # Before the store opens: a signal that comes while it opens (and makes its
+    # wake-up socket, on SQLite) stops the worker as cleanly as one that comes later.
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     running = None
     try:
-        running = uw.start()
-        click.echo(
-            f"underway worker: {uw.workers} workers on {uw.where}, "
-            f"{plural(len(uw.tasks), 'task')}: {', '.join(uw.task_names) or 'none'}",
-            err=True,
-        )
+        uw.where  # noqa: B018 - fail now, as one line, if the store is unusable
+        log_to_stderr(log_level, log_format)
+        if not stop.is_set():
+            running = uw.start()
+            click.echo(
+                f"underway worker: {uw.workers} workers on {uw.where}, "
+                f"{plural(len(uw.tasks), 'task')}: {', '.join(uw.task_names) or 'none'}",
+                err=True,
+            )
         while not stop.wait(1.0):
             pass
     finally:
