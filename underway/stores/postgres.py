@@ -635,14 +635,16 @@ class PostgresStore(Store):
                     statements.append((self._sql.apply_idle, {**params[-1], **idle}))
                 else:
                     statements.append((self._sql.apply, params[-1]))
-                claiming = None
-                if max_jobs > 0:
-                    claiming = self._claim_statement(worker, tasks, limits, lease, now, max_jobs)
-                    if claiming is not None:
-                        statements.append(claiming)
+                if max_jobs > 0:  # none of the tasks has a limit (else `capped`)
+                    group = (sorted(set(tasks)), max_jobs)
+                    statements.append(
+                        self._claim_groups(
+                            worker, tasks, limits, lease, now, max_jobs, [group], None
+                        )
+                    )
                 answers = fetch_many(conn, statements)
                 applied = [Rows(rows) for rows in answers[: len(params)]]
-                claim = None if claiming is None else Rows(answers[-1])
+                claim = Rows(answers[-1]) if max_jobs > 0 else None
             for i, cur in zip(order if applied else (), applied, strict=True):
                 row = cur.fetchone()
                 if row is not None:
@@ -704,24 +706,6 @@ class PostgresStore(Store):
             worker, tasks, limits, lease, now, max_jobs, groups, decision
         )
         return run(conn, query, values, direct=direct)
-
-    def _claim_statement(
-        self,
-        worker: str,
-        tasks: Collection[str],
-        limits: Mapping[str, int],
-        lease: float,
-        now: float,
-        max_jobs: int,
-    ) -> tuple[str, dict[str, Any]] | None:
-        """The claim's statement and values, for a task set with no concurrency
-        limit among them (those count running jobs under a lock first: `_claim`)."""
-        if any(t in limits for t in tasks):
-            return None
-        groups = [(sorted(set(tasks)), max_jobs)] if tasks else []
-        if not groups:
-            return None
-        return self._claim_groups(worker, tasks, limits, lease, now, max_jobs, groups, None)
 
     def _claim_groups(
         self,
