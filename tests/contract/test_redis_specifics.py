@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from typing import cast
+from collections.abc import Callable, Iterator
+from typing import TypeVar, cast
 
 import pytest
 import redis
@@ -32,8 +32,10 @@ from underway.records import JobRecord, Progress, State
 from underway.stores import open_store, redis_listener
 from underway.stores import redis as redis_module
 from underway.stores.redis import RedisStore
+from underway.stores.redis_slots import open_slot_channel
 
 pytestmark = pytest.mark.redis
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -789,3 +791,75 @@ def test_a_job_submitted_before_the_channel_was_lost_is_followed_on_its_own_chan
     waiter.join(10.0)
     later = submit(redis_store)  # submitted since: its end comes to this instance again
     wait_for(lambda: redis_store._listener.hears(later.id), what="the channel is heard again")
+
+
+# -- a worker slot's own wake channel, read off its socket (`redis_slots`) ------------
+def _slot_client(url: str) -> redis.Redis[str]:
+    # As the store makes its client: a socket timeout, so its descriptor is non-blocking
+    # and recv() would first wait for data on its own.
+    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=10.0)
+
+
+def _in_thread(call: Callable[[], T], timeout: float = 10.0) -> T:
+    """`call()` in a thread, failing the test when it has not returned by `timeout`."""
+    box: list[T] = []
+    thread = threading.Thread(target=lambda: box.append(call()), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert box, f"{call} did not return within {timeout}s"
+    return box[0]
+
+
+def test_a_slot_channel_reads_what_came_whole_and_in_order(redis_url: str) -> None:
+    client = _slot_client(redis_url)
+    channel = open_slot_channel(client, "slot-test", "w", "t", 5.0)
+    try:
+        assert channel._reader is not None  # read off the socket, not through the client
+        big = "x" * 300_000  # several reads of the socket, and a message cut between them
+        sent = ["first", big, *(f"m{i}" for i in range(200)), "é ✓"]
+        for message in sent:
+            client.publish("slot-test", message)
+        got: list[str] = []
+        while len(got) < len(sent):
+            got += _in_thread(lambda: channel.wait(5.0, lambda: False))
+        assert got == sent
+        # Nothing more came: neither a wait that times out nor a look blocks.
+        assert _in_thread(lambda: channel.wait(0.05, lambda: False)) == []
+        assert _in_thread(channel.take) == []
+    finally:
+        channel.close()
+        client.close()
+
+
+def test_a_slot_channel_drains_up_to_its_marker(redis_url: str) -> None:
+    client = _slot_client(redis_url)
+    channel = open_slot_channel(client, "slot-drain", "w", "t", 5.0)
+    try:
+        client.publish("slot-drain", "before")
+        got = _in_thread(lambda: channel.drain(lambda t: client.publish("slot-drain", t), 5.0))
+        assert got == ["before"]
+    finally:
+        channel.close()
+        client.close()
+
+
+def test_a_slot_channel_whose_connection_is_cut_says_so(redis_url: str) -> None:
+    client = _slot_client(redis_url)
+    channel = open_slot_channel(client, "slot-cut", "w", "t", 5.0)
+    killer = redis.Redis.from_url(redis_url)
+    try:
+        assert killer.client_kill_filter(_type="pubsub") >= 1
+        raised = _in_thread(lambda: _raised(lambda: channel.wait(5.0, lambda: False)))
+        assert isinstance(raised, redis.ConnectionError)
+    finally:
+        killer.close()
+        channel.close()
+        client.close()
+
+
+def _raised(call: Callable[[], object]) -> BaseException | None:
+    try:
+        call()
+    except BaseException as exc:  # handed to the test's thread, which raises it
+        return exc
+    return None

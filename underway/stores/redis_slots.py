@@ -12,19 +12,36 @@ and at each claim (a message that came while it was busy is taken then). Whateve
 else must wake the slot (its worker stopping, the subscriber reconnecting, a message
 on the process's channel from a process that sends none to slot channels) pokes a
 pipe that the slot watches beside the socket.
+
+Once subscribed, nothing but messages comes on that connection, so the slot reads
+them off the socket itself, through a reply parser of its own (hiredis's), without
+the client's per-call machinery (a readiness poll, retries, a dict per message):
+that took more of a worker's time per job than the job's own bookkeeping. Without
+hiredis, or on TLS, the client reads them.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import socket
+import ssl
+import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
+_Reader: type | None
+try:
+    from hiredis import Reader as _Reader
+except ImportError:  # pragma: no cover - the `redis` extra brings hiredis
+    _Reader = None
+
 MARKER = "\x00"  # a message that starts with it is a marker (see `SlotChannel.drain`)
+_RECV = 65_536
 
 
 class WakePipe:
@@ -78,6 +95,24 @@ class SlotChannel:
         self.closed = False
         self.unlisten: Callable[[], None] | None = None
         self._pipe = WakePipe()
+        # The client's own hiredis parser of the connection, fed here from the socket
+        # (so that nothing it holds is lost); None: the client reads.
+        self._reader: Any = None
+        self._no_reply: Any = False  # what the parser answers when it needs more bytes
+        sock = pubsub.connection._sock
+        parser = getattr(pubsub.connection, "_parser", None)
+        reader = getattr(parser, "_reader", None)
+        if (
+            _Reader is not None
+            and isinstance(reader, _Reader)
+            and sock is not None
+            and not isinstance(sock, ssl.SSLSocket)
+        ):
+            module = sys.modules.get(type(parser).__module__)
+            self._no_reply = getattr(module, "NOT_ENOUGH_DATA", False)
+            stashed = getattr(parser, "_next_response", self._no_reply)
+            if stashed is self._no_reply:  # no reply it parsed and kept for later
+                self._reader = reader
 
     def poke(self) -> None:
         """Wake the slot if it waits (from any thread; a pending poke is enough)."""
@@ -113,6 +148,18 @@ class SlotChannel:
         token = f"{MARKER}{os.getpid()}:{id(self)}"
         send_marker(token)
         out: list[str] = []
+        if self._reader is not None:
+            deadline = time.monotonic() + timeout
+            while True:
+                for data in self._messages():
+                    if data == token:
+                        return out
+                    if not data.startswith(MARKER):
+                        out.append(data)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return out
+                select.select((self._socket(),), (), (), left)
         while True:
             message = self.pubsub.get_message(timeout=timeout)
             if message is None:
@@ -137,7 +184,49 @@ class SlotChannel:
             pass
         self._pipe.close()
 
+    def _socket(self) -> Any:
+        sock = self.pubsub.connection._sock
+        if sock is None:
+            raise redis.ConnectionError("the slot's channel is not connected")
+        return sock
+
+    def _messages(self) -> list[str]:
+        """The messages' data that came so far, read off the socket without waiting.
+        Raises redis's ConnectionError when the connection is lost."""
+        reader = self._reader
+        sock = self._socket()
+        # A socket with a timeout (the client's usual) waits for data inside recv()
+        # before reading, whatever the flags; its descriptor is non-blocking already,
+        # so it is read directly.
+        fd = sock.fileno() if sock.gettimeout() is not None else -1
+        while True:
+            try:
+                data = os.read(fd, _RECV) if fd >= 0 else sock.recv(_RECV, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                raise redis.ConnectionError(f"reading the slot's channel: {exc}") from None
+            if not data:
+                raise redis.ConnectionError("the slot's channel was closed by the server")
+            reader.feed(data)
+            if len(data) < _RECV:
+                break
+        out: list[str] = []
+        no_reply = self._no_reply
+        while True:
+            reply = reader.gets()
+            if reply is no_reply or reply is False:
+                return out
+            # ["message", channel, data]; nothing else comes once subscribed
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] == "message":
+                data = reply[2]
+                out.append(data if isinstance(data, str) else data.decode())
+            elif isinstance(reply, Exception):
+                raise redis.ConnectionError(f"the slot's channel answered: {reply}")
+
     def _read(self) -> list[str]:
+        if self._reader is not None:
+            return [m for m in self._messages() if m and not m.startswith(MARKER)]
         out: list[str] = []
         while True:
             message = self.pubsub.get_message(timeout=0)
