@@ -814,7 +814,7 @@ def test_a_slot_channel_reads_what_came_whole_and_in_order(redis_url: str) -> No
     client = _slot_client(redis_url)
     channel = open_slot_channel(client, "slot-test", "w", "t", 5.0)
     try:
-        assert channel._reader is not None  # read off the socket, not through the client
+        assert channel._replies is not None  # read off the socket, not through the client
         big = "x" * 300_000  # several reads of the socket, and a message cut between them
         sent = ["first", big, *(f"m{i}" for i in range(200)), "é ✓"]
         for message in sent:
@@ -863,3 +863,11 @@ def _raised(call: Callable[[], object]) -> BaseException | None:
     except BaseException as exc:  # handed to the test's thread, which raises it
         return exc
     return None
+
+
+def test_the_subscriber_reads_its_connection_off_the_socket(redis_store: RedisStore) -> None:
+    # The fast path, not the client's per-message machinery: should a redis-py or
+    # hiredis release change what it relies on, this says so (the client then reads).
+    redis_store.notifier.wait_end("no-such-job", redis_store.notifier.version("x"), 0.01)
+    wait_for(redis_store._listener.connected.is_set, what="the subscriber connects")
+    assert redis_store._listener._replies is not None

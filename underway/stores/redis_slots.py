@@ -14,10 +14,9 @@ on the process's channel from a process that sends none to slot channels) pokes 
 pipe that the slot watches beside the socket.
 
 Once subscribed, nothing but messages comes on that connection, so the slot reads
-them off the socket itself, through a reply parser of its own (hiredis's), without
-the client's per-call machinery (a readiness poll, retries, a dict per message):
-that took more of a worker's time per job than the job's own bookkeeping. Without
-hiredis, or on TLS, the client reads them.
+them off the socket itself (`SocketReplies`, which the store's subscriber thread
+uses too), without the client's per-call machinery: that took more of a worker's
+time per job than the job's own bookkeeping.
 """
 
 from __future__ import annotations
@@ -83,6 +82,73 @@ class WakePipe:
             self._w = -1
 
 
+class SocketReplies:
+    """The replies that came on a subscribed connection, read off its socket without
+    waiting, through the client's own hiredis parser of the connection (so nothing it
+    holds is lost), rather than by redis-py's `get_message` (a readiness poll, retries
+    and a dict per call). Not usable (`of` returns None) without hiredis, on TLS, or
+    when the parser kept a reply of its own for later."""
+
+    def __init__(self, connection: Any, reader: Any, no_reply: Any) -> None:
+        self._connection = connection
+        self._sock = connection._sock
+        self._reader = reader
+        self._no_reply = no_reply  # what the parser answers when it needs more bytes
+
+    @classmethod
+    def of(cls, connection: Any) -> SocketReplies | None:
+        sock = getattr(connection, "_sock", None)
+        parser = getattr(connection, "_parser", None)
+        reader = getattr(parser, "_reader", None)
+        if _Reader is None or not isinstance(reader, _Reader) or sock is None:
+            return None
+        if isinstance(sock, ssl.SSLSocket):
+            return None
+        no_reply = getattr(sys.modules.get(type(parser).__module__), "NOT_ENOUGH_DATA", False)
+        if getattr(parser, "_next_response", no_reply) is not no_reply:
+            return None
+        return cls(connection, reader, no_reply)
+
+    def socket(self) -> Any:
+        """The connection's socket; redis's ConnectionError once it is not this one's
+        (closed, or connected again by the client: what came before is gone)."""
+        sock = self._connection._sock
+        if sock is None or sock is not self._sock:
+            raise redis.ConnectionError("the subscription's connection was lost")
+        return sock
+
+    def read(self) -> list[Any]:
+        """Every reply that came so far (lists, as hiredis gives them). Raises redis's
+        ConnectionError when the connection is lost."""
+        reader = self._reader
+        sock = self.socket()
+        # A socket with a timeout (the client's usual) waits for data inside recv()
+        # before reading, whatever the flags; its descriptor is non-blocking already,
+        # so it is read directly.
+        fd = sock.fileno() if sock.gettimeout() is not None else -1
+        while True:
+            try:
+                data = os.read(fd, _RECV) if fd >= 0 else sock.recv(_RECV, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                raise redis.ConnectionError(f"reading a subscription: {exc}") from None
+            if not data:
+                raise redis.ConnectionError("the server closed the subscription's connection")
+            reader.feed(data)
+            if len(data) < _RECV:
+                break
+        out: list[Any] = []
+        no_reply = self._no_reply
+        while True:
+            reply = reader.gets()
+            if reply is no_reply or reply is False:
+                return out
+            if isinstance(reply, Exception):
+                raise redis.ConnectionError(f"the subscription's connection answered: {reply}")
+            out.append(reply)
+
+
 class SlotChannel:
     """One slot thread's subscription to its own wake channel."""
 
@@ -95,24 +161,7 @@ class SlotChannel:
         self.closed = False
         self.unlisten: Callable[[], None] | None = None
         self._pipe = WakePipe()
-        # The client's own hiredis parser of the connection, fed here from the socket
-        # (so that nothing it holds is lost); None: the client reads.
-        self._reader: Any = None
-        self._no_reply: Any = False  # what the parser answers when it needs more bytes
-        sock = pubsub.connection._sock
-        parser = getattr(pubsub.connection, "_parser", None)
-        reader = getattr(parser, "_reader", None)
-        if (
-            _Reader is not None
-            and isinstance(reader, _Reader)
-            and sock is not None
-            and not isinstance(sock, ssl.SSLSocket)
-        ):
-            module = sys.modules.get(type(parser).__module__)
-            self._no_reply = getattr(module, "NOT_ENOUGH_DATA", False)
-            stashed = getattr(parser, "_next_response", self._no_reply)
-            if stashed is self._no_reply:  # no reply it parsed and kept for later
-                self._reader = reader
+        self._replies = SocketReplies.of(pubsub.connection)  # None: the client reads
 
     def poke(self) -> None:
         """Wake the slot if it waits (from any thread; a pending poke is enough)."""
@@ -148,10 +197,10 @@ class SlotChannel:
         token = f"{MARKER}{os.getpid()}:{id(self)}"
         send_marker(token)
         out: list[str] = []
-        if self._reader is not None:
+        if self._replies is not None:
             deadline = time.monotonic() + timeout
             while True:
-                for data in self._messages():
+                for data in self._messages(self._replies):
                     if data == token:
                         return out
                     if not data.startswith(MARKER):
@@ -159,7 +208,7 @@ class SlotChannel:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return out
-                select.select((self._socket(),), (), (), left)
+                select.select((self._replies.socket(),), (), (), left)
         while True:
             message = self.pubsub.get_message(timeout=timeout)
             if message is None:
@@ -184,49 +233,19 @@ class SlotChannel:
             pass
         self._pipe.close()
 
-    def _socket(self) -> Any:
-        sock = self.pubsub.connection._sock
-        if sock is None:
-            raise redis.ConnectionError("the slot's channel is not connected")
-        return sock
-
-    def _messages(self) -> list[str]:
-        """The messages' data that came so far, read off the socket without waiting.
-        Raises redis's ConnectionError when the connection is lost."""
-        reader = self._reader
-        sock = self._socket()
-        # A socket with a timeout (the client's usual) waits for data inside recv()
-        # before reading, whatever the flags; its descriptor is non-blocking already,
-        # so it is read directly.
-        fd = sock.fileno() if sock.gettimeout() is not None else -1
-        while True:
-            try:
-                data = os.read(fd, _RECV) if fd >= 0 else sock.recv(_RECV, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                raise redis.ConnectionError(f"reading the slot's channel: {exc}") from None
-            if not data:
-                raise redis.ConnectionError("the slot's channel was closed by the server")
-            reader.feed(data)
-            if len(data) < _RECV:
-                break
+    @staticmethod
+    def _messages(replies: SocketReplies) -> list[str]:
+        """The messages' data that came so far (nothing else comes once subscribed)."""
         out: list[str] = []
-        no_reply = self._no_reply
-        while True:
-            reply = reader.gets()
-            if reply is no_reply or reply is False:
-                return out
-            # ["message", channel, data]; nothing else comes once subscribed
+        for reply in replies.read():
             if isinstance(reply, list) and len(reply) == 3 and reply[0] == "message":
                 data = reply[2]
                 out.append(data if isinstance(data, str) else data.decode())
-            elif isinstance(reply, Exception):
-                raise redis.ConnectionError(f"the slot's channel answered: {reply}")
+        return out
 
     def _read(self) -> list[str]:
-        if self._reader is not None:
-            return [m for m in self._messages() if m and not m.startswith(MARKER)]
+        if self._replies is not None:
+            return [m for m in self._messages(self._replies) if m and not m.startswith(MARKER)]
         out: list[str] = []
         while True:
             message = self.pubsub.get_message(timeout=0)
