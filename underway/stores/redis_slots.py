@@ -92,8 +92,8 @@ class SocketReplies:
     def __init__(self, connection: Any, reader: Any, no_reply: Any) -> None:
         self._connection = connection
         self._sock = connection._sock
-        self._reader = reader
-        self._no_reply = no_reply  # what the parser answers when it needs more bytes
+        self.reader = reader
+        self.no_reply = no_reply  # what the parser answers when it needs more bytes
 
     @classmethod
     def of(cls, connection: Any) -> SocketReplies | None:
@@ -120,7 +120,7 @@ class SocketReplies:
     def read(self) -> list[Any]:
         """Every reply that came so far (lists, as hiredis gives them). Raises redis's
         ConnectionError when the connection is lost."""
-        reader = self._reader
+        reader = self.reader
         sock = self.socket()
         # A socket with a timeout (the client's usual) waits for data inside recv()
         # before reading, whatever the flags; its descriptor is non-blocking already,
@@ -139,7 +139,7 @@ class SocketReplies:
             if len(data) < _RECV:
                 break
         out: list[Any] = []
-        no_reply = self._no_reply
+        no_reply = self.no_reply
         while True:
             reply = reader.gets()
             if reply is no_reply or reply is False:
