@@ -32,7 +32,7 @@ from underway.records import JobRecord, Progress, State
 from underway.stores import open_store, redis_listener
 from underway.stores import redis as redis_module
 from underway.stores.redis import RedisStore
-from underway.stores.redis_slots import open_slot_channel
+from underway.stores.redis_slots import SlotChannel, open_slot_channel
 
 pytestmark = pytest.mark.redis
 T = TypeVar("T")
@@ -810,51 +810,56 @@ def _in_thread(call: Callable[[], T], timeout: float = 10.0) -> T:
     return box[0]
 
 
-def test_a_slot_channel_reads_what_came_whole_and_in_order(redis_url: str) -> None:
+@pytest.fixture
+def slot(redis_url: str) -> Iterator[tuple[redis.Redis[str], SlotChannel]]:
+    """A client like the store's, and a slot channel named `slot-test` opened on it."""
     client = _slot_client(redis_url)
     channel = open_slot_channel(client, "slot-test", "w", "t", 5.0)
     try:
-        assert channel._replies is not None  # read off the socket, not through the client
-        big = "x" * 300_000  # several reads of the socket, and a message cut between them
-        sent = ["first", big, *(f"m{i}" for i in range(200)), "é ✓"]
-        for message in sent:
-            client.publish("slot-test", message)
-        got: list[str] = []
-        while len(got) < len(sent):
-            got += _in_thread(lambda: channel.wait(5.0, lambda: False))
-        assert got == sent
-        # Nothing more came: neither a wait that times out nor a look blocks.
-        assert _in_thread(lambda: channel.wait(0.05, lambda: False)) == []
-        assert _in_thread(channel.take) == []
+        yield client, channel
     finally:
         channel.close()
         client.close()
 
 
-def test_a_slot_channel_drains_up_to_its_marker(redis_url: str) -> None:
-    client = _slot_client(redis_url)
-    channel = open_slot_channel(client, "slot-drain", "w", "t", 5.0)
-    try:
-        client.publish("slot-drain", "before")
-        got = _in_thread(lambda: channel.drain(lambda t: client.publish("slot-drain", t), 5.0))
-        assert got == ["before"]
-    finally:
-        channel.close()
-        client.close()
+def test_a_slot_channel_reads_what_came_whole_and_in_order(
+    slot: tuple[redis.Redis[str], SlotChannel],
+) -> None:
+    client, channel = slot
+    assert channel._replies is not None  # read off the socket, not through the client
+    big = "x" * 300_000  # several reads of the socket, and a message cut between them
+    sent = ["first", big, *(f"m{i}" for i in range(200)), "é ✓"]
+    for message in sent:
+        client.publish("slot-test", message)
+    got: list[str] = []
+    while len(got) < len(sent):
+        got += _in_thread(lambda: channel.wait(5.0, lambda: False))
+    assert got == sent
+    # Nothing more came: neither a wait that times out nor a look blocks.
+    assert _in_thread(lambda: channel.wait(0.05, lambda: False)) == []
+    assert _in_thread(channel.take) == []
 
 
-def test_a_slot_channel_whose_connection_is_cut_says_so(redis_url: str) -> None:
-    client = _slot_client(redis_url)
-    channel = open_slot_channel(client, "slot-cut", "w", "t", 5.0)
+def test_a_slot_channel_drains_up_to_its_marker(
+    slot: tuple[redis.Redis[str], SlotChannel],
+) -> None:
+    client, channel = slot
+    client.publish("slot-test", "before")
+    got = _in_thread(lambda: channel.drain(lambda t: client.publish("slot-test", t), 5.0))
+    assert got == ["before"]
+
+
+def test_a_slot_channel_whose_connection_is_cut_says_so(
+    slot: tuple[redis.Redis[str], SlotChannel], redis_url: str
+) -> None:
+    _, channel = slot
     killer = redis.Redis.from_url(redis_url)
     try:
         assert killer.client_kill_filter(_type="pubsub") >= 1
-        raised = _in_thread(lambda: _raised(lambda: channel.wait(5.0, lambda: False)))
-        assert isinstance(raised, redis.ConnectionError)
     finally:
         killer.close()
-        channel.close()
-        client.close()
+    raised = _in_thread(lambda: _raised(lambda: channel.wait(5.0, lambda: False)))
+    assert isinstance(raised, redis.ConnectionError)
 
 
 def _raised(call: Callable[[], object]) -> BaseException | None:
