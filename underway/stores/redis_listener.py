@@ -51,7 +51,7 @@ from typing import Any
 import redis
 
 from ..feed import WORK, ChangeFeed, Listener
-from .redis_slots import SocketReplies, WakePipe
+from .redis_slots import WakePipe
 
 log = logging.getLogger("underway.stores.redis")
 
@@ -179,7 +179,6 @@ class RedisListener:
         self._heard = 0  # confirmed subscriptions to the wake channel so far
         self._hearing = False  # the latest one stands
         self._pubsub: Any = None  # redis.client.PubSub, owned by the thread
-        self._replies: tuple[Any, SocketReplies] | None = None  # its pubsub, read raw
         self.connected = threading.Event()
         self._closed = threading.Event()
         self._read_lock = threading.Lock()  # held by the thread that reads `_pubsub`
@@ -373,12 +372,6 @@ class RedisListener:
 
     def _read_all(self, pubsub: Any) -> None:
         """Handle every message that came (holding `_read_lock`)."""
-        replies = self._replies
-        if replies is not None and replies[0] is pubsub:
-            for reply in replies[1].read():
-                if isinstance(reply, list) and len(reply) == 3:
-                    self._handle({"type": reply[0], "channel": reply[1], "data": reply[2]})
-            return
         while True:
             message = pubsub.get_message(timeout=0)
             if message is None:
@@ -390,12 +383,8 @@ class RedisListener:
         with self._lock:
             watched = set(self._waiters) | set(self._left)
         pubsub.subscribe(self._wake, *(self._job_prefix + job_id for job_id in watched))
-        # Nothing was read on the new connection yet: from now on it is read off its
-        # socket (see `SocketReplies`; None: by the client).
-        replies = SocketReplies.of(pubsub.connection)
         with self._lock:
             self._pubsub = pubsub
-            self._replies = None if replies is None else (pubsub, replies)
         self.connected.set()
         # A watch() that came after the snapshot above but before `connected` was set
         # did not subscribe by itself: catch those up now.
@@ -412,7 +401,6 @@ class RedisListener:
         with self._lock:
             self._hearing = False
             pubsub, self._pubsub = self._pubsub, None
-            self._replies = None
             self._records.clear()
             self._record_chars = 0
         if pubsub is not None:

@@ -12,35 +12,19 @@ and at each claim (a message that came while it was busy is taken then). Whateve
 else must wake the slot (its worker stopping, the subscriber reconnecting, a message
 on the process's channel from a process that sends none to slot channels) pokes a
 pipe that the slot watches beside the socket.
-
-Once subscribed, nothing but messages comes on that connection, so the slot reads
-them off the socket itself (`SocketReplies`, which the store's subscriber thread
-uses too), without the client's per-call machinery: that took more of a worker's
-time per job than the job's own bookkeeping.
 """
 
 from __future__ import annotations
 
 import os
 import select
-import socket
-import ssl
-import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
-_Reader: type | None
-try:
-    from hiredis import Reader as _Reader
-except ImportError:  # pragma: no cover - the `redis` extra brings hiredis
-    _Reader = None
-
 MARKER = "\x00"  # a message that starts with it is a marker (see `SlotChannel.drain`)
-_RECV = 65_536
 
 
 class WakePipe:
@@ -82,73 +66,6 @@ class WakePipe:
             self._w = -1
 
 
-class SocketReplies:
-    """The replies that came on a subscribed connection, read off its socket without
-    waiting, through the client's own hiredis parser of the connection (so nothing it
-    holds is lost), rather than by redis-py's `get_message` (a readiness poll, retries
-    and a dict per call). Not usable (`of` returns None) without hiredis, on TLS, or
-    when the parser kept a reply of its own for later."""
-
-    def __init__(self, connection: Any, reader: Any, no_reply: Any) -> None:
-        self._connection = connection
-        self._sock = connection._sock
-        self.reader = reader
-        self.no_reply = no_reply  # what the parser answers when it needs more bytes
-
-    @classmethod
-    def of(cls, connection: Any) -> SocketReplies | None:
-        sock = getattr(connection, "_sock", None)
-        parser = getattr(connection, "_parser", None)
-        reader = getattr(parser, "_reader", None)
-        if _Reader is None or not isinstance(reader, _Reader) or sock is None:
-            return None
-        if isinstance(sock, ssl.SSLSocket):
-            return None
-        no_reply = getattr(sys.modules.get(type(parser).__module__), "NOT_ENOUGH_DATA", False)
-        if getattr(parser, "_next_response", no_reply) is not no_reply:
-            return None
-        return cls(connection, reader, no_reply)
-
-    def socket(self) -> Any:
-        """The connection's socket; redis's ConnectionError once it is not this one's
-        (closed, or connected again by the client: what came before is gone)."""
-        sock = self._connection._sock
-        if sock is None or sock is not self._sock:
-            raise redis.ConnectionError("the subscription's connection was lost")
-        return sock
-
-    def read(self) -> list[Any]:
-        """Every reply that came so far (lists, as hiredis gives them). Raises redis's
-        ConnectionError when the connection is lost."""
-        reader = self.reader
-        sock = self.socket()
-        # A socket with a timeout (the client's usual) waits for data inside recv()
-        # before reading, whatever the flags; its descriptor is non-blocking already,
-        # so it is read directly.
-        fd = sock.fileno() if sock.gettimeout() is not None else -1
-        while True:
-            try:
-                data = os.read(fd, _RECV) if fd >= 0 else sock.recv(_RECV, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                raise redis.ConnectionError(f"reading a subscription: {exc}") from None
-            if not data:
-                raise redis.ConnectionError("the server closed the subscription's connection")
-            reader.feed(data)
-            if len(data) < _RECV:
-                break
-        out: list[Any] = []
-        no_reply = self.no_reply
-        while True:
-            reply = reader.gets()
-            if reply is no_reply or reply is False:
-                return out
-            if isinstance(reply, Exception):
-                raise redis.ConnectionError(f"the subscription's connection answered: {reply}")
-            out.append(reply)
-
-
 class SlotChannel:
     """One slot thread's subscription to its own wake channel."""
 
@@ -161,7 +78,6 @@ class SlotChannel:
         self.closed = False
         self.unlisten: Callable[[], None] | None = None
         self._pipe = WakePipe()
-        self._replies = SocketReplies.of(pubsub.connection)  # None: the client reads
 
     def poke(self) -> None:
         """Wake the slot if it waits (from any thread; a pending poke is enough)."""
@@ -197,18 +113,6 @@ class SlotChannel:
         token = f"{MARKER}{os.getpid()}:{id(self)}"
         send_marker(token)
         out: list[str] = []
-        if self._replies is not None:
-            deadline = time.monotonic() + timeout
-            while True:
-                for data in self._messages(self._replies):
-                    if data == token:
-                        return out
-                    if not data.startswith(MARKER):
-                        out.append(data)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return out
-                select.select((self._replies.socket(),), (), (), left)
         while True:
             message = self.pubsub.get_message(timeout=timeout)
             if message is None:
@@ -233,19 +137,7 @@ class SlotChannel:
             pass
         self._pipe.close()
 
-    @staticmethod
-    def _messages(replies: SocketReplies) -> list[str]:
-        """The messages' data that came so far (nothing else comes once subscribed)."""
-        out: list[str] = []
-        for reply in replies.read():
-            if isinstance(reply, list) and len(reply) == 3 and reply[0] == "message":
-                data = reply[2]
-                out.append(data if isinstance(data, str) else data.decode())
-        return out
-
     def _read(self) -> list[str]:
-        if self._replies is not None:
-            return [m for m in self._messages(self._replies) if m and not m.startswith(MARKER)]
         out: list[str] = []
         while True:
             message = self.pubsub.get_message(timeout=0)
