@@ -831,8 +831,9 @@ def test_a_slot_channel_reads_what_came_whole_and_in_order(
     for message in sent:
         client.publish("slot-test", message)
     got: list[str] = []
-    while len(got) < len(sent):
-        got += _in_thread(lambda: channel.wait(5.0, lambda: False))
+    deadline = time.monotonic() + 10.0
+    while len(got) < len(sent) and time.monotonic() < deadline:
+        got += _in_thread(lambda: channel.wait(0.5, lambda: False))
     assert got == sent
     # Nothing more came: neither a wait that times out nor a look blocks.
     assert _in_thread(lambda: channel.wait(0.05, lambda: False)) == []
