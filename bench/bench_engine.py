@@ -5,6 +5,8 @@ Run by hand: `python bench/bench_engine.py [--jobs 20000] [--only throughput,...
 (see `bench_floor`), the machine's floor for the embedded row of the peers table.
 `--only latency` also times the round trip with every thread of the process on one
 core, which shows what the hand-offs between threads cost across cores.
+`--only phases` splits an embedded round trip into its parts (submit, start, the
+end's write, the waiter's wake-up) and prints its CPU against its wall time.
 Each figure is printed with a ratio to a baseline measured in the same run.
 """
 
@@ -24,6 +26,7 @@ import time
 import timeit
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -182,6 +185,61 @@ def bench_latency(folder: str, n: int = 2000) -> None:
         f"({o50 / p50:.2f} of the above); ThreadPoolExecutor round trip "
         f"p50 {statistics.median(one_base) * 1e3:.3f} ms"
     )
+
+
+def bench_phases(folder: str, n: int = 2000) -> None:
+    """Where an embedded round trip's time goes: submit-then-wait of a no-op, one at a
+    time, with 2 slots, split at the job's start (stamped by the task) and at the
+    return of the store call that writes its end (the worker's next claim)."""
+    uw = Underway(f"sqlite:///{folder}/phases.db", workers=2)
+    stamps: dict[str, float] = {}
+
+    @uw.task(name="stamp")
+    def stamp() -> int:
+        stamps["start"] = time.perf_counter()
+        return 1
+
+    store = uw.store
+    apply_and_claim = store.apply_and_claim
+
+    def timed(decisions: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        out = apply_and_claim(decisions, **kwargs)
+        if decisions:
+            stamps["write"], stamps["written"] = began, time.perf_counter()
+        return out
+
+    store.apply_and_claim = timed  # type: ignore[method-assign]
+    uw.start()
+    for _ in range(50):  # warm up
+        uw.submit("stamp").wait(5)
+    rows = []
+    cpu = time.process_time()
+    wall = time.perf_counter()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        handle = uw.submit("stamp")
+        t1 = time.perf_counter()
+        handle.wait(5)
+        t2 = time.perf_counter()
+        rows.append(
+            (
+                t1 - t0,
+                stamps["start"] - t1,
+                stamps["write"] - stamps["start"],
+                stamps["written"] - stamps["write"],
+                t2 - stamps["written"],
+                t2 - t0,
+            )
+        )
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    uw.close()
+    names = ("submit", "to start", "run, to write", "end write", "to wait's return", "total")
+    parts = ", ".join(
+        f"{name} {statistics.median(r[k] for r in rows) * 1e6:.0f}" for k, name in enumerate(names)
+    )
+    print(f"round trip phases, medians in us: {parts}")
+    print(f"CPU per round trip (all threads) {cpu / n * 1e6:.0f} us; wall {wall / n * 1e6:.0f} us")
 
 
 def bench_large_store(folder: str, n: int = 100_000) -> None:
@@ -381,6 +439,8 @@ def main() -> None:
             bench_progress()
         if "latency" in which:
             bench_latency(folder)
+        if "phases" in which:
+            bench_phases(folder)
         if "large" in which:
             bench_large_store(folder)
         if "floor" in which:
