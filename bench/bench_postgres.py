@@ -9,9 +9,11 @@ in one run, for each queue (a peer that is not installed is left out):
 
 - end to end: `--jobs` no-op jobs submitted one by one (one call each, from one
   client) to idle worker processes; jobs/s from the first submission to
-  the last job recorded as done, and the CPU time all of it took per job: the
-  client (this process), the worker processes and the PostgreSQL server's processes
-  (read from /proc; a steadier figure than jobs/s on a shared machine);
+  the last job recorded as done, and the CPU time all of it took per job, in all
+  and by part: the client (this process), the worker processes and the PostgreSQL
+  server's processes (read from /proc; a steadier figure than jobs/s on a shared
+  machine; on 2 cores, a sum near 2 s per second of the run means the rate is bound
+  by CPU, not by waiting);
 - round trip: one job at a time submitted to idle workers and waited for; p50/p90.
   underway waits with `handle.wait()`; the peers have no such call, so a trigger of
   the benchmark's own turns their "done" row into a NOTIFY that the client LISTENs
@@ -199,6 +201,11 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """`cpu_seconds` of each of these processes that is still running."""
+    return {pid: cpu_seconds([pid]) for pid in pids if Path(f"/proc/{pid}").exists()}
 
 
 def server_pids(server: PostgresServer) -> list[int]:
@@ -486,10 +493,15 @@ def progress_costs(url: str, rounds: int = 3) -> tuple[float, float, float]:
     return min(postgres), min(sqlite), min(bare)
 
 
-def end_to_end(queue: Queue, jobs: int, others: list[int]) -> tuple[float, float]:
+def end_to_end(
+    queue: Queue, jobs: int, workers: list[int], server: PostgresServer
+) -> tuple[float, dict[str, float]]:
     """Jobs/s: `jobs` submitted one by one to running idle workers, until all are done;
-    and the CPU seconds per job of this process and the `others` meanwhile."""
-    cpu = time.process_time() + cpu_seconds(others)
+    and the CPU seconds per job meanwhile of this process (`client`), the `workers`
+    and the PostgreSQL server's processes (`server`: backends that started during the
+    run included), and their sum (`cpu`)."""
+    client = time.process_time()
+    before = cpu_by_pid(workers + server_pids(server))
     started = time.perf_counter()
     for _ in range(jobs):
         queue.submit()
@@ -499,7 +511,16 @@ def end_to_end(queue: Queue, jobs: int, others: list[int]) -> tuple[float, float
             raise TimeoutError(f"{queue.name}: {queue.done()} of {jobs} jobs done after 120 s")
         time.sleep(0.005)
     took = time.perf_counter() - started
-    return jobs / took, (time.process_time() + cpu_seconds(others) - cpu) / jobs
+    after = cpu_by_pid(workers + server_pids(server))
+    spent = {pid: cpu - before.get(pid, 0.0) for pid, cpu in after.items()}
+    parts = {
+        "client": time.process_time() - client,
+        "workers": sum(spent.get(pid, 0.0) for pid in workers),
+        "server": sum(cpu for pid, cpu in spent.items() if pid not in workers),
+    }
+    per_job = {f"cpu_{name}": cpu / jobs for name, cpu in parts.items()}
+    per_job["cpu"] = sum(parts.values()) / jobs
+    return jobs / took, per_job
 
 
 def submit_alone(queue: Queue, jobs: int) -> float:
@@ -559,7 +580,8 @@ def measure(
     queue = make(url)
     try:
         with spawn(url, PGQUEUER_BATCH) as pids:
-            out["rate"], out["cpu"] = end_to_end(queue, args.jobs, pids + server_pids(server))
+            out["rate"], cpu = end_to_end(queue, args.jobs, pids, server)
+            out.update(cpu)
         with spawn(url, 1):
             trips = round_trips(queue, args.trips)
     finally:
@@ -567,12 +589,21 @@ def measure(
     out["p50"] = statistics.median(trips)
     out["p90"] = trips[int(len(trips) * 0.9)]
     print(
-        f"  {name}: {out['rate']:,.0f} jobs/s ({out['cpu'] * 1e6:,.0f} us CPU per job); "
+        f"  {name}: {out['rate']:,.0f} jobs/s ({cpu_text(out)} CPU per job); "
         f"round trip p50 {out['p50'] * 1e3:.2f} ms",
         file=sys.stderr,
         flush=True,
     )
     return out
+
+
+CPU_PARTS = ("cpu", "cpu_client", "cpu_workers", "cpu_server")
+
+
+def cpu_text(row: dict[str, Any]) -> str:
+    """A run's CPU per job: the sum, then the client's, the workers' and the server's."""
+    parts = " / ".join(f"{row[key] * 1e6:,.0f}" for key in CPU_PARTS[1:])
+    return f"{row['cpu'] * 1e6:,.0f} us ({parts})"
 
 
 def medians(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -670,7 +701,7 @@ def main() -> None:
                 "name": name,
                 "alone": fast["alone"],
                 "rate": fast["rate"],
-                "cpu": fast["cpu"],
+                **{key: fast[key] for key in CPU_PARTS},
                 "rate_procs": fast_n,
                 "p50": quick["p50"],
                 "p90": quick["p90"],
@@ -681,7 +712,7 @@ def main() -> None:
     print("each configuration (medians of its rounds):")
     for (name, count), row in by_config.items():
         print(
-            f"  {name} x{count}: {row['rate']:,.0f} jobs/s ({row['cpu'] * 1e6:,.0f} us CPU "
+            f"  {name} x{count}: {row['rate']:,.0f} jobs/s ({cpu_text(row)} CPU "
             f"per job); round trip p50 {row['p50'] * 1e3:.2f} ms"
         )
     print(
@@ -711,7 +742,8 @@ def main() -> None:
         f"{args.trips} round trips to idle workers; medians of {args.rounds} rounds"
     )
     print(
-        "| queue | jobs/s end to end | CPU per job | round trip p50 | p90 | "
+        "| queue | jobs/s end to end | CPU per job (client / workers / server) | "
+        "round trip p50 | p90 | "
         "jobs/s underway/peer | CPU underway/peer | p50 underway/peer |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -722,7 +754,7 @@ def main() -> None:
         p50_ratio = f"{ours['p50'] / row['p50']:.2f}" if peer else ""
         print(
             f"| {row['name']} | {row['rate']:,.0f} (x{row['rate_procs']}) | "
-            f"{row['cpu'] * 1e6:,.0f} us | {row['p50'] * 1e3:.2f} ms (x{row['p50_procs']}) | "
+            f"{cpu_text(row)} | {row['p50'] * 1e3:.2f} ms (x{row['p50_procs']}) | "
             f"{row['p90'] * 1e3:.2f} ms | {rate_ratio} | "
             f"{cpu_ratio} | {p50_ratio} |"
         )
