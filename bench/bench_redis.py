@@ -21,9 +21,12 @@ calls and publishes per job. Those tell the round's mode: each job's end is one
 publish (to the submitter), and the publishes above that are jobs handed to idle
 workers at their submission, each of which wakes its worker for itself alone; the
 other jobs were claimed in batches by busy workers. On a 2-core machine rounds differ
-by up to 2x in jobs/s, and CPU per job follows the publishes per job: a round whose
-workers keep up wakes a sleeping process for each job. `--harness-only` runs these
-rounds alone.
+by up to 2x in jobs/s, and CPU per job rises with the publishes per job; but the
+wake-ups are not what limits the rate: with no job handed over at submission and
+idle workers looking every 2 ms instead (no wake-up per job), jobs/s and CPU per job
+stayed where they were. The client, the workers and redis-server together use both
+cores (CPU per job times jobs/s is near 2 s a second), so the rate is bound by the
+CPU each job costs them. `--harness-only` runs these rounds alone.
 
 First, per operation ("what one job costs"): round trips and Redis commands per job
 of a submit, a get, a claim with the end of the previous job (one at a time, and 16
