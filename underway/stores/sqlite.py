@@ -184,15 +184,8 @@ def _insert_statement(sql: str, values: tuple[Any, ...]) -> tuple[str, tuple[Any
     empty = tuple(map(operator.is_, _often_null(values), _NONE))
     if not any(empty):
         return sql, values
-    text, pick = _insert_form(sql, empty)
+    text, pick = _nulls_written(sql, tuple(itertools.compress(_OFTEN_NULL, empty)))
     return text, pick(values)
-
-
-@functools.lru_cache(maxsize=128)
-def _insert_form(
-    sql: str, empty: tuple[bool, ...]
-) -> tuple[str, Callable[[Sequence[Any]], tuple[Any, ...]]]:
-    return _nulls_written(sql, tuple(itertools.compress(_OFTEN_NULL, empty)))
 
 
 def _on_row(events: Sequence[tuple[EventKind, str]]) -> str | None:
@@ -1364,7 +1357,7 @@ def _statement(d: Decision, now: float) -> tuple[str, list[Any]]:
         queued,
         d.started_at is not None,
         d.state in TERMINAL,
-        d.error is not None,
+        d.moves and d.error is not None,
     )
     return sql, values
 
