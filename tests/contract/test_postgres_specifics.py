@@ -37,6 +37,9 @@ pytestmark = pytest.mark.postgres
 def pg_store(postgres_url: str) -> Iterator[PostgresStore]:
     store = open_store(postgres_url)
     assert isinstance(store, PostgresStore)
+    # Each submission looks for an idle worker, whenever the last one found none (the
+    # window in which it would not is tested on its own).
+    store.no_idle_for = 0.0
     yield store
     store.close()
 
@@ -498,6 +501,35 @@ def test_an_idle_process_is_handed_as_many_jobs_as_it_has_idle_slots(
             assert not slot.is_alive()
         taken = claim(worker, worker="w-idle", max_jobs=4)  # the rows that came in by now
         assert {job.id for job in taken} <= {job.id for job in pushed}
+    finally:
+        worker.close()
+
+
+def test_a_submission_soon_after_one_that_found_no_idle_worker_does_not_look(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    """While a submission of a task found no idle worker a moment ago, the next ones of
+    that task are queued without looking (jobs come faster than workers take them), and
+    their news still reaches a worker that became idle meanwhile, which claims them.
+    Once the moment is over, a submission looks again, and is claimed for that worker."""
+    worker = open_store(postgres_url)
+    assert isinstance(worker, PostgresStore)
+    try:
+        pg_store.no_idle_for = 3600.0
+        first = submit(pg_store)  # nobody idle
+        worker.wait_for_work(worker.notifier.version("\x00work"), 0.0)  # it listens
+        assert worker._listener.push_ready.wait(5.0)
+        _end_without_claim(worker, claim_one(worker, worker="w-idle"))  # `first`; idle now
+        seen = worker.notifier.version("\x00work")
+        soon = pg_store.get(submit(pg_store).id)
+        assert soon is not None and soon.state is State.QUEUED and soon.worker is None
+        assert worker.wait_for_work(seen, 5.0) != seen  # its news came
+        got = claim_one(worker, worker="w-idle")
+        assert (got.id, pg_store.get(first.id).state) == (soon.id, State.SUCCEEDED)  # type: ignore[union-attr]
+        _end_without_claim(worker, got)  # idle again
+        pg_store.no_idle_for = 0.0  # the moment is over
+        later = pg_store.get(submit(pg_store).id)
+        assert later is not None and (later.state, later.worker) == (State.RUNNING, "w-idle")
     finally:
         worker.close()
 

@@ -455,8 +455,28 @@ class Statements:
             )
             SELECT pg_notify(coalesce((SELECT channel FROM idle), %(work_channel)s),
                     %(origin)s || coalesce('|' || doc.doc, '')),
-                (SELECT count(*) FROM note), doc.doc
+                (SELECT count(*) FROM note), doc.doc, EXISTS (SELECT 1 FROM idle)
             FROM doc"""
+        # The same, for a job that no idle worker is thought to wait for (a submission
+        # of this process found none a moment ago, see `PostgresStore.enqueue`): queued,
+        # and the news of work to all; the same columns back, the doc always empty.
+        self.submit_queued = f"""
+            WITH ins AS (
+                INSERT INTO {j} (id, task, queue, priority, state, params, max_attempts,
+                    created_at, run_at, timeout, keep_for, owner, idempotency_key,
+                    supersede_key, meta, event_seq)
+                VALUES (%(id)s, %(task)s, %(queue)s, %(priority)s, 'queued', %(params)s,
+                    %(max_attempts)s, %(created_at)s, %(run_at)s, %(timeout)s, %(keep_for)s,
+                    %(owner)s, %(idempotency_key)s, %(supersede_key)s, %(meta)s, %(n)s)
+                ON CONFLICT (idempotency_key) DO NOTHING
+                RETURNING id
+            ), ev AS (
+                INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
+                SELECT ins.id, x.n::int, x.kind, NULL::int, x.data, %(created_at)s::float8, 0
+                FROM ins, unnest(%(kinds)s::text[], %(datas)s::text[])
+                    WITH ORDINALITY AS x(kind, data, n)
+            )
+            SELECT pg_notify(%(work_channel)s, %(origin)s), 0, NULL::text, false FROM ins"""
         self.insert_many = f"""
             WITH new AS (
                 INSERT INTO {j} (id, task, queue, priority, state, params, max_attempts,
