@@ -508,26 +508,30 @@ def test_an_idle_process_is_handed_as_many_jobs_as_it_has_idle_slots(
 def test_a_submission_soon_after_one_that_found_no_idle_worker_does_not_look(
     pg_store: PostgresStore, postgres_url: str
 ) -> None:
-    """While a submission of a task found no idle worker a moment ago, the next ones of
-    that task are queued without looking (jobs come faster than workers take them), and
-    their news still reaches a worker that became idle meanwhile, which claims them.
-    Once the moment is over, a submission looks again, and is claimed for that worker."""
+    """While a submission of a task found no idle worker a moment ago (`no_idle_for`),
+    the next ones of that task are queued without looking and without news of their
+    own (jobs come faster than workers take them); one news for them comes when the
+    moment is over, so a worker that became idle meanwhile claims them. After that, a
+    submission looks again, and is claimed for that worker."""
     worker = open_store(postgres_url)
     assert isinstance(worker, PostgresStore)
     try:
-        pg_store.no_idle_for = 3600.0
+        pg_store.no_idle_for = 1.0  # far longer than the steps below take
         first = submit(pg_store)  # nobody idle
+        started = time.monotonic()
         worker.wait_for_work(worker.notifier.version("\x00work"), 0.0)  # it listens
         assert worker._listener.push_ready.wait(5.0)
         _end_without_claim(worker, claim_one(worker, worker="w-idle"))  # `first`; idle now
         seen = worker.notifier.version("\x00work")
-        soon = pg_store.get(submit(pg_store).id)
-        assert soon is not None and soon.state is State.QUEUED and soon.worker is None
-        assert worker.wait_for_work(seen, 5.0) != seen  # its news came
-        got = claim_one(worker, worker="w-idle")
-        assert (got.id, pg_store.get(first.id).state) == (soon.id, State.SUCCEEDED)  # type: ignore[union-attr]
-        _end_without_claim(worker, got)  # idle again
-        pg_store.no_idle_for = 0.0  # the moment is over
+        soon = [pg_store.get(submit(pg_store).id) for _ in range(3)]
+        assert time.monotonic() - started < 1.0, "too slow a machine for this test"
+        assert [(r.state, r.worker) for r in soon if r] == [(State.QUEUED, None)] * 3
+        assert worker.wait_for_work(seen, 5.0) != seen  # one news for them
+        assert time.monotonic() - started >= 1.0  # when the moment was over
+        got = claim(worker, worker="w-idle", max_jobs=5)
+        assert [r.id for r in got] == [r.id for r in soon if r]
+        assert pg_store.get(first.id).state is State.SUCCEEDED  # type: ignore[union-attr]
+        _end_without_claim(worker, *got)  # idle again
         later = pg_store.get(submit(pg_store).id)
         assert later is not None and (later.state, later.worker) == (State.RUNNING, "w-idle")
     finally:

@@ -22,8 +22,10 @@ its renewals in a row find them waiting while no slot of its process waits for
 work).
 A submission that finds no idle worker for its task spares the submissions of the
 same task in the next `no_idle_for` seconds the search (jobs come faster than the
-workers take them): they are queued by a plain insert, and their news goes to all.
-A worker that becomes idle meanwhile claims such a job after its news.
+workers take them): they are queued by a plain insert, without news of their own;
+a thread of the store sends one news of work to all `no_idle_for` seconds after the
+first of them, so that a worker that became idle meanwhile claims them (each news
+wakes every worker process, so one per job would cost them more than the jobs).
 A worker's slot that writes an end without claiming (it saw the queue drained, and
 waits for work after) renews its process's word in the same statement, as a claim
 that found nothing does; its end is news of work for others only when it frees
@@ -90,8 +92,8 @@ STATS_CHECK = 1.0  # seconds between looks at the jobs table's statistics, while
 # Seconds a submission that found no idle worker for its task spares the next ones of
 # that task the search (`PostgresStore.no_idle_for`): while jobs come faster than the
 # workers take them, none is idle, and the search costs a submission about a sixth of
-# its time and half its server's. A worker that becomes idle meanwhile hears of such a
-# job with every other worker process and claims it (one statement more, ~0.3 ms).
+# its time and half its server's. Such jobs get no news of their own: one news for
+# all of them goes out this long after the first (see `_owe_news`).
 NO_IDLE_FOR = 0.005
 CONNECT_WAIT = 5.0  # seconds a first idle word waits for the listener to connect
 
@@ -137,6 +139,15 @@ class PostgresStore(Store):
         self.no_idle_for = NO_IDLE_FOR
         # By task: when (monotonic) a submission of it last found no idle worker.
         self._none_idle: dict[str, float] = {}
+        # Since when (monotonic) news of work is owed for jobs queued without it, or
+        # None; how many such jobs were queued, and how many of the first of them a
+        # news of work to all came after; the thread that sends it, from the first on.
+        self._owed_since: float | None = None
+        self._silent = self._covered = 0
+        self._news_lock = threading.Lock()
+        self._news_due = threading.Event()
+        self._news_closed = False
+        self._news_thread: threading.Thread | None = None
         self._origin = new_id()[-12:]  # names this instance's own notifications
         self._jobs_channel, self._ends_channel, self._work_channel = schema.channels(self.schema)
         self._lock_prefix = f"underway:{self.schema}:"
@@ -348,6 +359,7 @@ class PostgresStore(Store):
                 + len(record.supersede_key or "")
                 < PUSH_BYTES
             )
+        covers = self._silent  # a news of work to all after this statement covers them
         mark = self.notifier.mark()
         with self._connection() as conn:
             if record.supersede_key is None:
@@ -376,8 +388,12 @@ class PostgresStore(Store):
                 if row is not None:
                     return row_to_record(row), False, []
                 raise StoreUnavailable("an idempotency key was taken and released; try again")
-        if statement is sql.submit and not inserted[3] and record.run_at <= record.created_at:
-            self._none_idle[record.task] = looked
+        if statement is sql.submit_queued:
+            self._owe_news()
+        elif not inserted[3]:  # no idle worker: its news went to all
+            self._news_went(covers)
+            if record.run_at <= record.created_at:
+                self._none_idle[record.task] = looked
         doc = inserted[2]
         if doc is None:
             self.notifier.notify(
@@ -387,6 +403,59 @@ class PostgresStore(Store):
             known = Known(State.RUNNING, load=partial(doc_to_record, doc))
             self.notifier.notify(record.id, known={record.id: known}, since=mark)
         return record, True, superseded
+
+    def _owe_news(self) -> None:
+        """A job was queued without news of work (see `Statements.submit_queued`): have
+        the news thread send one `no_idle_for` seconds after the first such job."""
+        with self._news_lock:
+            self._silent += 1
+            if self._owed_since is not None or self._news_closed:
+                return
+            self._owed_since = time.monotonic()
+            if self._news_thread is None:
+                self._news_thread = threading.Thread(
+                    target=self._send_news, name="underway-pg-news", daemon=True
+                )
+                self._news_thread.start()
+        self._news_due.set()
+
+    def _news_went(self, covers: int) -> None:
+        """A news of work to all came after the first `covers` jobs queued without
+        news: nothing is owed for those."""
+        if covers <= self._covered:
+            return
+        with self._news_lock:
+            self._covered = max(self._covered, covers)
+            if self._covered >= self._silent:
+                self._owed_since = None
+
+    def _send_news(self) -> None:
+        """The news thread: one news of work to all worker processes, `no_idle_for`
+        seconds after the first job queued without news since the last one."""
+        while True:
+            self._news_due.wait()
+            with self._news_lock:
+                self._news_due.clear()
+                since = self._owed_since
+                if self._news_closed:
+                    return
+            if since is None:
+                continue
+            left = since + self.no_idle_for - time.monotonic()
+            if left > 0:
+                self._news_due.wait(left)
+                self._news_due.set()  # look again (a close, or the time came)
+                continue
+            with self._news_lock:
+                self._owed_since = None
+                covers = self._silent
+            try:
+                with self._connection() as conn:
+                    conn.execute("SELECT pg_notify(%s, %s)", (self._work_channel, self._origin))
+                self._news_went(covers)
+            except (StoreUnavailable, psycopg.Error) as exc:
+                # The jobs are queued: idle workers find them at their next look.
+                log.warning("could not send the news of queued work: %s", exc)
 
     def enqueue_many(
         self, records: Sequence[JobRecord], events: Sequence[tuple[EventKind, str]]
@@ -993,6 +1062,19 @@ class PostgresStore(Store):
             conn.execute("SELECT 1")
 
     def close(self) -> None:
+        with self._news_lock:
+            self._news_closed = True
+            thread, owed = self._news_thread, self._owed_since is not None
+        self._news_due.set()
+        if thread is not None:
+            thread.join(timeout=5)
+        if owed:  # sent now rather than a moment later
+            try:
+                with self._pool.connection(timeout=1.0) as conn:
+                    conn.execute("SELECT pg_notify(%s, %s)", (self._work_channel, self._origin))
+            except psycopg.Error:
+                pass  # idle workers find the jobs at their next look
+
         def wake() -> None:
             try:
                 with self._pool.connection(timeout=1.0) as conn:

@@ -459,7 +459,8 @@ class Statements:
             FROM doc"""
         # The same, for a job that no idle worker is thought to wait for (a submission
         # of this process found none a moment ago, see `PostgresStore.enqueue`): queued,
-        # and the news of work to all; the same columns back, the doc always empty.
+        # without news (the store sends one for all such jobs a moment later); the
+        # same columns back, the doc always empty.
         self.submit_queued = f"""
             WITH ins AS (
                 INSERT INTO {j} (id, task, queue, priority, state, params, max_attempts,
@@ -476,7 +477,7 @@ class Statements:
                 FROM ins, unnest(%(kinds)s::text[], %(datas)s::text[])
                     WITH ORDINALITY AS x(kind, data, n)
             )
-            SELECT pg_notify(%(work_channel)s, %(origin)s), 0, NULL::text, false FROM ins"""
+            SELECT NULL, 0, NULL::text, false FROM ins"""
         self.insert_many = f"""
             WITH new AS (
                 INSERT INTO {j} (id, task, queue, priority, state, params, max_attempts,
