@@ -4,8 +4,10 @@
     python bench/bench_postgres.py [--jobs 2000] [--trips 200] [--procs 1,2] [--bulk 5000]
 
 Starts its own PostgreSQL server (tests/support/postgres_server.py) with
-pg_stat_statements loaded; each queue gets a database of its own on it. Measures,
-in one run, for each queue (a peer that is not installed is left out):
+pg_stat_statements loaded, counting only while the bulk path's statements are
+counted (it costs each statement some time); each queue gets a database of its own
+on it. Measures, in one run, for each queue (a peer that is not installed is left
+out):
 
 - end to end: `--jobs` no-op jobs submitted one by one (one call each, from one
   client) to idle worker processes; jobs/s from the first submission to
@@ -94,6 +96,15 @@ def statements(url: str) -> int:
 def reset(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_stat_statements_reset()")
+
+
+def track(url: str, on: bool) -> None:
+    """Have pg_stat_statements count statements (every session, at its next one), or
+    not: it is on only while `bulk_statements` counts, since it costs every statement
+    some time, and so a queue that sends more statements per job more."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"ALTER SYSTEM SET pg_stat_statements.track = {'top' if on else 'none'}")
+        conn.execute("SELECT pg_reload_conf()")
 
 
 def database(server_url: str, name: str) -> str:
@@ -548,13 +559,17 @@ def bulk_statements(base: str, jobs: int, procs: int, slots: int) -> tuple[float
     uw = build_app(url)
     for start in range(0, jobs, 500):
         uw.submit_many("noop", [{} for _ in range(min(500, jobs - start))])
+    track(base, True)
     reset(base)
     started = time.perf_counter()
-    with underway_workers(url, procs, slots):
-        while uw.count(state=State.SUCCEEDED) < jobs:
-            time.sleep(0.01)
-        took = time.perf_counter() - started
-        sent = statements(base)
+    try:
+        with underway_workers(url, procs, slots):
+            while uw.count(state=State.SUCCEEDED) < jobs:
+                time.sleep(0.01)
+            took = time.perf_counter() - started
+            sent = statements(base)
+    finally:
+        track(base, False)
     uw.close()
     return jobs / took, sent / jobs
 
@@ -642,6 +657,7 @@ def main() -> None:
     with PostgresServer(settings={"shared_preload_libraries": "pg_stat_statements"}) as server:
         with psycopg.connect(server.url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        track(server.url, False)
         bare = bare_round_trip(server.url)
         select = select_round_trip(server.url)
         ping_pong = notify_ping_pong(server.url)
