@@ -73,6 +73,7 @@ from .postgres_sql import (
     Statements,
     cached_text_array,
     doc_to_record,
+    event_arrays,
     fetch,
     fetch_many,
     job_values,
@@ -340,18 +341,14 @@ class PostgresStore(Store):
     ) -> tuple[JobRecord, bool, list[str]]:
         sql = self._sql
         superseded: list[str] = []
-        values = {
-            **self._names(),
-            **job_values(record),
-            "n": len(events),
-            "kinds": cached_text_array(tuple(k.value for k, _ in events)),
-            "datas": text_array(d for _, d in events),
-        }
+        values = job_values(record)
+        values["n"], values["kinds"], values["datas"] = event_arrays(tuple(events))
         # No idle worker for its task a moment ago: none is looked for (`no_idle_for`).
         looked = time.monotonic()
         statement = sql.submit_queued
         if looked - self._none_idle.get(record.task, -inf) >= self.no_idle_for:
             statement = sql.submit
+            values.update(self._names())
             values["doc_head"], values["doc_tail"] = push_doc(values)
             # Its row must fit in the notification that hands it to a worker.
             values["pushable"] = (

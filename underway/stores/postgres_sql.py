@@ -22,7 +22,7 @@ from psycopg import pq
 from psycopg.adapt import Transformer
 
 from .._util import dumps
-from ..records import JobRecord
+from ..records import EventKind, JobRecord
 from . import postgres_schema as schema
 from .base import ROW_COLUMNS, row_record
 
@@ -91,6 +91,17 @@ def text_array(values: Iterable[str]) -> str:
         "{"
         + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
         + "}"
+    )
+
+
+@lru_cache(maxsize=64)
+def event_arrays(events: tuple[tuple[EventKind, str], ...]) -> tuple[int, str, str]:
+    """A new job's events as the submission binds them: how many, their kinds and
+    their data (`text[]` literals); the same few recur (`lifecycle.submitted`)."""
+    return (
+        len(events),
+        text_array(kind.value for kind, _ in events),
+        text_array(data for _, data in events),
     )
 
 
