@@ -15,7 +15,9 @@ out):
   and by part: the client (this process), the worker processes and the PostgreSQL
   server's processes (read from /proc; a steadier figure than jobs/s on a shared
   machine; on 2 cores, a sum near 2 s per second of the run means the rate is bound
-  by CPU, not by waiting);
+  by CPU, not by waiting); each timing starts on a quiet server (`quiesce`: a
+  CHECKPOINT, and no autovacuum at work), so that no queue is timed beside the
+  previous one's aftermath;
 - round trip: one job at a time submitted to idle workers and waited for; p50/p90.
   underway waits with `handle.wait()`; the peers have no such call, so a trigger of
   the benchmark's own turns their "done" row into a NOTIFY that the client LISTENs
@@ -504,6 +506,22 @@ def progress_costs(url: str, rounds: int = 3) -> tuple[float, float, float]:
     return min(postgres), min(sqlite), min(bare)
 
 
+def quiesce(server: PostgresServer, wait: float = 30.0) -> None:
+    """Let the server finish what the previous queue left it (a checkpoint of the pages
+    it wrote, autovacuum of its tables) before the next timing starts, so that no
+    queue is timed beside another's aftermath."""
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+            ).fetchone()
+            if not row or not row[0]:
+                return
+            time.sleep(0.1)
+
+
 def end_to_end(
     queue: Queue, jobs: int, workers: list[int], server: PostgresServer
 ) -> tuple[float, dict[str, float]]:
@@ -511,6 +529,7 @@ def end_to_end(
     and the CPU seconds per job meanwhile of this process (`client`), the `workers`
     and the PostgreSQL server's processes (`server`: backends that started during the
     run included), and their sum (`cpu`)."""
+    quiesce(server)
     client = time.process_time()
     before = cpu_by_pid(workers + server_pids(server))
     started = time.perf_counter()
@@ -589,6 +608,7 @@ def measure(
     out: dict[str, Any] = {"name": name}
     queue = make(alone)
     try:
+        quiesce(server)
         out["alone"] = submit_alone(queue, args.jobs)
     finally:
         queue.close()
