@@ -336,6 +336,7 @@ class UnderwayQueue(Queue):
 
     def __init__(self, url: str) -> None:
         self.uw = build_app(url)
+        self.uw.count()  # connected (and the schema checked) now, as the peers connect here
 
     def submit(self) -> Any:
         return self.uw.submit("noop")
