@@ -88,6 +88,21 @@ def test_idempotency_key_returns_the_existing_job(store: Store) -> None:
     assert created and other.id != first.id
 
 
+def test_keys_of_any_characters_stay_distinct_and_read_back_as_given(store: Store) -> None:
+    """The engine's keys hold a NUL between the owner and the caller's key, which a
+    store must keep as it keeps any other character (PostgreSQL's text holds none)."""
+    keys = ["owner\x00k", "owner\x00k2", "\x00k", "a\\0b", "a\x00b", "a\\\x00b", "\\"]
+    jobs = [submit(store, idempotency_key=k, supersede_key=k) for k in keys]
+    assert len({job.id for job in jobs}) == len(keys)
+    for key, job in zip(keys, jobs, strict=True):
+        got = store.get(job.id)
+        assert got is not None and (got.idempotency_key, got.supersede_key) == (key, key)
+        again, created, _ = enqueue(store, record(idempotency_key=key))
+        assert not created and again.id == job.id and again.idempotency_key == key
+        _, created, superseded = enqueue(store, record(supersede_key=key))
+        assert created and superseded == [job.id]
+
+
 def test_idempotency_key_is_free_again_once_the_job_is_gone(store: Store) -> None:
     first = submit(store, idempotency_key="k")
     cancel(store, first.id)

@@ -373,14 +373,14 @@ class PostgresStore(Store):
                         for r in conn.execute(
                             f"SELECT id FROM {sql.jobs} WHERE supersede_key = %s "
                             "AND state IN ('queued', 'running') ORDER BY id",
-                            (record.supersede_key,),
+                            (values["supersede_key"],),
                         )
                     ]
                     inserted = run(conn, statement, values).fetchone()
             if inserted is None:  # the idempotency key names a job that exists
                 row = conn.execute(
                     f"SELECT {COLUMNS} FROM {sql.jobs} WHERE idempotency_key = %s",
-                    (record.idempotency_key,),
+                    (values["idempotency_key"],),
                 ).fetchone()
                 if row is not None:
                     return row_to_record(row), False, []

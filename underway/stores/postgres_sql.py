@@ -36,9 +36,35 @@ COLUMN_NAMES = ROW_COLUMNS
 COLUMNS = ", ".join(COLUMN_NAMES)
 
 
+_KEYS = (COLUMN_NAMES.index("idempotency_key"), COLUMN_NAMES.index("supersede_key"))
+_ESCAPED = re.compile(r"\\(.)", re.S)
+
+
+def stored_key(key: str | None) -> str | None:
+    """An idempotency or supersede key as the jobs table keeps it. PostgreSQL's text
+    holds no NUL, and the engine's keys always hold one (between the owner and the
+    caller's key): NUL is written `\\0`, and a backslash `\\\\`."""
+    if key is None:
+        return None
+    return key.replace("\\", "\\\\").replace("\x00", "\\0")
+
+
+def _read_key(text: str | None) -> str | None:
+    """The key `stored_key` wrote as `text`."""
+    if text is None or "\\" not in text:
+        return text
+    return _ESCAPED.sub(lambda m: "\x00" if m.group(1) == "0" else m.group(1), text)
+
+
 def row_to_record(row: Sequence[Any], position: int | None = None) -> JobRecord:
     """The record of a row that starts with `COLUMN_NAMES` (claims add columns after)."""
-    return row_record(row[: len(COLUMN_NAMES)], position)
+    cells = row[: len(COLUMN_NAMES)]
+    idem, sup = _KEYS
+    if cells[idem] is not None or cells[sup] is not None:
+        keys = list(cells)
+        keys[idem], keys[sup] = _read_key(cells[idem]), _read_key(cells[sup])
+        return row_record(keys, position)
+    return row_record(cells, position)
 
 
 def doc_to_record(doc: str) -> JobRecord:
@@ -60,8 +86,8 @@ def job_values(record: JobRecord) -> dict[str, Any]:
         "timeout": record.timeout,
         "keep_for": record.keep_for,
         "owner": record.owner,
-        "idempotency_key": record.idempotency_key,
-        "supersede_key": record.supersede_key,
+        "idempotency_key": stored_key(record.idempotency_key),
+        "supersede_key": stored_key(record.supersede_key),
         "meta": dumps(record.meta) if record.meta else None,
     }
 
