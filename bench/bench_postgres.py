@@ -2,6 +2,7 @@
 
     pip install -e '.[postgres,bench-postgres]'
     python bench/bench_postgres.py [--jobs 2000] [--trips 200] [--procs 1,2] [--bulk 5000]
+        [--rounds 1] [--no-idle-for SECONDS]
 
 Starts its own PostgreSQL server (tests/support/postgres_server.py) with
 pg_stat_statements loaded, counting only while the bulk path's statements are
@@ -78,6 +79,7 @@ import psycopg  # noqa: E402
 from tests.crash.crash_app import build_app  # noqa: E402
 from tests.support.postgres_server import PostgresServer, with_schema  # noqa: E402
 from underway import Job, State, Underway  # noqa: E402
+from underway.stores.postgres import PostgresStore  # noqa: E402
 
 PEERS = ("procrastinate", "pgqueuer")
 PROCRASTINATE_CONCURRENCY = 8
@@ -333,10 +335,14 @@ class Queue:
 
 class UnderwayQueue(Queue):
     name = "underway"
+    no_idle_for: float | None = None  # `--no-idle-for`; None: the store's own
 
     def __init__(self, url: str) -> None:
         self.uw = build_app(url)
         self.uw.count()  # connected (and the schema checked) now, as the peers connect here
+        store = self.uw.store
+        if self.no_idle_for is not None and isinstance(store, PostgresStore):
+            store.no_idle_for = self.no_idle_for
 
     def submit(self) -> Any:
         return self.uw.submit("noop")
@@ -659,9 +665,16 @@ def main() -> None:
     parser.add_argument("--bulk", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=1, help="turns of every queue; medians")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated; '' for none")
+    parser.add_argument(
+        "--no-idle-for",
+        type=float,
+        help="underway's submissions: PostgresStore.no_idle_for (0: every submission looks "
+        "for an idle worker and announces its job, as before that window existed)",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("PEER", "URL"), help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=PGQUEUER_BATCH, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    UnderwayQueue.no_idle_for = args.no_idle_for
     if args.worker:
         peer, url = args.worker
         if peer == "procrastinate":
