@@ -291,7 +291,7 @@ class PostgresStore(Store):
         if not self._feed.idle_slots():
             try:
                 with self._pool.connection(timeout=1.0) as conn:
-                    conn.execute("SELECT pg_notify(%s, %s)", (self._work_channel, self._origin))
+                    self._announce_work(conn)
             except psycopg.Error:
                 pass  # the idle slots elsewhere claim within their poll
         self.notifier.notify(WORK)
@@ -448,11 +448,15 @@ class PostgresStore(Store):
                 covers = self._silent
             try:
                 with self._connection() as conn:
-                    conn.execute("SELECT pg_notify(%s, %s)", (self._work_channel, self._origin))
+                    self._announce_work(conn)
                 self._news_went(covers)
             except (StoreUnavailable, psycopg.Error) as exc:
                 # The jobs are queued: idle workers find them at their next look.
                 log.warning("could not send the news of queued work: %s", exc)
+
+    def _announce_work(self, conn: psycopg.Connection[Any]) -> None:
+        """News of work to every worker process."""
+        conn.execute("SELECT pg_notify(%s, %s)", (self._work_channel, self._origin))
 
     def enqueue_many(
         self, records: Sequence[JobRecord], events: Sequence[tuple[EventKind, str]]
@@ -485,7 +489,7 @@ class PostgresStore(Store):
                         "datas": datas,
                     },
                 )
-            conn.execute("SELECT pg_notify(%s, %s)", (self._work_channel, self._origin))
+            self._announce_work(conn)
         self.notifier.notify(WORK)
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -1068,7 +1072,7 @@ class PostgresStore(Store):
         if owed:  # sent now rather than a moment later
             try:
                 with self._pool.connection(timeout=1.0) as conn:
-                    conn.execute("SELECT pg_notify(%s, %s)", (self._work_channel, self._origin))
+                    self._announce_work(conn)
             except psycopg.Error:
                 pass  # idle workers find the jobs at their next look
 

@@ -442,6 +442,12 @@ class Statements:
         # is as `json_build_array` would make it, from the caller's parts
         # (`push_doc`) and the worker and lease the word gave: the server builds no
         # JSON and returns no row of its own.
+        # A new job's first events (`ins`: the inserted job), as both submissions write them.
+        first_events = f"""
+                INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
+                SELECT ins.id, x.n::int, x.kind, NULL::int, x.data, %(created_at)s::float8, 0
+                FROM ins, unnest(%(kinds)s::text[], %(datas)s::text[])
+                    WITH ORDINALITY AS x(kind, data, n)"""
         self.submit = f"""
             WITH idle AS (
                 UPDATE {idle} SET slots = coalesce(slots, 1) - 1 WHERE channel = (
@@ -473,10 +479,7 @@ class Statements:
                 ON CONFLICT (idempotency_key) DO NOTHING
                 RETURNING j.id, j.state, j.worker, j.lease_until
             ), ev AS (
-                INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
-                SELECT ins.id, x.n::int, x.kind, NULL::int, x.data, %(created_at)s::float8, 0
-                FROM ins, unnest(%(kinds)s::text[], %(datas)s::text[])
-                    WITH ORDINALITY AS x(kind, data, n)
+                {first_events}
                 UNION ALL
                 SELECT ins.id, %(n)s::int + 1, 'state', NULL, '{{"state":"running","attempt":1}}',
                     %(created_at)s::float8, 1
@@ -509,10 +512,7 @@ class Statements:
                 ON CONFLICT (idempotency_key) DO NOTHING
                 RETURNING id
             ), ev AS (
-                INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
-                SELECT ins.id, x.n::int, x.kind, NULL::int, x.data, %(created_at)s::float8, 0
-                FROM ins, unnest(%(kinds)s::text[], %(datas)s::text[])
-                    WITH ORDINALITY AS x(kind, data, n)
+                {first_events}
             )
             SELECT NULL, 0, NULL::text, false FROM ins"""
         self.insert_many = f"""
