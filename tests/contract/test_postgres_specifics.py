@@ -648,19 +648,21 @@ def test_the_row_a_submission_sends_an_idle_worker_is_the_row_it_stored(
 ) -> None:
     """The submission builds the row it sends with the job (the server adds the
     worker and its lease): the worker's record is the stored job's, whatever the
-    parameters, names and numbers hold."""
+    parameters, names and numbers hold (the caller's names a NUL too, which the
+    table keeps as `\\0`; a queue is named by the application, and is not escaped)."""
     worker = open_store(postgres_url)
     assert isinstance(worker, PostgresStore)
     odd = 'é "quoted" \\ back\\slash \u2603 \n line'
+    nul = odd + " \x00 nul \\0 \\\x00"
     try:
         for changes in (
             {},
             {
-                "params": {"s": odd, "n": [1, 2.5, None, True], "big": 10**20},
-                "owner": odd,
-                "idempotency_key": odd,
-                "supersede_key": odd,
-                "meta": {"m": odd},
+                "params": {"s": nul, "n": [1, 2.5, None, True], "big": 10**20},
+                "owner": nul,
+                "idempotency_key": nul,
+                "supersede_key": nul,
+                "meta": {"m": nul},
                 "priority": -3,
                 "max_attempts": 4,
                 "timeout": 2.0,

@@ -103,6 +103,29 @@ def test_keys_of_any_characters_stay_distinct_and_read_back_as_given(store: Stor
         assert created and superseded == [job.id]
 
 
+def test_owners_of_any_characters_read_back_and_filter_as_given(store: Store) -> None:
+    """An owner is the caller's text, which a store keeps as it keeps any other: on
+    every path a record is read by (a get, a listing, a claim, a final record sent
+    with the news of its end), and in a listing by owner (PostgreSQL's text holds no
+    NUL, and `\\0` is how it keeps one)."""
+    owners = ["o\x00a", "o\x00b", "o", "o\\0a", "o\\\x00a", "\\", "\x00", "o\\"]
+    one = {owner: submit(store, owner=owner).id for owner in owners}
+    store.enqueue_many([record(owner=owner) for owner in owners], lifecycle.submitted())
+    for owner in owners:
+        got = store.get(one[owner])
+        assert got is not None and got.owner == owner
+        listed = store.list_jobs(owner=owner).jobs
+        assert len(listed) == 2 and one[owner] in {r.id for r in listed}
+        assert {r.owner for r in listed} == {owner}
+    claimed = claim(store, max_jobs=2 * len(owners))
+    assert sorted(r.owner or "" for r in claimed) == sorted(2 * owners)
+    for job in claimed[:3]:
+        assert finish(store, job) is not None
+        _, known = store.notifier.known(job.id)
+        told = None if known is None else known.full()
+        assert told is None or told.owner == job.owner
+
+
 def test_idempotency_key_is_free_again_once_the_job_is_gone(store: Store) -> None:
     first = submit(store, idempotency_key="k")
     cancel(store, first.id)

@@ -81,6 +81,7 @@ from .postgres_sql import (
     push_doc,
     row_to_record,
     run,
+    stored_name,
     text_array,
 )
 
@@ -483,7 +484,7 @@ class PostgresStore(Store):
                         "run_at": [r.run_at for r in chunk],
                         "timeouts": [r.timeout for r in chunk],
                         "keep_for": [r.keep_for for r in chunk],
-                        "owners": [r.owner for r in chunk],
+                        "owners": [stored_name(r.owner) for r in chunk],
                         "metas": [dumps(r.meta) if r.meta else None for r in chunk],
                         "kinds": kinds,
                         "datas": datas,
@@ -509,7 +510,9 @@ class PostgresStore(Store):
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        where, args = listing_filter(task=task, state=state, owner=owner, cursor=cursor, mark="%s")
+        where, args = listing_filter(
+            task=task, state=state, owner=stored_name(owner), cursor=cursor, mark="%s"
+        )
         sql = f"SELECT {COLUMNS} FROM {self._sql.jobs}{where} ORDER BY id DESC LIMIT %s"
         args.append(limit + 1)
         with self._connection() as conn:

@@ -36,21 +36,31 @@ COLUMN_NAMES = ROW_COLUMNS
 COLUMNS = ", ".join(COLUMN_NAMES)
 
 
-_KEYS = (COLUMN_NAMES.index("idempotency_key"), COLUMN_NAMES.index("supersede_key"))
+# The caller's names, which may hold any character: the owner, and the idempotency
+# and supersede keys (the engine's keys always hold a NUL, between the owner and the
+# caller's key). PostgreSQL's text holds no NUL, and libpq cuts a string at one, so
+# the jobs table keeps them, and every lookup by them is made, with NUL written `\0`
+# and a backslash `\\` (`stored_name`); `_read_name` reads them back.
+# A name with neither is stored as it is, so a row written before names were escaped
+# reads back unchanged, unless its name holds a backslash: `a\b` then reads `ab`
+# (`a\0b` as a NUL between `a` and `b`), and a lookup by `a\b` (an owner's listing,
+# a taken key) misses the row. Such names are rare and old rows go with their
+# `keep_for`; rewriting them would take a scan of the whole table, and could not
+# tell them from keys escaped since.
+_NAMES = tuple(COLUMN_NAMES.index(c) for c in ("owner", "idempotency_key", "supersede_key"))
 _ESCAPED = re.compile(r"\\(.)", re.S)
 
 
-def stored_key(key: str | None) -> str | None:
-    """An idempotency or supersede key as the jobs table keeps it. PostgreSQL's text
-    holds no NUL, and the engine's keys always hold one (between the owner and the
-    caller's key): NUL is written `\\0`, and a backslash `\\\\`."""
-    if key is None:
+def stored_name(name: str | None) -> str | None:
+    """An owner, idempotency or supersede key as the jobs table keeps it (see
+    `_NAMES`): NUL is written `\\0`, and a backslash `\\\\`."""
+    if name is None:
         return None
-    return key.replace("\\", "\\\\").replace("\x00", "\\0")
+    return name.replace("\\", "\\\\").replace("\x00", "\\0")
 
 
-def _read_key(text: str | None) -> str | None:
-    """The key `stored_key` wrote as `text`."""
+def _read_name(text: str | None) -> str | None:
+    """The name `stored_name` wrote as `text`."""
     if text is None or "\\" not in text:
         return text
     return _ESCAPED.sub(lambda m: "\x00" if m.group(1) == "0" else m.group(1), text)
@@ -59,11 +69,12 @@ def _read_key(text: str | None) -> str | None:
 def row_to_record(row: Sequence[Any], position: int | None = None) -> JobRecord:
     """The record of a row that starts with `COLUMN_NAMES` (claims add columns after)."""
     cells = row[: len(COLUMN_NAMES)]
-    idem, sup = _KEYS
-    if cells[idem] is not None or cells[sup] is not None:
-        keys = list(cells)
-        keys[idem], keys[sup] = _read_key(cells[idem]), _read_key(cells[sup])
-        return row_record(keys, position)
+    for i in _NAMES:
+        if cells[i] is not None and "\\" in cells[i]:
+            names = list(cells)
+            for j in _NAMES:
+                names[j] = _read_name(cells[j])
+            return row_record(names, position)
     return row_record(cells, position)
 
 
@@ -85,9 +96,9 @@ def job_values(record: JobRecord) -> dict[str, Any]:
         "run_at": record.run_at,
         "timeout": record.timeout,
         "keep_for": record.keep_for,
-        "owner": record.owner,
-        "idempotency_key": stored_key(record.idempotency_key),
-        "supersede_key": stored_key(record.supersede_key),
+        "owner": stored_name(record.owner),
+        "idempotency_key": stored_name(record.idempotency_key),
+        "supersede_key": stored_name(record.supersede_key),
         "meta": dumps(record.meta) if record.meta else None,
     }
 
