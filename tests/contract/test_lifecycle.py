@@ -64,6 +64,57 @@ def test_progress_output_and_log_keep_one_order(store: Store) -> None:
     assert store.events(job.id, after=len(events)) == []
 
 
+# Text a caller or a task may hand over: a NUL, backslashes, and the text `\0` (how
+# PostgreSQL, whose text holds no NUL, keeps a NUL in the names it escapes).
+ODD = ["a\x00b", "\x00", "a\\0b", "\\", "\\\x00", "é \u2603 \n"]
+
+
+def test_text_of_any_characters_reads_back_as_given(store: Store) -> None:
+    """Parameters, meta (at submission and changed later), progress, output, log
+    lines, a result and an error read back as they were given, on every path."""
+    data = {text: text for text in ODD}
+    job = submit(store, params={"p": ODD, **data}, meta={"m": ODD, **data})
+    assert store.update_meta(job.id, {"later": ODD, **{t + "!": t for t in ODD}})
+    meta = {"m": ODD, **data, "later": ODD, **{t + "!": t for t in ODD}}
+    got = store.get(job.id)
+    assert got is not None and got.params == {"p": ODD, **data} and got.meta == meta
+    claimed = claim_one(store)
+    assert claimed.params == got.params and claimed.meta == meta
+    held = fence(claimed)
+    now = time.time()
+    for text in ODD:
+        assert store.save_progress(job.id, held, Progress(current=1, message=text), now)
+        got = store.get(job.id)
+        assert got is not None and got.progress.message == text
+    assert store.append(job.id, held, [output_item(ODD), *map(output_item, ODD)], now)
+    assert store.append(job.id, held, [log_item(text) for text in ODD], now)
+    assert store.output(job.id) == [ODD, *ODD]
+    done = finish(store, claimed, result={"r": ODD, **data})
+    assert done is not None and done.result == {"r": ODD, **data} and done.meta == meta
+    events = [(e.kind, e.data) for e in store.events(job.id)]
+    assert [d["message"] for k, d in events if k is EventKind.PROGRESS] == ODD
+    assert [d["item"] for k, d in events if k is EventKind.OUTPUT] == [ODD, *ODD]
+    assert [d for k, d in events if k is EventKind.LOG] == ODD
+    failed = submit(store)
+    error = ErrorInfo(type="Boom", message=ODD[0] + ODD[2], traceback="".join(ODD))
+    assert finish(store, claim_one(store), state=State.FAILED, error=error) is not None
+    got = store.get(failed.id)
+    assert got is not None and got.error == error
+
+
+def test_update_meta_changes_the_keys_it_names_and_keeps_the_others(store: Store) -> None:
+    job = submit(store, meta={"a": 1, "b": {"x": 1}})
+    assert store.update_meta(job.id, {"b": 2, "c": [3]})
+    assert store.update_meta(job.id, {"d": "4"})
+    got = store.get(job.id)
+    assert got is not None and got.meta == {"a": 1, "b": 2, "c": [3], "d": "4"}
+    bare = submit(store)
+    assert store.update_meta(bare.id, {"k": "v"})
+    got = store.get(bare.id)
+    assert got is not None and got.meta == {"k": "v"}
+    assert not store.update_meta("nope", {"k": "v"})
+
+
 def test_progress_and_output_are_refused_unless_running_under_the_fence(store: Store) -> None:
     job = submit(store)
     now = time.time()

@@ -1002,14 +1002,19 @@ class PostgresStore(Store):
 
     # -- callers ---------------------------------------------------------------------
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
-        with self._connection() as conn:
-            row = conn.execute(
-                self._sql.update_meta,
-                {**self._names(), "id": job_id, "changes": dumps(dict(changes))},
-            ).fetchone()
-        if row is not None:
-            self.notifier.notify(job_id)
-        return row is not None
+        # Merged here, under the row's lock, rather than by the server's `jsonb ||`:
+        # jsonb holds no string with a NUL (`\u0000`), which JSON text, and so the
+        # meta column, holds.
+        with self._connection() as conn, conn.transaction():
+            row = conn.execute(self._sql.meta_for_update, (job_id,)).fetchone()
+            if row is None:
+                return False
+            meta = {**(loads(row[0]) or {}), **changes}
+            conn.execute(
+                self._sql.update_meta, {**self._names(), "id": job_id, "meta": dumps(meta)}
+            )
+        self.notifier.notify(job_id)
+        return True
 
     def delete(self, job_id: str) -> bool:
         with self._connection() as conn:

@@ -717,11 +717,11 @@ class Statements:
         self.expired = f"""
             SELECT {COLUMNS} FROM {j}
             WHERE state = 'running' AND lease_until < %(now)s LIMIT %(limit)s"""
+        # A job's meta, merged with the changes by the caller (`PostgresStore.update_meta`)
+        # in the same transaction.
+        self.meta_for_update = f"SELECT meta FROM {j} WHERE id = %s FOR UPDATE"
         self.update_meta = f"""
-            WITH u AS (
-                UPDATE {j} SET meta = (coalesce(meta, '{{}}')::jsonb || %(changes)s::jsonb)::text
-                WHERE id = %(id)s RETURNING id
-            )
+            WITH u AS (UPDATE {j} SET meta = %(meta)s WHERE id = %(id)s RETURNING id)
             SELECT {notify_jobs} FROM u"""
         self.delete = f"""
             WITH u AS (DELETE FROM {j} WHERE id = %(id)s RETURNING id),
