@@ -790,6 +790,10 @@ def test_a_statement_run_directly_raises_as_psycopg_would(postgres_url: str) -> 
         with pytest.raises(psycopg.errors.DivisionByZero):
             fetch(conn, "SELECT 1 / %(z)s::int", {"z": 0})
         assert fetch(conn, "SELECT 1 / %(z)s::int", {"z": 1}) == [(1,)]
+        # Text with a NUL, which libpq would send cut at the NUL.
+        for run_it in (fetch, lambda c, q, v: fetch_many(c, [(q, v)])):
+            with pytest.raises(psycopg.DataError):
+                run_it(conn, "SELECT %(s)s::text", {"s": "a\x00b"})
         pid = conn.info.backend_pid
         with psycopg.connect(conninfo, autocommit=True) as other:
             other.execute("SELECT pg_terminate_backend(%s)", (pid,))

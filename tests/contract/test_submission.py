@@ -126,6 +126,19 @@ def test_owners_of_any_characters_read_back_and_filter_as_given(store: Store) ->
         assert told is None or told.owner == job.owner
 
 
+def test_an_id_with_a_nul_names_no_job(store: Store) -> None:
+    """Not the job its text before the NUL names (libpq cuts a string there)."""
+    job = submit(store, owner="o")
+    for other in (job.id + "\x00", job.id + "\x00x", "\x00" + job.id):
+        assert store.get(other) is None
+        assert store.events(other) == [] and store.output(other) == []
+        assert not store.update_meta(other, {"k": "v"})
+        assert not store.delete(other)
+    assert store.list_jobs(task="t\x00").jobs == []
+    got = store.get(job.id)
+    assert got is not None and got.meta == {} and len(store.events(job.id)) == 1
+
+
 def test_idempotency_key_is_free_again_once_the_job_is_gone(store: Store) -> None:
     first = submit(store, idempotency_key="k")
     cancel(store, first.id)

@@ -114,6 +114,12 @@ def safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
 
 
+def _names_no_job(job_id: str) -> bool:
+    """An id a caller gave that holds a NUL names no job: the store's ids never do,
+    and PostgreSQL's text holds none, so the server could not be asked."""
+    return "\x00" in job_id
+
+
 def split_url(url: str) -> tuple[str, str]:
     """The libpq URL (without underway's own `schema` option) and the schema name."""
     parts = urlsplit(url)
@@ -494,6 +500,8 @@ class PostgresStore(Store):
         self.notifier.notify(WORK)
 
     def get(self, job_id: str) -> JobRecord | None:
+        if _names_no_job(job_id):
+            return None
         with self._connection() as conn:
             rows = fetch(conn, self._sql.get, {"id": job_id})
         row = rows[0] if rows else None
@@ -510,6 +518,10 @@ class PostgresStore(Store):
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
+        if task is not None and "\x00" in task:
+            # No job's task holds one (`postgres_sql._bind` refuses it), and the server
+            # could not be asked.
+            return Page(jobs=[], next_cursor=None)
         where, args = listing_filter(
             task=task, state=state, owner=stored_name(owner), cursor=cursor, mark="%s"
         )
@@ -1002,6 +1014,8 @@ class PostgresStore(Store):
 
     # -- callers ---------------------------------------------------------------------
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
+        if _names_no_job(job_id):
+            return False
         # Merged here, under the row's lock, rather than by the server's `jsonb ||`:
         # jsonb holds no string with a NUL (`\u0000`), which JSON text, and so the
         # meta column, holds.
@@ -1017,6 +1031,8 @@ class PostgresStore(Store):
         return True
 
     def delete(self, job_id: str) -> bool:
+        if _names_no_job(job_id):
+            return False
         with self._connection() as conn:
             row = conn.execute(self._sql.delete, {**self._names(), "id": job_id}).fetchone()
         if row is not None:
@@ -1025,6 +1041,8 @@ class PostgresStore(Store):
         return row is not None
 
     def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        if _names_no_job(job_id):
+            return []
         with self._connection() as conn:
             rows = fetch(
                 conn, self._sql.events_after, {"id": job_id, "after": after, "limit": limit}
@@ -1040,7 +1058,7 @@ class PostgresStore(Store):
     def output(
         self, job_id: str, attempt: int | None = None, after: int = 0, limit: int = 1000
     ) -> list[Any]:
-        if limit <= 0:
+        if limit <= 0 or _names_no_job(job_id):
             return []
         with self._connection() as conn:
             rows = fetch(

@@ -225,7 +225,8 @@ def _bind(query: str, values: dict[str, Any]) -> _Bound | None:
     Parameters are sent as text, their type by the value's: an int as bigint, a float
     as double precision, a string or None as `unknown` (for the server to infer from
     the statement, as psycopg sends them). Each set of types is a statement of its
-    own, as psycopg prepares them."""
+    own, as psycopg prepares them. A string with a NUL is not sent: libpq would cut
+    it there (text holds none), where psycopg raises DataError."""
     text, names = native(query)
     oids: list[int] = []
     encoded: list[bytes | None] = []
@@ -233,8 +234,11 @@ def _bind(query: str, values: dict[str, Any]) -> _Bound | None:
         value = values[param]
         kind = type(value)
         if kind is str:
+            text_value = value.encode()
+            if b"\x00" in text_value:
+                return None
             oids.append(0)
-            encoded.append(value.encode())
+            encoded.append(text_value)
         elif value is None:
             oids.append(0)
             encoded.append(None)
