@@ -148,6 +148,47 @@ def test_a_stopped_worker_and_server_leave_no_wake_up_socket(tmp_path: Path, sto
     assert not folder.exists() or not list(folder.glob("*.s"))
 
 
+NICE_APP = """
+import os
+
+from underway import Underway
+
+uw = Underway()
+
+
+@uw.task
+def niceness() -> int:
+    return os.nice(0)
+
+
+@uw.task(executor="process")
+def niceness_in_a_child() -> int:
+    return os.nice(0)
+"""
+
+
+@pytest.mark.parametrize(("args", "lower"), [((), 5), (("--nice", "3"), 3), (("--nice", "0"), 0)])
+def test_a_worker_runs_its_jobs_at_a_lower_cpu_priority(
+    tmp_path: Path, store: str, args: tuple[str, ...], lower: int
+) -> None:
+    """`underway worker` leaves the CPU to the web processes first: its jobs, in its
+    threads and in the processes it starts, run `--nice` steps (5 unless told) below
+    the priority it was started at."""
+    (tmp_path / "nice_app.py").write_text(NICE_APP)
+    base = os.nice(0)
+    worker = Running(["worker", "nice_app:uw", "--store", store, *args], cwd=tmp_path, name="w")
+    try:
+        with Underway(store) as uw:
+            for name in ("niceness", "niceness_in_a_child"):  # what the worker runs them as
+                uw.task(name=name)(lambda: 0)
+            in_thread = uw.submit("niceness").wait(timeout=30)
+            in_child = uw.submit("niceness_in_a_child").wait(timeout=30)
+        assert (in_thread, in_child) == (base + lower, base + lower), worker.err
+        assert (f"nice {base + lower}" in worker.err) == (lower > 0), worker.err
+    finally:
+        assert worker.stop(signal.SIGTERM) == 0, worker.err
+
+
 @pytest.fixture
 def server(tmp_path: Path, store: str) -> Iterator[str]:
     """`underway demo` on a free port, with its embedded workers."""

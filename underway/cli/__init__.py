@@ -23,7 +23,16 @@ import click
 from .._util import parse_duration
 from ..errors import UnderwayError
 from ..records import State
-from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CliError, load_app, parse_params
+from .common import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    NICE,
+    CliError,
+    load_app,
+    lower_priority,
+    parse_params,
+)
 from .display import Follower, print_record, print_table
 from .jobs import jobs_options, open_jobs
 from .server import (
@@ -67,6 +76,15 @@ def demo(**options: Any) -> int:
 @click.argument("app_spec", metavar="MODULE:ATTR", envvar="UNDERWAY_APP")
 @click.option("--store", envvar="UNDERWAY_STORE", help="Store URL shared with the web processes.")
 @click.option("--workers", type=click.IntRange(min=1), help="Jobs run at once.")
+@click.option(
+    "--nice",
+    type=click.IntRange(0, 19),
+    default=NICE,
+    show_default=True,
+    envvar="UNDERWAY_WORKER_NICE",
+    help="Run at this much lower CPU priority (0: as started), so that the jobs leave "
+    "the CPU to the web processes and the store on the same machine first.",
+)
 @drain_option
 @log_options[0]
 @log_options[1]
@@ -74,11 +92,15 @@ def worker(
     app_spec: str,
     store: str | None,
     workers: int | None,
+    nice: int,
     drain: float,
     log_level: str,
     log_format: str,
 ) -> int:
     """Run jobs of MODULE:ATTR from a shared store until SIGINT or SIGTERM."""
+    # First, while this is the only thread: on Linux each thread has its own
+    # priority, and threads (and child processes) start with their creator's.
+    niceness = lower_priority(nice)
     uw = load_app(app_spec)
     uw.configure(store=store, workers=workers)
     stop = threading.Event()
@@ -97,7 +119,8 @@ def worker(
             running = uw.start()
             click.echo(
                 f"underway worker: {uw.workers} workers on {uw.where}, "
-                f"{plural(len(uw.tasks), 'task')}: {', '.join(uw.task_names) or 'none'}",
+                f"{plural(len(uw.tasks), 'task')}: {', '.join(uw.task_names) or 'none'}"
+                + ("" if niceness is None else f", nice {niceness}"),
                 err=True,
             )
         while not stop.wait(1.0):

@@ -42,6 +42,37 @@ class CliError(Exception):
     """A message for the person at the terminal; printed as one line, no traceback."""
 
 
+# `underway worker` runs jobs next to the web processes that submit them (and often
+# next to the store's server). At a lower priority its jobs take only the CPU that those
+# leave: a burst of background work does not slow the requests, and the submitter is
+# not held up behind the jobs it feeds, which the worker then claims in batches. Under
+# no contention it changes nothing. 5 leaves the worker about a quarter of a core that
+# a busy process at the usual priority also wants (CFS weights 335 against 1024), so
+# it never starves: its leases are renewed and its jobs go on, more slowly.
+NICE = 5
+
+
+def lower_priority(by: int) -> int | None:
+    """Lower this thread's CPU priority (and that of the threads and processes it
+    starts afterwards) `by` steps; the niceness it runs at, or None when unchanged.
+
+    Linux weighs a niceness only against the tasks of the same scheduling group, and
+    a process that leads a session of its own (as process managers start services)
+    is in a group of its own (an autogroup), weighed against the others as a whole:
+    there, the group's priority is lowered too. A process that shares its session
+    leaves the group alone, since that would slow the session's other processes."""
+    if by <= 0 or not hasattr(os, "nice"):
+        return None
+    niceness = os.nice(by)
+    if os.getsid(0) == os.getpid():
+        try:
+            with open("/proc/self/autogroup", "w") as group:
+                group.write(str(niceness))
+        except OSError:
+            pass  # no autogroups here (not Linux, or turned off): the niceness is all
+    return niceness
+
+
 # -- loading the user's app ------------------------------------------------------------
 def load_app(spec: str) -> Underway:
     """The `Underway` instance named by `module:attr` (or the only one in `module`)."""
