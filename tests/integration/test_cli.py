@@ -189,6 +189,35 @@ def test_a_worker_runs_its_jobs_at_a_lower_cpu_priority(
         assert worker.stop(signal.SIGTERM) == 0, worker.err
 
 
+@pytest.mark.skipif(
+    not Path("/proc/self/autogroup").exists(), reason="the kernel groups no sessions here"
+)
+def test_a_worker_in_a_session_of_its_own_lowers_that_session_s_priority_too(
+    tmp_path: Path, store: str
+) -> None:
+    """Linux weighs a session that a process manager started (an autogroup) as a whole
+    against the others: the worker's own niceness would not count against the web's."""
+    log = tmp_path / "worker.err"
+    with log.open("wb") as err:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "underway", "worker", APP, "--store", store],
+            cwd=tmp_path,
+            env=cli_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: ", nice 5" in log.read_text(), timeout=30, what="the worker")
+        assert Path(f"/proc/{worker.pid}/autogroup").read_text().split()[-1] == "5"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+    assert worker.returncode == 0, log.read_text()
+    assert Path("/proc/self/autogroup").read_text().split()[-1] == "0"  # ours: untouched
+
+
 @pytest.fixture
 def server(tmp_path: Path, store: str) -> Iterator[str]:
     """`underway demo` on a free port, with its embedded workers."""
