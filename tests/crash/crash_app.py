@@ -49,9 +49,14 @@ def build_app(url: str, *, lease: float = 1.0, workers: int = 4) -> Underway:
         os.kill(os.getpid(), signal.SIGKILL)
 
     @uw.task(retries=3)
-    def count_to_ten(job: Job, n: int, pause: float = 0.01) -> int:
-        """Emits 0..9 with small pauses between them."""
+    def count_to_ten(job: Job, n: int, pause: float = 0.01, hold_at: int | None = None) -> int:
+        """Emits 0..9 with small pauses between them. With `hold_at`, a first attempt
+        holds before item `hold_at` until it is asked to stop (at most a minute), so
+        that its process can be killed in the middle of it however long the test
+        takes to get there."""
         for i in range(10):
+            if i == hold_at and job.attempt == 1:
+                job.wait_cancelled(60)
             job.emit(i)
             time.sleep(pause)
         return n
