@@ -554,6 +554,22 @@ def _end_without_claim(
     assert applied == [True] * len(claimed) and none == []
 
 
+def _row_arrives(store: PostgresStore, job_id: str, timeout: float = 5.0) -> None:
+    """Wait until the row of `job_id`, which a submission claimed for a worker of
+    `store`, has come in on its listener's connection (another thread, at its own
+    pace): the worker's next claim takes it from there. Any news of work wakes this
+    wait (the listener's first wake-up, another submission's news), so it looks again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = store.notifier.version("\x00work")  # before the look: no wake-up is missed
+        with store._push_lock:
+            if any(r.id == job_id for r in store._pushed):
+                return
+        left = deadline - time.monotonic()
+        assert left > 0, f"the row of {job_id} did not come within {timeout} s"
+        store.wait_for_work(seen, left)
+
+
 def test_an_end_written_without_a_claim_says_again_that_the_worker_is_idle(
     pg_store: PostgresStore, postgres_url: str
 ) -> None:
@@ -564,17 +580,16 @@ def test_an_end_written_without_a_claim_says_again_that_the_worker_is_idle(
     assert isinstance(worker, PostgresStore)
     try:
         _idle_worker(worker, "w-idle")
-        seen = worker.notifier.version("\x00work")
         first = submit(pg_store)  # uses its word up
-        assert worker.wait_for_work(seen, 5.0) != seen
+        _row_arrives(worker, first.id)
         got = claim_one(worker, worker="w-idle")
         assert got.id == first.id
         _end_without_claim(worker, got)
         again = pg_store.get(submit(pg_store).id)
         assert again is not None and (again.state, again.worker) == (State.RUNNING, "w-idle")
         # Several ends at once (one transaction) do the same.
+        _row_arrives(worker, again.id)  # else the first claim below takes `queued`
         queued = submit(pg_store)  # its word is used up again: queued
-        assert worker.wait_for_work(seen, 5.0) != seen  # `again`'s row is here
         taken = [claim_one(worker, worker="w-idle") for _ in range(2)]  # its row, then a claim
         assert [job.id for job in taken] == [again.id, queued.id]
         _end_without_claim(worker, *taken)
@@ -594,26 +609,35 @@ def test_an_end_a_worker_writes_is_news_of_work_only_under_a_concurrency_limit(
     with psycopg.connect(conninfo, autocommit=True) as listen:
         listen.execute(f'LISTEN "{pg_store._work_channel}"')
 
-        def news() -> list[str]:
-            """The news of work sent since the last call (a marker of ours ends it)."""
+        def news(expected: int) -> None:
+            """Hear `expected` news of work, and no more: none comes before a marker
+            of ours, sent once they came. (They may come late: a submission that finds
+            the word an end left, below, sends its news to this store's own channel,
+            and its listener thread passes it on to all, no slot of it waiting.)"""
+            heard: list[str] = []
+            deadline = time.monotonic() + 5.0
+            while len(heard) < expected:
+                left = deadline - time.monotonic()
+                assert left > 0, f"{len(heard)} news of work within 5 s, not {expected}"
+                heard += [note.payload for note in listen.notifies(timeout=left, stop_after=1)]
             with psycopg.connect(conninfo, autocommit=True) as conn:
                 conn.execute("SELECT pg_notify(%s, 'marker')", (pg_store._work_channel,))
-            heard = []
             for note in listen.notifies(timeout=5.0):
                 if note.payload == "marker":
-                    return heard
+                    assert len(heard) == expected, heard
+                    return
                 heard.append(note.payload)
             raise AssertionError(f"no marker within 5 s, after {heard}")
 
-        for limits, wakes in (({}, False), ({"t": 5}, True)):
+        for limits, wakes in (({}, 0), ({"t": 5}, 1)):
             submit(pg_store)
-            assert len(news()) == 1  # the new job (queued: nobody said it is idle)
+            news(1)  # the new job (queued)
             _end_without_claim(pg_store, claim_one(pg_store), limits=limits)
-            assert len(news()) == wakes
+            news(wakes)
         submit(pg_store)
-        assert len(news()) == 1
+        news(1)
         finish(pg_store, claim_one(pg_store))  # `apply`: the limits are not known
-        assert len(news()) == 1
+        news(1)
 
 
 def test_jobs_claimed_for_a_worker_whose_slots_stay_busy_go_back_to_the_queue(
