@@ -386,11 +386,22 @@ def test_a_version_2_schema_is_migrated(pg_store: PostgresStore, postgres_url: s
         again.close()
 
 
+def _listen_for_work(store: PostgresStore) -> None:
+    """As a worker slot's first wait for work does: the store listens for it from
+    then on. Returns once the listener gave the wake-up it gives every waiter when it
+    starts to listen (after it says `push_ready`): that wake-up, had it come later,
+    would end a test's next wait for news of work before the news."""
+    if store._listener.push_ready.is_set():
+        return  # it listens already (an earlier call waited for that wake-up)
+    seen = store.notifier.version("\x00work")
+    assert store.wait_for_work(seen, 5.0) != seen
+    assert store._listener.push_ready.is_set()
+
+
 def _idle_worker(store: PostgresStore, worker: str) -> None:
     """As a worker slot does: wait for work once (the store listens for it from then
     on), then find nothing, which leaves the process's word that it is idle."""
-    store.wait_for_work(store.notifier.version("\x00work"), 0.0)
-    assert store._listener.push_ready.wait(5.0)
+    _listen_for_work(store)
     assert claim(store, worker=worker) == []
 
 
@@ -519,8 +530,7 @@ def test_a_submission_soon_after_one_that_found_no_idle_worker_does_not_look(
         pg_store.no_idle_for = 1.0  # far longer than the steps below take
         first = submit(pg_store)  # nobody idle
         started = time.monotonic()
-        worker.wait_for_work(worker.notifier.version("\x00work"), 0.0)  # it listens
-        assert worker._listener.push_ready.wait(5.0)
+        _listen_for_work(worker)
         _end_without_claim(worker, claim_one(worker, worker="w-idle"))  # `first`; idle now
         seen = worker.notifier.version("\x00work")
         soon = [pg_store.get(submit(pg_store).id) for _ in range(3)]
