@@ -2,7 +2,7 @@
 
     pip install -e '.[postgres,bench-postgres]'
     python bench/bench_postgres.py [--jobs 2000] [--trips 200] [--procs 1,2] [--bulk 5000]
-        [--rounds 1] [--no-idle-for SECONDS]
+        [--rounds 1] [--no-idle-for SECONDS] [--nice N]
 
 Starts its own PostgreSQL server (tests/support/postgres_server.py) with
 pg_stat_statements loaded, counting only while the bulk path's statements are
@@ -79,6 +79,7 @@ import psycopg  # noqa: E402
 from tests.crash.crash_app import build_app  # noqa: E402
 from tests.support.postgres_server import PostgresServer, with_schema  # noqa: E402
 from underway import Job, State, Underway  # noqa: E402
+from underway.cli.common import NICE  # noqa: E402
 from underway.stores.postgres import PostgresStore  # noqa: E402
 
 PEERS = ("procrastinate", "pgqueuer")
@@ -265,8 +266,14 @@ def workers(argv: list[str], procs: int) -> Iterator[list[int]]:
                 proc.stdout.close()
 
 
+# underway's worker processes run at `underway worker`'s default niceness (`--nice`),
+# as that command runs them; the peers' at the usual priority, as theirs do.
+UNDERWAY_NICE = NICE
+
+
 def underway_workers(url: str, procs: int, slots: int) -> Any:
-    argv = [sys.executable, "-m", "tests.crash.crash_app", url, "--lease", "30",
+    nice = ["nice", "-n", str(UNDERWAY_NICE)] if UNDERWAY_NICE else []
+    argv = [*nice, sys.executable, "-m", "tests.crash.crash_app", url, "--lease", "30",
             "--workers", str(slots), "--janitor", "5"]  # fmt: skip
     return workers(argv, procs)
 
@@ -671,10 +678,19 @@ def main() -> None:
         help="underway's submissions: PostgresStore.no_idle_for (0: every submission looks "
         "for an idle worker and announces its job, as before that window existed)",
     )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=NICE,
+        help=f"underway's worker processes run this much below the usual CPU priority "
+        f"(`underway worker --nice`, {NICE} unless told; 0: as the peers' run)",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("PEER", "URL"), help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=PGQUEUER_BATCH, help=argparse.SUPPRESS)
     args = parser.parse_args()
     UnderwayQueue.no_idle_for = args.no_idle_for
+    global UNDERWAY_NICE
+    UNDERWAY_NICE = args.nice
     if args.worker:
         peer, url = args.worker
         if peer == "procrastinate":
