@@ -115,6 +115,18 @@ def test_update_meta_changes_the_keys_it_names_and_keeps_the_others(store: Store
     assert not store.update_meta("nope", {"k": "v"})
 
 
+def test_update_meta_replaces_whole_values_and_keeps_the_others_exactly(store: Store) -> None:
+    """A named key takes the new value as it is (an object is not merged into the old
+    one, a null is kept as a null), and every other key reads back exactly: the same
+    on every store."""
+    kept = {"empty": [], "nested": {"empty": {}, "list": [1, 2.5]}, "precise": 0.1 + 0.2}
+    job = submit(store, meta={**kept, "obj": {"x": 1, "y": 2}, "gone": 1})
+    assert store.update_meta(job.id, {"obj": {"x": 3}, "gone": None, "new": {}})
+    got = store.get(job.id)
+    assert got is not None
+    assert got.meta == {**kept, "obj": {"x": 3}, "gone": None, "new": {}}
+
+
 def test_progress_and_output_are_refused_unless_running_under_the_fence(store: Store) -> None:
     job = submit(store)
     now = time.time()

@@ -911,7 +911,16 @@ class RedisStore(Store):
     # -- callers ---------------------------------------------------------------------
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
         self._listener.forget(job_id)
-        changed = self._run(self._update_meta, 0.0, job_id, _dumps(dict(changes)))
+        # Merged here, not in Lua (see UPDATE_META): written if the meta is still the
+        # one merged into, else merged again into the one the script found.
+        seen = "\x00"  # no job's meta: the first call only says what the meta is
+        merged = ""
+        while True:
+            changed = self._run(self._update_meta, 0.0, job_id, seen, merged)
+            if not isinstance(changed, list):
+                break
+            seen = changed[0]
+            merged = _dumps({**(loads(seen) if seen else {}), **changes})
         self._listener.forget(job_id)  # what came meanwhile came before this write
         if changed:
             self.notifier.notify(job_id)

@@ -730,13 +730,14 @@ return redis.call('LRANGE', k_output(id, attempt), after, after + limit - 1)
 UPDATE_META = _script(
     _HELPERS,
     """
+-- The caller merges (Lua's cjson would rewrite the other keys: an empty list as an
+-- object, a float to 14 digits): ARGV[4] is the meta it merged into, ARGV[5] the
+-- result. Written only if the meta is still ARGV[4]; else its meta now, to merge into.
 local key = k_job(ARGV[3])
 if redis.call('EXISTS', key) == 0 then return 0 end
 local current, reply = unpack(redis.call('HMGET', key, 'meta', 'reply'))
-local meta = {}
-if current and current ~= '' then meta = cjson.decode(current) end
-for name, value in pairs(cjson.decode(ARGV[4])) do meta[name] = value end
-redis.call('HSET', key, 'meta', cjson.encode(meta))
+if (current or '') ~= ARGV[4] then return {current or ''} end
+redis.call('HSET', key, 'meta', ARGV[5])
 changed(ARGV[3])
 replied(ARGV[3], reply, '')
 return 1

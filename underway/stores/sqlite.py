@@ -1131,11 +1131,14 @@ class SQLiteStore(Store):
 
     # -- callers ---------------------------------------------------------------------
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
+        # Merged here, under the write lock: SQLite's json_patch would merge an object
+        # into the old one and drop a key set to null, where every store replaces it.
         with self._write() as db:
-            changed = db.execute(
-                "UPDATE jobs SET meta = json_patch(coalesce(meta, '{}'), ?) WHERE id = ?",
-                (dumps(dict(changes)), job_id),
-            ).rowcount
+            row = db.execute("SELECT meta FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            changed = row is not None
+            if changed:
+                meta = {**(loads(row[0]) if row[0] else {}), **changes}
+                db.execute("UPDATE jobs SET meta = ? WHERE id = ?", (dumps(meta), job_id))
         if changed:
             self._changed(job_id)
         return bool(changed)
