@@ -61,6 +61,13 @@ def listing_filter(
 log = logging.getLogger("underway.stores")
 
 
+def merged_meta(stored: str | None, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's meta (its stored JSON text, or None) with `changes` merged in, as every
+    store's `update_meta` writes it: each key named takes its new value whole (an
+    object replaces the old one, a null stays), and the others are kept as they were."""
+    return {**(loads(stored) if stored else {}), **changes}
+
+
 class Store(ABC):
     """The interface every store implements. See the module docstring."""
 
@@ -202,7 +209,8 @@ class Store(ABC):
     # -- callers ---------------------------------------------------------------------
     @abstractmethod
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
-        """Merge `changes` into the job's `meta` atomically (e.g. webhook attempts)."""
+        """Merge `changes` into the job's `meta` atomically (e.g. webhook attempts), as
+        `merged_meta` does."""
 
     @abstractmethod
     def delete(self, job_id: str) -> bool:

@@ -63,7 +63,7 @@ from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK, Known
 from ..records import Decision, Event, EventKind, Fence, JobRecord, Page, Progress, State
 from . import postgres_schema as schema
-from .base import Store, listing_filter
+from .base import Store, listing_filter, merged_meta
 from .postgres_listener import PostgresFeed, PostgresListener
 from .postgres_sql import (
     COLUMNS,
@@ -1023,10 +1023,8 @@ class PostgresStore(Store):
             row = conn.execute(self._sql.meta_for_update, (job_id,)).fetchone()
             if row is None:
                 return False
-            meta = {**(loads(row[0]) or {}), **changes}
-            conn.execute(
-                self._sql.update_meta, {**self._names(), "id": job_id, "meta": dumps(meta)}
-            )
+            meta = dumps(merged_meta(row[0], changes))
+            conn.execute(self._sql.update_meta, {**self._names(), "id": job_id, "meta": meta})
         self.notifier.notify(job_id)
         return True
 

@@ -70,7 +70,7 @@ from ..records import (
     State,
 )
 from . import redis_scripts as scripts
-from .base import Store
+from .base import Store, merged_meta
 from .redis_keys import Keys
 from .redis_listener import RedisListener, RedisNotifier
 from .redis_slots import SlotChannel, open_slot_channel
@@ -920,7 +920,7 @@ class RedisStore(Store):
             if not isinstance(changed, list):
                 break
             seen = changed[0]
-            merged = _dumps({**(loads(seen) if seen else {}), **changes})
+            merged = _dumps(merged_meta(seen, changes))
         self._listener.forget(job_id)  # what came meanwhile came before this write
         if changed:
             self.notifier.notify(job_id)

@@ -51,7 +51,7 @@ from ..records import (
     Progress,
     State,
 )
-from .base import ROW_COLUMNS, Store, listing_filter, row_record
+from .base import ROW_COLUMNS, Store, listing_filter, merged_meta, row_record
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION, statements
 from .sqlite_wake import SETTLE, WakeChannel, wake_folder
 
@@ -1132,13 +1132,13 @@ class SQLiteStore(Store):
     # -- callers ---------------------------------------------------------------------
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
         # Merged here, under the write lock: SQLite's json_patch would merge an object
-        # into the old one and drop a key set to null, where every store replaces it.
+        # into the old one and drop a key set to null (see `merged_meta`).
         with self._write() as db:
             row = db.execute("SELECT meta FROM jobs WHERE id = ?", (job_id,)).fetchone()
             changed = row is not None
             if changed:
-                meta = {**(loads(row[0]) if row[0] else {}), **changes}
-                db.execute("UPDATE jobs SET meta = ? WHERE id = ?", (dumps(meta), job_id))
+                meta = dumps(merged_meta(row[0], changes))
+                db.execute("UPDATE jobs SET meta = ? WHERE id = ?", (meta, job_id))
         if changed:
             self._changed(job_id)
         return bool(changed)
