@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from tests.contract.helpers import (
@@ -17,7 +18,7 @@ from tests.contract.helpers import (
     submit,
 )
 from underway import lifecycle
-from underway.records import JobRecord, State
+from underway.records import EventKind, JobRecord, State
 from underway.stores import Store
 
 
@@ -40,6 +41,24 @@ def test_enqueue_then_get_returns_the_queued_job(store: Store) -> None:
         ("state", {"state": "queued"}, 0)
     ]
     assert events[0].seq == 1 and events[0].at == rec.created_at
+
+
+def test_enqueue_keeps_every_first_event_it_is_given_in_order(store: Store) -> None:
+    """The engine gives a new job one event today; a store keeps any number, in order
+    (PostgreSQL binds one event and several differently)."""
+    first = (*lifecycle.submitted(), (EventKind.LOG, '"imported from the old queue"'))
+    for events in (first, ()):
+        rec = record("t")
+        stored, created, _ = store.enqueue(rec, events)
+        assert created and stored.id == rec.id
+        got = store.events(rec.id)
+        assert [(e.seq, e.kind, e.data, e.attempt) for e in got] == [
+            (n, kind, json.loads(data), 0) for n, (kind, data) in enumerate(events, 1)
+        ]
+        assert [r.id for r in claim(store)] == [rec.id]  # and it runs as any job
+        got = store.events(rec.id)
+        assert [e.seq for e in got] == list(range(1, len(events) + 2))
+        assert got[-1].data == {"state": "running", "attempt": 1}
 
 
 def test_enqueue_many_stores_every_job_queued_in_order(store: Store) -> None:

@@ -349,12 +349,18 @@ class PostgresStore(Store):
         sql = self._sql
         superseded: list[str] = []
         values = job_values(record)
-        values["n"], values["kinds"], values["datas"] = event_arrays(tuple(events))
+        one = len(events) == 1  # as every new job has: bound as plain values
+        if one:
+            ((kind, data),) = events
+            values["n"], values["kind"], values["data"] = 1, kind.value, data
+        else:
+            values["n"], values["kinds"], values["datas"] = event_arrays(tuple(events))
+        submit, submit_queued = sql.submission(record.idempotency_key is not None, one)
         # No idle worker for its task a moment ago: none is looked for (`no_idle_for`).
         looked = time.monotonic()
-        statement = sql.submit_queued
+        statement = submit_queued
         if looked - self._none_idle.get(record.task, -inf) >= self.no_idle_for:
-            statement = sql.submit
+            statement = submit
             values.update(self._names())
             values["doc_head"], values["doc_tail"] = push_doc(values)
             # Its row must fit in the notification that hands it to a worker.
@@ -392,7 +398,7 @@ class PostgresStore(Store):
                 if row is not None:
                     return row_to_record(row), False, []
                 raise StoreUnavailable("an idempotency key was taken and released; try again")
-        if statement is sql.submit_queued:
+        if statement is submit_queued:
             self._owe_news()
         elif not inserted[3]:  # no idle worker: its news went to all
             self._news_went(covers)
