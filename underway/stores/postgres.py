@@ -73,9 +73,11 @@ from .postgres_sql import (
     Statements,
     cached_text_array,
     doc_to_record,
+    end_values,
     event_arrays,
     fetch,
     fetch_many,
+    is_plain_end,
     job_values,
     lock_key,
     push_doc,
@@ -681,14 +683,25 @@ class PostgresStore(Store):
         # In the order of their jobs, so that two batches never wait on each other's rows.
         order = sorted(range(len(decisions)), key=lambda i: decisions[i].job_id)
         limited = cached_text_array(tuple(sorted(limits)))
-        params = [
-            self._decision_params(decisions[i], now, any_room=any_room, limited=limited)
-            for i in order
-        ]
         done = [False] * len(decisions)
         docs: list[str | None] = [None] * len(decisions)
         rows: list[Any] = []
         capped = max_jobs > 0 and any(t in limits for t in tasks)
+        # Plain ends (see `is_plain_end`), two or more, are written by one statement
+        # rather than one each, in the round trip of the others; not the last decision
+        # when it renews the idle word.
+        renews = max_jobs <= 0 and bool(tasks)
+        ends = [] if capped else [i for i in order[:-1] if is_plain_end(decisions[i])]
+        if not capped and not renews and order and is_plain_end(decisions[order[-1]]):
+            ends.append(order[-1])
+        if len(ends) < 2 or len({decisions[i].job_id for i in ends}) < len(ends):
+            ends = []  # (two decisions on one job: each in turn, as `apply` runs them)
+        batched = set(ends)
+        order = [i for i in order if i not in batched]
+        params = [
+            self._decision_params(decisions[i], now, any_room=any_room, limited=limited)
+            for i in order
+        ]
         mark = self.notifier.mark()
         with self._connection() as conn:
             if capped:
@@ -697,7 +710,7 @@ class PostgresStore(Store):
                 with conn.pipeline(), conn.transaction():
                     applied = [run(conn, self._sql.apply, p) for p in params]
                     claim = self._claim(conn, worker, tasks, limits, lease, now, max_jobs)
-            elif len(params) == 1 and max_jobs > 0:
+            elif len(params) == 1 and max_jobs > 0 and not ends:
                 # The end of a job and the next claim: one statement (the claim does
                 # not see what the decision changed, nor needs to).
                 merged = self._claim(
@@ -720,7 +733,7 @@ class PostgresStore(Store):
                     rows = [row[:-2] for row in rows if row[0] is not None]
                 else:  # no room under the limits: the decision alone
                     applied = [run(conn, self._sql.apply, params[0], direct=True)]
-            elif len(params) + (max_jobs > 0) == 1:
+            elif len(params) + (max_jobs > 0) == 1 and not ends:
                 # One statement is a transaction of its own.
                 if params and tasks:
                     # A worker that claims nothing: its slot waits for work after.
@@ -741,11 +754,21 @@ class PostgresStore(Store):
                 # them undoes them all), and answer together: one round trip. No
                 # BEGIN/COMMIT and no `conn.transaction()`, which syncs at its entry and
                 # exit (each sync is a round trip of its own).
-                statements = [(self._sql.apply, p) for p in params[:-1]]
-                if max_jobs <= 0 and tasks:  # the last one renews the idle word too
+                statements = []
+                if ends:
+                    values = {
+                        **self._names(),
+                        **end_values([decisions[i] for i in ends]),
+                        "now": now,
+                        "any_room": any_room,
+                        "limited": limited,
+                    }
+                    statements.append((self._sql.apply_ends, values))
+                statements += [(self._sql.apply, p) for p in params[:-1]]
+                if params and renews:  # the last one renews the idle word too
                     idle = self._idle_values(worker, tasks, limits, lease)
                     statements.append((self._sql.apply_idle, {**params[-1], **idle}))
-                else:
+                elif params:
                     statements.append((self._sql.apply, params[-1]))
                 if max_jobs > 0:  # none of the tasks has a limit (else `capped`)
                     group = (sorted(set(tasks)), max_jobs)
@@ -755,6 +778,12 @@ class PostgresStore(Store):
                         )
                     )
                 answers = fetch_many(conn, statements)
+                if ends:
+                    index = {decisions[i].job_id: i for i in ends}
+                    for row in answers[0]:
+                        done[index[row[0]]] = True
+                        docs[index[row[0]]] = row[3]
+                    answers = answers[1:]
                 applied = [Rows(rows) for rows in answers[: len(params)]]
                 claim = Rows(answers[-1]) if max_jobs > 0 else None
             for i, cur in zip(order if applied else (), applied, strict=True):

@@ -22,7 +22,7 @@ from psycopg import pq
 from psycopg.adapt import Transformer
 
 from .._util import dumps
-from ..records import EventKind, JobRecord
+from ..records import TERMINAL, Decision, EventKind, Fence, JobRecord, State
 from . import postgres_schema as schema
 from .base import ROW_COLUMNS, row_record
 
@@ -127,6 +127,22 @@ def text_array(values: Iterable[str]) -> str:
     return (
         "{"
         + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+        + "}"
+    )
+
+
+def array_literal(values: Iterable[str | float | None]) -> str:
+    """An array literal of strings, numbers and NULLs (see `text_array`)."""
+    return (
+        "{"
+        + ",".join(
+            "NULL"
+            if v is None
+            else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            if isinstance(v, str)
+            else repr(v)
+            for v in values
+        )
         + "}"
     )
 
@@ -536,6 +552,50 @@ class Statements:
                 u.doc
             FROM u"""
         self.apply = f"WITH {self.apply_head} {self.apply_tail}"
+        # The ends of several jobs in one statement (`end_values`): each a job that
+        # ran under its fence and ended (succeeded, failed or cancelled) with its two
+        # events, as a worker writes them for a batch of short jobs. Each applies by
+        # its own guard, as `apply` would; the rows are locked in id order, as a batch
+        # of `apply` statements locks them. A row back for each end that applied.
+        self.apply_ends = f"""
+            WITH b AS (
+                SELECT * FROM unnest(%(b_ids)s::text[], %(b_states)s::text[],
+                    %(b_results)s::text[], %(b_errors)s::text[], %(b_workers)s::text[],
+                    %(b_attempts)s::int[], %(b_finished)s::float8[], %(b_expires)s::float8[],
+                    %(b_started)s::float8[], %(b_kinds1)s::text[], %(b_datas1)s::text[],
+                    %(b_kinds2)s::text[], %(b_datas2)s::text[])
+                    AS b(b_id, b_state, b_result, b_error, b_worker, b_attempt, b_finished,
+                         b_expires, b_started, b_kind1, b_data1, b_kind2, b_data2)
+            ), held AS (
+                SELECT j.id AS h_id FROM {j} j JOIN b ON j.id = b.b_id
+                WHERE j.state = 'running' AND j.worker = b.b_worker AND j.attempt = b.b_attempt
+                ORDER BY j.id FOR UPDATE OF j
+            ), u AS (
+                UPDATE {j} SET state = b_state, result = b_result, error = b_error,
+                    worker = NULL, lease_until = NULL, finished_at = b_finished,
+                    expires_at = b_expires, started_at = coalesce(b_started, started_at),
+                    event_seq = event_seq + 2
+                FROM held JOIN b ON b.b_id = held.h_id
+                WHERE id = held.h_id AND state = 'running' AND worker = b_worker
+                    AND attempt = b_attempt
+                RETURNING id, task, state, event_seq, attempt, b_kind1, b_data1, b_kind2,
+                    b_data2, json_build_array({COLUMNS})::text AS doc
+            ), uev AS (
+                INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
+                SELECT id, event_seq - 1, b_kind1, NULL::int, b_data1, %(now)s::float8, attempt
+                FROM u
+                UNION ALL
+                SELECT id, event_seq, b_kind2, NULL, b_data2, %(now)s::float8, attempt FROM u
+            )
+            SELECT u.id,
+                CASE WHEN NOT pg_try_advisory_xact_lock(%(ends_key)s::bigint)
+                THEN pg_notify(%(ends_channel)s, %(origin)s || '|' || u.state || '|' || u.id
+                    || CASE WHEN octet_length(u.doc) <= {DOC_BYTES} THEN '|' || u.doc
+                       ELSE '' END) END,
+                CASE WHEN %(any_room)s OR u.task = ANY(%(limited)s::text[])
+                THEN pg_notify(%(work_channel)s, %(origin)s) END,
+                u.doc
+            FROM u"""
         # A claim that also applies one decision (`apply_head`, announced by `un`),
         # in one statement: at least one row, whose last two columns say whether the
         # decision applied and its `doc`; the claimed jobs' columns are NULL when
@@ -781,3 +841,40 @@ class Statements:
     def submission(self, keyed: bool, one: bool) -> tuple[str, str]:
         """`submit` and `submit_queued` for a job with a key or not, one event or not."""
         return self._submissions[keyed, one]
+
+
+def end_values(decisions: Sequence[Decision]) -> dict[str, Any]:
+    """The ends of `Statements.apply_ends` (each `is_plain_end`), as it binds them."""
+    fences = [cast(Fence, d.fence) for d in decisions]
+    return {
+        "b_ids": text_array(d.job_id for d in decisions),
+        "b_states": array_literal(d.state.value for d in decisions),
+        "b_results": array_literal(d.result_text() for d in decisions),
+        "b_errors": array_literal(dumps(d.error.to_dict()) if d.error else None for d in decisions),
+        "b_workers": text_array(f.worker for f in fences),
+        "b_attempts": array_literal(f.attempt for f in fences),
+        "b_finished": array_literal(d.finished_at for d in decisions),
+        "b_expires": array_literal(d.expires_at for d in decisions),
+        "b_started": array_literal(d.started_at for d in decisions),
+        "b_kinds1": text_array(d.events[0][0].value for d in decisions),
+        "b_datas1": text_array(d.events[0][1] for d in decisions),
+        "b_kinds2": text_array(d.events[1][0].value for d in decisions),
+        "b_datas2": text_array(d.events[1][1] for d in decisions),
+    }
+
+
+def is_plain_end(d: Decision) -> bool:
+    """A job that ran under its fence ended, with its two events: what a worker writes
+    for most jobs, and what `Statements.apply_ends` writes several of at once."""
+    return (
+        d.state in TERMINAL
+        and d.expect == _RUNNING
+        and d.fence is not None
+        and d.lease_before is None
+        and d.attempt is None
+        and d.cancel_requested is None
+        and len(d.events) == 2
+    )
+
+
+_RUNNING = frozenset({State.RUNNING})
