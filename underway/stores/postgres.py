@@ -759,6 +759,7 @@ class PostgresStore(Store):
                     values = {
                         **self._names(),
                         **end_values([decisions[i] for i in ends]),
+                        "b_lock": text_array(sorted(d.job_id for d in decisions)),
                         "now": now,
                         "any_room": any_room,
                         "limited": limited,

@@ -555,8 +555,11 @@ class Statements:
         # The ends of several jobs in one statement (`end_values`): each a job that
         # ran under its fence and ended (succeeded, failed or cancelled) with its two
         # events, as a worker writes them for a batch of short jobs. Each applies by
-        # its own guard, as `apply` would; the rows are locked in id order, as a batch
-        # of `apply` statements locks them. A row back for each end that applied.
+        # its own guard, as `apply` would. It first locks, in id order, the rows of
+        # every decision of its transaction (`b_lock`: these ends and the decisions
+        # whose statements follow it), as a series of `apply` statements sorted by job
+        # locks them: two transactions never wait on each other's rows. A row back for
+        # each end that applied.
         self.apply_ends = f"""
             WITH b AS (
                 SELECT * FROM unnest(%(b_ids)s::text[], %(b_states)s::text[],
@@ -567,8 +570,7 @@ class Statements:
                     AS b(b_id, b_state, b_result, b_error, b_worker, b_attempt, b_finished,
                          b_expires, b_started, b_kind1, b_data1, b_kind2, b_data2)
             ), held AS (
-                SELECT j.id AS h_id FROM {j} j JOIN b ON j.id = b.b_id
-                WHERE j.state = 'running' AND j.worker = b.b_worker AND j.attempt = b.b_attempt
+                SELECT j.id AS h_id FROM {j} j WHERE j.id = ANY(%(b_lock)s::text[])
                 ORDER BY j.id FOR UPDATE OF j
             ), u AS (
                 UPDATE {j} SET state = b_state, result = b_result, error = b_error,
