@@ -626,7 +626,7 @@ class PostgresStore(Store):
             "frees": moves and not queued and State.RUNNING in d.expect,
             "any_room": any_room,
             "limited": limited,
-            "result": dumps(d.result) if d.result is not None else None,
+            "result": d.result_text(),
             "error": dumps(d.error.to_dict()) if d.error else None,
             "run_at": (d.run_at if d.run_at is not None else now) if queued else None,
             "finished_at": d.finished_at,
