@@ -240,7 +240,7 @@ def _decision_args(d: Decision) -> list[Any]:
         "" if d.attempt is None else str(d.attempt),
         "" if d.cancel_requested is None else str(int(d.cancel_requested)),
         _opt(d.run_at),
-        "" if d.result is None else _dumps(d.result),
+        d.result_text() or "",  # as the lifecycle encoded it
         "" if d.error is None else _dumps(d.error.to_dict()),
         _opt(d.started_at),
         _opt(d.finished_at),
