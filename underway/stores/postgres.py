@@ -691,9 +691,8 @@ class PostgresStore(Store):
         # rather than one each, in the round trip of the others; not the last decision
         # when it renews the idle word.
         renews = max_jobs <= 0 and bool(tasks)
-        ends = [] if capped else [i for i in order[:-1] if is_plain_end(decisions[i])]
-        if not capped and not renews and order and is_plain_end(decisions[order[-1]]):
-            ends.append(order[-1])
+        candidates = [] if capped else order[:-1] if renews else order
+        ends = [i for i in candidates if is_plain_end(decisions[i])]
         if len(ends) < 2 or len({decisions[i].job_id for i in ends}) < len(ends):
             ends = []  # (two decisions on one job: each in turn, as `apply` runs them)
         batched = set(ends)

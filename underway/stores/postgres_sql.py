@@ -124,11 +124,12 @@ _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 def text_array(values: Iterable[str]) -> str:
     """A `text[]` literal of `values`: a plain string is far cheaper to send than a
     list the driver adapts item by item (the statements cast it with `::text[]`)."""
-    return (
-        "{"
-        + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
-        + "}"
-    )
+    return "{" + ",".join(_quoted(v) for v in values) + "}"
+
+
+def _quoted(value: str) -> str:
+    """`value` as an element of an array literal."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def array_literal(values: Iterable[str | float | None]) -> str:
@@ -136,12 +137,7 @@ def array_literal(values: Iterable[str | float | None]) -> str:
     return (
         "{"
         + ",".join(
-            "NULL"
-            if v is None
-            else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-            if isinstance(v, str)
-            else repr(v)
-            for v in values
+            "NULL" if v is None else _quoted(v) if isinstance(v, str) else repr(v) for v in values
         )
         + "}"
     )

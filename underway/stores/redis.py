@@ -35,7 +35,6 @@ Redis Cluster is not supported (scripts touch keys they compute).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import select
@@ -54,7 +53,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .._util import loads, new_id, rfc3339
+from .._util import dumps, loads, new_id, rfc3339
 from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK, Known
 from ..records import (
@@ -95,8 +94,6 @@ CHANNEL_RETRY = 5.0  # seconds a slot whose channel could not be opened goes wit
 BATCH = 200  # jobs per script call in purge, so no call blocks Redis for long
 
 _STATES = {s.value: s for s in State}
-# `dumps` with its encoder made once (json.dumps builds one per call for these options).
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _KINDS = {k.value: k for k in EventKind}
 
 
@@ -189,7 +186,7 @@ def _fields(record: JobRecord) -> list[str]:
         "queue", record.queue,
         "priority", str(record.priority),
         "state", "queued",
-        "params", _dumps(record.params),
+        "params", dumps(record.params),
         "max_attempts", str(record.max_attempts),
         "created_at", repr(record.created_at),
         "run_at", repr(record.run_at),
@@ -204,7 +201,7 @@ def _fields(record: JobRecord) -> list[str]:
     if record.supersede_key is not None:
         flat += ("supersede_key", record.supersede_key)
     if record.meta:
-        flat += ("meta", _dumps(record.meta))
+        flat += ("meta", dumps(record.meta))
     return flat
 
 
@@ -241,7 +238,7 @@ def _decision_args(d: Decision) -> list[Any]:
         "" if d.cancel_requested is None else str(int(d.cancel_requested)),
         _opt(d.run_at),
         d.result_text() or "",  # as the lifecycle encoded it
-        "" if d.error is None else _dumps(d.error.to_dict()),
+        "" if d.error is None else dumps(d.error.to_dict()),
         _opt(d.started_at),
         _opt(d.finished_at),
         _opt(d.expires_at),
@@ -484,7 +481,7 @@ class RedisStore(Store):
             fields: list[Any] = [self._process, thread, worker, lease, push]
             if own:
                 fields.append(self._slot_suffix(thread))
-            member = _dumps(fields)
+            member = dumps(fields)
             with self._push_lock:
                 self._idlers[key] = member
         return member
@@ -766,7 +763,7 @@ class RedisStore(Store):
                 self._redis.hdel(self.keys.workers, worker)
                 return
             self._redis.hset(
-                self.keys.workers, worker, _dumps({"tasks": sorted(tasks), "until": until})
+                self.keys.workers, worker, dumps({"tasks": sorted(tasks), "until": until})
             )
             stale = [
                 name
@@ -884,7 +881,7 @@ class RedisStore(Store):
             job_id,
             fence.worker,
             str(fence.attempt),
-            _dumps(progress.to_dict()),
+            dumps(progress.to_dict()),
         )
         if done:
             self._listener.forget(job_id)
@@ -920,7 +917,7 @@ class RedisStore(Store):
             if not isinstance(changed, list):
                 break
             seen = changed[0]
-            merged = _dumps(merged_meta(seen, changes))
+            merged = dumps(merged_meta(seen, changes))
         self._listener.forget(job_id)  # what came meanwhile came before this write
         if changed:
             self.notifier.notify(job_id)
