@@ -1,30 +1,103 @@
-"""The SQLite store's WAL is copied back into the file as it goes (on a thread of its
-own), so it stays small however many jobs are written."""
+"""The SQLite store's WAL is copied back into the file as it goes, on a thread of its
+own (not in the connection that commits a submission or a job's end), so it stays
+small however many jobs are written."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
+import threading
 from pathlib import Path
 
+import pytest
+
+from tests.support.wait import wait_for
 from underway import Underway
+from underway.stores import sqlite_checkpoint
+from underway.stores.sqlite import SQLiteStore
+from underway.stores.sqlite_checkpoint import Checkpointer
 
 
-def test_the_wal_stays_small_while_thousands_of_jobs_are_written(tmp_path: Path) -> None:
-    db = tmp_path / "jobs.db"
+def _app(db: Path) -> Underway:
     uw = Underway(f"sqlite:///{db}")
 
     @uw.task
     def noop() -> None:
         return None
 
+    return uw
+
+
+def test_the_wal_stays_small_while_thousands_of_jobs_are_written(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    uw = _app(db)
     try:
         for _ in range(3000):
             uw.submit("noop")
         wal = os.path.getsize(f"{db}-wal")
         page = 4096
         # 3,000 commits of about 4 pages each would make a WAL of about 48 MB left
-        # unchecked; checkpoints every couple of hundred commits keep it a few MB.
+        # unchecked; checkpoints keep it within the writer's backstop (16 MB).
         assert wal < 3000 * 4 * page // 2, wal
         assert uw.store.count() == 3000
     finally:
         uw.close()
+
+
+def _jobs_in_the_file_itself(db: Path) -> int:
+    """Jobs in the database file, not counting what is still only in its WAL."""
+    view = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
+    try:
+        return int(view.execute("SELECT count(*) FROM jobs").fetchone()[0])
+    finally:
+        view.close()
+
+
+def test_the_log_is_copied_into_the_file_by_the_store_s_own_thread(tmp_path: Path) -> None:
+    """A few dozen commits are far from the committing connection's own automatic
+    checkpoint (thousands of pages); the thread copies them after `every` commits."""
+    db = tmp_path / "jobs.db"
+    uw = _app(db)
+    store = uw.store
+    assert isinstance(store, SQLiteStore)
+    try:
+        writer_backstop = store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        assert writer_backstop == sqlite_checkpoint.BACKSTOP_PAGES
+        for _ in range(sqlite_checkpoint.EVERY + 10):
+            uw.submit("noop")
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        wait_for(lambda: checkpointer.runs >= 1, what="a checkpoint on the thread")
+        assert _jobs_in_the_file_itself(db) >= sqlite_checkpoint.EVERY - 1  # one per commit
+    finally:
+        uw.close()
+    threads = [t.name for t in threading.enumerate()]
+    assert "underway-sqlite-checkpoint" not in threads  # close() stopped it
+
+
+def test_a_checkpoint_that_fails_is_logged_and_tried_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    attempts: list[int] = []
+    done = threading.Event()
+
+    def connect() -> sqlite3.Connection:
+        attempts.append(1)
+        if len(attempts) == 2:
+            done.set()
+        raise sqlite3.OperationalError("database or disk is full")
+
+    caplog.set_level(logging.WARNING, logger="underway")
+    checkpointer = Checkpointer(connect, every=3)
+    try:
+        for _ in range(3):
+            checkpointer.committed()
+        wait_for(lambda: attempts, what="the first checkpoint")
+        for _ in range(3):  # the next `every` commits: the thread tries again
+            checkpointer.committed()
+        assert done.wait(10)
+    finally:
+        checkpointer.close()
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("checkpoint" in m and "disk is full" in m for m in logged), logged

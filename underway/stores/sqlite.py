@@ -19,7 +19,8 @@ transaction of its own (see `SQLiteStore.enqueue`). Other processes on the file
 submit and claim as ever.
 
 A full disk (or a file that cannot be written) raises `StoreUnavailable`: the
-caller keeps what it could not write and tries again.
+caller keeps what it could not write and tries again. The log is checkpointed on a
+thread of the store's own (`sqlite_checkpoint`), not by the committing connection.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from ..records import (
     State,
 )
 from .base import ROW_COLUMNS, Store, listing_filter, merged_meta, row_record
+from .sqlite_checkpoint import BACKSTOP_PAGES, Checkpointer
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION, statements
 from .sqlite_wake import SETTLE, WakeChannel, wake_folder
 
@@ -364,6 +366,11 @@ class SQLiteStore(Store):
         # wake-up socket (see sqlite_wake.SETTLE); from then on, idle waiters stay idle.
         self.settled = threading.Event()
         self._db = self._connect()
+        # The log's checkpoints run on a thread of their own (see sqlite_checkpoint).
+        self._checkpointer: Checkpointer | None = None
+        if not self._memory:
+            self._db.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
+            self._checkpointer = Checkpointer(functools.partial(_connect, path))
         self._migrate()
         self._wake: WakeChannel | None = None
         if wake and not self._memory:
@@ -437,6 +444,8 @@ class SQLiteStore(Store):
                 raise
             else:
                 self._db.execute("COMMIT")
+                if self._checkpointer is not None:
+                    self._checkpointer.committed()
 
     @contextmanager
     def _unavailable_as_error(self) -> Iterator[None]:
@@ -643,6 +652,8 @@ class SQLiteStore(Store):
                     except sqlite3.OperationalError as exc:
                         self._raise_unavailable(exc)
                         raise
+                    if self._checkpointer is not None:
+                        self._checkpointer.committed()
                 queued = {record.id: Known(State.QUEUED, record=record)}
                 self._changed(WORK, record.id, known=queued, since=mark)
                 return record, True, superseded
@@ -1256,6 +1267,8 @@ class SQLiteStore(Store):
             self._watcher.join(timeout=2)
         if self._wake is not None:
             self._wake.close()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         with self._lock:
             self._db.close()
 
