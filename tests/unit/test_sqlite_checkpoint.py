@@ -70,10 +70,11 @@ def test_the_log_is_copied_into_the_file_by_the_store_s_own_thread(tmp_path: Pat
         assert checkpointer is not None
         wait_for(lambda: checkpointer.runs >= 1, what="a checkpoint on the thread")
         assert _jobs_in_the_file_itself(db) >= sqlite_checkpoint.EVERY - 1  # one per commit
+        thread = checkpointer._thread
+        assert thread is not None and thread.is_alive()
     finally:
         uw.close()
-    threads = [t.name for t in threading.enumerate()]
-    assert "underway-sqlite-checkpoint" not in threads  # close() stopped it
+    assert not thread.is_alive()  # close() stopped it
 
 
 def test_a_checkpoint_that_fails_is_logged_and_tried_again(
