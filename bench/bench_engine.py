@@ -7,6 +7,8 @@ Run by hand: `python bench/bench_engine.py [--jobs 20000] [--only throughput,...
 core, which shows what the hand-offs between threads cost across cores.
 `--only phases` splits an embedded round trip into its parts (submit, start, the
 end's write, the waiter's wake-up) and prints its CPU against its wall time.
+`--only tail` times the round trip's tail (p99, p99.9) with the store's checkpoint
+thread and, interleaved, with SQLite's own checkpoints in the committing connection.
 Each figure is printed with a ratio to a baseline measured in the same run.
 """
 
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from underway import Job, State, Underway
 from underway.records import JobRecord
+from underway.stores.sqlite import SQLiteStore
 
 
 def noop() -> None:
@@ -185,6 +188,46 @@ def bench_latency(folder: str, n: int = 2000) -> None:
         f"({o50 / p50:.2f} of the above); ThreadPoolExecutor round trip "
         f"p50 {statistics.median(one_base) * 1e3:.3f} ms"
     )
+
+
+def _tail_round_trips(path: str, n: int, thread: bool) -> list[float]:
+    """Submit-then-wait round trips, with the store's checkpoint thread or (`thread`
+    False) with SQLite's automatic checkpoint in the committing connection instead."""
+    uw = Underway(f"sqlite:///{path}", workers=2)
+    uw.task(name="noop")(noop)
+    store = uw.store
+    if not thread:
+        assert isinstance(store, SQLiteStore) and store._checkpointer is not None
+        store._checkpointer.close()
+        store._checkpointer = None
+        store._db.execute("PRAGMA wal_autocheckpoint = 1000")  # SQLite's default
+    uw.start()
+    for _ in range(50):  # warm up
+        uw.submit("noop").wait(5)
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        uw.submit("noop").wait(5)
+        samples.append(time.perf_counter() - t)
+    uw.close()
+    return samples
+
+
+def bench_tail(folder: str, n: int = 3000, rounds: int = 3) -> None:
+    """The round trip's tail: a checkpoint (two fsyncs) in the committing connection
+    every thousand pages stalls the submission or the end that crosses it."""
+    for k in range(rounds):
+        got = {}
+        for thread in (True, False):
+            samples = sorted(_tail_round_trips(f"{folder}/tail-{k}-{thread}.db", n, thread))
+            got[thread] = [samples[int(len(samples) * q)] for q in (0.5, 0.99, 0.999)]
+        on, off = got[True], got[False]
+        print(
+            f"round trip, checkpoint thread: p50 {on[0] * 1e3:.3f} p99 {on[1] * 1e3:.3f} "
+            f"p99.9 {on[2] * 1e3:.3f} ms; checkpoints in the writer: p50 {off[0] * 1e3:.3f} "
+            f"p99 {off[1] * 1e3:.3f} p99.9 {off[2] * 1e3:.3f} ms; ratios "
+            f"{on[0] / off[0]:.2f} / {on[1] / off[1]:.2f} / {on[2] / off[2]:.2f}"
+        )
 
 
 def bench_phases(folder: str, n: int = 2000) -> None:
@@ -441,6 +484,8 @@ def main() -> None:
             bench_latency(folder)
         if "phases" in which:
             bench_phases(folder)
+        if "tail" in which:
+            bench_tail(folder)
         if "large" in which:
             bench_large_store(folder)
         if "floor" in which:
