@@ -26,7 +26,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 
-logger = logging.getLogger("underway")
+log = logging.getLogger("underway.stores.sqlite")
 
 # The committing connection's own automatic checkpoint, as a backstop (pages of 4 KiB).
 BACKSTOP_PAGES = 4000
@@ -82,7 +82,7 @@ class Checkpointer:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.runs += 1
                 except sqlite3.Error as exc:
-                    logger.warning("checkpoint of the SQLite job store's log failed: %s", exc)
+                    log.warning("checkpoint of the SQLite job store's log failed: %s", exc)
         finally:
             if db is not None:
                 db.close()
