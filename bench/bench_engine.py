@@ -136,11 +136,9 @@ def bench_progress() -> None:
     )
 
 
-def _round_trips(folder: str, name: str, n: int) -> tuple[list[float], list[float]]:
-    """Submit-then-wait of a no-op, one at a time, with 2 embedded slots; and the same
-    through a `ThreadPoolExecutor(1)` (seconds each)."""
-    uw = Underway(f"sqlite:///{folder}/{name}.db", workers=2)
-    uw.task(name="noop")(noop)
+def _embedded_round_trips(uw: Underway, n: int) -> list[float]:
+    """Start `uw`'s embedded slots, time `n` submit-then-wait round trips of a no-op
+    (seconds each, after a warm-up), and close it."""
     uw.start()
     for _ in range(50):  # warm up
         uw.submit("noop").wait(5)
@@ -150,6 +148,15 @@ def _round_trips(folder: str, name: str, n: int) -> tuple[list[float], list[floa
         uw.submit("noop").wait(5)
         samples.append(time.perf_counter() - t)
     uw.close()
+    return samples
+
+
+def _round_trips(folder: str, name: str, n: int) -> tuple[list[float], list[float]]:
+    """Submit-then-wait of a no-op, one at a time, with 2 embedded slots; and the same
+    through a `ThreadPoolExecutor(1)` (seconds each)."""
+    uw = Underway(f"sqlite:///{folder}/{name}.db", workers=2)
+    uw.task(name="noop")(noop)
+    samples = _embedded_round_trips(uw, n)
     with ThreadPoolExecutor(1) as pool:
         base = []
         for _ in range(n):
@@ -201,16 +208,7 @@ def _tail_round_trips(path: str, n: int, thread: bool) -> list[float]:
         store._checkpointer.close()
         store._checkpointer = None
         store._db.execute("PRAGMA wal_autocheckpoint = 1000")  # SQLite's default
-    uw.start()
-    for _ in range(50):  # warm up
-        uw.submit("noop").wait(5)
-    samples = []
-    for _ in range(n):
-        t = time.perf_counter()
-        uw.submit("noop").wait(5)
-        samples.append(time.perf_counter() - t)
-    uw.close()
-    return samples
+    return _embedded_round_trips(uw, n)
 
 
 def bench_tail(folder: str, n: int = 3000, rounds: int = 3) -> None:
