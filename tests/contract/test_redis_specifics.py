@@ -29,7 +29,7 @@ from underway import Underway, lifecycle
 from underway.errors import ConfigurationError, StoreUnavailable
 from underway.feed import WORK
 from underway.records import JobRecord, Progress, State
-from underway.stores import open_store, redis_listener
+from underway.stores import open_store, redis_listener, redis_pubsub
 from underway.stores import redis as redis_module
 from underway.stores.redis import RedisStore
 from underway.stores.redis_slots import SlotChannel, open_slot_channel
@@ -810,11 +810,19 @@ def _in_thread(call: Callable[[], T], timeout: float = 10.0) -> T:
     return box[0]
 
 
-@pytest.fixture
-def slot(redis_url: str) -> Iterator[tuple[redis.Redis[str], SlotChannel]]:
-    """A client like the store's, and a slot channel named `slot-test` opened on it."""
+@pytest.fixture(params=["hiredis", "pubsub"])
+def slot(
+    request: pytest.FixtureRequest, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[redis.Redis[str], SlotChannel]]:
+    """A client like the store's, and a slot channel named `slot-test` opened on it:
+    read with hiredis straight from the socket (`redis_pubsub.Subscription`), and
+    through redis-py's `PubSub`, as where the first cannot be used (TLS, RESP3)."""
+    if request.param == "pubsub":
+        monkeypatch.setattr(redis_pubsub, "hiredis", None)
     client = _slot_client(redis_url)
     channel = open_slot_channel(client, "slot-test", "w", "t", 5.0)
+    lean = isinstance(channel.pubsub, redis_pubsub.Subscription)
+    assert lean == (request.param == "hiredis")
     try:
         yield client, channel
     finally:

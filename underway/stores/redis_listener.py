@@ -51,6 +51,7 @@ from typing import Any
 import redis
 
 from ..feed import WORK, ChangeFeed, Listener
+from .redis_pubsub import open_subscription
 from .redis_slots import WakePipe
 
 log = logging.getLogger("underway.stores.redis")
@@ -379,7 +380,7 @@ class RedisListener:
             self._handle(message)
 
     def _connect(self) -> None:
-        pubsub = self._client.pubsub()
+        pubsub = open_subscription(self._client)
         with self._lock:
             watched = set(self._waiters) | set(self._left)
         pubsub.subscribe(self._wake, *(self._job_prefix + job_id for job_id in watched))

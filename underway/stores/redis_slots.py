@@ -24,6 +24,8 @@ from typing import Any
 
 import redis
 
+from .redis_pubsub import open_subscription
+
 MARKER = "\x00"  # a message that starts with it is a marker (see `SlotChannel.drain`)
 
 
@@ -155,7 +157,7 @@ def open_slot_channel(
 ) -> SlotChannel:
     """Subscribe to `name`, returning once Redis confirms it (a message sent to the
     channel after that reaches it). Raises what the client raises."""
-    pubsub = client.pubsub()
+    pubsub = open_subscription(client)
     try:
         pubsub.subscribe(name)
         while True:
