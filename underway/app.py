@@ -513,9 +513,12 @@ class Underway:
             record = None
             read = False  # read from the store now (not told by the feed)
             if known is not None and (known.state in TERMINAL or not checked):
-                record = known.full()
-                if record is not None and owner is not None and record.owner != owner:
-                    record = None
+                if known.state in TERMINAL or owner is not None:
+                    record = known.full()
+                    if record is not None and owner is not None and record.owner != owner:
+                        record = None
+                else:
+                    checked = True  # the store said it is there, unfinished: no record needed
             if record is None and (known is None or not checked or known.state in TERMINAL):
                 record = self.find(job_id, owner=owner)  # no `waiting`: nobody reads it
                 if record is None:

@@ -44,7 +44,6 @@ import time
 import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -166,14 +165,16 @@ def _record_from(h: Mapping[str, str], position: int | None = None) -> JobRecord
 
 def _claimed(record: JobRecord, worker: str, lease_until: str) -> JobRecord:
     """A new job's record once its submission claimed it for an idle worker."""
-    return replace(
-        record,
-        state=State.RUNNING,
-        attempt=1,
-        worker=worker,
-        lease_until=float(lease_until),
-        started_at=record.created_at,
-        position=None,
+    return JobRecord.from_fields(
+        {
+            **record.__dict__,
+            "state": State.RUNNING,
+            "attempt": 1,
+            "worker": worker,
+            "lease_until": float(lease_until),
+            "started_at": record.created_at,
+            "position": None,
+        }
     )
 
 
