@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from _thread import allocate_lock
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,31 @@ from .records import TERMINAL, JobRecord, State
 
 Listener = Callable[[], None]
 WORK = "\x00work"  # feed key for "a job may be ready to claim"
+
+
+class Signal:
+    """A one-time wake-up for one waiting thread: `set` from any thread, any number of
+    times; `wait` once. One lock, held until set: `threading.Event` makes a Condition
+    and its lock for each, and takes both ways through Python code to wait and to set,
+    on the path of every job's wait."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = allocate_lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:  # set already (and not waited on since)
+            pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether it was set (within `timeout` seconds)."""
+        if timeout is None:
+            return self._lock.acquire()
+        return self._lock.acquire(timeout=max(0.0, timeout))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +88,10 @@ class ChangeFeed:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._versions: dict[str, int] = {}
-        self._waiters: dict[str, list[threading.Event]] = {}
+        self._waiters: dict[str, list[Signal]] = {}
         # Waiters for a job's end (`wait_end`): not woken by a change the store says
         # leaves the job unfinished (its claim, say), which they would only sleep on.
-        self._end_waiters: dict[str, list[threading.Event]] = {}
+        self._end_waiters: dict[str, list[Signal]] = {}
         self._listeners: dict[str, set[Listener]] = {}
         # by key: (its version then, what), oldest first
         self._known: OrderedDict[str, tuple[int, Known]] = OrderedDict()
@@ -101,7 +127,7 @@ class ChangeFeed:
         `since` (a `mark()` taken before the change was written), what is `known` of a
         key announced again since then (e.g. by another thread that heard of a later
         change first) is left out: its waiters read instead."""
-        woken: list[threading.Event] = []
+        woken: list[Signal] = []
         called: list[Listener] = []
         with self._lock:
             if len(self._versions) >= self.MAX_KEYS:
@@ -181,12 +207,12 @@ class ChangeFeed:
 
     def _wait(
         self,
-        table: dict[str, list[threading.Event]],
+        table: dict[str, list[Signal]],
         key: str,
         seen: int,
         timeout: float | None,
     ) -> int:
-        event = threading.Event()
+        event = Signal()
         with self._lock:
             current = self._versions.get(key, self._floor)
             if current != seen:

@@ -9,7 +9,7 @@ from typing import Any
 
 from tests.support.wait import wait_for
 from underway import Underway
-from underway.feed import ChangeFeed, Known
+from underway.feed import ChangeFeed, Known, Signal
 from underway.records import JobRecord, State
 
 
@@ -156,3 +156,22 @@ def test_a_change_the_store_says_nothing_of_wakes_end_waiters() -> None:
     feed.notify("job")  # e.g. another process's write, or a delete
     waiting.join(5)
     assert woke and woke[0] != seen
+
+
+def test_a_signal_wakes_its_waiter_once_however_often_it_is_set() -> None:
+    """`Signal`, the feed's wake-up for one waiter: set before the wait, the wait
+    returns at once; set twice, no error; never set, the wait times out; set from
+    another thread, it wakes a waiter that waits without a time limit."""
+    early = Signal()
+    early.set()
+    early.set()
+    assert early.wait(0.0)
+    assert not Signal().wait(0.01)
+    signal = Signal()
+    woke = queue.Queue[bool]()
+    thread = threading.Thread(target=lambda: woke.put(signal.wait()))
+    thread.start()
+    signal.set()
+    assert woke.get(timeout=5)
+    thread.join(5)
+    signal.set()  # after the wait: harmless

@@ -39,7 +39,7 @@ from typing import Any
 
 from .._util import dumps, loads
 from ..errors import ConfigurationError, StoreUnavailable
-from ..feed import WORK, ChangeFeed, Known
+from ..feed import WORK, ChangeFeed, Known, Signal
 from ..records import (
     POSITION_LIMIT,
     TERMINAL,
@@ -248,7 +248,7 @@ class _Feed(ChangeFeed):
         super().__init__()
         self._handed_over: dict[int, int] = {}  # WORK version a hand-over made: the one before
 
-    def enlist(self, event: threading.Event, seen: int) -> int | None:
+    def enlist(self, event: Signal, seen: int) -> int | None:
         """Have `event` wait for work, as `wait(WORK, seen, ...)` would wait: None, or
         WORK's version when it is not `seen` any more (then there is no waiting)."""
         with self._lock:
@@ -258,7 +258,7 @@ class _Feed(ChangeFeed):
             self._waiters.setdefault(WORK, []).append(event)
         return None
 
-    def take_waiter(self, event: threading.Event) -> bool:
+    def take_waiter(self, event: Signal) -> bool:
         """Take `event` out of the waiters of work, if it still waits there (it was
         not woken yet): then no announcement wakes it, but `hand_over`."""
         with self._lock:
@@ -270,7 +270,7 @@ class _Feed(ChangeFeed):
                 del self._waiters[WORK]
             return True
 
-    def hand_over(self, event: threading.Event) -> None:
+    def hand_over(self, event: Signal) -> None:
         """Wake the waiter taken out (`take_waiter`), moving WORK's version on: a slot
         that looks at the version after this (say, to decide it only writes ends)
         knows that work came."""
@@ -309,12 +309,56 @@ class _Slot:
     idle: bool = False  # that claim found fewer jobs than it asked for
 
 
+class _Write:
+    """`with store._write() as db:` one write transaction, holding the store's lock; it
+    commits, or rolls back on an exception, and a full disk or an unwritable file is
+    StoreUnavailable. (A class: a generator's context manager costs a few microseconds
+    more, on the path of every submission and every batch of ends.)"""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self.store
+        store._lock.acquire()
+        try:
+            store._db.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            store._lock.release()
+            if isinstance(exc, sqlite3.OperationalError):
+                store._raise_unavailable(exc)
+            raise
+        return store._db
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: Any
+    ) -> None:
+        store = self.store
+        db = store._db
+        try:
+            if kind is None:
+                db.execute("COMMIT")
+                if store._checkpointer is not None:
+                    store._checkpointer.committed()
+            elif db.in_transaction:
+                db.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            store._raise_unavailable(exc)
+            raise
+        finally:
+            store._lock.release()
+        if isinstance(value, sqlite3.OperationalError):
+            store._raise_unavailable(value)
+
+
 @dataclass(eq=False, slots=True)
 class _Waiter:
     """An idle slot waiting for work (`SQLiteStore.wait_for_work`), on `event`."""
 
     slot: _Slot
-    event: threading.Event
+    event: Signal
 
 
 @dataclass(eq=False, slots=True)
@@ -360,6 +404,7 @@ class SQLiteStore(Store):
         self._drained: dict[str, int] = {}
         self._memory = path == ":memory:"
         self._lock = threading.RLock()
+        self._writer = _Write(self)
         self._local = threading.local()
         self._closed = threading.Event()
         # Set once this process has taken its look at everything after binding its
@@ -431,21 +476,9 @@ class SQLiteStore(Store):
         else:
             yield self._reader()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> _Write:
         """One write transaction; a full disk or an unwritable file is StoreUnavailable."""
-        with self._lock, self._unavailable_as_error():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
-                if self._checkpointer is not None:
-                    self._checkpointer.committed()
+        return self._writer
 
     @contextmanager
     def _unavailable_as_error(self) -> Iterator[None]:
@@ -1231,7 +1264,7 @@ class SQLiteStore(Store):
             return self.notifier.wait(WORK, seen, timeout)
         # Listed first, then among the waiters of work: a submission claims a job for
         # a listed slot only if it can take it out of those waiters (see `_push`).
-        waiter = _Waiter(slot, threading.Event())
+        waiter = _Waiter(slot, Signal())
         with self._push_lock:
             listed = slot.worker not in self._stopped and not self._closed.is_set()
             if listed:
