@@ -17,7 +17,11 @@ import time
 class ClaimBaton:
     def __init__(self, hand_over: float = 0.005) -> None:
         self.hand_over = hand_over
-        self._cond = threading.Condition(threading.Lock())
+        # Taken directly on the way of every job (`with self._lock`: no Python frames),
+        # and through the condition only to wait or to wake a waiter.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiting = 0  # slots waiting in `take`
         self._holder: object | None = None
         # When the holder started its latest job; None while it waits for work. Kept
         # across the holder's back-to-back jobs, so that waiting slots sleep on a
@@ -28,30 +32,34 @@ class ClaimBaton:
 
     def take(self, slot: object) -> bool:
         """Block until `slot` holds the baton; False once the baton is closed."""
-        with self._cond:
+        with self._lock:
             while not self._closed:
                 if self._holder is None or self._holder is slot:
                     self._holder = slot
                     return True
                 busy_since = self._busy_since
-                if busy_since is None:
-                    self._sleepers += 1
-                    try:
-                        self._cond.wait()  # the holder waits for work: it claims next
-                    finally:
-                        self._sleepers -= 1
-                    continue
-                left = busy_since + self.hand_over - time.monotonic()
-                if left <= 0:
-                    self._holder = slot  # the holder is in a long job: take over
-                    self._busy_since = None
-                    return True
-                self._cond.wait(left)
+                self._waiting += 1
+                try:
+                    if busy_since is None:
+                        self._sleepers += 1
+                        try:
+                            self._cond.wait()  # the holder waits for work: it claims next
+                        finally:
+                            self._sleepers -= 1
+                        continue
+                    left = busy_since + self.hand_over - time.monotonic()
+                    if left <= 0:
+                        self._holder = slot  # the holder is in a long job: take over
+                        self._busy_since = None
+                        return True
+                    self._cond.wait(left)
+                finally:
+                    self._waiting -= 1
             return False
 
     def running(self, slot: object) -> None:
         """`slot` starts a job; another slot takes over if it runs past `hand_over`."""
-        with self._cond:
+        with self._lock:
             if self._holder is slot:
                 self._busy_since = time.monotonic()
                 if self._sleepers:
@@ -59,21 +67,22 @@ class ClaimBaton:
 
     def idle(self, slot: object) -> None:
         """`slot` found no work; it keeps the baton and waits for work itself."""
-        with self._cond:
+        with self._lock:
             if self._holder is slot:
                 self._busy_since = None
 
     def release(self, slot: object) -> None:
-        with self._cond:
+        with self._lock:
             if self._holder is slot:
                 self._holder = None
                 self._busy_since = None
-                self._cond.notify()
+                if self._waiting:
+                    self._cond.notify()
 
     def holds(self, slot: object) -> bool:
         return self._holder is slot
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._cond.notify_all()
