@@ -96,3 +96,32 @@ def test_waiting_for_a_job_this_process_finished_reads_nothing_and_stays_true(
             uw.wait(job.id, timeout=1)
     finally:
         uw.close()
+
+
+def test_an_unfinished_job_is_waited_for_by_its_owner_and_unknown_to_another(
+    tmp_path: Path,
+) -> None:
+    """A job the store said is there and unfinished (its submission here) is waited for
+    until it ends; asked for by another owner, it is unknown at once, not waited for."""
+    store = CountingStore(str(tmp_path / "jobs.db"))
+    assert store.settled.wait(5)
+    uw = Underway(store, workers=1)
+    release = threading.Event()
+
+    @uw.task
+    def held() -> int:
+        assert release.wait(10)
+        return 7
+
+    uw.start()
+    try:
+        job = uw.submit("held", owner="ann")
+        with pytest.raises(TimeoutError):
+            uw.wait(job.id, timeout=0.2)
+        with pytest.raises(JobNotFound):
+            uw.wait(job.id, timeout=5, owner="bob")
+        release.set()
+        assert uw.wait(job.id, timeout=10, owner="ann").result == 7
+    finally:
+        release.set()
+        uw.close()
