@@ -35,6 +35,10 @@ worker process, from one process's view and Redis's; Redis time is `usec` of
 `INFO commandstats` (scripts and what they call), beside the part of it spent in the
 commands the scripts call (the rest is the scripts' Lua code and the conversion of
 their arguments and replies).
+
+Then one-by-one submissions with no worker running, beside bare LPUSHes of a
+200-byte value (about what Huey's enqueue sends), with the wall time and each side's
+CPU per call: a process that submits jobs one by one gets them in no faster.
 """
 
 from __future__ import annotations
@@ -238,6 +242,38 @@ def _cpu(pid: int) -> float:
     return total / 1e9
 
 
+def submission_alone(url: str, server_pid: int, n: int = 5000) -> None:
+    """One-by-one submissions with no worker running, beside bare LPUSHes, in the same
+    run: wall time, this process's CPU and redis-server's CPU per call. Jobs submitted
+    one by one from one process come no faster than this, whatever the workers do."""
+    client: redis.Redis[str] = redis.Redis.from_url(url, decode_responses=True)
+    client.flushdb()
+    uw = build_app(url, workers=1)
+    print(f"one by one with no worker running, per call ({n:,} calls; CPU from /proc)")
+    print(f"{'call':<18} {'wall us':>8} {'client':>7} {'redis':>6}")
+    try:
+        for _ in range(200):
+            uw.submit("noop")
+            client.lpush("bench:bare", "x" * 200)
+        calls = (
+            ("submit()", lambda: uw.submit("noop")),
+            ("LPUSH (200 B)", lambda: client.lpush("bench:bare", "x" * 200)),
+        )
+        for label, call in calls:
+            own, server = time.process_time(), _cpu(server_pid)
+            started = time.perf_counter()
+            for _ in range(n):
+                call()
+            wall = (time.perf_counter() - started) / n * 1e6
+            own = (time.process_time() - own) / n * 1e6
+            server = (_cpu(server_pid) - server) / n * 1e6
+            print(f"{label:<18} {wall:>8.0f} {own:>7.0f} {server:>6.0f}")
+    finally:
+        uw.close()
+        client.flushdb()
+        client.close()
+
+
 def harness_rounds(url: str, server_pid: int, rounds: int, jobs: int = 2000) -> None:
     """The peer harness's Redis shape, with each side's CPU per job (see the docstring)."""
     argv = [sys.executable, "-m", "tests.integration.redis_worker_app", url, "--workers", "1"]
@@ -359,6 +395,7 @@ def main() -> None:
             harness_rounds(server.url, server.pid, args.rounds)
             return
         per_operation(server.url)
+        submission_alone(server.url, server.pid)
         harness_rounds(server.url, server.pid, args.rounds)
         client: redis.Redis[str] = redis.Redis.from_url(server.url, decode_responses=True)
         bare = bare_round_trips(client, 20_000)
