@@ -25,6 +25,8 @@ out):
   for (one trigger and one notification per job: a little extra work for them);
 
 and, to read the ratios against, the floors of the same run: a bare `SELECT 1`, a
+one-row INSERT in autocommit into a logged table with a primary key (the least a
+submission stored by the time it returns costs), a
 NOTIFY answered by NOTIFY from a process that LISTENs (two wake-ups through the
 server), a thread hand-off, and each queue's submissions with no worker running
 (`--jobs` of them, into a database of their own): the end-to-end rate can be no
@@ -130,6 +132,22 @@ def bare_round_trip(url: str, n: int = 500) -> float:
             conn.execute("INSERT INTO bare VALUES (%s)", (i,))
             conn.execute("DELETE FROM bare WHERE id = %s", (i,))
         return (time.perf_counter() - started) / n
+
+
+def insert_round_trip(url: str, n: int = 2000) -> float:
+    """Seconds per one-row INSERT, in autocommit, into a logged table with a text primary
+    key, through psycopg: the least a submission that is stored when it returns costs
+    (one statement, one commit), the job's own columns and indexes aside."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_insert")
+        conn.execute("CREATE TABLE bench_insert (id text PRIMARY KEY, task text, data text)")
+        try:
+            started = time.perf_counter()
+            for i in range(n):
+                conn.execute("INSERT INTO bench_insert VALUES (%s, 'noop', '{}')", (f"{i:026d}",))
+            return (time.perf_counter() - started) / n
+        finally:
+            conn.execute("DROP TABLE bench_insert")
 
 
 def select_round_trip(url: str, n: int = 500) -> float:
@@ -714,6 +732,7 @@ def main() -> None:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         track(server.url, False)
         bare = bare_round_trip(server.url)
+        insert = insert_round_trip(server.url)
         select = select_round_trip(server.url)
         ping_pong = notify_ping_pong(server.url)
         hand_off = thread_hand_off()
@@ -787,7 +806,8 @@ def main() -> None:
             f"per job); round trip p50 {row['p50'] * 1e3:.2f} ms"
         )
     print(
-        f"floors: bare INSERT + DELETE round trip {bare * 1e6:.0f} us; SELECT 1 "
+        f"floors: bare INSERT + DELETE round trip {bare * 1e6:.0f} us; one-row INSERT into "
+        f"a table with a primary key {insert * 1e6:.0f} us; SELECT 1 "
         f"{select * 1e6:.0f} us; NOTIFY answered by NOTIFY from a listening process "
         f"{ping_pong * 1e6:.0f} us; thread hand-off {hand_off * 1e6:.0f} us"
     )
