@@ -132,44 +132,45 @@ class ChangeFeed:
         with self._lock:
             if len(self._versions) >= self.MAX_KEYS:
                 self._clear_versions()
-            hints = self._known
+            hints, versions = self._known, self._versions
+            waiting, end_waiting, listening = self._waiters, self._end_waiters, self._listeners
+            counter = self._counter
             for key in keys:
+                counter += 1
                 unfinished = False  # known to be queued or running after this change
-                if known is not None and key in known:
-                    fresh = since is None or (
-                        self._floor <= since and self._versions.get(key, 0) <= since
-                    )
-                    self._counter += 1
-                    if fresh:
-                        hints.pop(key, None)
-                        hints[key] = (self._counter, known[key])
-                        if len(hints) > self.MAX_KNOWN:
-                            hints.popitem(last=False)
-                        unfinished = known[key].state not in TERMINAL
-                    elif hints:
-                        hints.pop(key, None)
-                else:
-                    self._counter += 1
+                said = None if known is None else known.get(key)
+                if said is not None and (
+                    since is None or (self._floor <= since and versions.get(key, 0) <= since)
+                ):
                     if hints:
                         hints.pop(key, None)
-                self._versions[key] = self._counter
+                    hints[key] = (counter, said)
+                    if len(hints) > self.MAX_KNOWN:
+                        hints.popitem(last=False)
+                    unfinished = said.state not in TERMINAL
+                elif hints:
+                    hints.pop(key, None)
+                versions[key] = counter
                 if key == WORK:
                     # One new job needs one idle slot: waking them all would have
                     # every idle thread race for it (a herd, with many slots).
-                    waiters = self._waiters.get(key)
+                    waiters = waiting.get(key)
                     if waiters:
                         woken.append(waiters.pop(0))
                     continue
-                waiters = self._waiters.pop(key, None)
-                if waiters:
-                    woken.extend(waiters)
-                if not unfinished:
-                    waiters = self._end_waiters.pop(key, None)
+                if waiting:
+                    waiters = waiting.pop(key, None)
                     if waiters:
                         woken.extend(waiters)
-                listeners = self._listeners.get(key)
-                if listeners:
-                    called.extend(listeners)
+                if not unfinished and end_waiting:
+                    waiters = end_waiting.pop(key, None)
+                    if waiters:
+                        woken.extend(waiters)
+                if listening:
+                    listeners = listening.get(key)
+                    if listeners:
+                        called.extend(listeners)
+            self._counter = counter
         for event in woken:
             event.set()
         for fn in called:
