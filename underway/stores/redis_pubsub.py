@@ -137,4 +137,8 @@ def open_subscription(client: redis.Redis[str]) -> Any:
     if not plain or sock.gettimeout() is None:  # a blocking descriptor: read() would wait
         connection.disconnect()
         return client.pubsub()
-    return Subscription(connection)
+    try:
+        return Subscription(connection)
+    except (TypeError, AttributeError):  # an older hiredis or redis-py than ours
+        connection.disconnect()
+        return client.pubsub()
