@@ -110,16 +110,13 @@ class Subscription:
 
 
 def _message(reply: Any) -> dict[str, Any]:
+    """A reply as `PubSub.get_message` gives it (the store subscribes to channels only,
+    never to patterns: `message`, `subscribe` and `unsubscribe` replies, 3 items each)."""
     if isinstance(reply, redis.ResponseError):
         raise reply
-    if not isinstance(reply, list) or not reply:
+    if not isinstance(reply, list) or len(reply) != 3:
         return {"type": None, "pattern": None, "channel": None, "data": reply}
-    kind = reply[0]
-    if kind == "pmessage" and len(reply) == 4:
-        return {"type": kind, "pattern": reply[1], "channel": reply[2], "data": reply[3]}
-    channel = reply[1] if len(reply) > 1 else None
-    data = reply[2] if len(reply) > 2 else None
-    return {"type": kind, "pattern": None, "channel": channel, "data": data}
+    return {"type": reply[0], "pattern": None, "channel": reply[1], "data": reply[2]}
 
 
 def open_subscription(client: redis.Redis[str]) -> Any:

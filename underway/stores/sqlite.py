@@ -480,14 +480,6 @@ class SQLiteStore(Store):
         """One write transaction; a full disk or an unwritable file is StoreUnavailable."""
         return self._writer
 
-    @contextmanager
-    def _unavailable_as_error(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            self._raise_unavailable(exc)
-            raise
-
     def _raise_unavailable(self, exc: sqlite3.OperationalError) -> None:
         """StoreUnavailable for a full disk or an unwritable file (else return)."""
         code = getattr(exc, "sqlite_errorcode", None)
