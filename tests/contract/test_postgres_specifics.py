@@ -201,6 +201,41 @@ def test_a_bulk_claim_and_finish_takes_few_statements(pg_store: PostgresStore) -
     assert sum(sent) == 7, f"{sum(sent)} statements for {jobs} jobs: {sent}"
 
 
+def test_a_table_that_grows_from_empty_is_analyzed_after_hundreds_of_claims(
+    pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Statements are planned once for all their runs: a plan made while the jobs table
+    was empty reads the whole table (a batch of ends, to lock its rows). A store that
+    claims hundreds of jobs looks at the table's statistics after every
+    `STATS_JOBS` of them, not only once a second, and analyzes a table that has
+    outgrown them, which has every session plan afresh."""
+    monkeypatch.setattr(postgres, "STATS_CHECK", 3600.0)  # no look brought by the clock
+    jobs = pg_store._sql.jobs
+
+    def analyzed() -> bool:
+        with pg_store._connection() as conn:
+            row = conn.execute(
+                "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables "
+                "WHERE relid = %s::regclass",
+                (jobs,),
+            ).fetchone()
+        return bool(row and row[0])
+
+    held: list[Any] = []
+    for turn in range(3 * postgres.STATS_JOBS // 16):
+        for _ in range(16):
+            submit(pg_store)
+        now = time.time()
+        done, held = pg_store.apply_and_claim(
+            [ended(r, now=now) for r in held], worker="worker-a", tasks=["t"], limits={},
+            lease=30.0, now=now, max_jobs=16,
+        )  # fmt: skip
+        assert all(done) and len(held) == 16
+        if turn == 0:
+            assert not analyzed()  # the first look found a table too small to matter
+    assert analyzed()
+
+
 def test_a_batch_of_ends_locks_its_rows_in_the_order_of_their_ids(
     pg_store: PostgresStore, postgres_url: str
 ) -> None:

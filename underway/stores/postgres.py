@@ -93,6 +93,9 @@ POOL_TIMEOUT = 5.0  # seconds a call waits for a pooled connection before giving
 DOWN_TIMEOUT = 0.5  # the same while the server was lost at the last call
 POOL_SIZE = 16  # connections at most, per store (one more for the listener)
 STATS_CHECK = 1.0  # seconds between looks at the jobs table's statistics, while claims find work
+# ... or sooner, once this store has claimed this many jobs since its last look: a table
+# that grows from empty by thousands of jobs a second outgrows its plans within one.
+STATS_JOBS = 256
 # Seconds a submission that found no idle worker for its task spares the next ones of
 # that task the search (`PostgresStore.no_idle_for`): while jobs come faster than the
 # workers take them, none is idle, and the search costs a submission about a sixth of
@@ -194,6 +197,8 @@ class PostgresStore(Store):
         )
         self._healthy = True  # False after a lost server: calls then wait less long
         self._stats_due = 0.0  # monotonic time of the next look at the table's statistics
+        self._stats_claimed = 0  # jobs claimed since the last look
+        self._stats_every: float = STATS_JOBS  # ... that bring the next (inf: seconds only)
         try:
             with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
                 self._migrate(conn)
@@ -674,7 +679,7 @@ class PostgresStore(Store):
         if not decisions and max_jobs <= 0:
             if pushed:
                 self._drained[worker] = self.notifier.version(WORK)
-                self._refresh_stats()
+                self._refresh_stats(len(pushed))
                 self.notifier.notify(
                     *(r.id for r in pushed),
                     known={r.id: Known(State.RUNNING, record=r) for r in pushed},
@@ -795,7 +800,7 @@ class PostgresStore(Store):
                 rows = claim.fetchall()
         claimed = pushed + [row_to_record(row) for row in rows]
         if claimed:
-            self._refresh_stats()
+            self._refresh_stats(len(claimed))
         known = {r.id: Known(State.RUNNING, record=r) for r in claimed}
         work = False
         for d, ok, doc in zip(decisions, done, docs, strict=True):
@@ -915,24 +920,30 @@ class PostgresStore(Store):
             "push_key": self._push_key,
         }
 
-    def _refresh_stats(self) -> None:
+    def _refresh_stats(self, claimed: int) -> None:
         """ANALYZE the jobs table when the planner's idea of it is far off (see
         `Statements.stale_stats`). A claim planned for a (nearly) empty table reads
-        and sorts the whole queue to take one job; autovacuum corrects that only
-        within a minute or so, and a queue can grow by thousands of jobs meanwhile.
-        Looked at every second, while claims find work."""
+        and sorts the whole queue to take one job, and a batch of ends reads the
+        whole table to lock its rows; autovacuum corrects that only within a minute
+        or so, and a queue can grow by thousands of jobs meanwhile. Looked at every
+        second while claims (`claimed` jobs, this call) find work, and after every
+        `STATS_JOBS` jobs claimed."""
+        self._stats_claimed += claimed
         now = time.monotonic()
-        if now < self._stats_due:
+        if now < self._stats_due and self._stats_claimed < self._stats_every:
             return
         self._stats_due = now + STATS_CHECK
+        self._stats_claimed = 0
         try:
             with self._connection() as conn:
                 row = conn.execute(self._sql.stale_stats, (self._sql.jobs,)).fetchone()
                 if row is not None and row[0]:
                     conn.execute(f"ANALYZE {self._sql.jobs}")
+            self._stats_every = STATS_JOBS
         except (psycopg.Error, StoreUnavailable) as exc:  # e.g. not the table's owner
             log.debug("could not refresh the statistics of %s: %s", self._sql.jobs, exc)
             self._stats_due = now + 60 * STATS_CHECK
+            self._stats_every = inf  # not again before then
 
     def renew(
         self, *, worker: str, fences: Mapping[str, int], lease: float, now: float
