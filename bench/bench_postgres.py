@@ -2,7 +2,7 @@
 
     pip install -e '.[postgres,bench-postgres]'
     python bench/bench_postgres.py [--jobs 2000] [--trips 200] [--procs 1,2] [--bulk 5000]
-        [--rounds 1] [--no-idle-for SECONDS] [--nice N]
+        [--rounds 1] [--no-idle-for SECONDS] [--nice N] [--server-time]
 
 Starts its own PostgreSQL server (tests/support/postgres_server.py) with
 pg_stat_statements loaded, counting only while the bulk path's statements are
@@ -114,6 +114,33 @@ def track(url: str, on: bool) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"ALTER SYSTEM SET pg_stat_statements.track = {'top' if on else 'none'}")
         conn.execute("SELECT pg_reload_conf()")
+
+
+def server_time(server: PostgresServer, args: argparse.Namespace) -> list[tuple[float, str]]:
+    """One more end-to-end run of underway (one worker process of `--slots` slots, a
+    fresh database) with pg_stat_statements counting: the server's execution time per
+    job of each statement underway sent, most first (the statement's first words).
+    Apart from the rounds: counting costs every statement some time."""
+    url = with_schema(database(server.url, "underway_server_time"), "bench")
+    queue = UnderwayQueue(url)
+    try:
+        with underway_workers(url, 1, args.slots) as pids:
+            track(server.url, True)
+            reset(server.url)
+            try:
+                end_to_end(queue, args.jobs, pids, server)
+            finally:
+                track(server.url, False)
+    finally:
+        queue.close()
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT sum(total_exec_time), left(regexp_replace(query, '\\s+', ' ', 'g'), 60) "
+            "FROM pg_stat_statements WHERE query NOT ILIKE '%%pg_stat_statements%%' "
+            "AND query NOT ILIKE '%%bench poll%%' AND query NOT ILIKE '%%pg_reload_conf%%' "
+            "GROUP BY 2 ORDER BY 1 DESC LIMIT 5"
+        ).fetchall()
+    return [(float(ms) / 1e3 / args.jobs, text) for ms, text in rows]
 
 
 def database(server_url: str, name: str) -> str:
@@ -708,6 +735,11 @@ def main() -> None:
         help=f"underway's worker processes run this much below the usual CPU priority "
         f"(`underway worker --nice`, {NICE} unless told; 0: as the peers' run)",
     )
+    parser.add_argument(
+        "--server-time",
+        action="store_true",
+        help="one more underway run, its server time per job by statement (pg_stat_statements)",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("PEER", "URL"), help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=PGQUEUER_BATCH, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -778,6 +810,7 @@ def main() -> None:
                             server,
                         )
                     )
+        times = server_time(server, args) if args.server_time else []
     # Each queue in its best configuration: the process count of its best median
     # rate end to end, and (apart) of its best median round trip.
     by_config = {key: medians(key[0], measured) for key, measured in runs.items()}
@@ -827,6 +860,12 @@ def main() -> None:
         f"SQLite {progress[1] * 1e9:.0f} ns (PostgreSQL/SQLite {progress[0] / progress[1]:.2f}); "
         f"a bare method call of the same shape {progress[2] * 1e9:.0f} ns"
     )
+    if times:
+        print(
+            f"underway's server time per job by statement ({args.jobs} jobs end to end on a "
+            f"fresh table, 1 worker process x {args.slots} slots, pg_stat_statements on): "
+            + "; ".join(f"{t * 1e6:.1f} us {text!r}" for t, text in times)
+        )
     print(
         f"each queue at {args.procs} worker process(es), best shown (x N: its process count); "
         f"{args.jobs} no-op jobs submitted one by one; "
