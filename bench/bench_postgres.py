@@ -138,9 +138,11 @@ def server_time(server: PostgresServer, args: argparse.Namespace) -> list[tuple[
             "SELECT sum(total_exec_time), left(regexp_replace(query, '\\s+', ' ', 'g'), 60) "
             "FROM pg_stat_statements WHERE query NOT ILIKE '%%pg_stat_statements%%' "
             "AND query NOT ILIKE '%%bench poll%%' AND query NOT ILIKE '%%pg_reload_conf%%' "
-            "GROUP BY 2 ORDER BY 1 DESC LIMIT 5"
+            "GROUP BY ROLLUP (2) ORDER BY 2 NULLS FIRST, 1 DESC"
         ).fetchall()
-    return [(float(ms) / 1e3 / args.jobs, text) for ms, text in rows]
+    total, rows = rows[0], rows[1:]
+    top = sorted(rows, key=lambda r: r[0], reverse=True)[:5]
+    return [(float(ms) / 1e3 / args.jobs, text or "all") for ms, text in [total, *top]]
 
 
 def database(server_url: str, name: str) -> str:
