@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -234,6 +235,29 @@ def test_a_table_that_grows_from_empty_is_analyzed_after_hundreds_of_claims(
         if turn == 0:
             assert not analyzed()  # the first look found a table too small to matter
     assert analyzed()
+
+
+def test_a_look_at_the_statistics_that_fails_is_not_tried_again_for_a_minute(
+    pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that may not analyze the table (it is not the table's owner, say) looks
+    again after a minute, not after every `STATS_JOBS` jobs it claims."""
+    looks: list[int] = []
+    real = pg_store._connection
+
+    @contextlib.contextmanager
+    def failing() -> Iterator[Any]:
+        looks.append(1)
+        with real() as conn:
+            conn.execute("SELECT 1/0")  # raises psycopg's DivisionByZero
+            yield conn
+
+    monkeypatch.setattr(pg_store, "_connection", failing)
+    pg_store._stats_due = 0.0
+    pg_store._refresh_stats(1)
+    for _ in range(4):
+        pg_store._refresh_stats(postgres.STATS_JOBS)
+    assert len(looks) == 1
 
 
 def test_a_batch_of_ends_locks_its_rows_in_the_order_of_their_ids(
