@@ -2,7 +2,7 @@
 
     pip install -e '.[postgres,bench-postgres]'
     python bench/bench_postgres.py [--jobs 2000] [--trips 200] [--procs 1,2] [--bulk 5000]
-        [--rounds 1] [--no-idle-for SECONDS] [--nice N] [--server-time]
+        [--rounds 1] [--no-idle-for SECONDS] [--nice N] [--server-time] [--phases]
 
 Starts its own PostgreSQL server (tests/support/postgres_server.py) with
 pg_stat_statements loaded, counting only while the bulk path's statements are
@@ -143,6 +143,31 @@ def server_time(server: PostgresServer, args: argparse.Namespace) -> list[tuple[
     total, rows = rows[0], rows[1:]
     top = sorted(rows, key=lambda r: r[0], reverse=True)[:5]
     return [(float(ms) / 1e3 / args.jobs, text or "all") for ms, text in [total, *top]]
+
+
+def phases(server: PostgresServer, args: argparse.Namespace) -> dict[str, float]:
+    """underway's round trip split where the job starts: `args.trips` round trips to one
+    idle worker process of `--slots` slots, each a job that returns the time it started
+    (the worker's clock, this machine's). Medians, in seconds: the submission, from its
+    return to the job's start, from the start to `wait()`'s return, and the whole."""
+    url = with_schema(database(server.url, "underway_phases"), "bench")
+    uw = build_app(url)
+    rows = []
+    try:
+        uw.count()
+        with underway_workers(url, 1, args.slots):
+            for n in range(args.trips + 50):
+                t0 = time.time()
+                job = uw.submit("clock")
+                t1 = time.time()
+                started = job.wait(timeout=10)
+                t2 = time.time()
+                if n >= 50:  # the first ones warm up
+                    rows.append((t1 - t0, started - t1, t2 - started, t2 - t0))
+    finally:
+        uw.close()
+    names = ("submission", "to the start", "start to wait's return", "all")
+    return {name: statistics.median(r[k] for r in rows) for k, name in enumerate(names)}
 
 
 def database(server_url: str, name: str) -> str:
@@ -742,6 +767,11 @@ def main() -> None:
         action="store_true",
         help="one more underway run, its server time per job by statement (pg_stat_statements)",
     )
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="underway's round trip split where the job starts (medians of --trips)",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("PEER", "URL"), help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=PGQUEUER_BATCH, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -813,6 +843,7 @@ def main() -> None:
                         )
                     )
         times = server_time(server, args) if args.server_time else []
+        split = phases(server, args) if args.phases else {}
     # Each queue in its best configuration: the process count of its best median
     # rate end to end, and (apart) of its best median round trip.
     by_config = {key: medians(key[0], measured) for key, measured in runs.items()}
@@ -862,6 +893,12 @@ def main() -> None:
         f"SQLite {progress[1] * 1e9:.0f} ns (PostgreSQL/SQLite {progress[0] / progress[1]:.2f}); "
         f"a bare method call of the same shape {progress[2] * 1e9:.0f} ns"
     )
+    if split:
+        print(
+            f"underway's round trip split where the job starts (one worker process x "
+            f"{args.slots} slots, medians of {args.trips}): "
+            + "; ".join(f"{name} {t * 1e6:.0f} us" for name, t in split.items())
+        )
     if times:
         print(
             f"underway's server time per job by statement ({args.jobs} jobs end to end on a "

@@ -42,6 +42,12 @@ def build_app(url: str, *, lease: float = 1.0, workers: int = 4) -> Underway:
         """A short job of the backlog the poison job hides in."""
         return None
 
+    @uw.task
+    def clock() -> float:
+        """The time the job started, by the clock of its worker's machine (a benchmark
+        splits round trips at it)."""
+        return time.time()
+
     @uw.task(retries=0)
     def poison(starts: str) -> None:
         """Kills the worker process that runs it, after noting the start."""
