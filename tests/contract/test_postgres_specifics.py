@@ -21,9 +21,13 @@ from tests.contract.helpers import (
     output_item,
     submit,
 )
+from tests.contract.helpers import (
+    record as new_record,
+)
 from tests.support.postgres_server import PostgresServer, drop_schema, fresh_schema, with_schema
 from tests.support.services import free_port, missing
 from tests.support.wait import wait_for
+from underway import lifecycle
 from underway.errors import ConfigurationError, StoreUnavailable
 from underway.records import State
 from underway.stores import open_store, postgres
@@ -235,6 +239,55 @@ def test_a_table_that_grows_from_empty_is_analyzed_after_hundreds_of_claims(
         if turn == 0:
             assert not analyzed()  # the first look found a table too small to matter
     assert analyzed()
+
+
+def test_a_store_does_not_wait_for_another_session_that_analyzes_the_table(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    """Every worker process looks at the table's statistics for itself: one that finds
+    them off while another session analyzes the table goes on (its next look tries
+    again) instead of waiting to analyze it once more."""
+    pg_store.enqueue_many([new_record("t") for _ in range(1500)], lifecycle.submitted())
+    jobs = pg_store._sql.jobs
+
+    def analyzed() -> bool:
+        with pg_store._connection() as conn:
+            row = conn.execute(
+                "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables "
+                "WHERE relid = %s::regclass",
+                (jobs,),
+            ).fetchone()
+        return bool(row and row[0])
+
+    with psycopg.connect(split_url(postgres_url)[0]) as other:
+        other.execute(f"LOCK TABLE {jobs} IN SHARE UPDATE EXCLUSIVE MODE")  # as ANALYZE does
+        looked = threading.Thread(target=pg_store._refresh_stats, args=(postgres.STATS_JOBS,))
+        looked.start()
+        looked.join(timeout=20)
+        assert not looked.is_alive(), "the look waited for the other session's lock"
+        assert not analyzed()
+        other.rollback()
+    pg_store._refresh_stats(postgres.STATS_JOBS)
+    assert analyzed()
+
+
+def test_a_server_without_skip_locked_for_analyze_gets_a_plain_one(
+    pg_store: PostgresStore,
+) -> None:
+    """PostgreSQL before 12 knows no `ANALYZE (SKIP_LOCKED)`: the store analyzes the
+    plain way from then on (it waits for another session's analysis there)."""
+    sent: list[str] = []
+
+    class Older:
+        def execute(self, sql: str) -> None:
+            sent.append(sql)
+            if "SKIP_LOCKED" in sql:
+                raise psycopg.errors.SyntaxError('syntax error at or near "SKIP_LOCKED"')
+
+    for _ in range(2):
+        pg_store._analyze(Older())  # type: ignore[arg-type]
+    jobs = pg_store._sql.jobs
+    assert sent == [f"ANALYZE (SKIP_LOCKED) {jobs}", f"ANALYZE {jobs}", f"ANALYZE {jobs}"]
 
 
 def test_a_look_at_the_statistics_that_fails_is_not_tried_again_for_a_minute(

@@ -199,6 +199,7 @@ class PostgresStore(Store):
         self._stats_due = 0.0  # monotonic time of the next look at the table's statistics
         self._stats_claimed = 0  # jobs claimed since the last look
         self._stats_every: float = STATS_JOBS  # ... that bring the next (inf: seconds only)
+        self._analyze_skips = True  # ANALYZE (SKIP_LOCKED) is understood (PostgreSQL 12+)
         try:
             with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
                 self._migrate(conn)
@@ -938,12 +939,25 @@ class PostgresStore(Store):
             with self._connection() as conn:
                 row = conn.execute(self._sql.stale_stats, (self._sql.jobs,)).fetchone()
                 if row is not None and row[0]:
-                    conn.execute(f"ANALYZE {self._sql.jobs}")
+                    self._analyze(conn)
             self._stats_every = STATS_JOBS
         except (psycopg.Error, StoreUnavailable) as exc:  # e.g. not the table's owner
             log.debug("could not refresh the statistics of %s: %s", self._sql.jobs, exc)
             self._stats_due = now + 60 * STATS_CHECK
             self._stats_every = inf  # not again before then
+
+    def _analyze(self, conn: psycopg.Connection[Any]) -> None:
+        """ANALYZE the jobs table, unless another session analyzes it now (each worker
+        process looks for itself, and would otherwise wait its turn to do it again);
+        the table's next look tries again if its statistics are still off. A server
+        older than PostgreSQL 12 knows no SKIP_LOCKED: it waits."""
+        if self._analyze_skips:
+            try:
+                conn.execute(f"ANALYZE (SKIP_LOCKED) {self._sql.jobs}")
+                return
+            except psycopg.errors.SyntaxError:
+                self._analyze_skips = False
+        conn.execute(f"ANALYZE {self._sql.jobs}")
 
     def renew(
         self, *, worker: str, fences: Mapping[str, int], lease: float, now: float
