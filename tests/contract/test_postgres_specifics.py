@@ -206,6 +206,16 @@ def test_a_bulk_claim_and_finish_takes_few_statements(pg_store: PostgresStore) -
     assert sum(sent) == 7, f"{sum(sent)} statements for {jobs} jobs: {sent}"
 
 
+def _analyzed(store: PostgresStore) -> bool:
+    """Has someone run ANALYZE on the store's jobs table (autovacuum's do not count)?"""
+    with store._connection() as conn:
+        row = conn.execute(
+            "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relid = %s::regclass",
+            (store._sql.jobs,),
+        ).fetchone()
+    return bool(row and row[0])
+
+
 def test_a_table_that_grows_from_empty_is_analyzed_after_hundreds_of_claims(
     pg_store: PostgresStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -215,16 +225,6 @@ def test_a_table_that_grows_from_empty_is_analyzed_after_hundreds_of_claims(
     `STATS_JOBS` of them, not only once a second, and analyzes a table that has
     outgrown them, which has every session plan afresh."""
     monkeypatch.setattr(postgres, "STATS_CHECK", 3600.0)  # no look brought by the clock
-    jobs = pg_store._sql.jobs
-
-    def analyzed() -> bool:
-        with pg_store._connection() as conn:
-            row = conn.execute(
-                "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables "
-                "WHERE relid = %s::regclass",
-                (jobs,),
-            ).fetchone()
-        return bool(row and row[0])
 
     held: list[Any] = []
     for turn in range(3 * postgres.STATS_JOBS // 16):
@@ -237,8 +237,8 @@ def test_a_table_that_grows_from_empty_is_analyzed_after_hundreds_of_claims(
         )  # fmt: skip
         assert all(done) and len(held) == 16
         if turn == 0:
-            assert not analyzed()  # the first look found a table too small to matter
-    assert analyzed()
+            assert not _analyzed(pg_store)  # the first look found a table too small to matter
+    assert _analyzed(pg_store)
 
 
 def test_a_store_does_not_wait_for_another_session_that_analyzes_the_table(
@@ -250,25 +250,16 @@ def test_a_store_does_not_wait_for_another_session_that_analyzes_the_table(
     pg_store.enqueue_many([new_record("t") for _ in range(1500)], lifecycle.submitted())
     jobs = pg_store._sql.jobs
 
-    def analyzed() -> bool:
-        with pg_store._connection() as conn:
-            row = conn.execute(
-                "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables "
-                "WHERE relid = %s::regclass",
-                (jobs,),
-            ).fetchone()
-        return bool(row and row[0])
-
     with psycopg.connect(split_url(postgres_url)[0]) as other:
         other.execute(f"LOCK TABLE {jobs} IN SHARE UPDATE EXCLUSIVE MODE")  # as ANALYZE does
         looked = threading.Thread(target=pg_store._refresh_stats, args=(postgres.STATS_JOBS,))
         looked.start()
         looked.join(timeout=20)
         assert not looked.is_alive(), "the look waited for the other session's lock"
-        assert not analyzed()
+        assert not _analyzed(pg_store)
         other.rollback()
     pg_store._refresh_stats(postgres.STATS_JOBS)
-    assert analyzed()
+    assert _analyzed(pg_store)
 
 
 def test_a_server_without_skip_locked_for_analyze_gets_a_plain_one(
