@@ -2,7 +2,8 @@
 
 Run by hand: `python bench/bench_engine.py [--jobs 20000] [--only throughput,...]`.
 `--only floor` runs underway against a minimal durable queue of the same shape
-(see `bench_floor`), the machine's floor for the embedded row of the peers table.
+(see `bench_floor`) and against `ThreadPoolExecutor(2)` one by one, interleaved: the
+machine's floor for the embedded rows of the peers table, and their goal's baseline.
 `--only latency` also times the round trip with every thread of the process on one
 core, which shows what the hand-offs between threads cost across cores.
 `--only phases` splits an embedded round trip into its parts (submit, start, the
@@ -435,11 +436,44 @@ class FloorQueue:
         self.db.close()
 
 
+def _pool_one_by_one(n: int) -> float:
+    """`ThreadPoolExecutor(2)`, a no-op submitted and its result awaited one at a time
+    (jobs/s): the peer harness's baseline for the embedded row (its `floor.py`)."""
+    with ThreadPoolExecutor(2) as pool:
+        pool.submit(noop).result()  # threads started outside the timing
+        start = time.perf_counter()
+        for _ in range(n):
+            pool.submit(noop).result()
+        return n / (time.perf_counter() - start)
+
+
+def _commit_seconds(path: str, n: int) -> float:
+    """Seconds per one-row INSERT + COMMIT (WAL, synchronous=NORMAL), the least a
+    durable one-by-one submission costs (the harness's `SQLite commit NORMAL`)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    start = time.perf_counter()
+    for i in range(n):
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO t VALUES (?, 'x')", (i,))
+        db.execute("COMMIT")
+    spent = (time.perf_counter() - start) / n
+    db.close()
+    return spent
+
+
 def bench_floor(n: int, folder: str, rounds: int = 3) -> None:
-    """underway (embedded SQLite, 2 slots) against `FloorQueue`, interleaved: `n` no-op
-    jobs submitted one by one, then waited for in order, as the peers table runs them."""
+    """underway (embedded SQLite, 2 slots) against `FloorQueue` and against
+    `ThreadPoolExecutor(2)` one by one, interleaved: `n` no-op jobs submitted one by
+    one, then waited for in order, as the peers table runs them. The peers table's
+    goal for this row is half the pool's rate; the minimal durable queue shows what
+    a queue that commits each submission can reach on this machine at all."""
     ours: list[float] = []
     floor: list[float] = []
+    pool: list[float] = []
+    commits: list[float] = []
     for r in range(rounds):
         uw = Underway(f"sqlite:///{folder}/floor-uw-{r}.db", workers=2)
         uw.task(name="noop")(noop)
@@ -458,10 +492,17 @@ def bench_floor(n: int, folder: str, rounds: int = 3) -> None:
             queue.wait(job_id)
         floor.append(n / (time.perf_counter() - start))
         queue.close()
-    a, b = statistics.median(ours), statistics.median(floor)
+        pool.append(_pool_one_by_one(20 * n))
+        commits.append(_commit_seconds(f"{folder}/floor-c-{r}.db", n))
+    a, b, c = statistics.median(ours), statistics.median(floor), statistics.median(pool)
+    commit = statistics.median(commits)
     print(
         f"floor: underway {a:,.0f} jobs/s, a minimal durable queue {b:,.0f} jobs/s "
-        f"({n:,} no-op jobs one by one, medians of {rounds}); ratio {a / b:.2f}"
+        f"({n:,} no-op jobs one by one, medians of {rounds}); ratio {a / b:.2f}\n"
+        f"  against ThreadPoolExecutor(2) one by one ({c:,.0f}/s): underway {a / c:.1%}, "
+        f"the minimal durable queue {b / c:.1%} (goal of the peers table: 50%)\n"
+        f"  a bare one-row commit {commit * 1e6:.1f} us: submissions committed one by one "
+        f"top out at {1 / commit:,.0f}/s ({1 / commit / c:.0%} of the pool) with no other work"
     )
 
 
