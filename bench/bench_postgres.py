@@ -882,6 +882,16 @@ def main() -> None:
         "allows: "
         + "; ".join(f"{r['name']} {r['alone'] * 1e6:.0f} ({1 / r['alone']:,.0f}/s)" for r in rows)
     )
+    cores = os.cpu_count() or 1
+    print(
+        f"CPU per job in all (client, workers and server) and the end-to-end rate it allows "
+        f"on {cores} cores, even if every side overlapped perfectly: "
+        + "; ".join(
+            f"{r['name']} {r['cpu'] * 1e6:,.0f} us ({cores / r['cpu']:,.0f}/s)"
+            for r in rows
+            if r["cpu"] > 0
+        )
+    )
     print(
         f"underway bulk: {args.bulk} jobs by submit_many, drained by {bulk_procs} processes "
         f"x {max(1, args.slots // bulk_procs)} slots: {bulk_rate:,.0f} jobs/s; "
