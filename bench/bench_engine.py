@@ -327,6 +327,22 @@ def bench_large_store(folder: str, n: int = 100_000) -> None:
     )
 
 
+def _commit_seconds(path: str, n: int, *, text_key: bool = False) -> float:
+    """Seconds per one-row INSERT committed on its own (WAL, synchronous=NORMAL). With
+    an integer key it is the least a durable one-by-one submission costs (the
+    harness's `SQLite commit NORMAL`); a text key adds its index's page."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute(f"CREATE TABLE t (id {'TEXT' if text_key else 'INTEGER'} PRIMARY KEY, v TEXT)")
+    start = time.perf_counter()
+    for i in range(n):
+        db.execute("INSERT INTO t VALUES (?, '{}')", (f"{i:010d}" if text_key else i,))
+    spent = (time.perf_counter() - start) / n
+    db.close()
+    return spent
+
+
 def machine(folder: str) -> None:
     """Two costs that set this machine's floor, so figures from machines can be compared:
     a wake-up between two processes, and one committed SQLite write."""
@@ -348,15 +364,7 @@ def machine(folder: str) -> None:
     os.waitpid(child, 0)
     for fd in (ping_r, ping_w, pong_r, pong_w):
         os.close(fd)
-    db = sqlite3.connect(f"{folder}/machine.db", isolation_level=None)
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = NORMAL")
-    db.execute("CREATE TABLE t (id TEXT PRIMARY KEY, data TEXT)")
-    start = time.perf_counter()
-    for i in range(rounds):
-        db.execute("INSERT INTO t VALUES (?, ?)", (f"{i:010d}", "{}"))
-    commit_us = (time.perf_counter() - start) / rounds * 1e6
-    db.close()
+    commit_us = _commit_seconds(f"{folder}/machine.db", rounds, text_key=True) * 1e6
     print(f"machine: pipe round trip between two processes {pipe_us:.0f} us; "
           f"one-row SQLite commit (WAL) {commit_us:.0f} us")  # fmt: skip
 
@@ -445,23 +453,6 @@ def _pool_one_by_one(n: int) -> float:
         for _ in range(n):
             pool.submit(noop).result()
         return n / (time.perf_counter() - start)
-
-
-def _commit_seconds(path: str, n: int) -> float:
-    """Seconds per one-row INSERT + COMMIT (WAL, synchronous=NORMAL), the least a
-    durable one-by-one submission costs (the harness's `SQLite commit NORMAL`)."""
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = NORMAL")
-    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-    start = time.perf_counter()
-    for i in range(n):
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("INSERT INTO t VALUES (?, 'x')", (i,))
-        db.execute("COMMIT")
-    spent = (time.perf_counter() - start) / n
-    db.close()
-    return spent
 
 
 def bench_floor(n: int, folder: str, rounds: int = 3) -> None:
