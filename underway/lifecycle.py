@@ -25,7 +25,11 @@ worker hands back knowing it never started (`released`) gets its attempt back.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -266,17 +270,81 @@ def cancel(record: JobRecord, *, now: float) -> Decision | None:
 
 
 # -- telling the operator ----------------------------------------------------------------
+# A line's record, without what changes from line to line, per thread and origin: the
+# stdlib's record spends most of its time finding out again what these are (the file's
+# base name and module, the thread's name, the process's name and id).
+_SAME = threading.local()
+_forks = 0  # a forked child's records name its own process
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def _record(
+    level: int, where: Callable[..., None], msg: str, args: tuple[Any, ...], fields: Any
+) -> logging.LogRecord:
+    """What `log.makeRecord(...)` makes for the line, for the stdlib's own record
+    class: copied from this thread's first record of `level` from `where` (made again
+    after a fork or when the thread was renamed), with the message, its arguments, its
+    time and `fields` its own."""
+    known: dict[Any, tuple[int, dict[str, Any]]] | None = getattr(_SAME, "records", None)
+    if known is None:
+        known = _SAME.records = {}
+    key = (level, where)
+    found = known.get(key)
+    if (
+        found is None
+        or found[0] != _forks
+        or found[1]["threadName"] != threading.current_thread().name
+    ):
+        code = where.__code__
+        first = log.makeRecord(
+            log.name, level, __file__, code.co_firstlineno, msg, args, None, code.co_name
+        )
+        found = known[key] = (_forks, dict(first.__dict__))
+    data = dict(found[1])
+    now = time.time()
+    data["relativeCreated"] += (now - data["created"]) * 1000.0
+    data["created"], data["msecs"] = now, int((now - int(now)) * 1000) + 0.0
+    data["msg"], data["args"] = msg, args
+    if "taskName" in data:  # Python 3.12+: the asyncio task the line is written in
+        data["taskName"] = _task_name()
+    data.update(fields)
+    line = logging.LogRecord.__new__(logging.LogRecord)
+    line.__dict__ = data
+    return line
+
+
+def _task_name() -> str | None:
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None or not getattr(logging, "logAsyncioTasks", True):
+        return None
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop in this thread
+        return None
+    return None if task is None else task.get_name()
+
+
 def _emit(level: int, where: Callable[..., None], msg: str, *args: Any, fields: Any) -> None:
     """`log.log(level, msg, *args, extra=fields)`, with the record naming the function
     `where` of this module as its origin instead of finding its caller by walking the
     stack, which is a good share of what a line costs (and a worker writes two per
-    job). Handlers, filters and levels apply as ever."""
-    code = where.__code__
-    log.handle(
-        log.makeRecord(
+    job). Handlers, filters and levels apply as ever; an application's own record
+    factory makes every record."""
+    if logging.getLogRecordFactory() is logging.LogRecord:
+        line = _record(level, where, msg, args, fields)
+    else:
+        code = where.__code__
+        line = log.makeRecord(
             log.name, level, __file__, code.co_firstlineno, msg, args, None, code.co_name, fields
         )
-    )
+    log.handle(line)
 
 
 def log_submitted(record: JobRecord) -> None:
