@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -18,41 +17,27 @@ FORMATS = ("text", "json")
 _FIELDS = ("job_id", "task", "attempt")
 
 
-class _Seconds:
-    """`time.strftime(fmt, convert(second))`, remembered for the latest second: a
-    worker writes two lines a job, many in the same second."""
-
-    __slots__ = ("fmt", "convert", "second", "text")
-
-    def __init__(self, fmt: str, convert: Callable[[float | None], time.struct_time]) -> None:
-        self.fmt, self.convert = fmt, convert
-        self.second, self.text = -1, ""
-
-    def __call__(self, created: float) -> str:
-        second = int(created)
-        if second != self.second:
-            # Written in this order, so that a thread reading both meanwhile finds a
-            # text of its second or of none (`second` still the old one: made again).
-            self.second = -1
-            self.text = time.strftime(self.fmt, self.convert(second))
-            self.second = second
-            return self.text
-        text = self.text
-        return text if self.second == second else time.strftime(self.fmt, self.convert(second))
-
-
 class TextFormatter(logging.Formatter):
     """`time level logger: message`, the time as the stdlib's default formatter writes it
-    (local time, milliseconds after a comma)."""
+    (its `converter`, local time by default, and milliseconds after a comma), with each
+    second's text made once: a worker writes two lines a job, many in the same second."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self._seconds = _Seconds(self.default_time_format, self.converter)
+        # (second, converter, text): one attribute, replaced whole, so that threads
+        # formatting at once never read one second's text for another.
+        self._second: tuple[int, Any, str] = (-1, None, "")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        return f"{self._seconds(record.created)},{int(record.msecs):03d}"
+        second, convert = int(record.created), self.converter
+        cached = self._second
+        if cached[0] != second or cached[1] != convert:
+            text = time.strftime(self.default_time_format, convert(second))
+            cached = self._second = (second, convert, text)
+        msec = self.default_msec_format
+        return msec % (cached[2], record.msecs) if msec else cached[2]
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,11 +45,16 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._seconds = _Seconds("%Y-%m-%dT%H:%M:%S", time.gmtime)
+        self._second: tuple[int, str] = (-1, "")  # each second's text, made once
 
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            cached = self._second = (second, text)
         data: dict[str, Any] = {
-            "time": self._seconds(record.created) + f".{int(record.msecs):03d}Z",
+            "time": f"{cached[1]}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

@@ -3,6 +3,7 @@ handlers apply, and each record says where it comes from and which job it is abo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -152,3 +153,31 @@ def test_the_text_format_writes_the_time_as_the_stdlib_does() -> None:
         assert ours.format(line) == stdlib.format(line)
     line.created = 1700000000.0
     assert ours.formatTime(line, "%H") == stdlib.formatTime(line, "%H")
+
+
+def test_the_text_format_follows_a_converter_set_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An application that logs in UTC sets the formatter's converter: it applies at
+    # once, within the second already written in local time.
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+05:30: local and UTC times differ
+    time.tzset()
+    try:
+        ours = logs.TextFormatter()
+        stdlib = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        line = logging.LogRecord("underway.jobs", logging.INFO, "x.py", 1, "m", (), None)
+        line.created, line.msecs = 1700000000.5, 500.0
+        local = ours.format(line)
+        assert local == stdlib.format(line)
+        ours.converter = stdlib.converter = time.gmtime  # type: ignore[method-assign]
+        assert ours.format(line) == stdlib.format(line) != local
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_the_json_format_writes_each_lines_own_time() -> None:
+    formatter = logs.JsonFormatter()
+    for created in (1700000000.999, 1700000001.0005, 1700000000.25, 1700000061.5):
+        line = logging.LogRecord("underway.jobs", logging.INFO, "x.py", 1, "m", (), None)
+        line.created, line.msecs = created, int((created - int(created)) * 1000) + 0.0
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        assert json.loads(formatter.format(line))["time"] == f"{expected}.{int(line.msecs):03d}Z"
