@@ -13,7 +13,10 @@ over the jobs is what one job costs:
 - submit: `uw.submit("noop")` on a store with no worker running (after one submission
   made in both runs, which opens the store);
 - end + claim, batch B: a worker's store call that writes the ends of the B jobs it
-  ran and claims the next B (`apply_and_claim`), draining a queue filled beforehand.
+  ran and claims the next B (`apply_and_claim`), draining a queue filled beforehand;
+- worker: the whole of a job's way through an embedded worker with one slot (claim,
+  run, end: the store call above and the worker's own bookkeeping), draining a queue
+  filled beforehand, minus the same run that fills the queue and starts no worker.
 
 Needs Debian's `valgrind` (`apt-get install valgrind`). Prints one line per path.
 """
@@ -40,7 +43,7 @@ def run_path(path: str, jobs: int, batch: int) -> None:
     from underway.records import Fence
 
     with tempfile.TemporaryDirectory() as folder:
-        uw = Underway(f"sqlite:///{folder}/bench.db", workers=2)
+        uw = Underway(f"sqlite:///{folder}/bench.db", workers=1 if path == "worker" else 2)
 
         @uw.task
         def noop() -> int:
@@ -57,6 +60,13 @@ def run_path(path: str, jobs: int, batch: int) -> None:
         for start in range(0, jobs, 500):
             uw.submit_many("noop", [{} for _ in range(min(500, jobs - start))])
         if path == "fill":
+            uw.close()
+            return
+        if path in ("worker", "worker-fill"):
+            last = uw.submit("noop")  # queued behind the others: it ends last
+            if path == "worker":
+                uw.start()
+                last.wait(600)
             uw.close()
             return
         store, tasks = uw.store, uw.task_names
@@ -106,17 +116,20 @@ def main() -> None:
         run_path(args.run, args.jobs, int(args.batches))
         return
     paths = [("submit", 1)] + [("end + claim", int(b)) for b in args.batches.split(",")]
+    paths.append(("worker", 0))
     print(f"instructions per job ({args.jobs} jobs, minus the same run with none)")
     for name, batch in paths:
-        path = "submit" if name == "submit" else "drain"
+        path = {"submit": "submit", "worker": "worker"}.get(name, "drain")
         counts = []
         for _ in range(args.repeat):
             full = instructions(path, args.jobs, batch)
             # The drain's queue is filled in bulk first: that part is left out too.
             empty = instructions("fill", args.jobs, batch) if path == "drain" else 0
+            if path == "worker":
+                empty = instructions("worker-fill", args.jobs, batch)
             empty = empty or instructions(path, 0, batch)
             counts.append((full - empty) / args.jobs)
-        label = name if name == "submit" else f"{name}, batch {batch}"
+        label = name if name in ("submit", "worker") else f"{name}, batch {batch}"
         print(f"  {label:<22} " + " / ".join(f"{c:,.0f}" for c in counts))
 
 
