@@ -1,0 +1,284 @@
+"""underway on Redis beside two minimal Redis queues of the same shape, in one run.
+
+    python bench/bench_redis_floor.py [--rounds 3] [--jobs 2000]
+
+Starts its own redis-server. Each round runs three queues in turn in the peer
+harness's Redis shape: 2 worker processes of one thread each; 300 round trips one at a
+time (submit, then wait for the result), then `--jobs` no-op jobs submitted one by one
+while the workers run, then each waited for. It prints, per queue, the end-to-end rate,
+the submissions' own rate (the harness's enqueue row), the round trip p50, and the CPU
+per job of each side (this process, the workers, redis-server; from /proc), with each
+minimal queue's figures as a ratio to underway's.
+
+- underway: its Redis store (`tests.integration.redis_worker_app`, one slot).
+- status: the least a Redis queue does that can say at any time what became of each
+  job it accepted, with nothing else: a submission writes the job's hash (task,
+  parameters, state, time, where to reply) and pushes its id in one MULTI; a worker
+  pops up to 16 ids (blocking for one when there are none), marks them running in one
+  MULTI, runs them, and writes their ends (state, result) with a publish of each to
+  its submitter in the MULTI of its next pop. No events, leases, attempts, indexes,
+  fencing or lost-job recovery: a worker killed between its pop and its mark loses
+  the job.
+- bare: a queue that keeps nothing but the queue, in Huey's shape: a submission is one
+  LPUSH of the message, a worker BRPOPs one message at a time and answers with one
+  publish of the result. Nothing says what became of a job before its result comes.
+
+A waiting submitter of either minimal queue hears its results on a channel of its own,
+read by one thread, as underway's does. What the two minimal queues do per job is
+the floor of the harness's Redis rows on this machine: `bare` is what Huey pays,
+`status` what any queue pays that answers "where is job X" from the moment it is
+accepted, as underway does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+
+from tests.integration.redis_worker_app import build_app  # noqa: E402
+from tests.support.redis_server import RedisServer  # noqa: E402
+
+QUEUE = "floor:queue"
+BATCH = 16
+
+
+def noop() -> int:
+    return 1
+
+
+# -- the minimal queues' workers (`--worker KIND URL`, in their own processes) ----------
+def bare_worker(client: redis.Redis[str]) -> None:
+    while True:
+        got = client.brpop([QUEUE], timeout=1)
+        if got is None:
+            continue
+        job_id, reply = got[1].split("|", 1)
+        client.publish(reply, f"{job_id}|{noop()}")
+
+
+def status_worker(client: redis.Redis[str], name: str) -> None:
+    ended: list[tuple[str, str, int]] = []  # (id, reply channel, result)
+    while True:
+        pipe = client.pipeline(transaction=True)
+        now = repr(time.time())
+        for job_id, reply, result in ended:
+            pipe.hset(f"floor:job:{job_id}", mapping={
+                "state": "succeeded", "result": str(result), "finished_at": now})  # fmt: skip
+            pipe.publish(reply, f"{job_id}|{result}")
+        pipe.rpop(QUEUE, BATCH)
+        ids = pipe.execute()[-1] or []
+        ended = []
+        if not ids:
+            got = client.brpop([QUEUE], timeout=1)
+            if got is None:
+                continue
+            ids = [got[1]]
+        pipe = client.pipeline(transaction=True)
+        now = repr(time.time())
+        for job_id in ids:
+            pipe.hset(f"floor:job:{job_id}", mapping={
+                "state": "running", "worker": name, "started_at": now})  # fmt: skip
+            pipe.hget(f"floor:job:{job_id}", "reply")
+        replies = pipe.execute()[1::2]
+        for job_id, reply in zip(ids, replies, strict=True):
+            ended.append((job_id, reply, noop()))
+
+
+def run_worker(kind: str, url: str) -> None:
+    client: redis.Redis[str] = redis.Redis.from_url(url, decode_responses=True)
+    client.ping()
+    print("ready", flush=True)
+    if kind == "bare":
+        bare_worker(client)
+    else:
+        status_worker(client, f"{os.getpid()}")
+
+
+# -- the minimal queues' client ---------------------------------------------------------
+class FloorClient:
+    """Submits jobs to one of the minimal queues and waits for their results, which a
+    thread of its own reads from this client's channel."""
+
+    def __init__(self, kind: str, url: str) -> None:
+        self.kind = kind
+        self.client: redis.Redis[str] = redis.Redis.from_url(url, decode_responses=True)
+        self.channel = f"floor:reply:{os.getpid()}:{kind}"
+        self.ids = itertools.count()
+        self.results: dict[str, str] = {}
+        self.closing = False
+        self.arrived = threading.Condition()
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(self.channel)
+        self.pubsub.get_message(timeout=1)  # the subscription's confirmation
+        self.thread = threading.Thread(target=self._listen, daemon=True)
+        self.thread.start()
+
+    def _listen(self) -> None:
+        try:
+            for message in self.pubsub.listen():
+                if message.get("type") != "message":
+                    continue
+                job_id, result = message["data"].split("|", 1)
+                with self.arrived:
+                    self.results[job_id] = result
+                    self.arrived.notify_all()
+        except Exception:
+            if not self.closing:
+                raise
+
+    def submit(self) -> str:
+        job_id = f"{next(self.ids):012d}"
+        if self.kind == "bare":
+            self.client.lpush(QUEUE, f"{job_id}|{self.channel}")
+            return job_id
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(f"floor:job:{job_id}", mapping={
+            "task": "noop", "params": "{}", "state": "queued",
+            "created_at": repr(time.time()), "reply": self.channel})  # fmt: skip
+        pipe.lpush(QUEUE, job_id)
+        pipe.execute()
+        return job_id
+
+    def wait(self, job_id: str, timeout: float) -> Any:
+        with self.arrived:
+            if not self.arrived.wait_for(lambda: job_id in self.results, timeout):
+                raise TimeoutError(job_id)
+            return self.results.pop(job_id)
+
+    def close(self) -> None:
+        self.closing = True
+        self.pubsub.close()  # the listening thread's read fails, and it returns
+        self.client.close()
+
+
+class UnderwayClient:
+    def __init__(self, url: str) -> None:
+        self.uw = build_app(url, workers=1)
+
+    def submit(self) -> Any:
+        return self.uw.submit("noop")
+
+    def wait(self, handle: Any, timeout: float) -> Any:
+        return handle.wait(timeout=timeout)
+
+    def close(self) -> None:
+        self.uw.close()
+
+
+# -- the measurement --------------------------------------------------------------------
+def _cpu(pid: int) -> float:
+    """Seconds on a CPU of every thread of a process (scheduler's nanoseconds)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total / 1e9
+
+
+def one_round(kind: str, url: str, server_pid: int, jobs: int) -> dict[str, float]:
+    """One queue in the harness's shape: its figures, and its CPU per job by side."""
+    if kind == "underway":
+        argv = [sys.executable, "-m", "tests.integration.redis_worker_app", url,
+                "--workers", "1"]  # fmt: skip
+    else:
+        argv = [sys.executable, __file__, "--worker", kind, url]
+    workers = [
+        subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    queue: Any = None
+    try:
+        for proc in workers:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        queue = UnderwayClient(url) if kind == "underway" else FloorClient(kind, url)
+        trips = []
+        for _ in range(300):
+            started = time.perf_counter()
+            queue.wait(queue.submit(), 10)
+            trips.append(time.perf_counter() - started)
+        pids = [os.getpid(), *(p.pid for p in workers), server_pid]
+        before = [_cpu(pid) for pid in pids]
+        started = time.perf_counter()
+        handles = [queue.submit() for _ in range(jobs)]
+        submitted = time.perf_counter() - started
+        for handle in handles:
+            queue.wait(handle, 30)
+        elapsed = time.perf_counter() - started
+        spent = [(_cpu(pid) - b) / jobs * 1e6 for pid, b in zip(pids, before, strict=True)]
+    finally:
+        if queue is not None:
+            queue.close()
+        for proc in workers:
+            proc.kill()
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+    return {
+        "jobs/s": jobs / elapsed,
+        "submit/s": jobs / submitted,
+        "rt": statistics.median(trips) * 1e3,
+        "client": spent[0],
+        "workers": spent[1] + spent[2],
+        "redis": spent[3],
+    }
+
+
+KINDS = ("underway", "status", "bare")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--worker", nargs=2, metavar=("KIND", "URL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        run_worker(*args.worker)
+        return
+    results: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
+    with RedisServer() as server:
+        print(f"harness shape: 2 worker processes x 1 thread, {args.jobs:,} jobs a round, "
+              f"{args.rounds} rounds, the queues interleaved")  # fmt: skip
+        head = f"{'queue':<9} {'jobs/s':>7} {'submit/s':>8} {'rt p50':>8} "
+        print(head + f"{'client':>7} {'workers':>8} {'redis':>6} {'all':>5}  (CPU us per job)")
+        for _ in range(args.rounds):
+            for kind in KINDS:
+                redis.Redis.from_url(server.url).flushdb()
+                r = one_round(kind, server.url, server.pid, args.jobs)
+                results[kind].append(r)
+                print(f"{kind:<9} {r['jobs/s']:>7,.0f} {r['submit/s']:>8,.0f} "
+                      f"{r['rt']:>6.2f}ms {r['client']:>7.0f} {r['workers']:>8.0f} "
+                      f"{r['redis']:>6.0f} {r['client'] + r['workers'] + r['redis']:>5.0f}",
+                      flush=True)  # fmt: skip
+    median = {
+        kind: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+        for kind, rows in results.items()
+    }
+    ours = median["underway"]
+    print("medians, and underway's ratio to each minimal queue (jobs/s and submit/s: "
+          "above 1 is faster; round trip: below 1 is faster)")  # fmt: skip
+    for kind in KINDS:
+        m = median[kind]
+        line = (f"{kind:<9} {m['jobs/s']:>7,.0f} jobs/s {m['submit/s']:>7,.0f} submit/s "
+                f"rt {m['rt']:.2f} ms")  # fmt: skip
+        if kind != "underway":
+            ratio = ours["submit/s"] / m["submit/s"]
+            line += (f"  underway/{kind}: {ours['jobs/s'] / m['jobs/s']:.2f}, "
+                     f"{ratio:.2f}, {ours['rt'] / m['rt']:.2f}")  # fmt: skip
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
