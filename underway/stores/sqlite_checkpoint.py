@@ -43,6 +43,7 @@ class Checkpointer:
     def __init__(self, connect: Callable[[], sqlite3.Connection], every: int = EVERY) -> None:
         self.every = every
         self.runs = 0  # checkpoints done, for tests and curious operators
+        self.copied = 0  # frames of the log in the file after the last one (ditto)
         self._connect = connect
         self._commits = 0
         self._due = threading.Event()
@@ -79,7 +80,8 @@ class Checkpointer:
                 try:
                     if db is None:
                         db = self._connect()
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    row = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.copied = int(row[2]) if row is not None else 0
                     self.runs += 1
                 except sqlite3.Error as exc:
                     log.warning("checkpoint of the SQLite job store's log failed: %s", exc)
