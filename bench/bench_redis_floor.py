@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
+from bench_redis import _cpu  # noqa: E402  (this folder is on the path: a script's own)
 
 from tests.integration.redis_worker_app import build_app  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
@@ -179,15 +180,6 @@ class UnderwayClient:
 
 
 # -- the measurement --------------------------------------------------------------------
-def _cpu(pid: int) -> float:
-    """Seconds on a CPU of every thread of a process (scheduler's nanoseconds)."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-            total += int(f.read().split()[0])
-    return total / 1e9
-
-
 def one_round(kind: str, url: str, server_pid: int, jobs: int) -> dict[str, float]:
     """One queue in the harness's shape: its figures, and its CPU per job by side."""
     if kind == "underway":
