@@ -13,12 +13,13 @@ minimal queue's figures as a ratio to underway's.
 - underway: its Redis store (`tests.integration.redis_worker_app`, one slot).
 - status: the least a Redis queue does that can say at any time what became of each
   job it accepted, with nothing else: a submission writes the job's hash (task,
-  parameters, state, time, where to reply) and pushes its id in one MULTI; a worker
-  pops up to 16 ids (blocking for one when there are none), marks them running in one
-  MULTI, runs them, and writes their ends (state, result) with a publish of each to
-  its submitter in the MULTI of its next pop. No events, leases, attempts, indexes,
-  fencing or lost-job recovery: a worker killed between its pop and its mark loses
-  the job.
+  parameters, state, time, where to reply) and pushes its id in one script call; a
+  worker's one script call writes the ends of the jobs it ran (state, result, and a
+  publish of each to its submitter), then pops up to 16 ids and marks them running;
+  when there are none it blocks in BRPOP for one and marks it with one HSET. Its calls
+  are packed by hiredis and read back on one connection, as underway's store makes
+  its script calls. No events, leases, attempts, indexes, fencing or lost-job
+  recovery: a worker killed between its pop and its mark loses the job.
 - bare: a queue that keeps nothing but the queue, in Huey's shape: a submission is one
   LPUSH of the message, a worker BRPOPs one message at a time and answers with one
   publish of the result. Nothing says what became of a job before its result comes.
@@ -48,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 from bench_redis import _cpu  # noqa: E402  (this folder is on the path: a script's own)
+from hiredis import pack_command  # noqa: E402
 
 from tests.integration.redis_worker_app import build_app  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
@@ -70,32 +72,69 @@ def bare_worker(client: redis.Redis[str]) -> None:
         client.publish(reply, f"{job_id}|{noop()}")
 
 
-def status_worker(client: redis.Redis[str], name: str) -> None:
-    ended: list[tuple[str, str, int]] = []  # (id, reply channel, result)
+# The status queue's scripts: one call each, as underway's store makes its changes.
+# ARGV: id, task, params, created_at, reply channel
+SUBMIT = """
+redis.call('HSET', 'floor:job:' .. ARGV[1], 'task', ARGV[2], 'params', ARGV[3],
+           'state', 'queued', 'created_at', ARGV[4], 'reply', ARGV[5])
+redis.call('LPUSH', 'floor:queue', ARGV[1])
+"""
+# ARGV: now, worker, most to claim, number of ends, then (id, result) pairs
+# -> the ids claimed, each marked running
+END_AND_CLAIM = """
+local now, worker, most, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 5, 4 + 2 * n, 2 do
+  local job = 'floor:job:' .. ARGV[i]
+  redis.call('HSET', job, 'state', 'succeeded', 'result', ARGV[i + 1], 'finished_at', now)
+  redis.call('PUBLISH', redis.call('HGET', job, 'reply'), ARGV[i] .. '|' .. ARGV[i + 1])
+end
+local ids = {}
+if most > 0 then ids = redis.call('RPOP', 'floor:queue', most) or {} end
+for _, id in ipairs(ids) do
+  redis.call('HSET', 'floor:job:' .. id, 'state', 'running', 'worker', worker,
+             'started_at', now)
+end
+return ids
+"""
+
+
+class Calls:
+    """Commands on one connection, packed by hiredis and read back directly: the way
+    underway's store calls its scripts, without the client library's per-call work."""
+
+    def __init__(self, url: str) -> None:
+        self.client: redis.Redis[str] = redis.Redis.from_url(url, decode_responses=True)
+        self.conn = self.client.connection_pool.get_connection()
+        self.shas = {text: self.client.script_load(text) for text in (SUBMIT, END_AND_CLAIM)}
+
+    def __call__(self, *args: Any) -> Any:
+        self.conn.send_packed_command((pack_command(args),), check_health=False)
+        return self.conn.read_response()
+
+    def script(self, text: str, *args: Any) -> Any:
+        return self(b"EVALSHA", self.shas[text], 0, *args)
+
+    def close(self) -> None:
+        self.client.connection_pool.release(self.conn)
+        self.client.close()
+
+
+def status_worker(url: str, name: str) -> None:
+    calls = Calls(url)
+    ended: list[str] = []  # id, result, id, result, ...
     while True:
-        pipe = client.pipeline(transaction=True)
-        now = repr(time.time())
-        for job_id, reply, result in ended:
-            pipe.hset(f"floor:job:{job_id}", mapping={
-                "state": "succeeded", "result": str(result), "finished_at": now})  # fmt: skip
-            pipe.publish(reply, f"{job_id}|{result}")
-        pipe.rpop(QUEUE, BATCH)
-        ids = pipe.execute()[-1] or []
+        # The ends of the jobs run, and the next claim: one script call.
+        ids = calls.script(END_AND_CLAIM, repr(time.time()), name, BATCH, len(ended) // 2, *ended)
         ended = []
         if not ids:
-            got = client.brpop([QUEUE], timeout=1)
+            got = calls(b"BRPOP", QUEUE, 1)
             if got is None:
                 continue
+            calls(b"HSET", f"floor:job:{got[1]}", "state", "running", "worker", name,
+                  "started_at", repr(time.time()))  # fmt: skip
             ids = [got[1]]
-        pipe = client.pipeline(transaction=True)
-        now = repr(time.time())
         for job_id in ids:
-            pipe.hset(f"floor:job:{job_id}", mapping={
-                "state": "running", "worker": name, "started_at": now})  # fmt: skip
-            pipe.hget(f"floor:job:{job_id}", "reply")
-        replies = pipe.execute()[1::2]
-        for job_id, reply in zip(ids, replies, strict=True):
-            ended.append((job_id, reply, noop()))
+            ended += (job_id, str(noop()))
 
 
 def run_worker(kind: str, url: str) -> None:
@@ -105,7 +144,7 @@ def run_worker(kind: str, url: str) -> None:
     if kind == "bare":
         bare_worker(client)
     else:
-        status_worker(client, f"{os.getpid()}")
+        status_worker(url, f"{os.getpid()}")
 
 
 # -- the minimal queues' client ---------------------------------------------------------
@@ -121,6 +160,7 @@ class FloorClient:
         self.results: dict[str, str] = {}
         self.closing = False
         self.arrived = threading.Condition()
+        self.calls = Calls(url)
         self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe(self.channel)
         self.pubsub.get_message(timeout=1)  # the subscription's confirmation
@@ -144,13 +184,8 @@ class FloorClient:
         job_id = f"{next(self.ids):012d}"
         if self.kind == "bare":
             self.client.lpush(QUEUE, f"{job_id}|{self.channel}")
-            return job_id
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(f"floor:job:{job_id}", mapping={
-            "task": "noop", "params": "{}", "state": "queued",
-            "created_at": repr(time.time()), "reply": self.channel})  # fmt: skip
-        pipe.lpush(QUEUE, job_id)
-        pipe.execute()
+        else:
+            self.calls.script(SUBMIT, job_id, "noop", "{}", repr(time.time()), self.channel)
         return job_id
 
     def wait(self, job_id: str, timeout: float) -> Any:
@@ -162,6 +197,7 @@ class FloorClient:
     def close(self) -> None:
         self.closing = True
         self.pubsub.close()  # the listening thread's read fails, and it returns
+        self.calls.close()
         self.client.close()
 
 
