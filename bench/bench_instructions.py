@@ -1,6 +1,6 @@
 """Instructions per job on the embedded SQLite store's hot paths, counted by callgrind.
 
-    python bench/bench_instructions.py [--jobs 2000] [--batches 1,16] [--repeat 2]
+    python bench/bench_instructions.py [--jobs 2000] [--batches 1,16] [--repeat 2] [--redis]
 
 Wall-clock figures on a shared 2-core machine move by a third from run to run, which
 hides a change of a few percent. `valgrind --tool=callgrind` counts the instructions a
@@ -17,6 +17,14 @@ over the jobs is what one job costs:
 - worker: the whole of a job's way through an embedded worker with one slot (claim,
   run, end: the store call above and the worker's own bookkeeping), draining a queue
   filled beforehand, minus the same run that fills the queue and starts no worker.
+
+With `--redis`, the same for the Redis store's side of it: redis-server itself runs
+under callgrind (started on a free port, its once-a-second housekeeping only), this
+process drives it, and what is counted is the server's work per job:
+
+- submit: one `uw.submit("noop")`'s script call;
+- end + claim, batch B: the script call that writes the ends of B jobs and claims the
+  next B, draining a queue filled one by one beforehand.
 
 Needs Debian's `valgrind` (`apt-get install valgrind`). Prints one line per path.
 """
@@ -39,8 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 def run_path(path: str, jobs: int, batch: int) -> None:
     """The work one measurement counts (in the child process, under callgrind)."""
-    from underway import State, Underway, lifecycle
-    from underway.records import Fence
+    from underway import Underway
 
     with tempfile.TemporaryDirectory() as folder:
         uw = Underway(f"sqlite:///{folder}/bench.db", workers=1 if path == "worker" else 2)
@@ -69,23 +76,7 @@ def run_path(path: str, jobs: int, batch: int) -> None:
                 last.wait(600)
             uw.close()
             return
-        store, tasks = uw.store, uw.task_names
-        previous: list[Any] = []
-        while True:
-            now = time.time()
-            ends = [
-                lifecycle.ended(r, fence=Fence(worker="bench", attempt=r.attempt),
-                                state=State.SUCCEEDED, result=1, now=now, keep_for=3600.0,
-                                started_at=r.started_at)
-                for r in previous
-            ]  # fmt: skip
-            _, claimed = store.apply_and_claim(
-                ends, worker="bench", tasks=tasks, limits={}, lease=30.0, now=now,
-                max_jobs=batch,
-            )  # fmt: skip
-            if not claimed and not previous:
-                break
-            previous = list(claimed)
+        _drain(uw, batch)
         uw.close()
 
 
@@ -105,13 +96,105 @@ def instructions(path: str, jobs: int, batch: int) -> int:
     return int(found.group(1))
 
 
+def _drain(uw: Any, batch: int) -> None:
+    """Claim the queue's jobs `batch` at a time, writing each batch's ends with the next
+    claim, as a worker's slot does with short jobs."""
+    from underway import State, lifecycle
+    from underway.records import Fence
+
+    store, tasks = uw.store, uw.task_names
+    previous: list[Any] = []
+    while True:
+        now = time.time()
+        ends = [
+            lifecycle.ended(r, fence=Fence(worker="bench", attempt=r.attempt),
+                            state=State.SUCCEEDED, result=1, now=now, keep_for=3600.0,
+                            started_at=r.started_at)
+            for r in previous
+        ]  # fmt: skip
+        _, claimed = store.apply_and_claim(
+            ends, worker="bench", tasks=tasks, limits={}, lease=30.0, now=now, max_jobs=batch
+        )
+        if not claimed and not previous:
+            return
+        previous = list(claimed)
+
+
+def redis_instructions(path: str, jobs: int, batch: int) -> int:
+    """Instructions redis-server executed while this process submitted `jobs` jobs and,
+    for `drain`, claimed and ended them `batch` at a time."""
+    import redis
+
+    from tests.integration.redis_worker_app import build_app
+    from tests.support.services import free_port
+
+    with tempfile.TemporaryDirectory() as folder:
+        port = free_port()
+        server = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={folder}/out",
+             "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", folder,
+             "--save", "", "--appendonly", "no", "--hz", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        url = f"redis://127.0.0.1:{port}/0"
+        client: redis.Redis[str] = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    server.kill()
+                    raise RuntimeError("redis-server did not start under valgrind") from None
+                time.sleep(0.1)
+        uw = build_app(url)
+        uw.submit("noop")  # scripts loaded, connections open, in every run
+        _drain(uw, 1)
+        for _ in range(jobs):
+            uw.submit("noop")
+        if path == "drain":
+            _drain(uw, batch)
+        uw.close()
+        try:
+            client.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass  # the server closes the connection as it goes
+        client.close()
+        _, err = server.communicate(timeout=120)
+    found = re.search(r"Collected : (\d+)", err)
+    if found is None:
+        raise RuntimeError(f"no count from callgrind:\n{err[-2000:]}")
+    return int(found.group(1))
+
+
+def redis_main(jobs: int, batches: str, repeat: int) -> None:
+    print(f"redis-server's instructions per job ({jobs} jobs, minus the same run without the part)")
+    paths = [("submit", 1)] + [("end + claim", int(b)) for b in batches.split(",")]
+    for name, batch in paths:
+        counts = []
+        for _ in range(repeat):
+            if name == "submit":
+                full, empty = redis_instructions("fill", jobs, 1), redis_instructions("fill", 0, 1)
+            else:
+                full = redis_instructions("drain", jobs, batch)
+                empty = redis_instructions("fill", jobs, batch)
+            counts.append((full - empty) / jobs)
+        label = name if name == "submit" else f"{name}, batch {batch}"
+        print(f"  {label:<22} " + " / ".join(f"{c:,.0f}" for c in counts))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--batches", default="1,16", help="end + claim batch sizes")
     parser.add_argument("--repeat", type=int, default=2, help="counts per path (all shown)")
+    parser.add_argument("--redis", action="store_true", help="count redis-server's side")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.redis:
+        redis_main(args.jobs, args.batches, args.repeat)
+        return
     if args.run:
         run_path(args.run, args.jobs, int(args.batches))
         return
