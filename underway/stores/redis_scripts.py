@@ -99,12 +99,12 @@ end
 local function move_state(id, from, to)
   if from == to then return end
   redis.call('ZREM', k_state(from), id)
-  redis.call('ZADD', k_state(to), 0, id)
+  redis.call('ZADD', k_state(to), '0', id)
 end
 
 -- A queued job goes to its task's ready set when due at `now`, else to `delayed`.
 local function make_ready(id, task, queue, priority, run_at, now)
-  if tonumber(run_at) > tonumber(now) then
+  if run_at ~= now and tonumber(run_at) > tonumber(now) then
     redis.call('ZADD', K_DELAYED, run_at, id)
   else
     redis.call('ZADD', k_ready(task), priority, id)
@@ -161,23 +161,23 @@ local function insert(id, task, queue, priority, run_at, owner, now, at, nfields
                       claimed, lease_until)
   local events = {}
   for i = ev, ev + 2 * nevents - 1, 2 do
-    events[#events + 1] = entry(ARGV[i], now, 0, ARGV[i + 1])
+    events[#events + 1] = entry(ARGV[i], now, '0', ARGV[i + 1])
   end
-  redis.call('ZADD', K_ALL, 0, id)
-  redis.call('ZADD', k_task(task), 0, id)
-  if owner ~= '' then redis.call('ZADD', k_owner(owner), 0, id) end
+  redis.call('ZADD', K_ALL, '0', id)
+  redis.call('ZADD', k_task(task), '0', id)
+  if owner ~= '' then redis.call('ZADD', k_owner(owner), '0', id) end
   if claimed then
     redis.call('HSET', k_job(id), unpack(claimed))
-    events[#events + 1] = entry('state', now, 1, '{"state":"running","attempt":1}')
+    events[#events + 1] = entry('state', now, '1', '{"state":"running","attempt":1}')
     redis.call('RPUSH', k_events(id), unpack(events))
-    redis.call('ZADD', k_state('running'), 0, id)
+    redis.call('ZADD', k_state('running'), '0', id)
     redis.call('ZADD', K_LEASES, lease_until, id)
     redis.call('SADD', k_running(task), id)
     return
   end
   redis.call('HSET', k_job(id), unpack(ARGV, at, at + nfields - 1))
   if #events > 0 then redis.call('RPUSH', k_events(id), unpack(events)) end
-  redis.call('ZADD', k_state('queued'), 0, id)
+  redis.call('ZADD', k_state('queued'), '0', id)
   make_ready(id, task, queue, priority, run_at, now)
 end
 """
@@ -269,7 +269,7 @@ local function offer(m)
   if pushable == nil then
     pushable = tonumber(run_at) <= tonumber(NOW) and redis.call('EXISTS', k_ready(task)) == 0
     if pushable then
-      local due = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+      local due = redis.call('ZRANGE', K_DELAYED, '0', '0', 'WITHSCORES')
       pushable = not (due[2] and tonumber(due[2]) <= tonumber(NOW))
     end
   end
@@ -370,12 +370,15 @@ local function apply(at)
                        'queue', 'priority', 'supersede_key', 'reply')
   local from = f[1]
   if not from then return nxt, false end
-  local ok = false
-  for s in string.gmatch(ARGV[at + 1], '[^,]+') do
-    if s == from then ok = true end
+  local ok = ARGV[at + 1] == from  -- most decisions expect one state
+  if not ok then
+    for s in string.gmatch(ARGV[at + 1], '[^,]+') do
+      if s == from then ok = true end
+    end
   end
   if ok and ARGV[at + 3] ~= '' then
-    ok = f[2] == ARGV[at + 2] and tonumber(f[3]) == tonumber(ARGV[at + 3])
+    ok = f[2] == ARGV[at + 2]
+      and (f[3] == ARGV[at + 3] or tonumber(f[3]) == tonumber(ARGV[at + 3]))
   end
   if ok and ARGV[at + 4] ~= '' then
     ok = f[4] ~= false and tonumber(f[4]) < tonumber(ARGV[at + 4])
@@ -481,9 +484,9 @@ if requeued == 0 and #freed > 0 then
 end
 if max_jobs <= 0 then return {applied, {}, ''} end
 -- Delayed jobs that are due become ready (looked for only when the earliest is due).
-local nxt = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+local nxt = redis.call('ZRANGE', K_DELAYED, '0', '0', 'WITHSCORES')
 if nxt[2] and tonumber(nxt[2]) <= tonumber(NOW) then
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', NOW, 'LIMIT', 0, 500)) do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', NOW, 'LIMIT', '0', '500')) do
     local f = redis.call('HMGET', k_job(id), 'task', 'priority')
     if f[1] then redis.call('ZADD', k_ready(f[1]), f[2], id) end
     redis.call('ZREM', K_DELAYED, id)
@@ -492,6 +495,7 @@ if nxt[2] and tonumber(nxt[2]) <= tonumber(NOW) then
 end
 -- `unsure`: tasks whose ready set may hold more than was read here.
 local room, candidates, unsure = {}, {}, {}
+local most = tostring(max_jobs - 1)  -- the last index of a full read
 for i = 9, 8 + n do
   local task = ARGV[i]
   local r = max_jobs
@@ -500,7 +504,9 @@ for i = 9, 8 + n do
   end
   room[task] = r
   if r > 0 then
-    local got = redis.call('ZRANGE', k_ready(task), 0, r - 1, 'WITHSCORES')
+    local stop = most
+    if r ~= max_jobs then stop = tostring(r - 1) end
+    local got = redis.call('ZRANGE', k_ready(task), '0', stop, 'WITHSCORES')
     for k = 1, #got, 2 do
       candidates[#candidates + 1] = {tonumber(got[k + 1]), got[k], task}
     end
@@ -523,12 +529,13 @@ for _, c in ipairs(candidates) do
     redis.call('ZREM', k_ready(task), id)
     local f = redis.call('HMGET', j, 'queue', 'attempt', 'out_top', 'progress')
     redis.call('ZREM', k_queue(f[1]), id)
-    local attempt = tostring(tonumber(f[2] or '0') + 1)
+    local attempt = '1'
+    if f[2] and f[2] ~= '0' then attempt = tostring(tonumber(f[2]) + 1) end
     local sets = {'state', 'running', 'attempt', attempt, 'worker', worker,
                   'lease_until', lease_until, 'started_at', NOW, 'output_count', '0'}
     -- A fresh output segment for this attempt: a new attempt number has no list yet;
     -- one given back and claimed again may have had one.
-    if tonumber(attempt) > tonumber(f[3] or '0') then
+    if not f[3] or tonumber(attempt) > tonumber(f[3]) then
       sets[#sets + 1] = 'out_top'
       sets[#sets + 1] = attempt
     else
@@ -559,7 +566,7 @@ else
   end
   if more then wake() end
 end
-if nxt == nil then nxt = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES') end
+if nxt == nil then nxt = redis.call('ZRANGE', K_DELAYED, '0', '0', 'WITHSCORES') end
 return {applied, out, nxt[2] or ''}
 """,
 )
@@ -590,7 +597,8 @@ _FENCED = """
 local id, worker, attempt = ARGV[3], ARGV[4], ARGV[5]
 local j = k_job(id)
 local f = redis.call('HMGET', j, 'state', 'worker', 'attempt', 'output_count')
-if f[1] ~= 'running' or f[2] ~= worker or tonumber(f[3]) ~= tonumber(attempt) then
+if f[1] ~= 'running' or f[2] ~= worker
+    or (f[3] ~= attempt and tonumber(f[3]) ~= tonumber(attempt)) then
   return 0
 end
 """
