@@ -120,12 +120,41 @@ def _drain(uw: Any, batch: int) -> None:
         previous = list(claimed)
 
 
-def redis_instructions(path: str, jobs: int, batch: int) -> int:
-    """Instructions redis-server executed while this process submitted `jobs` jobs and,
-    for `drain`, claimed and ended them `batch` at a time."""
+def _drive_redis(url: str, server: subprocess.Popen[str], path: str, jobs: int, batch: int) -> None:
+    """The measured run against the server under callgrind, then its shutdown (which
+    makes callgrind write its count)."""
     import redis
 
     from tests.integration.redis_worker_app import build_app
+
+    client: redis.Redis[str] = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("redis-server did not start under valgrind") from None
+            time.sleep(0.1)
+    uw = build_app(url)
+    uw.submit("noop")  # scripts loaded, connections open, in every run
+    _drain(uw, 1)
+    for _ in range(jobs):
+        uw.submit("noop")
+    if path == "drain":
+        _drain(uw, batch)
+    uw.close()
+    try:
+        client.shutdown(nosave=True)
+    except redis.ConnectionError:
+        pass  # the server closes the connection as it goes
+    client.close()
+
+
+def redis_instructions(path: str, jobs: int, batch: int) -> int:
+    """Instructions redis-server executed while this process submitted `jobs` jobs and,
+    for `drain`, claimed and ended them `batch` at a time."""
     from tests.support.services import free_port
 
     with tempfile.TemporaryDirectory() as folder:
@@ -136,32 +165,13 @@ def redis_instructions(path: str, jobs: int, batch: int) -> int:
              "--save", "", "--appendonly", "no", "--hz", "1"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        url = f"redis://127.0.0.1:{port}/0"
-        client: redis.Redis[str] = redis.Redis.from_url(url)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    server.kill()
-                    raise RuntimeError("redis-server did not start under valgrind") from None
-                time.sleep(0.1)
-        uw = build_app(url)
-        uw.submit("noop")  # scripts loaded, connections open, in every run
-        _drain(uw, 1)
-        for _ in range(jobs):
-            uw.submit("noop")
-        if path == "drain":
-            _drain(uw, batch)
-        uw.close()
         try:
-            client.shutdown(nosave=True)
-        except redis.ConnectionError:
-            pass  # the server closes the connection as it goes
-        client.close()
-        _, err = server.communicate(timeout=120)
+            _drive_redis(f"redis://127.0.0.1:{port}/0", server, path, jobs, batch)
+            _, err = server.communicate(timeout=120)
+        finally:
+            if server.poll() is None:  # a failure on the way: no count, no server left
+                server.kill()
+                server.wait()
     found = re.search(r"Collected : (\d+)", err)
     if found is None:
         raise RuntimeError(f"no count from callgrind:\n{err[-2000:]}")
