@@ -140,6 +140,36 @@ def test_calls_raise_store_unavailable_while_redis_is_down_then_resume() -> None
             store.close()
 
 
+def test_script_calls_survive_a_flushed_script_cache_and_a_closed_connection() -> None:
+    """Scripts run on connections the store keeps itself: a script Redis forgot is
+    loaded again, a connection the server closed between calls is opened again, and
+    an error reply is raised as redis-py raises it, leaving the connection usable."""
+    try:
+        server = RedisServer()
+    except FileNotFoundError:
+        missing("redis-server")
+    with server:
+        store = RedisStore(server.url)
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            first = submit(store)
+            client.script_flush()
+            second = submit(store)  # NOSCRIPT: loaded and run once
+            assert [store.get(j.id) is not None for j in (first, second)] == [True, True]
+            assert store.count(state=State.QUEUED) == 2
+            client.client_kill_filter(_type="normal")  # every connection but this one
+            assert claim_one(store).id == first.id
+            client.delete(store.keys.job(second.id))
+            client.set(store.keys.job(second.id), "not a hash")
+            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                store.get(second.id)
+            got = store.get(first.id)  # nothing of the error reply is left to read
+            assert got is not None and got.state is State.RUNNING
+        finally:
+            client.close()
+            store.close()
+
+
 def test_password_and_database_number_in_the_url() -> None:
     try:
         server = RedisServer()
