@@ -24,7 +24,12 @@ process drives it, and what is counted is the server's work per job:
 
 - submit: one `uw.submit("noop")`'s script call;
 - end + claim, batch B: the script call that writes the ends of B jobs and claims the
-  next B, draining a queue filled one by one beforehand.
+  next B, draining a queue filled one by one beforehand;
+- round trip: a job submitted to an idle `underway` worker process of one slot and
+  waited for, one at a time (the submission claims the job for the worker and wakes
+  it; the worker's call writes the end, finds nothing to claim and waits again), the
+  path most jobs of the peers harness's Redis rows take; minus the same run with the
+  worker and none of these jobs.
 
 Needs Debian's `valgrind` (`apt-get install valgrind`). Prints one line per path.
 """
@@ -137,19 +142,42 @@ def _drive_redis(url: str, server: subprocess.Popen[str], path: str, jobs: int, 
             if time.monotonic() > deadline or server.poll() is not None:
                 raise RuntimeError("redis-server did not start under valgrind") from None
             time.sleep(0.1)
-    uw = build_app(url)
-    uw.submit("noop")  # scripts loaded, connections open, in every run
-    _drain(uw, 1)
-    for _ in range(jobs):
-        uw.submit("noop")
-    if path == "drain":
-        _drain(uw, batch)
-    uw.close()
+    if path == "round trip":
+        _round_trips(url, jobs)
+    else:
+        uw = build_app(url)
+        uw.submit("noop")  # scripts loaded, connections open, in every run
+        _drain(uw, 1)
+        for _ in range(jobs):
+            uw.submit("noop")
+        if path == "drain":
+            _drain(uw, batch)
+        uw.close()
     try:
         client.shutdown(nosave=True)
     except redis.ConnectionError:
         pass  # the server closes the connection as it goes
     client.close()
+
+
+def _round_trips(url: str, jobs: int) -> None:
+    """`jobs` jobs submitted one at a time to an idle worker process and waited for,
+    after 20 that warm both sides up (made in the run without jobs too)."""
+    from tests.integration.redis_worker_app import build_app
+
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.redis_worker_app", url, "--workers", "1"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    uw = build_app(url, workers=1)
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        for _ in range(20 + jobs):
+            uw.submit("noop").wait(timeout=60)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        uw.close()
 
 
 def redis_instructions(path: str, jobs: int, batch: int) -> int:
@@ -181,16 +209,20 @@ def redis_instructions(path: str, jobs: int, batch: int) -> int:
 def redis_main(jobs: int, batches: str, repeat: int) -> None:
     print(f"redis-server's instructions per job ({jobs} jobs, minus the same run without the part)")
     paths = [("submit", 1)] + [("end + claim", int(b)) for b in batches.split(",")]
+    paths.append(("round trip", 1))
     for name, batch in paths:
         counts = []
         for _ in range(repeat):
             if name == "submit":
                 full, empty = redis_instructions("fill", jobs, 1), redis_instructions("fill", 0, 1)
+            elif name == "round trip":
+                full = redis_instructions(name, jobs, 1)
+                empty = redis_instructions(name, 0, 1)
             else:
                 full = redis_instructions("drain", jobs, batch)
                 empty = redis_instructions("fill", jobs, batch)
             counts.append((full - empty) / jobs)
-        label = name if name == "submit" else f"{name}, batch {batch}"
+        label = name if name != "end + claim" else f"{name}, batch {batch}"
         print(f"  {label:<22} " + " / ".join(f"{c:,.0f}" for c in counts))
 
 
