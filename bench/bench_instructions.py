@@ -182,7 +182,8 @@ def _round_trips(url: str, jobs: int) -> None:
 
 def redis_instructions(path: str, jobs: int, batch: int) -> int:
     """Instructions redis-server executed while this process submitted `jobs` jobs and,
-    for `drain`, claimed and ended them `batch` at a time."""
+    for `drain`, claimed and ended them `batch` at a time; for `round trip`, while
+    `jobs` round trips to an idle worker process ran (see `_round_trips`)."""
     from tests.support.services import free_port
 
     with tempfile.TemporaryDirectory() as folder:
