@@ -32,6 +32,18 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, for tests that stop it, kill its clients or
+    change its settings."""
+    try:
+        server = RedisServer()
+    except FileNotFoundError:
+        missing("redis-server")
+    with server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def redis_session_url(request: pytest.FixtureRequest) -> str:
     url = os.environ.get("UNDERWAY_TEST_REDIS_URL")

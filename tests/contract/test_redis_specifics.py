@@ -23,7 +23,7 @@ from tests.contract.helpers import (
     submit,
 )
 from tests.support.redis_server import RedisServer
-from tests.support.services import free_port, missing
+from tests.support.services import free_port
 from tests.support.wait import wait_for
 from underway import Underway, lifecycle
 from underway.errors import ConfigurationError, StoreUnavailable
@@ -112,92 +112,81 @@ def test_an_unreachable_redis_opens_and_its_calls_say_store_unavailable(
         store.close()
 
 
-def test_calls_raise_store_unavailable_while_redis_is_down_then_resume() -> None:
+def test_calls_raise_store_unavailable_while_redis_is_down_then_resume(
+    private_redis: RedisServer,
+) -> None:
+    store = RedisStore(private_redis.url)
     try:
-        server = RedisServer()
-    except FileNotFoundError:
-        missing("redis-server")
-    with server:
-        store = RedisStore(server.url)
-        try:
-            job = submit(store)
-            server.stop()
-            with pytest.raises(StoreUnavailable) as caught:
-                store.get(job.id)
-            assert caught.value.retry_after > 0
-            with pytest.raises(StoreUnavailable):
-                submit(store)
-            with pytest.raises(StoreUnavailable):
-                store.ping()
-            server.start()
-            got = store.get(job.id)
-            assert got is not None and got.id == job.id
-            # The subscriber reconnects by itself and waiters are woken again.
-            assert store._listener.connected.wait(10)
-            claimed = claim_one(store)
-            assert claimed.id == job.id
-        finally:
-            store.close()
+        job = submit(store)
+        private_redis.stop()
+        with pytest.raises(StoreUnavailable) as caught:
+            store.get(job.id)
+        assert caught.value.retry_after > 0
+        with pytest.raises(StoreUnavailable):
+            submit(store)
+        with pytest.raises(StoreUnavailable):
+            store.ping()
+        private_redis.start()
+        got = store.get(job.id)
+        assert got is not None and got.id == job.id
+        # The subscriber reconnects by itself and waiters are woken again.
+        assert store._listener.connected.wait(10)
+        claimed = claim_one(store)
+        assert claimed.id == job.id
+    finally:
+        store.close()
 
 
-def test_script_calls_survive_a_flushed_script_cache_and_a_closed_connection() -> None:
+def test_script_calls_survive_a_flushed_script_cache_and_a_closed_connection(
+    private_redis: RedisServer,
+) -> None:
     """Scripts run on connections the store keeps itself: a script Redis forgot is
     loaded again, a connection the server closed between calls is opened again, and
     an error reply is raised as redis-py raises it, leaving the connection usable."""
+    store = RedisStore(private_redis.url)
+    client = redis.Redis.from_url(private_redis.url, decode_responses=True)
     try:
-        server = RedisServer()
-    except FileNotFoundError:
-        missing("redis-server")
-    with server:
-        store = RedisStore(server.url)
-        client = redis.Redis.from_url(server.url, decode_responses=True)
-        try:
-            first = submit(store)
-            client.script_flush()
-            second = submit(store)  # NOSCRIPT: loaded and run once
-            assert [store.get(j.id) is not None for j in (first, second)] == [True, True]
-            assert store.count(state=State.QUEUED) == 2
-            client.client_kill_filter(_type="normal")  # every connection but this one
-            assert claim_one(store).id == first.id
-            client.delete(store.keys.job(second.id))
-            client.set(store.keys.job(second.id), "not a hash")
-            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-                store.get(second.id)
-            got = store.get(first.id)  # nothing of the error reply is left to read
-            assert got is not None and got.state is State.RUNNING
-        finally:
-            client.close()
-            store.close()
+        first = submit(store)
+        client.script_flush()
+        second = submit(store)  # NOSCRIPT: loaded and run once
+        assert [store.get(j.id) is not None for j in (first, second)] == [True, True]
+        assert store.count(state=State.QUEUED) == 2
+        client.client_kill_filter(_type="normal")  # every connection but this one
+        assert claim_one(store).id == first.id
+        client.delete(store.keys.job(second.id))
+        client.set(store.keys.job(second.id), "not a hash")
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            store.get(second.id)
+        got = store.get(first.id)  # nothing of the error reply is left to read
+        assert got is not None and got.state is State.RUNNING
+    finally:
+        client.close()
+        store.close()
 
 
-def test_password_and_database_number_in_the_url() -> None:
+def test_password_and_database_number_in_the_url(private_redis: RedisServer) -> None:
+    admin = redis.Redis(port=private_redis.port)
+    admin.config_set("requirepass", "s3cret-pw")
+    admin.close()
+    url = f"redis://:s3cret-pw@127.0.0.1:{private_redis.port}/3"
+    store = open_store(url)
     try:
-        server = RedisServer()
-    except FileNotFoundError:
-        missing("redis-server")
-    with server:
-        admin = redis.Redis(port=server.port)
-        admin.config_set("requirepass", "s3cret-pw")
-        admin.close()
-        url = f"redis://:s3cret-pw@127.0.0.1:{server.port}/3"
-        store = open_store(url)
-        try:
-            job = submit(store)
-            assert store.get(job.id) is not None
-        finally:
-            store.close()
-        authed = redis.Redis(port=server.port, password="s3cret-pw")
-        try:
-            assert authed.dbsize() == 0  # nothing in database 0
-            authed.execute_command("SELECT", 3)
-            assert authed.dbsize() > 0  # the jobs live in database 3
-        finally:
-            authed.close()
-        with pytest.raises(ConfigurationError) as info:
-            open_store(f"redis://:wrong-pw@127.0.0.1:{server.port}/3")
-        message = str(info.value)
-        assert "wrong-pw" not in message and "\n" not in message
-        assert f"127.0.0.1:{server.port}" in message
+        job = submit(store)
+        assert store.get(job.id) is not None
+    finally:
+        store.close()
+    authed = redis.Redis(port=private_redis.port, password="s3cret-pw")
+    try:
+        assert authed.dbsize() == 0  # nothing in database 0
+        authed.execute_command("SELECT", 3)
+        assert authed.dbsize() > 0  # the jobs live in database 3
+    finally:
+        authed.close()
+    with pytest.raises(ConfigurationError) as info:
+        open_store(f"redis://:wrong-pw@127.0.0.1:{private_redis.port}/3")
+    message = str(info.value)
+    assert "wrong-pw" not in message and "\n" not in message
+    assert f"127.0.0.1:{private_redis.port}" in message
 
 
 class _Changes:
