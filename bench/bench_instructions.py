@@ -16,7 +16,14 @@ over the jobs is what one job costs:
   ran and claims the next B (`apply_and_claim`), draining a queue filled beforehand;
 - worker: the whole of a job's way through an embedded worker with one slot (claim,
   run, end: the store call above and the worker's own bookkeeping), draining a queue
-  filled beforehand, minus the same run that fills the queue and starts no worker.
+  filled beforehand, minus the same run that fills the queue and starts no worker;
+- round trip: a job submitted to an embedded worker of two idle slots and waited for,
+  one at a time (the peers harness's embedded round-trip row): the submission claims
+  it for a waiting slot, the slot runs it and writes its end, the waiter wakes; every
+  thread of the process counted, after 20 round trips made in the run without jobs
+  too. The process's threads are serialised under callgrind, and its timers (the
+  monitor's, the checkpoint's) tick by wall time, so this count moves a little more
+  than the others.
 
 With `--redis`, the same for the Redis store's side of it: redis-server itself runs
 under callgrind (started on a free port, its once-a-second housekeeping only), this
@@ -61,6 +68,12 @@ def run_path(path: str, jobs: int, batch: int) -> None:
         def noop() -> int:
             return 1
 
+        if path == "round trip":
+            uw.start()
+            for _ in range(20 + jobs):
+                uw.submit("noop").wait(600)
+            uw.close()
+            return
         if path == "submit":
             # One submission first, in the run with no jobs too: opening the store (its
             # schema, threads and first statements) is not any job's cost.
@@ -242,10 +255,12 @@ def main() -> None:
         run_path(args.run, args.jobs, int(args.batches))
         return
     paths = [("submit", 1)] + [("end + claim", int(b)) for b in args.batches.split(",")]
-    paths.append(("worker", 0))
+    paths += [("worker", 0), ("round trip", 0)]
     print(f"instructions per job ({args.jobs} jobs, minus the same run with none)")
     for name, batch in paths:
-        path = {"submit": "submit", "worker": "worker"}.get(name, "drain")
+        path = {"submit": "submit", "worker": "worker", "round trip": "round trip"}.get(
+            name, "drain"
+        )
         counts = []
         for _ in range(args.repeat):
             full = instructions(path, args.jobs, batch)
@@ -255,7 +270,7 @@ def main() -> None:
                 empty = instructions("worker-fill", args.jobs, batch)
             empty = empty or instructions(path, 0, batch)
             counts.append((full - empty) / args.jobs)
-        label = name if name in ("submit", "worker") else f"{name}, batch {batch}"
+        label = name if name in ("submit", "worker", "round trip") else f"{name}, batch {batch}"
         print(f"  {label:<22} " + " / ".join(f"{c:,.0f}" for c in counts))
 
 
