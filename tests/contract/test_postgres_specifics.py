@@ -509,7 +509,7 @@ def test_a_version_1_schema_is_migrated(pg_store: PostgresStore, postgres_url: s
         assert claim(again) == []
         with psycopg.connect(conninfo, autocommit=True) as conn:
             row = conn.execute(f'SELECT version FROM "{name}".underway_schema').fetchone()
-        assert row == (3,)
+        assert row == (schema.SCHEMA_VERSION,)
     finally:
         again.close()
 
@@ -531,9 +531,53 @@ def test_a_version_2_schema_is_migrated(pg_store: PostgresStore, postgres_url: s
         assert claim(again) == []  # says it is idle, in the new columns too
         with psycopg.connect(conninfo, autocommit=True) as conn:
             row = conn.execute(f'SELECT version FROM "{name}".underway_schema').fetchone()
-            assert row == (3,)
+            assert row == (schema.SCHEMA_VERSION,)
             words = conn.execute(f'SELECT worker, push_tasks FROM "{name}".underway_idle')
             assert words.fetchall() == [(None, ["t"])]  # nobody waits for work: no pushes
+    finally:
+        again.close()
+
+
+def test_a_version_3_schema_is_migrated_and_its_jobs_keep_their_first_event(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    """Version 4 keeps a new job's first event on its row; a job stored before has it
+    in the events table, and both read the same events."""
+    old = submit(pg_store)
+    old_events = pg_store.events(old.id)
+    pg_store.close()
+    conninfo, name = split_url(postgres_url)
+    jobs, events = f'"{name}".underway_jobs', f'"{name}".underway_events'
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        # As version 3 stored it: the first event a row of the events table.
+        conn.execute(
+            f"INSERT INTO {events} (job_id, seq, kind, idx, data, at, attempt) "
+            f"SELECT id, 1, 'state', NULL, first_event, created_at, 0 FROM {jobs}"
+        )
+        conn.execute(f"ALTER TABLE {jobs} DROP COLUMN first_event")
+        conn.execute(f'UPDATE "{name}".underway_schema SET version = 3')
+    again = open_store(postgres_url)
+    try:
+        assert again.events(old.id) == old_events
+        new = submit(again)
+        assert [(e.seq, e.kind.value, e.data) for e in again.events(new.id)] == [
+            (1, "state", {"state": "queued"})
+        ]
+        assert again.events(new.id, after=1) == []
+        assert finish(again, claim_one(again)) is not None  # the old job: older id
+        assert finish(again, claim_one(again)) is not None
+        for job in (old, new):
+            events_of = again.events(job.id)
+            assert [e.seq for e in events_of] == [1, 2, 3, 4]
+            assert again.events(job.id, after=2) == events_of[2:]
+            assert again.events(job.id, limit=2) == events_of[:2]
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            row = conn.execute(f'SELECT version FROM "{name}".underway_schema').fetchone()
+            assert row == (4,)
+            stored = conn.execute(
+                f"SELECT count(*) FROM {events} WHERE job_id = %s AND seq = 1", (new.id,)
+            ).fetchone()
+            assert stored == (0,)  # on its row, not in the events table
     finally:
         again.close()
 

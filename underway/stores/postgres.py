@@ -357,10 +357,10 @@ class PostgresStore(Store):
         sql = self._sql
         superseded: list[str] = []
         values = job_values(record)
-        one = len(events) == 1  # as every new job has: bound as plain values
+        # The one `state` event every new job has: kept on the job's row.
+        one = len(events) == 1 and events[0][0] is EventKind.STATE
         if one:
-            ((kind, data),) = events
-            values["n"], values["kind"], values["data"] = 1, kind.value, data
+            values["n"], values["data"] = 1, events[0][1]
         else:
             values["n"], values["kinds"], values["datas"] = event_arrays(tuple(events))
         submit, submit_queued = sql.submission(record.idempotency_key is not None, one)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each entry upgrades a schema from version N-1 to N; `{s}` is the quoted schema
 # name. Never edit a released entry: add the next one, so that every earlier
@@ -109,6 +109,12 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE {s}.underway_idle ADD COLUMN slots integer, ADD COLUMN worker text, "
         "ADD COLUMN lease double precision, ADD COLUMN push_tasks text[], "
         "ADD COLUMN push_key bigint",
+    ],
+    4: [
+        # A new job's first event (its `state` event, `queued`) stays on its row
+        # (read back as event 1) instead of a row of the events table: a submission
+        # writes a row and an index entry fewer. Jobs stored before keep theirs there.
+        "ALTER TABLE {s}.underway_jobs ADD COLUMN IF NOT EXISTS first_event text",
     ],
 }
 

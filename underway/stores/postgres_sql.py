@@ -726,9 +726,16 @@ class Statements:
             ev AS (DELETE FROM {e} WHERE job_id = %(id)s)
             SELECT CASE WHEN NOT pg_try_advisory_xact_lock(%(ends_key)s)
                 THEN pg_notify(%(ends_channel)s, %(origin)s || '||' || u.id) END FROM u"""
+        # A job's events: its first one from its row when kept there (`first_event`).
         self.events_after = f"""
-            SELECT seq, kind, idx, data, at, attempt FROM {e}
-            WHERE job_id = %(id)s AND seq > %(after)s ORDER BY seq LIMIT %(limit)s"""
+            SELECT seq, kind, idx, data, at, attempt FROM (
+                SELECT 1 AS seq, 'state'::text AS kind, NULL::int AS idx, first_event AS data,
+                    created_at AS at, 0 AS attempt
+                FROM {j} WHERE id = %(id)s AND first_event IS NOT NULL AND %(after)s < 1
+                UNION ALL
+                SELECT seq, kind, idx, data, at, attempt FROM {e}
+                WHERE job_id = %(id)s AND seq > %(after)s
+            ) AS x ORDER BY seq LIMIT %(limit)s"""
         self.output = f"""
             SELECT data FROM {e}
             WHERE job_id = %(id)s AND idx >= %(after)s AND attempt = coalesce(
@@ -752,21 +759,34 @@ class Statements:
     @staticmethod
     def _submission(j: str, e: str, idle: str, keyed: bool, one: bool) -> tuple[str, str]:
         """The two submission statements (`submit`, `submit_queued`) for a job with an
-        idempotency key or without (`keyed`), and with one first event (`one`: bound
-        as `kind` and `data`) or any number (`n`, `kinds`, `datas`)."""
+        idempotency key or without (`keyed`), and with the one `state` event every new
+        job has (`one`: its data bound as `data`, kept on the job's row as
+        `first_event`, read back as event 1) or first events of any number and kind
+        (`n`, `kinds`, `datas`: rows of the events table)."""
         on_conflict = "ON CONFLICT (idempotency_key) DO NOTHING" if keyed else ""
-        # A new job's first events (`ins`: the inserted job), as both submissions write them.
-        if one:
-            first_events = f"""
-                INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
-                SELECT ins.id, 1, %(kind)s, NULL::int, %(data)s, %(created_at)s::float8, 0
-                FROM ins"""
-        else:
-            first_events = f"""
-                INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)
+        # A new job's first events (`ins`: the inserted job), as both submissions write
+        # them: on the job's row (a row and its index entry fewer a submission, ~17 us
+        # of the server's time), or as rows of their own.
+        first_column = ", first_event" if one else ""
+        first_value = ", %(data)s" if one else ""
+        insert_events = f"INSERT INTO {e} (job_id, seq, kind, idx, data, at, attempt)"
+        first_events = (
+            None
+            if one
+            else """
                 SELECT ins.id, x.n::int, x.kind, NULL::int, x.data, %(created_at)s::float8, 0
                 FROM ins, unnest(%(kinds)s::text[], %(datas)s::text[])
                     WITH ORDINALITY AS x(kind, data, n)"""
+        )
+        # The event a claim at submission writes (see `submit`).
+        running_event = """
+                SELECT ins.id, %(n)s::int + 1, 'state', NULL, '{"state":"running","attempt":1}',
+                    %(created_at)s::float8, 1
+                FROM ins WHERE ins.state = 'running'"""
+        submit_events = insert_events + (
+            running_event if first_events is None else first_events + " UNION ALL " + running_event
+        )
+        queued_events = "" if first_events is None else f", ev AS ({insert_events} {first_events})"
         submit = f"""
             WITH idle AS (
                 UPDATE {idle} SET slots = coalesce(slots, 1) - 1 WHERE channel = (
@@ -786,23 +806,20 @@ class Statements:
             ), ins AS (
                 INSERT INTO {j} AS j (id, task, queue, priority, state, params, max_attempts,
                     created_at, run_at, timeout, keep_for, owner, idempotency_key,
-                    supersede_key, meta, event_seq, attempt, started_at, worker, lease_until)
+                    supersede_key, meta, event_seq, attempt, started_at, worker, lease_until
+                    {first_column})
                 SELECT %(id)s, %(task)s, %(queue)s, %(priority)s,
                     CASE WHEN push.worker IS NULL THEN 'queued' ELSE 'running' END, %(params)s,
                     %(max_attempts)s, %(created_at)s, %(run_at)s, %(timeout)s, %(keep_for)s,
                     %(owner)s, %(idempotency_key)s, %(supersede_key)s, %(meta)s,
                     %(n)s + (push.worker IS NOT NULL)::int, (push.worker IS NOT NULL)::int,
                     CASE WHEN push.worker IS NOT NULL THEN %(created_at)s::float8 END,
-                    push.worker, %(created_at)s::float8 + push.lease
+                    push.worker, %(created_at)s::float8 + push.lease {first_value}
                 FROM (SELECT 1) AS one LEFT JOIN push ON true
                 {on_conflict}
                 RETURNING j.id, j.state, j.worker, j.lease_until
             ), ev AS (
-                {first_events}
-                UNION ALL
-                SELECT ins.id, %(n)s::int + 1, 'state', NULL, '{{"state":"running","attempt":1}}',
-                    %(created_at)s::float8, 1
-                FROM ins WHERE ins.state = 'running'
+                {submit_events}
             ), note AS (
                 SELECT pg_notify(%(jobs_channel)s, %(origin)s || '|running|' || ins.id)
                 FROM ins WHERE ins.state = 'running'
@@ -824,15 +841,14 @@ class Statements:
             WITH ins AS (
                 INSERT INTO {j} (id, task, queue, priority, state, params, max_attempts,
                     created_at, run_at, timeout, keep_for, owner, idempotency_key,
-                    supersede_key, meta, event_seq)
+                    supersede_key, meta, event_seq {first_column})
                 VALUES (%(id)s, %(task)s, %(queue)s, %(priority)s, 'queued', %(params)s,
                     %(max_attempts)s, %(created_at)s, %(run_at)s, %(timeout)s, %(keep_for)s,
-                    %(owner)s, %(idempotency_key)s, %(supersede_key)s, %(meta)s, %(n)s)
+                    %(owner)s, %(idempotency_key)s, %(supersede_key)s, %(meta)s, %(n)s
+                    {first_value})
                 {on_conflict}
                 RETURNING id
-            ), ev AS (
-                {first_events}
-            )
+            ){queued_events}
             SELECT NULL, 0, NULL::text, false FROM ins"""
         return " ".join(submit.split()), " ".join(submit_queued.split())
 
