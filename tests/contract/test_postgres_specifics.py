@@ -16,6 +16,7 @@ from tests.contract.helpers import (
     claim,
     claim_one,
     ended,
+    enqueue,
     fence,
     finish,
     output_item,
@@ -555,6 +556,17 @@ def test_a_version_3_schema_is_migrated_and_its_jobs_keep_their_first_event(
             f"SELECT id, 1, 'state', NULL, first_event, created_at, 0 FROM {jobs}"
         )
         conn.execute(f"ALTER TABLE {jobs} DROP COLUMN first_event")
+        # ... with version 3's indexes.
+        conn.execute(f'DROP INDEX "{name}".underway_jobs_idempotency')
+        conn.execute(f'DROP INDEX "{name}".underway_jobs_queued')
+        conn.execute(f"ALTER TABLE {jobs} ADD UNIQUE (idempotency_key)")
+        conn.execute(
+            f"CREATE INDEX underway_jobs_ready ON {jobs} (priority, id) WHERE state = 'queued'"
+        )
+        conn.execute(
+            f"CREATE INDEX underway_jobs_queue ON {jobs} (queue, priority, id) "
+            "WHERE state = 'queued'"
+        )
         conn.execute(f'UPDATE "{name}".underway_schema SET version = 3')
     again = open_store(postgres_url)
     try:
@@ -578,6 +590,20 @@ def test_a_version_3_schema_is_migrated_and_its_jobs_keep_their_first_event(
                 f"SELECT count(*) FROM {events} WHERE job_id = %s AND seq = 1", (new.id,)
             ).fetchone()
             assert stored == (0,)  # on its row, not in the events table
+            indexes = conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s "
+                "AND tablename = 'underway_jobs' ORDER BY indexname",
+                (name,),
+            ).fetchall()
+        names = [n for n, _ in indexes]
+        assert "underway_jobs_queued" in names and "underway_jobs_idempotency" in names
+        assert not {"underway_jobs_ready", "underway_jobs_queue"} & set(names)
+        assert not any("idempotency_key_key" in n for n in names)
+        assert "WHERE (idempotency_key IS NOT NULL)" in dict(indexes)["underway_jobs_idempotency"]
+        # The key is still unique.
+        first = submit(again, idempotency_key="k")
+        stored_again, created, _ = enqueue(again, new_record("t", idempotency_key="k"))
+        assert not created and stored_again.id == first.id
     finally:
         again.close()
 

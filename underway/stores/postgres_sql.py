@@ -763,7 +763,11 @@ class Statements:
         job has (`one`: its data bound as `data`, kept on the job's row as
         `first_event`, read back as event 1) or first events of any number and kind
         (`n`, `kinds`, `datas`: rows of the events table)."""
-        on_conflict = "ON CONFLICT (idempotency_key) DO NOTHING" if keyed else ""
+        on_conflict = (
+            "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+            if keyed
+            else ""
+        )
         # A new job's first events (`ins`: the inserted job), as both submissions write
         # them: on the job's row (a row and its index entry fewer a submission, ~17 us
         # of the server's time), or as rows of their own.
