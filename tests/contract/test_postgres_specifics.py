@@ -597,7 +597,9 @@ def test_a_version_3_schema_is_migrated_and_its_jobs_keep_their_first_event(
             ).fetchall()
         names = [n for n, _ in indexes]
         assert "underway_jobs_queued" in names and "underway_jobs_idempotency" in names
-        assert not {"underway_jobs_ready", "underway_jobs_queue"} & set(names)
+        assert not {"underway_jobs_ready", "underway_jobs_queue", "underway_jobs_finished"} & set(
+            names
+        )
         assert not any("idempotency_key_key" in n for n in names)
         assert "WHERE (idempotency_key IS NOT NULL)" in dict(indexes)["underway_jobs_idempotency"]
         # The key is still unique.

@@ -116,14 +116,17 @@ MIGRATIONS: dict[int, list[str]] = {
         # writes a row and an index entry fewer. Jobs stored before keep theirs there.
         "ALTER TABLE {s}.underway_jobs ADD COLUMN IF NOT EXISTS first_event text",
         # Fewer index entries a job: only jobs with an idempotency key are in that
-        # key's index (every insert and update of a row put a NULL there), and one
-        # index of queued jobs serves both claims (priority, then age, with the task
-        # and due time at hand) and places in a queue (its queue at hand).
+        # key's index (every insert and update of a row put a NULL there), one index
+        # of queued jobs serves both claims (priority, then age, with the task and due
+        # time at hand) and places in a queue (its queue at hand), and none orders the
+        # finished jobs by their end (only a purge of jobs finished before a time, run
+        # by hand, reads that order: it reads the table, as on SQLite).
         "ALTER TABLE {s}.underway_jobs DROP CONSTRAINT IF EXISTS underway_jobs_idempotency_key_key",
         "CREATE UNIQUE INDEX IF NOT EXISTS underway_jobs_idempotency "
         "ON {s}.underway_jobs (idempotency_key) WHERE idempotency_key IS NOT NULL",
         "DROP INDEX IF EXISTS {s}.underway_jobs_queue",
         "DROP INDEX IF EXISTS {s}.underway_jobs_ready",
+        "DROP INDEX IF EXISTS {s}.underway_jobs_finished",
         "CREATE INDEX IF NOT EXISTS underway_jobs_queued ON {s}.underway_jobs (priority, id) "
         "INCLUDE (queue, task, run_at) WHERE state = 'queued'",
     ],
