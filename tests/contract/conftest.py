@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,10 @@ from tests.support.services import missing
 from underway.stores import Store, open_store
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """A private redis-server for the session (stop/start it for fault tests)."""
+@contextmanager
+def _started_redis() -> Iterator[RedisServer]:
+    """A redis-server started on a free port, stopped after (a missing binary fails
+    or skips, as `missing` says)."""
     try:
         server = RedisServer()
     except FileNotFoundError:
@@ -32,15 +34,18 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for the session (stop/start it for fault tests)."""
+    with _started_redis() as server:
+        yield server
+
+
 @pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
     """A redis-server of the test's own, for tests that stop it, kill its clients or
     change its settings."""
-    try:
-        server = RedisServer()
-    except FileNotFoundError:
-        missing("redis-server")
-    with server:
+    with _started_redis() as server:
         yield server
 
 
