@@ -1137,3 +1137,59 @@ def test_a_connection_lost_under_statements_sent_together_is_an_operational_erro
         with pytest.raises(psycopg.OperationalError):
             fetch_many(conn, [("SELECT %(a)s::int", {"a": 1}), ("SELECT 2", {})])
         assert conn.closed
+
+
+def _statement_stats(url: str) -> list[tuple[str, int, int, int]]:
+    """(query, calls, plans, shared blocks touched) of each statement on the jobs
+    table that ran 20 times or more, from pg_stat_statements."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT query, calls, plans, shared_blks_hit + shared_blks_read "
+            "FROM pg_stat_statements WHERE query LIKE '%underway_jobs%' AND calls >= 20"
+        ).fetchall()
+    return [(str(q), int(c), int(p), int(b)) for q, c, p, b in rows]
+
+
+def test_a_workers_statements_are_planned_once_and_claim_from_a_deep_queue_by_its_index() -> None:
+    """A worker's statements run again and again with new values: each is planned
+    once per connection, not at every run (planning a batch's statement cost the
+    server more than running it). Their plan does not know how many jobs a claim
+    takes unless the statement says it: a claim of one job from a deep queue reads
+    a few pages of the queued jobs' index, not every queued job."""
+    try:
+        server = PostgresServer(
+            settings={
+                "shared_preload_libraries": "pg_stat_statements",
+                "pg_stat_statements.track_planning": "on",
+            }
+        )
+    except FileNotFoundError as exc:
+        missing(f"PostgreSQL ({exc})")
+    with server:
+        with psycopg.connect(server.url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION pg_stat_statements")
+        store = PostgresStore(server.url)
+        try:
+            for _ in range(20):  # 20,000 queued jobs
+                store.enqueue_many([new_record() for _ in range(1000)], lifecycle.submitted())
+            with store._connection() as conn:
+                conn.execute(f"ANALYZE {store._sql.jobs}")
+                conn.execute("SELECT pg_stat_statements_reset()")
+            held: list[Any] = []
+            for _ in range(60):  # one job at a time, as an idle worker takes them
+                now = time.time()
+                done, held = store.apply_and_claim(
+                    [ended(r, now=now) for r in held], worker="worker-a", tasks=["t"],
+                    limits={}, lease=30.0, now=now, max_jobs=1,
+                )  # fmt: skip
+                assert all(done) and len(held) == 1
+        finally:
+            store.close()
+        stats = _statement_stats(server.url)
+    assert stats, "no statement of the jobs table ran 20 times"
+    for query, calls, plans, blocks in stats:
+        # Once per pooled connection (and after a new look at the statistics); left
+        # to itself, PostgreSQL plans each statement afresh for its first 5 runs at
+        # least, and at every run while it thinks a plan for the values is cheaper.
+        assert plans < 5, f"planned {plans} times in {calls} runs: {query[:200]}"
+        assert blocks / calls < 100, f"{blocks / calls:.0f} pages a run: {query[:200]}"

@@ -644,7 +644,7 @@ class Statements:
         self.pick = f"""
             (SELECT id, priority FROM {j} WHERE state = 'queued' AND run_at <= %(now)s
              AND task = ANY(%({{tasks}})s::text[]) ORDER BY priority, id
-             LIMIT %({{room}})s FOR UPDATE SKIP LOCKED)"""
+             LIMIT {{room:d}} FOR UPDATE SKIP LOCKED)"""
         # Idle processes renew their word at each claim that finds nothing (every
         # idle poll at least) and at each end written without a claim; a word older
         # than this is of a process that is gone.
