@@ -30,7 +30,7 @@ from tests.support.services import free_port, missing
 from tests.support.wait import wait_for
 from underway import lifecycle
 from underway.errors import ConfigurationError, StoreUnavailable
-from underway.records import State
+from underway.records import POSITION_LIMIT, State
 from underway.stores import open_store, postgres
 from underway.stores import postgres_schema as schema
 from underway.stores.postgres import PostgresStore, split_url
@@ -1193,3 +1193,32 @@ def test_a_workers_statements_are_planned_once_and_claim_from_a_deep_queue_by_it
         # least, and at every run while it thinks a plan for the values is cheaper.
         assert plans < 5, f"planned {plans} times in {calls} runs: {query[:200]}"
         assert blocks / calls < 100, f"{blocks / calls:.0f} pages a run: {query[:200]}"
+
+
+def test_places_in_a_deep_queue_are_counted_no_further_than_the_limit(
+    pg_store: PostgresStore,
+) -> None:
+    """As on the other stores, a queued job's place is exact up to POSITION_LIMIT jobs
+    ahead and None past it, so that reads of a long queue stay cheap: a page of its
+    newest jobs is counted in one round trip, each job from the one before it."""
+    front = [submit(pg_store) for _ in range(4)]
+    for _ in range((POSITION_LIMIT + 2_000) // 1_000):
+        pg_store.enqueue_many([new_record() for _ in range(1_000)], lifecycle.submitted())
+    urgent = submit(pg_store, priority=-1)  # the newest, and first in the queue
+    other = [submit(pg_store, queue="other") for _ in range(3)]  # a queue of its own
+
+    assert [pg_store.get(r.id).position for r in front] == [1, 2, 3, 4]  # type: ignore[union-attr]
+    assert pg_store.get(urgent.id).position == 0  # type: ignore[union-attr]
+    newest = pg_store.list_jobs(limit=50).jobs
+    assert [r.id for r in newest[:4]] == [other[2].id, other[1].id, other[0].id, urgent.id]
+    assert [r.position for r in newest[:4]] == [2, 1, 0, 0]
+    assert len(newest) == 50 and all(r.position is None for r in newest[4:])
+    deep = pg_store.get(newest[-1].id)
+    assert deep is not None and deep.state is State.QUEUED and deep.position is None
+    # The front of the queue: exact places, each counted from the one before.
+    tail = pg_store.list_jobs(limit=3, cursor=front[3].id).jobs
+    assert [r.position for r in tail] == [3, 2, 1]
+    claim(pg_store)  # `urgent`: each job of the front moves up
+    assert [r.position for r in pg_store.list_jobs(limit=3, cursor=front[3].id).jobs] == [
+        2, 1, 0,
+    ]  # fmt: skip

@@ -44,6 +44,7 @@ listener reconnects by itself.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -80,6 +81,7 @@ from .postgres_sql import (
     is_plain_end,
     job_values,
     lock_key,
+    place,
     push_doc,
     row_to_record,
     run,
@@ -535,7 +537,7 @@ class PostgresStore(Store):
         row = rows[0] if rows else None
         if row is None:
             return None
-        return row_to_record(row, row[26])
+        return row_to_record(row, place(row[26]))
 
     def list_jobs(
         self,
@@ -557,9 +559,45 @@ class PostgresStore(Store):
         args.append(limit + 1)
         with self._connection() as conn:
             rows = conn.execute(sql, args).fetchall()
-        records = [row_to_record(r) for r in rows[:limit]]
-        records = [self.get(r.id) or r if r.state is State.QUEUED else r for r in records]
+            records = [row_to_record(r) for r in rows[:limit]]
+            places = self._places(conn, [r for r in records if r.state is State.QUEUED])
+        records = [replace(r, position=places[r.id]) if r.id in places else r for r in records]
         return Page(jobs=records, next_cursor=records[-1].id if len(rows) > limit else None)
+
+    def _places(
+        self, conn: psycopg.Connection[Any], queued: Sequence[JobRecord]
+    ) -> dict[str, int | None]:
+        """The places of a page's queued jobs, in one round trip: the first of each
+        queue and priority counted from the front, each next one from the one before
+        it (a short count between them), every count stopping at POSITION_LIMIT."""
+        groups: dict[tuple[str, int], list[JobRecord]] = {}
+        for record in queued:
+            groups.setdefault((record.queue, record.priority), []).append(record)
+        statements: list[tuple[str, dict[str, Any]]] = []
+        for members in groups.values():
+            members.sort(key=lambda r: r.id)
+            statements.append((self._sql.get, {"id": members[0].id}))
+            statements += [
+                (
+                    self._sql.between,
+                    {"queue": r.queue, "priority": r.priority, "after": b.id, "id": r.id},
+                )
+                for b, r in itertools.pairwise(members)
+            ]
+        if not statements:
+            return {}
+        answers = iter(fetch_many(conn, statements))
+        found: dict[str, int | None] = {}
+        for members in groups.values():
+            rows = next(answers)
+            # Claimed (or gone) since the page was read: its place is the one after.
+            at = place(rows[0][26]) if rows else None
+            found[members[0].id] = at
+            for record in members[1:]:
+                gap = int(next(answers)[0][0])
+                at = place(at + gap) if at is not None else None
+                found[record.id] = at
+        return found
 
     def count(self, *, state: State | None = None) -> int:
         with self._connection() as conn:

@@ -22,7 +22,7 @@ from psycopg import pq
 from psycopg.adapt import Transformer
 
 from .._util import dumps
-from ..records import TERMINAL, Decision, EventKind, Fence, JobRecord, State
+from ..records import POSITION_LIMIT, TERMINAL, Decision, EventKind, Fence, JobRecord, State
 from . import postgres_schema as schema
 from .base import ROW_COLUMNS, row_record
 
@@ -64,6 +64,12 @@ def _read_name(text: str | None) -> str | None:
     if text is None or "\\" not in text:
         return text
     return _ESCAPED.sub(lambda m: "\x00" if m.group(1) == "0" else m.group(1), text)
+
+
+def place(ahead: int | None) -> int | None:
+    """A place from a count of the jobs ahead, which stops at POSITION_LIMIT: None
+    past it (the job says "more than POSITION_LIMIT jobs ahead")."""
+    return None if ahead is None or ahead >= POSITION_LIMIT else ahead
 
 
 def row_to_record(row: Sequence[Any], position: int | None = None) -> JobRecord:
@@ -496,11 +502,22 @@ class Statements:
             SELECT new.id, x.n, x.kind, NULL, x.data, new.created_at, 0
             FROM new, unnest(%(kinds)s::text[], %(datas)s::text[])
                 WITH ORDINALITY AS x(kind, data, n)"""
+        # A queued job's place: the queued jobs ahead of it in its queue, counted no
+        # further than POSITION_LIMIT (see `place`), so that a read of a job deep
+        # in a long queue stays cheap.
         self.get = f"""
             SELECT {returning}, CASE WHEN j.state = 'queued' THEN (
-                SELECT count(*) FROM {j} q WHERE q.state = 'queued' AND q.queue = j.queue
+                SELECT count(*) FROM (SELECT 1 FROM {j} q WHERE q.state = 'queued'
+                AND q.queue = j.queue
                 AND (q.priority < j.priority OR (q.priority = j.priority AND q.id < j.id))
+                LIMIT {POSITION_LIMIT}) AS ahead
             ) END FROM {j} j WHERE j.id = %(id)s"""
+        # The queued jobs of a queue and priority from `after` (included) to `id`: how
+        # much further back a job of a page is than the one before it (`list_jobs`).
+        self.between = f"""
+            SELECT count(*) FROM (SELECT 1 FROM {j} WHERE state = 'queued'
+                AND queue = %(queue)s AND priority = %(priority)s
+                AND id >= %(after)s AND id < %(id)s LIMIT {POSITION_LIMIT}) AS gap"""
         # One decision (see `Decision`): guarded, fenced, with its events; announced
         # with its new state and, when the job ends, its final row (`doc`, a JSON
         # array of COLUMN_NAMES) if it fits in a notification, so that waiters need
