@@ -107,25 +107,30 @@ def reset(url: str) -> None:
         conn.execute("SELECT pg_stat_statements_reset()")
 
 
-def track(url: str, on: bool) -> None:
+def track(url: str, on: bool, *, planning: bool = False) -> None:
     """Have pg_stat_statements count statements (every session, at its next one), or
     not: it is on only while `bulk_statements` counts, since it costs every statement
-    some time, and so a queue that sends more statements per job more."""
+    some time, and so a queue that sends more statements per job more. `planning`:
+    count the time spent planning them too (`server_time`)."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"ALTER SYSTEM SET pg_stat_statements.track = {'top' if on else 'none'}")
+        conn.execute(
+            f"ALTER SYSTEM SET pg_stat_statements.track_planning = {'on' if planning else 'off'}"
+        )
         conn.execute("SELECT pg_reload_conf()")
 
 
 def server_time(server: PostgresServer, args: argparse.Namespace) -> list[tuple[float, str]]:
     """One more end-to-end run of underway (one worker process of `--slots` slots, a
-    fresh database) with pg_stat_statements counting: the server's execution time per
-    job of each statement underway sent, most first (the statement's first words).
-    Apart from the rounds: counting costs every statement some time."""
+    fresh database) with pg_stat_statements counting: the server's time per job (its
+    planning and execution) of each statement underway sent, most first (the
+    statement's first words). Apart from the rounds: counting costs every statement
+    some time."""
     url = with_schema(database(server.url, "underway_server_time"), "bench")
     queue = UnderwayQueue(url)
     try:
         with underway_workers(url, 1, args.slots) as pids:
-            track(server.url, True)
+            track(server.url, True, planning=True)
             reset(server.url)
             try:
                 end_to_end(queue, args.jobs, pids, server)
@@ -135,7 +140,8 @@ def server_time(server: PostgresServer, args: argparse.Namespace) -> list[tuple[
         queue.close()
     with psycopg.connect(server.url, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT sum(total_exec_time), left(regexp_replace(query, '\\s+', ' ', 'g'), 60) "
+            "SELECT sum(total_plan_time + total_exec_time), "
+            "left(regexp_replace(query, '\\s+', ' ', 'g'), 60) "
             "FROM pg_stat_statements WHERE query NOT ILIKE '%%pg_stat_statements%%' "
             "AND query NOT ILIKE '%%bench poll%%' AND query NOT ILIKE '%%pg_reload_conf%%' "
             "GROUP BY ROLLUP (2) ORDER BY 2 NULLS FIRST, 1 DESC"
@@ -911,7 +917,8 @@ def main() -> None:
         )
     if times:
         print(
-            f"underway's server time per job by statement ({args.jobs} jobs end to end on a "
+            f"underway's server time per job by statement, planning and execution "
+            f"({args.jobs} jobs end to end on a "
             f"fresh table, 1 worker process x {args.slots} slots, pg_stat_statements on): "
             + "; ".join(f"{t * 1e6:.1f} us {text!r}" for t, text in times)
         )
