@@ -30,7 +30,7 @@ from tests.support.services import free_port, missing
 from tests.support.wait import wait_for
 from underway import lifecycle
 from underway.errors import ConfigurationError, StoreUnavailable
-from underway.records import POSITION_LIMIT, State
+from underway.records import POSITION_LIMIT, JobRecord, State
 from underway.stores import open_store, postgres
 from underway.stores import postgres_schema as schema
 from underway.stores.postgres import PostgresStore, split_url
@@ -1222,3 +1222,20 @@ def test_places_in_a_deep_queue_are_counted_no_further_than_the_limit(
     assert [r.position for r in pg_store.list_jobs(limit=3, cursor=front[3].id).jobs] == [
         2, 1, 0,
     ]  # fmt: skip
+
+
+def test_a_page_whose_first_queued_job_was_claimed_meanwhile_places_the_others(
+    pg_store: PostgresStore,
+) -> None:
+    """A page's places are counted from its first queued job of each queue: when that
+    job left the queue after the page was read, the others are counted from the front,
+    and it comes back with its record now (it was never "deep in the queue")."""
+    jobs = [submit(pg_store) for _ in range(3)]
+    page = [r for r in pg_store.list_jobs(limit=10).jobs if r.state is State.QUEUED]
+    assert sorted(r.id for r in page) == sorted(r.id for r in jobs)
+    assert claim_one(pg_store).id == jobs[0].id  # after the page was read
+    with pg_store._connection() as conn:
+        found = pg_store._places(conn, page)
+    first = found[jobs[0].id]
+    assert isinstance(first, JobRecord) and first.state is State.RUNNING
+    assert [found[jobs[1].id], found[jobs[2].id]] == [0, 1]

@@ -152,6 +152,13 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
         conn.execute("SET plan_cache_mode = force_generic_plan")
 
 
+def _placed(record: JobRecord, found: int | JobRecord | None) -> JobRecord:
+    """A page's queued job with its place, or its record now (see `_places`)."""
+    if isinstance(found, JobRecord):
+        return found
+    return replace(record, position=found)
+
+
 class PostgresStore(Store):
     """`postgresql://user:password@host:port/db?schema=NAME` (or `postgres://`)."""
 
@@ -561,15 +568,16 @@ class PostgresStore(Store):
             rows = conn.execute(sql, args).fetchall()
             records = [row_to_record(r) for r in rows[:limit]]
             places = self._places(conn, [r for r in records if r.state is State.QUEUED])
-        records = [replace(r, position=places[r.id]) if r.id in places else r for r in records]
+        records = [_placed(r, places[r.id]) if r.id in places else r for r in records]
         return Page(jobs=records, next_cursor=records[-1].id if len(rows) > limit else None)
 
     def _places(
         self, conn: psycopg.Connection[Any], queued: Sequence[JobRecord]
-    ) -> dict[str, int | None]:
+    ) -> dict[str, int | JobRecord | None]:
         """The places of a page's queued jobs, in one round trip: the first of each
         queue and priority counted from the front, each next one from the one before
-        it (a short count between them), every count stopping at POSITION_LIMIT."""
+        it (a short count between them), every count stopping at POSITION_LIMIT. A job
+        that left the queue since the page was read: its record now."""
         groups: dict[tuple[str, int], list[JobRecord]] = {}
         for record in queued:
             groups.setdefault((record.queue, record.priority), []).append(record)
@@ -587,16 +595,29 @@ class PostgresStore(Store):
         if not statements:
             return {}
         answers = iter(fetch_many(conn, statements))
-        found: dict[str, int | None] = {}
+        found: dict[str, int | JobRecord | None] = {}
+        lost: list[JobRecord] = []  # counted from a job that left the queue meanwhile
         for members in groups.values():
             rows = next(answers)
-            # Claimed (or gone) since the page was read: its place is the one after.
-            at = place(rows[0][26]) if rows else None
+            gaps = [int(next(answers)[0][0]) for _ in members[1:]]
+            if not rows or rows[0][4] != State.QUEUED.value:
+                if rows:  # claimed (or cancelled) since the page was read
+                    found[members[0].id] = row_to_record(rows[0])
+                lost += members[1:]
+                continue
+            at = place(rows[0][26])
             found[members[0].id] = at
-            for record in members[1:]:
-                gap = int(next(answers)[0][0])
+            for record, gap in zip(members[1:], gaps, strict=True):
                 at = place(at + gap) if at is not None else None
                 found[record.id] = at
+        if lost:  # each counted from the front (a rare race: one more round trip)
+            for record, rows in zip(
+                lost, fetch_many(conn, [(self._sql.get, {"id": r.id}) for r in lost]), strict=True
+            ):
+                if rows and rows[0][4] == State.QUEUED.value:
+                    found[record.id] = place(rows[0][26])
+                elif rows:
+                    found[record.id] = row_to_record(rows[0])
         return found
 
     def count(self, *, state: State | None = None) -> int:
