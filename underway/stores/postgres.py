@@ -67,6 +67,7 @@ from . import postgres_schema as schema
 from .base import Store, listing_filter, merged_meta
 from .postgres_listener import PostgresFeed, PostgresListener
 from .postgres_sql import (
+    COLUMN_NAMES,
     COLUMNS,
     PUSH_BYTES,
     Result,
@@ -150,6 +151,11 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     PostgreSQL 11 has no such setting: it keeps its own choice there."""
     if conn.info.server_version >= 120000:
         conn.execute("SET plan_cache_mode = force_generic_plan")
+
+
+# In a row of `Statements.get`: the job's state, and the count of the jobs ahead of it.
+_STATE = COLUMN_NAMES.index("state")
+_AHEAD = len(COLUMN_NAMES)
 
 
 def _placed(record: JobRecord, found: int | JobRecord | None) -> JobRecord:
@@ -544,7 +550,7 @@ class PostgresStore(Store):
         row = rows[0] if rows else None
         if row is None:
             return None
-        return row_to_record(row, place(row[26]))
+        return row_to_record(row, place(row[_AHEAD]))
 
     def list_jobs(
         self,
@@ -600,12 +606,12 @@ class PostgresStore(Store):
         for members in groups.values():
             rows = next(answers)
             gaps = [int(next(answers)[0][0]) for _ in members[1:]]
-            if not rows or rows[0][4] != State.QUEUED.value:
+            if not rows or rows[0][_STATE] != State.QUEUED.value:
                 if rows:  # claimed (or cancelled) since the page was read
                     found[members[0].id] = row_to_record(rows[0])
                 lost += members[1:]
                 continue
-            at = place(rows[0][26])
+            at = place(rows[0][_AHEAD])
             found[members[0].id] = at
             for record, gap in zip(members[1:], gaps, strict=True):
                 at = place(at + gap) if at is not None else None
@@ -614,8 +620,8 @@ class PostgresStore(Store):
             for record, rows in zip(
                 lost, fetch_many(conn, [(self._sql.get, {"id": r.id}) for r in lost]), strict=True
             ):
-                if rows and rows[0][4] == State.QUEUED.value:
-                    found[record.id] = place(rows[0][26])
+                if rows and rows[0][_STATE] == State.QUEUED.value:
+                    found[record.id] = place(rows[0][_AHEAD])
                 elif rows:
                     found[record.id] = row_to_record(rows[0])
         return found
