@@ -166,7 +166,13 @@ def test_sockets_of_dead_processes_are_removed(db_path: Path) -> None:
     later = _stale_socket(folder, "999999999-0badf00d.s")
     app = Underway(second)
     app.task(noop)
-    app.submit("noop")  # a write sends to every socket: the stale one refuses and goes
+    # A write sends to every socket it listed: the stale one refuses and goes. (A
+    # listing made a moment ago serves the writes of the next `LIST_FOR_NS` without
+    # looking at the folder, so the first write may not know the socket yet.)
+    deadline = time.monotonic() + 10
+    app.submit("noop")
+    while os.path.exists(later) and time.monotonic() < deadline:
+        app.submit("noop")
     assert not os.path.exists(later)
     app.close()
     closed = first._wake.path if first._wake else ""
@@ -241,3 +247,32 @@ def test_a_channel_makes_its_folder_again_when_the_last_one_out_removed_it(
         assert os.path.exists(second.path)
     finally:
         second.close()
+
+
+def test_a_writer_lists_a_folder_just_changed_once_a_moment_not_at_every_send(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Right after a process binds, the folder's mtime is too recent to tell a later
+    # bind by: the listing is not trusted, and it is made again, but once in a while
+    # (`LIST_FOR_NS`), not at every commit's send (which cost every write of a store
+    # that had just opened two system calls and a directory read).
+    from underway.stores import sqlite_wake
+
+    channel = WakeChannel(wake_folder(str(tmp_path / "jobs.db")) or "")
+    listings = 0
+    scandir = os.scandir
+
+    def counting(path: str) -> Iterator[os.DirEntry[str]]:
+        nonlocal listings
+        listings += 1
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counting)
+    try:
+        start = time.monotonic_ns()
+        for _ in range(200):
+            channel.send(["job"])
+        elapsed = time.monotonic_ns() - start
+        assert listings <= 2 + elapsed // sqlite_wake.LIST_FOR_NS
+    finally:
+        channel.close()
