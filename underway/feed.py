@@ -93,8 +93,12 @@ class ChangeFeed:
         # leaves the job unfinished (its claim, say), which they would only sleep on.
         self._end_waiters: dict[str, list[Signal]] = {}
         self._listeners: dict[str, set[Listener]] = {}
-        # by key: (its version then, what), oldest first
-        self._known: OrderedDict[str, tuple[int, Known]] = OrderedDict()
+        # by key, oldest first: what the store said with the key's latest change (an
+        # entry is dropped or replaced whenever its key's version moves, so it always
+        # speaks of the current version; no stamp is kept with it: every job's entry
+        # lives on after its end, and each object it takes is one more for the
+        # garbage collector to look at)
+        self._known: OrderedDict[str, Known] = OrderedDict()
         self._counter = 0
         self._floor = 0
 
@@ -106,10 +110,9 @@ class ChangeFeed:
         when it said nothing: the change must be read from the store)."""
         with self._lock:
             version = self._versions.get(key, self._floor)
-            entry = self._known.get(key)
-        if entry is None or entry[0] != version:
+            known = self._known.get(key)
+        if known is None:
             return version, None
-        known = entry[1]
         if known.until is not None and time.monotonic() > known.until:
             return version, None
         return version, known
@@ -144,7 +147,7 @@ class ChangeFeed:
                 ):
                     if hints:
                         hints.pop(key, None)
-                    hints[key] = (counter, said)
+                    hints[key] = said
                     if len(hints) > self.MAX_KNOWN:
                         hints.popitem(last=False)
                     unfinished = said.state not in TERMINAL
