@@ -12,9 +12,12 @@ up to `batch` jobs at once (kept in the worker, under lease, until a slot runs
 them), and the ends of short jobs wait to be written with the next claim, in one
 transaction or round trip. One job that runs long puts the worker back to claiming
 one job at a time, and an end never waits long (see `_ended_due`). When jobs
-arrive one by one as fast as they run, a slot with ends to write waits `linger`
-seconds before it claims, so that the next claim takes several (never when the
-worker is idle: a job submitted then starts and ends at once). The monitor
+arrive one by one as fast as they run (its last claim took all there were, and news
+of work came since), a slot with ends to write waits `linger` seconds before it
+claims, so that the next claim takes several (never when the worker is idle: a job
+submitted then starts and ends at once; nor in a backlog); where a claim is a round
+trip to a shared server (`Store.batch_after_linger`) that claim asks for a whole
+batch. The monitor
 flushes progress snapshots and output a few times a second, renews leases, delivers
 cancel requests, enforces timeouts and grace periods, and runs the janitor.
 """
@@ -93,7 +96,7 @@ class Worker:
         idle_poll: float = 0.5,
         janitor_interval: float = 5.0,
         batch: int = 16,
-        linger: float = 0.001,
+        linger: float = 0.003,
         name: str | None = None,
     ) -> None:
         self.app = app
@@ -225,12 +228,20 @@ class Worker:
                             # writes them if that job runs long.
                             self._wake_monitor()
                 else:
-                    if self._ended and self.linger and notifier.version(WORK) != seen:
-                        # Jobs keep coming in while ends wait: let a few more gather,
-                        # so that one claim takes them together.
-                        time.sleep(self.linger)
-                    seen = notifier.version(WORK)
                     size = self._claim_size
+                    if (
+                        self._ended
+                        and self.linger
+                        and self._drained_at is not None
+                        and notifier.version(WORK) != seen
+                    ):
+                        # Jobs keep coming in while ends wait, and the last claim took
+                        # all there were: let a few more gather, so that one claim takes
+                        # them together (in a backlog it claims at once).
+                        time.sleep(self.linger)
+                        if self.store.batch_after_linger:
+                            size = self.batch
+                    seen = notifier.version(WORK)
                     if self._drained_at == seen and self._ended:
                         size = 0  # only the ends: no job was announced since
                     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import pytest
 import redis
@@ -25,7 +25,7 @@ from tests.contract.helpers import (
 from tests.support.redis_server import RedisServer
 from tests.support.services import free_port
 from tests.support.wait import wait_for
-from underway import Underway, lifecycle
+from underway import JobHandle, Underway, lifecycle
 from underway.errors import ConfigurationError, StoreUnavailable
 from underway.feed import WORK
 from underway.records import JobRecord, Progress, State
@@ -33,6 +33,7 @@ from underway.stores import open_store, redis_listener, redis_pubsub
 from underway.stores import redis as redis_module
 from underway.stores.redis import RedisStore
 from underway.stores.redis_slots import SlotChannel, open_slot_channel
+from underway.worker import Worker
 
 pytestmark = pytest.mark.redis
 T = TypeVar("T")
@@ -895,3 +896,70 @@ def _raised(call: Callable[[], object]) -> BaseException | None:
     except BaseException as exc:  # handed to the test's thread, which raises it
         return exc
     return None
+
+
+def test_a_claim_that_finds_queued_jobs_is_news_of_work(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    """No submission tells a busy worker of the job it queues: a claim that finds queued
+    jobs is news of work to its process, so that a slot with ends to write lets more
+    gather before its next claim (`Worker.linger`). A claim that finds none is not."""
+    worker = open_store(redis_url)
+    assert isinstance(worker, RedisStore)
+    try:
+        _settled(worker)
+        seen = worker.notifier.version(WORK)
+        first = submit(redis_store, "t")
+        submit(redis_store, "t")
+        assert [r.id for r in claim(worker, ["t"], worker="w", max_jobs=1)] == [first.id]
+        assert worker.notifier.version(WORK) != seen
+        claim(worker, ["t"], worker="w", max_jobs=2)
+        seen = worker.notifier.version(WORK)
+        assert claim(worker, ["t"], worker="w", max_jobs=2) == []
+        assert worker.notifier.version(WORK) == seen
+    finally:
+        worker.close()
+
+
+def test_a_slot_that_waited_for_jobs_to_gather_takes_them_all_in_one_claim(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's only slot runs a short job while three more come: one is handed to it
+    at its submission (the slot's last claim came up short, so it is known as idle),
+    two are queued. With the first job's end to write, the slot lets jobs gather
+    (`Worker.linger`), then asks for a whole batch: the three come in one call, where
+    a claim of as many as the last one found would take one, then the other two."""
+    monkeypatch.setattr(Worker, "SHORT_JOB", 5.0)  # its end waits, on any machine
+    uw = Underway(redis_url, workers=1)
+    later: list[JobHandle] = []
+
+    @uw.task
+    def spawn() -> int:
+        later.extend(uw.submit("quick", n=n) for n in range(3))
+        return 3
+
+    @uw.task
+    def quick(n: int) -> int:
+        return n
+
+    claimed: list[list[str]] = []
+    store = uw.store
+    real = store.apply_and_claim
+
+    def counting(*args: Any, **kwargs: Any) -> tuple[list[bool], list[JobRecord]]:
+        done, records = real(*args, **kwargs)
+        if records:
+            claimed.append([r.id for r in records])
+        return done, records
+
+    monkeypatch.setattr(store, "apply_and_claim", counting)
+    first = uw.submit("quick", n=-1)
+    second = uw.submit("spawn")  # queued behind `first`: claimed with it, or after it
+    uw.start()
+    try:
+        assert first.wait(timeout=10) == -1
+        assert second.wait(timeout=10) == 3
+        assert [h.wait(timeout=10) for h in later] == [0, 1, 2]
+        assert [h.id for h in later] in claimed
+    finally:
+        uw.close()

@@ -75,6 +75,12 @@ class Store(ABC):
     notifier: ChangeFeed
     # What the store's driver raises, besides StoreUnavailable, when a write fails.
     driver_errors: tuple[type[Exception], ...] = ()
+    # Once a worker slot has waited for jobs to gather (`Worker.linger`), it asks for a
+    # whole batch rather than as many as its last claim found: where a claim is a round
+    # trip to a server that every process shares, more jobs a claim spare it. Not where
+    # a claim is a local transaction that submissions wait behind (SQLite): a longer one
+    # holds them up.
+    batch_after_linger: bool = False
 
     # -- submission ------------------------------------------------------------------
     @abstractmethod

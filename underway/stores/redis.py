@@ -261,6 +261,8 @@ def _event(seq: int, entry: str) -> Event:
 class RedisStore(Store):
     """`redis://[:password@]host:port/db`, `rediss://…` (TLS) or `unix:///path?db=N`."""
 
+    batch_after_linger = True  # a claim is a script call: Redis's time, which all share
+
     def __init__(self, url: str, *, prefix: str = "underway") -> None:
         self.url = url
         self.keys = Keys(prefix)
@@ -859,6 +861,11 @@ class RedisStore(Store):
             self._next_due = float(next_due) if next_due else None
         records = [_record(flat) for flat in claimed]
         self._hold([r.id for r in records], lease)
+        if records:
+            # Jobs were queued while this process's slots were busy (no submission tells
+            # a busy worker): news of work, as a wake-up would be, so that a slot with
+            # ends to write lets more gather before its next claim (`Worker.linger`).
+            self.notifier.notify(WORK)
         changed = [d.job_id for d, ok in zip(decisions, done, strict=True) if ok]
         records = pushed + records
         if changed or records:
