@@ -26,6 +26,7 @@ from underway import (
     Underway,
     ValidationError,
 )
+from underway import worker as worker_module
 from underway.records import JobRecord
 from underway.stores.sqlite import SQLiteStore
 
@@ -596,6 +597,45 @@ def test_a_backlog_of_short_jobs_is_taken_in_batches_and_each_runs_once(db_path:
         assert all(uw.get(h.id).attempt == 1 for h in handles)
         # One store call records a batch of ends and claims the next batch.
         assert CountingStore.calls < 400 / 4
+    finally:
+        uw.close()
+
+
+def test_a_backlog_is_claimed_without_lingering_while_news_of_work_comes(
+    db_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot with ends to write waits a moment for more jobs to gather only when its
+    last claim took all there were (jobs arrive one by one). Draining a backlog, it
+    claims the next batch at once, even while each job it runs submits another (news
+    of work in this process)."""
+    linger = 0.0123  # a length no other wait in the process has
+    lingered: list[float] = []
+    sleep = worker_module.time.sleep
+
+    def counting(seconds: float) -> None:
+        if seconds == linger:
+            lingered.append(seconds)
+        sleep(seconds)
+
+    monkeypatch.setattr(worker_module.time, "sleep", counting)
+    uw = Underway(f"sqlite:///{db_path}")
+
+    @uw.task
+    def parent(n: int) -> int:
+        uw.submit("leaf", n=n)
+        return n
+
+    @uw.task
+    def leaf(n: int) -> int:
+        return n
+
+    uw.submit_many("parent", [{"n": n} for n in range(160)])
+    uw.start(1, linger=linger)
+    try:
+        wait_for(lambda: uw.store.count(state=State.SUCCEEDED) == 320, timeout=30)
+        # Claims of 1, 2, 4, 8, then 16 at a time while the backlog lasts; a slot
+        # lingers at most near its end, where claims come up short.
+        assert len(lingered) <= 3
     finally:
         uw.close()
 
