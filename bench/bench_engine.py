@@ -444,6 +444,12 @@ class FloorQueue:
         self.db.close()
 
 
+def _cpu_seconds() -> float:
+    """CPU time this process has used so far, user and system, all its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _pool_one_by_one(n: int) -> float:
     """`ThreadPoolExecutor(2)`, a no-op submitted and its result awaited one at a time
     (jobs/s): the peer harness's baseline for the embedded row (its `floor.py`)."""
@@ -465,31 +471,38 @@ def bench_floor(n: int, folder: str, rounds: int = 3) -> None:
     floor: list[float] = []
     pool: list[float] = []
     commits: list[float] = []
+    our_cpu: list[float] = []
+    floor_cpu: list[float] = []
     for r in range(rounds):
         uw = Underway(f"sqlite:///{folder}/floor-uw-{r}.db", workers=2)
         uw.task(name="noop")(noop)
         uw.store.count()
         uw.start()
-        start = time.perf_counter()
+        cpu, start = _cpu_seconds(), time.perf_counter()
         handles = [uw.submit("noop") for _ in range(n)]
         for handle in handles:
             handle.wait(300)
         ours.append(n / (time.perf_counter() - start))
+        our_cpu.append((_cpu_seconds() - cpu) / n)
         uw.close()
         queue = FloorQueue(f"{folder}/floor-q-{r}.db")
-        start = time.perf_counter()
+        cpu, start = _cpu_seconds(), time.perf_counter()
         ids = [queue.submit() for _ in range(n)]
         for job_id in ids:
             queue.wait(job_id)
         floor.append(n / (time.perf_counter() - start))
+        floor_cpu.append((_cpu_seconds() - cpu) / n)
         queue.close()
         pool.append(_pool_one_by_one(20 * n))
         commits.append(_commit_seconds(f"{folder}/floor-c-{r}.db", n))
     a, b, c = statistics.median(ours), statistics.median(floor), statistics.median(pool)
     commit = statistics.median(commits)
+    ca, cb = statistics.median(our_cpu), statistics.median(floor_cpu)
     print(
         f"floor: underway {a:,.0f} jobs/s, a minimal durable queue {b:,.0f} jobs/s "
         f"({n:,} no-op jobs one by one, medians of {rounds}); ratio {a / b:.2f}\n"
+        f"  CPU per job (all the process's threads): underway {ca * 1e6:.0f} us, the "
+        f"minimal durable queue {cb * 1e6:.0f} us; ratio {ca / cb:.2f}\n"
         f"  against ThreadPoolExecutor(2) one by one ({c:,.0f}/s): underway {a / c:.1%}, "
         f"the minimal durable queue {b / c:.1%} (goal of the peers table: 50%)\n"
         f"  a bare one-row commit {commit * 1e6:.1f} us: submissions committed one by one "

@@ -1,6 +1,7 @@
 """Instructions per job on the embedded SQLite store's hot paths, counted by callgrind.
 
-    python bench/bench_instructions.py [--jobs 2000] [--batches 1,16] [--repeat 2] [--redis]
+    python bench/bench_instructions.py [--jobs 2000] [--batches 1,16] [--repeat 2]
+        [--redis | --floor]
 
 Wall-clock figures on a shared 2-core machine move by a third from run to run, which
 hides a change of a few percent. `valgrind --tool=callgrind` counts the instructions a
@@ -24,6 +25,11 @@ over the jobs is what one job costs:
   too. The process's threads are serialised under callgrind, and its timers (the
   monitor's, the checkpoint's) tick by wall time, so this count moves a little more
   than the others.
+
+With `--floor`, the peers harness's embedded end-to-end shape instead (jobs submitted
+one by one to an embedded worker of 2 slots, then each waited for; every thread
+counted) beside the same shape on `bench_engine.FloorQueue`, the least a durable
+SQLite queue in Python does: what underway's bookkeeping costs over that floor.
 
 With `--redis`, the same for the Redis store's side of it: redis-server itself runs
 under callgrind (started on a free port, its once-a-second housekeeping only), this
@@ -61,6 +67,9 @@ def run_path(path: str, jobs: int, batch: int) -> None:
     """The work one measurement counts (in the child process, under callgrind)."""
     from underway import Underway
 
+    if path == "end to end, floor":
+        _floor_queue(jobs)
+        return
     with tempfile.TemporaryDirectory() as folder:
         uw = Underway(f"sqlite:///{folder}/bench.db", workers=1 if path == "worker" else 2)
 
@@ -72,6 +81,14 @@ def run_path(path: str, jobs: int, batch: int) -> None:
             uw.start()
             for _ in range(20 + jobs):
                 uw.submit("noop").wait(600)
+            uw.close()
+            return
+        if path == "end to end":
+            uw.start()
+            uw.submit("noop").wait(600)
+            handles = [uw.submit("noop") for _ in range(jobs)]
+            for handle in handles:
+                handle.wait(600)
             uw.close()
             return
         if path == "submit":
@@ -96,6 +113,21 @@ def run_path(path: str, jobs: int, batch: int) -> None:
             return
         _drain(uw, batch)
         uw.close()
+
+
+def _floor_queue(jobs: int) -> None:
+    """The end-to-end path on `bench_engine.FloorQueue`, the least a durable SQLite
+    queue in Python does in underway's shape (2 threads claiming up to 16)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_engine import FloorQueue
+
+    with tempfile.TemporaryDirectory() as folder:
+        queue = FloorQueue(f"{folder}/floor.db")
+        queue.wait(queue.submit())
+        ids = [queue.submit() for _ in range(jobs)]
+        for job_id in ids:
+            queue.wait(job_id)
+        queue.close()
 
 
 def instructions(path: str, jobs: int, batch: int) -> int:
@@ -240,12 +272,31 @@ def redis_main(jobs: int, batches: str, repeat: int) -> None:
         print(f"  {label:<22} " + " / ".join(f"{c:,.0f}" for c in counts))
 
 
+def floor_main(jobs: int, repeat: int) -> None:
+    """The peers harness's embedded end-to-end shape (jobs submitted one by one to 2
+    slots, then each waited for), every thread of the process counted, against the
+    same shape on `bench_engine.FloorQueue`."""
+    print(f"instructions per job end to end ({jobs} jobs, minus the same run with none)")
+    for _ in range(repeat):
+        ours, floor = (
+            (instructions(p, jobs, 1) - instructions(p, 0, 1)) / jobs
+            for p in ("end to end", "end to end, floor")
+        )
+        print(
+            f"  underway {ours:,.0f}, a minimal durable queue {floor:,.0f}; "
+            f"ratio {ours / floor:.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--batches", default="1,16", help="end + claim batch sizes")
     parser.add_argument("--repeat", type=int, default=2, help="counts per path (all shown)")
     parser.add_argument("--redis", action="store_true", help="count redis-server's side")
+    parser.add_argument(
+        "--floor", action="store_true", help="end to end against a minimal durable queue"
+    )
     parser.add_argument("--run", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.redis:
@@ -253,6 +304,9 @@ def main() -> None:
         return
     if args.run:
         run_path(args.run, args.jobs, int(args.batches))
+        return
+    if args.floor:
+        floor_main(args.jobs, args.repeat)
         return
     paths = [("submit", 1)] + [("end + claim", int(b)) for b in args.batches.split(",")]
     paths += [("worker", 0), ("round trip", 0)]
