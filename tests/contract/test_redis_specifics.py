@@ -963,3 +963,72 @@ def test_a_slot_that_waited_for_jobs_to_gather_takes_them_all_in_one_claim(
         assert [h.id for h in later] in claimed
     finally:
         uw.close()
+
+
+def _calls(url: str) -> dict[str, int]:
+    """Commands Redis ran so far, by name (scripts' commands included)."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        stats = client.info("commandstats")
+        return {k[len("cmdstat_") :]: int(v["calls"]) for k, v in stats.items()}
+    finally:
+        client.close()
+
+
+def test_a_submission_while_no_slot_waits_is_one_write_that_every_read_sees(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    submit(redis_store)  # scripts loaded, epoch written
+    before = _calls(redis_url)
+    job = submit(redis_store, priority=-1, owner="ann")
+    after = _calls(redis_url)
+    ran = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    # The job joins the intake list: one write, and a look for idle slots.
+    setup = ("evalsha", "info", "hello", "client|setinfo")  # the script call; this look
+    assert {k: n for k, n in ran.items() if n and k not in setup} == {
+        "rpush": 1,
+        "exists": 1,
+    }
+    # Every read sees it as if it had been stored in full at once.
+    got = redis_store.get(job.id)
+    assert got is not None and got.state is State.QUEUED and got.position == 0
+    assert [e.kind.value for e in redis_store.events(job.id)] == ["state"]
+    assert job.id in [j.id for j in redis_store.list_jobs(owner="ann").jobs]
+    assert redis_store.count(state=State.QUEUED) == 2
+    assert claim_one(redis_store).id == job.id  # its priority ahead of the first job
+
+
+def test_the_intake_list_is_stored_in_full_before_it_grows_long(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        intake = redis_store.keys.intake
+        jobs = [submit(redis_store) for _ in range(32)]
+        assert client.llen(intake) == 32  # no script ran that absorbs it
+        jobs.append(submit(redis_store))
+        assert client.llen(intake) == 0  # the 33rd submission stored them all
+        queued = client.zrange(redis_store.keys.by_state("queued"), 0, -1)
+        assert queued == sorted(j.id for j in jobs)
+        more = [submit(redis_store) for _ in range(3)]
+        assert client.llen(intake) == 3
+        # A claim takes the queue's jobs in order, those of the intake list included.
+        claimed = claim(redis_store, max_jobs=40)
+        assert [j.id for j in claimed] == [j.id for j in jobs + more]
+    finally:
+        client.close()
+
+
+def test_a_delete_or_cancel_finds_a_job_still_in_the_intake_list(
+    redis_store: RedisStore, redis_url: str
+) -> None:
+    gone, cancelled, claimed = submit(redis_store), submit(redis_store), submit(redis_store)
+    now = time.time()
+    decision = lifecycle.cancel(cancelled, now=now)  # decided on the record submitted
+    assert decision is not None
+    assert redis_store.apply([decision], now) == [True]
+    assert redis_store.delete(gone.id)
+    assert [j.id for j in claim(redis_store, max_jobs=3)] == [claimed.id]
+    got = redis_store.get(cancelled.id)
+    assert got is not None and got.state is State.CANCELLED
+    assert redis_store.get(gone.id) is None
