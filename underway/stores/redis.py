@@ -335,7 +335,6 @@ class RedisStore(Store):
         self._purge = s(scripts.PURGE)
         self._events = s(scripts.EVENTS)
         self._output = s(scripts.OUTPUT)
-        self._absorb = s(scripts.ABSORB)
         self.notifier: RedisNotifier = RedisNotifier()
         self._listener = RedisListener(
             self._redis,
@@ -644,27 +643,21 @@ class RedisStore(Store):
         fields = [*_fields(record), "reply", self._process]
         hears = self._listener.submitted(record.id)
         mark = self.notifier.mark()
-        now = repr(record.created_at)
-        # The job as an intake entry (see `ENQUEUE`): strings only, read by Lua's cjson.
-        job = dumps(
-            [
-                record.id,
-                record.task,
-                record.queue,
-                str(record.priority),
-                repr(record.run_at),
-                record.owner or "",
-                now,
-                fields,
-                _flat_events(events),
-            ]
-        )
         reply = self._run(
             self._enqueue,
             record.created_at,
-            job,
+            record.id,
+            record.task,
+            record.queue,
+            record.priority,
+            repr(record.run_at),
+            record.owner or "",
             record.idempotency_key or "",
             record.supersede_key or "",
+            len(fields),
+            len(events),
+            *fields,
+            *_flat_events(events),
         )
         if reply[0] == 0:
             return _record(reply[1]), False, []
@@ -732,7 +725,6 @@ class RedisStore(Store):
         top = f"({cursor}" if cursor else "+"
         batch = max(limit + 1, 100)
         found: list[JobRecord] = []
-        self._run(self._absorb, 0.0)  # jobs of the intake list into the indexes first
         with self._guard():
             while len(found) <= limit:
                 ids: list[str] = self._redis.zrevrangebylex(index, top, "-", start=0, num=batch)
@@ -766,8 +758,6 @@ class RedisStore(Store):
 
     def count(self, *, state: State | None = None) -> int:
         key = self.keys.all if state is None else self.keys.by_state(State(state).value)
-        if state in (None, State.QUEUED):
-            self._run(self._absorb, 0.0)  # jobs of the intake list into the indexes first
         with self._guard():
             return int(self._redis.zcard(key))
 

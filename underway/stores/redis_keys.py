@@ -31,10 +31,6 @@ Layout (`{id}` is a job id, `{n}` an attempt)::
     epoch             string  when this data began (epoch seconds): written by the first
                               user, so that a Redis that lost its data is noticed
     workers           hash    worker id -> {"tasks": [...], "until": epoch s} (heartbeats)
-    intake            list    jobs submitted while no worker slot waited, each a JSON
-                              list of strings (see `ENQUEUE`), not stored in full yet:
-                              every script that may meet a queued job first stores
-                              them (`absorb`), oldest first
     idlers            zset    worker slots that found nothing to claim, each a JSON list
                               [process, thread, worker, lease seconds, tasks a
                               submission may claim a job of for it, and, for a slot
@@ -71,7 +67,6 @@ FINISHED = "finished"
 IDEMPOTENCY = "idem:"
 SUPERSEDE = "sup:"
 IDLE = "idlers"
-INTAKE = "intake"
 EPOCH = "epoch"
 WORKERS = "workers"
 WAKE_CHANNEL = "wake:"
@@ -93,7 +88,6 @@ class Keys:
         self.expiry = p + EXPIRY
         self.finished = p + FINISHED
         self.idle = p + IDLE
-        self.intake = p + INTAKE
         self.epoch = p + EPOCH
         self.workers = p + WORKERS
         self.job_channel_prefix = p + JOB_CHANNEL
@@ -153,7 +147,6 @@ local K_LEASES = P .. '{LEASES}'
 local K_EXPIRY = P .. '{EXPIRY}'
 local K_FINISHED = P .. '{FINISHED}'
 local K_IDLE = P .. '{IDLE}'
-local K_INTAKE = P .. '{INTAKE}'
 local C_WAKE = P .. '{WAKE_CHANNEL}'
 local IDLE_TTL = {IDLE_TTL}
 """

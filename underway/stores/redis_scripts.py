@@ -153,47 +153,32 @@ local function erase(id)
   return 1
 end
 
--- Store a new job: its hash from `fields` (a flat field/value list), `events` (a flat
--- kind/data list) as its first events, stamped `now`: queued, or running when
--- `claimed` (its whole record, claimed at submission for an idle worker, whose lease
--- ends at `lease_until`), with the event a claim writes.
-local function insert(id, task, queue, priority, run_at, owner, now, fields, events, claimed,
-                      lease_until)
-  local entries = {}
-  for i = 1, #events, 2 do
-    entries[#entries + 1] = entry(events[i], now, '0', events[i + 1])
+-- Store a new job from `nfields` hash field pairs at ARGV[at], with `nevents`
+-- (kind, data) pairs at ARGV[ev] as its first events, stamped `now`: queued, or
+-- running when `claimed` (its whole record, claimed at submission for an idle worker,
+-- whose lease ends at `lease_until`), with the event a claim writes.
+local function insert(id, task, queue, priority, run_at, owner, now, at, nfields, ev, nevents,
+                      claimed, lease_until)
+  local events = {}
+  for i = ev, ev + 2 * nevents - 1, 2 do
+    events[#events + 1] = entry(ARGV[i], now, '0', ARGV[i + 1])
   end
   redis.call('ZADD', K_ALL, '0', id)
   redis.call('ZADD', k_task(task), '0', id)
   if owner ~= '' then redis.call('ZADD', k_owner(owner), '0', id) end
   if claimed then
     redis.call('HSET', k_job(id), unpack(claimed))
-    entries[#entries + 1] = entry('state', now, '1', '{"state":"running","attempt":1}')
-    redis.call('RPUSH', k_events(id), unpack(entries))
+    events[#events + 1] = entry('state', now, '1', '{"state":"running","attempt":1}')
+    redis.call('RPUSH', k_events(id), unpack(events))
     redis.call('ZADD', k_state('running'), '0', id)
     redis.call('ZADD', K_LEASES, lease_until, id)
     redis.call('SADD', k_running(task), id)
     return
   end
-  redis.call('HSET', k_job(id), unpack(fields))
-  if #entries > 0 then redis.call('RPUSH', k_events(id), unpack(entries)) end
+  redis.call('HSET', k_job(id), unpack(ARGV, at, at + nfields - 1))
+  if #events > 0 then redis.call('RPUSH', k_events(id), unpack(events)) end
   redis.call('ZADD', k_state('queued'), '0', id)
   make_ready(id, task, queue, priority, run_at, now)
-end
-
--- Store the jobs waiting in the intake list (see `ENQUEUE`), oldest first: every
--- script that may meet a queued job calls this first, so that none sees the store
--- without them. An entry is a JSON list of strings: id, task, queue, priority,
--- run_at, owner, created_at (its events' time), then the list of its hash's field
--- pairs and the list of its first events' (kind, data) pairs.
-local function absorb()
-  local items = redis.call('LRANGE', K_INTAKE, 0, -1)
-  if #items == 0 then return end
-  redis.call('DEL', K_INTAKE)
-  for _, item in ipairs(items) do
-    local a = cjson.decode(item)
-    insert(a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9])
-  end
 end
 """
 )
@@ -232,52 +217,29 @@ def _definitions(prelude: str) -> list[tuple[set[str], str]]:
     return found
 
 
-# Scripts that store the intake list's jobs before anything else (see `absorb`).
-ABSORBING: set[str] = set()
-
-
-def _script(prelude: str, body: str, *, absorbs: bool = False) -> str:
+def _script(prelude: str, body: str) -> str:
     """`prelude + body` without the prelude's definitions that the body does not use,
     directly or through another definition it uses: Redis runs a script's whole text
-    on every call, and each definition costs time there (about 5 us for all of them).
-    `absorbs`: the body starts by storing the intake list's jobs, as every script that
-    may meet a queued job must."""
-    if absorbs:
-        body = "absorb()\n" + body
+    on every call, and each definition costs time there (about 5 us for all of them)."""
     needed = set(re.findall(r"\w+", body))
     kept: list[str] = []
     for names, text in reversed(_definitions(prelude)):
         if names & needed:
             kept.append(text)
             needed |= set(re.findall(r"\w+", text))
-    script = "".join(reversed(kept)) + body
-    if absorbs:
-        ABSORBING.add(script)
-    return script
+    return "".join(reversed(kept)) + body
 
 
-# ARGV: P, now, job, idem, sup, where `job` is the job as an intake entry (see
-# `absorb`), its created_at equal to `now`.
+# ARGV: P, now, id, task, queue, priority, run_at, owner, idem, sup, nfields, nevents,
+# then nfields hash field pairs (flattened), then nevents (kind, data) pairs.
 # -> {0, existing hash} (idempotency key taken) or {1, other active ids under sup}, and
-# when the job was claimed for an idle worker at once: that worker and the lease's end.
-# While no worker slot waits for work (the usual case for a busy system) a job without
-# idempotency or supersede key only joins the intake list: one command here, its
-# indexes and events written by the next script that absorbs the list (a worker's
-# claim, most often), in one go with others. The list is absorbed here too once it
-# holds INTAKE_MAX jobs, so that no script has many to absorb.
+# when the job was claimed for an idle worker at once: that worker and the lease's end
 ENQUEUE = _script(
     _HELPERS,
     """
-local INTAKE_MAX = 32
-local blob, idem, sup = ARGV[3], ARGV[4], ARGV[5]
-if idem == '' and sup == '' and redis.call('EXISTS', K_IDLE) == 0 then
-  if redis.call('RPUSH', K_INTAKE, blob) > INTAKE_MAX then absorb() end
-  return {1, {}}
-end
-absorb()
-local a = cjson.decode(blob)
-local id, task, queue, priority, run_at, owner = a[1], a[2], a[3], a[4], a[5], a[6]
-local fields, events = a[8], a[9]
+local id, task, queue, priority, run_at = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local owner, idem, sup = ARGV[8], ARGV[9], ARGV[10]
+local nfields, nevents = tonumber(ARGV[11]), tonumber(ARGV[12])
 if idem ~= '' then
   local existing = redis.call('GET', k_idem(idem))
   if existing then
@@ -315,7 +277,7 @@ local function offer(m)
   for _, name in ipairs(m[5]) do
     if name == task then
       lease_until = string.format('%.6f', tonumber(NOW) + m[4])
-      local rec = {unpack(fields)}
+      local rec = {unpack(ARGV, 13, 12 + nfields)}
       for _, v in ipairs({'state', 'running', 'attempt', '1', 'worker', m[3], 'lease_until',
                           lease_until, 'started_at', NOW, 'output_count', '0', 'out_top', '1'}) do
         rec[#rec + 1] = v
@@ -327,7 +289,8 @@ local function offer(m)
 end
 local m, rec = wake(offer)
 claimed = rec
-insert(id, task, queue, priority, run_at, owner, NOW, fields, events, claimed, lease_until)
+insert(id, task, queue, priority, run_at, owner, NOW, 13, nfields, 13 + nfields, nevents,
+       claimed, lease_until)
 if idem ~= '' then redis.call('SET', k_idem(idem), id) end
 if claimed then return {1, others, m[3], lease_until} end
 return {1, others}
@@ -342,12 +305,11 @@ ENQUEUE_MANY = _script(
     """
 local count, nevents = tonumber(ARGV[3]), tonumber(ARGV[4])
 local ev = 5
-local events = {unpack(ARGV, ev, ev + 2 * nevents - 1)}
 local at = ev + 2 * nevents
 for _ = 1, count do
   local nfields = tonumber(ARGV[at + 7])
   insert(ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5],
-         ARGV[at + 6], {unpack(ARGV, at + 8, at + 7 + nfields)}, events)
+         ARGV[at + 6], at + 8, nfields, ev, nevents)
   at = at + 8 + nfields
 end
 for _ = 1, count do
@@ -355,12 +317,11 @@ for _ = 1, count do
 end
 return count
 """,
-    absorbs=True,
 )
 
 # ARGV: P, now, id -> {hash, position or false}
 GET = _script(
-    _HELPERS,
+    LUA_KEYS,
     """
 local rec = redis.call('HGETALL', k_job(ARGV[3]))
 if #rec == 0 then return {} end
@@ -372,7 +333,6 @@ end
 if state == 'queued' then position = redis.call('ZRANK', k_queue(queue), ARGV[3]) end
 return {rec, position}
 """,
-    absorbs=True,
 )
 
 # One decision (see `underway.records.Decision`) is DECISION_FIELDS arguments, then
@@ -609,7 +569,6 @@ end
 if nxt == nil then nxt = redis.call('ZRANGE', K_DELAYED, '0', '0', 'WITHSCORES') end
 return {applied, out, nxt[2] or ''}
 """,
-    absorbs=True,
 )
 
 # ARGV: P, now, worker, lease_until, then (id, attempt) pairs
@@ -712,7 +671,6 @@ DELETE = _script(
     """
 return erase(ARGV[3])
 """,
-    absorbs=True,
 )
 
 # ARGV: P, now, index ('expiry' or 'finished'), bound, batch -> the ids erased
@@ -730,7 +688,7 @@ return ids
 
 # ARGV: P, now, id, after, limit -> the entries; output entries end with their item
 EVENTS = _script(
-    _HELPERS,
+    LUA_KEYS,
     """
 local id, after, limit = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local entries = redis.call('LRANGE', k_events(id), after, after + limit - 1)
@@ -760,12 +718,11 @@ for _, o in ipairs(outputs) do
 end
 return entries
 """,
-    absorbs=True,
 )
 
 # ARGV: P, now, id, attempt ('' = the job's latest), after, limit -> output items
 OUTPUT = _script(
-    _HELPERS,
+    LUA_KEYS,
     """
 local id, attempt = ARGV[3], ARGV[4]
 local after, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -775,7 +732,6 @@ if attempt == '' then
 end
 return redis.call('LRANGE', k_output(id, attempt), after, after + limit - 1)
 """,
-    absorbs=True,
 )
 
 # ARGV: P, now, id, changes JSON -> 1 when the job exists
@@ -794,15 +750,4 @@ changed(ARGV[3])
 replied(ARGV[3], reply, '')
 return 1
 """,
-    absorbs=True,
-)
-
-# ARGV: P, now. Stores the intake list's jobs (see `absorb`), before a read of the
-# indexes that is not a script of its own (a listing, a count).
-ABSORB = _script(
-    _HELPERS,
-    """
-return 1
-""",
-    absorbs=True,
 )
