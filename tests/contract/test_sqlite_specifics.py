@@ -17,12 +17,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.contract.helpers import LEASE, claim, claim_one, finish, record, submit
+from tests.contract.helpers import (
+    LEASE,
+    cancel,
+    claim,
+    claim_one,
+    fence,
+    finish,
+    log_item,
+    output_item,
+    record,
+    submit,
+)
 from tests.support.wait import wait_for
 from underway import Underway, lifecycle
 from underway.errors import StoreUnavailable
 from underway.feed import WORK
-from underway.records import State
+from underway.records import ErrorInfo, Progress, State
 from underway.stores import sqlite as sqlite_store
 from underway.stores.sqlite import SQLiteStore
 
@@ -379,3 +390,47 @@ def test_embedded_workers_run_jobs_claimed_for_them_without_waiting_for_a_poll(
         )
     finally:
         uw.close()
+
+
+@pytest.mark.parametrize(
+    ("state", "result", "error"),
+    [
+        (State.SUCCEEDED, {"rows": [1, 2], "n": 2.5}, None),
+        (State.FAILED, None, ErrorInfo(type="ValueError", message="bad", traceback="tb")),
+        (State.CANCELLED, None, None),
+    ],
+)
+def test_the_final_record_a_waiter_takes_without_a_read_is_the_row_the_end_left(
+    store: SQLiteStore, state: State, result: object, error: ErrorInfo | None
+) -> None:
+    """The end of a job this store claimed returns a few columns, not the whole row:
+    the record a waiter takes is made of the claimed record, the end and those."""
+    job = submit(store, meta={"a": 1}, owner="ann", priority=2)
+    claimed = claim_one(store)
+    now = time.time()
+    held = fence(claimed)
+    assert store.save_progress(job.id, held, Progress(current=3, total=10, message="m"), now)
+    assert store.append(job.id, held, [output_item({"x": 1}), log_item("hi")], now)
+    assert store.update_meta(job.id, {"b": 2})  # changed by someone else while it ran
+    assert (
+        finish(store, claimed, state=state, result=result, error=error, started_at=now) is not None
+    )
+    _, known = store.notifier.known(job.id)
+    assert known is not None and known.record is None  # made only when asked for
+    final = known.full()
+    assert final == store.get(job.id)
+    assert final is not None and final.meta == {"a": 1, "b": 2} and final.output_count == 1
+
+
+def test_the_final_record_of_a_job_cancelled_while_it_ran_is_the_row_the_end_left(
+    store: SQLiteStore,
+) -> None:
+    job = submit(store)
+    claimed = claim_one(store)
+    cancel(store, job.id)  # a cancel request: a decision of its own on the running job
+    assert finish(store, claimed, state=State.CANCELLED) is not None
+    _, known = store.notifier.known(job.id)
+    assert known is not None
+    final = known.full()
+    assert final == store.get(job.id)
+    assert final is not None and final.cancel_requested

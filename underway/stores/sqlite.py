@@ -41,6 +41,7 @@ from .._util import dumps, loads
 from ..errors import ConfigurationError, StoreUnavailable
 from ..feed import WORK, ChangeFeed, Known, Signal
 from ..records import (
+    EMPTY_PROGRESS,
     POSITION_LIMIT,
     TERMINAL,
     Decision,
@@ -66,6 +67,11 @@ _STATES = {s.value: s for s in State}
 # Plain strings of the enums' values, looked up once (an enum's `.value` is a property).
 _VALUES: dict[Any, str] = {**{s: s.value for s in State}, **{k: k.value for k in EventKind}}
 _ID, _PRIORITY, _STATE, _ATTEMPT = 0, 3, 4, 10  # positions in _COLUMNS
+# What the end of a job this store claimed returns: the columns that may have changed
+# while it ran; the rest of its final record is the claimed record and the decision.
+_SLIM_RETURNING = "event_seq, attempt, progress, cancel_requested, output_count, meta"
+# Records of the jobs this store claimed, kept for their ends, at most this many.
+_HELD_MAX = 4096
 _EVENT_INSERT = (
     "INSERT INTO events (job_id, seq, kind, idx, data, at, attempt) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
@@ -402,6 +408,10 @@ class SQLiteStore(Store):
         self._pushed: list[_Pushed] = []
         self._stopped: set[str] = set()
         self._drained: dict[str, int] = {}
+        # The records of jobs claimed here, by id, until their end is written: a job's
+        # final record is made of its claimed record, the end's decision and the few
+        # columns its end returns (`_final_record`), not of its whole row read back.
+        self._held: dict[str, JobRecord] = {}
         self._memory = path == ":memory:"
         self._lock = threading.RLock()
         self._writer = _Write(self)
@@ -617,7 +627,7 @@ class SQLiteStore(Store):
         statement: tuple[str, list[Any]],
         now: float,
         rows: list[tuple[Any, ...]],
-        finals: list[tuple[Any, ...]],
+        finals: list[tuple[Decision, tuple[Any, ...]]],
     ) -> bool:
         """Apply `d` with its `statement`; its events go to `rows`, for the caller to
         insert in one go, and the row of a job it finished to `finals`."""
@@ -636,7 +646,7 @@ class SQLiteStore(Store):
         members: list[int],
         now: float,
         rows: list[tuple[Any, ...]],
-        finals: list[tuple[Any, ...]],
+        finals: list[tuple[Decision, tuple[Any, ...]]],
         done: list[bool],
     ) -> None:
         """Apply decisions of one shape (`members`, on distinct jobs) in one statement,
@@ -948,13 +958,24 @@ class SQLiteStore(Store):
         if not decisions and max_jobs <= 0:
             return [], []
         work_version = self._feed.version(WORK) if max_jobs > 0 else 0
-        statements = [_statement(d, now) for d in decisions]
+        held = self._held
+        slim: dict[str, JobRecord] = {}
+        for d in decisions:
+            record = held.get(d.job_id)
+            if (
+                record is not None
+                and d.fence is not None
+                and d.fence.attempt == record.attempt
+                and d.state in TERMINAL
+            ):
+                slim[d.job_id] = record
+        statements = [_statement(d, now, d.job_id in slim) for d in decisions]
         groups = _same_shape(decisions, statements)
         mark = self.notifier.mark()
         try:
             with self._write() as db:  # one transaction: one commit for the whole batch
                 rows: list[tuple[Any, ...]] = []
-                finals: list[tuple[Any, ...]] = []
+                finals: list[tuple[Decision, tuple[Any, ...]]] = []
                 done = [False] * len(decisions)
                 for members in groups:
                     if len(members) == 1:
@@ -987,11 +1008,28 @@ class SQLiteStore(Store):
             self._note_claim(worker, tasks, limits, lease, asked, len(pushed) + len(claimed_rows))
         claimed = [row_record(r) for r in claimed_rows]
         # What waiters of these jobs may take without a read: a claimed job's record,
-        # and a finished job's final row (made into a record only if someone asks).
+        # and a finished job's final record (made only if someone asks).
         known = {r.id: Known(State.RUNNING, record=r) for r in claimed}
-        for row in finals:
-            known[row[_ID]] = Known(_STATES[row[_STATE]], load=functools.partial(row_record, row))
+        for d, extra in finals:
+            if d.job_id in slim:
+                load = functools.partial(_final_record, slim[d.job_id], d, extra)
+            else:
+                load = functools.partial(row_record, extra[1:])
+            known[d.job_id] = Known(d.state, load=load)
         applied = [d for d, ok in zip(decisions, done, strict=True) if ok]
+        for d in decisions:  # applied or not, the claim it held is over
+            held.pop(d.job_id, None)
+        for record in pushed:
+            held[record.id] = record
+        for record in claimed:
+            held[record.id] = record
+        if len(held) > _HELD_MAX:  # jobs lost to another process, say: the oldest go
+            with self._push_lock:
+                try:
+                    while len(held) > _HELD_MAX:
+                        held.pop(next(iter(held)), None)
+                except RuntimeError:  # another thread changed it meanwhile: next time
+                    pass
         changed = [d.job_id for d in applied]
         if any(d.state is State.QUEUED for d in applied):
             changed.append(WORK)
@@ -1343,13 +1381,14 @@ def _took(
     row: tuple[Any, ...],
     now: float,
     rows: list[tuple[Any, ...]],
-    finals: list[tuple[Any, ...]],
+    finals: list[tuple[Decision, tuple[Any, ...]]],
 ) -> None:
     """`d` applied, and its statement returned `row` (event_seq, attempt, then the
-    whole job when it finished it): its events go to `rows`, a final row to `finals`."""
+    whole job, or the columns of `_SLIM_RETURNING`, when it finished it): its events go
+    to `rows`, and `d` with the row after event_seq to `finals`."""
     seq, attempt = row[0] - len(d.events), row[1]
     if len(row) > 2:
-        finals.append(row[2:])
+        finals.append((d, row[1:]))
     events = d.events
     if (
         len(events) == 2
@@ -1363,9 +1402,38 @@ def _took(
         rows.append((d.job_id, seq, _VALUES[kind], None, data, now, attempt))
 
 
-def _statement(d: Decision, now: float) -> tuple[str, list[Any]]:
+def _final_record(held: JobRecord, d: Decision, extra: tuple[Any, ...]) -> JobRecord:
+    """The record of a job ended by `d`, as the row its end left would read: `held`
+    (its record as claimed, in the attempt `d` ended) with what `d` wrote and the
+    columns of `_SLIM_RETURNING` after event_seq (`extra`), which others (a cancel
+    request, a change of meta) or the job's own flushes may have changed since."""
+    attempt, progress, cancel_requested, output_count, meta = extra
+    values = dict(held.__dict__)
+    values.update(
+        state=d.state,
+        result=loads(d.result_text()),
+        error=d.error,
+        finished_at=d.finished_at,
+        expires_at=d.expires_at,
+        worker=None,
+        lease_until=None,
+        attempt=attempt,
+        progress=EMPTY_PROGRESS if progress is None else Progress.from_dict(loads(progress)),
+        cancel_requested=bool(cancel_requested),
+        output_count=output_count,
+        meta=loads(meta) or {},
+        position=None,
+        waiting=None,
+    )
+    if d.started_at is not None:
+        values["started_at"] = d.started_at
+    return JobRecord.from_fields(values)
+
+
+def _statement(d: Decision, now: float, slim: bool = False) -> tuple[str, list[Any]]:
     """The guarded UPDATE that applies `d`, with its values (built before the write
-    lock is taken: the lock is held for the statements alone)."""
+    lock is taken: the lock is held for the statements alone). `slim`: a job ended
+    whose claimed record the store holds returns `_SLIM_RETURNING` only."""
     queued = d.state is State.QUEUED
     values: list[Any] = [_VALUES[d.state], len(d.events)]
     if d.attempt is not None:
@@ -1399,6 +1467,7 @@ def _statement(d: Decision, now: float) -> tuple[str, list[Any]]:
         d.started_at is not None,
         d.state in TERMINAL,
         d.moves and d.error is not None,
+        slim,
     )
     return sql, values
 
@@ -1451,6 +1520,7 @@ def _update_sql(
     sets_started: bool,
     terminal: bool,
     sets_error: bool,
+    slim: bool = False,
 ) -> str:
     """The guarded UPDATE of `_apply_one` for one shape of decision (few shapes exist).
     An error it clears is written as NULL (see `_nulls_written`)."""
@@ -1470,7 +1540,9 @@ def _update_sql(
         where.append("worker = ? AND attempt = ?")
     if lease_guard:
         where.append("lease_until < ?")
-    returning = f"event_seq, attempt, {_COLUMNS}" if terminal else "event_seq, attempt"
+    returning = "event_seq, attempt"
+    if terminal:
+        returning = _SLIM_RETURNING if slim else f"{returning}, {_COLUMNS}"
     return f"UPDATE jobs SET {', '.join(sets)} WHERE {' AND '.join(where)} RETURNING {returning}"
 
 
