@@ -27,6 +27,7 @@ from tests.contract.helpers import (
     log_item,
     output_item,
     record,
+    release,
     submit,
 )
 from tests.support.wait import wait_for
@@ -434,3 +435,22 @@ def test_the_final_record_of_a_job_cancelled_while_it_ran_is_the_row_the_end_lef
     final = known.full()
     assert final == store.get(job.id)
     assert final is not None and final.cancel_requested
+
+
+def test_a_claim_hands_over_records_as_the_rows_it_left(store: SQLiteStore) -> None:
+    """A job submitted here while a worker claims through this store is claimed as its
+    submitted record changed by the claim (no read back); others are read back. Both
+    are what a read of the job says right after."""
+    before = submit(store)  # before any claim here: read back when claimed
+    assert claim(store, tasks=("other",)) == []  # a worker claims through this store
+    job = submit(store, meta={"a": 1}, owner="ann", priority=-1)
+    assert store.update_meta(job.id, {"b": 2})  # changed while it was queued
+    claimed = claim(store, max_jobs=3)
+    assert [r.id for r in claimed] == [job.id, before.id]
+    for r in claimed:
+        assert r == store.get(r.id)
+    assert claimed[0].meta == {"a": 1, "b": 2} and claimed[0].attempt == 1
+    # Given back and claimed again: read back, as on any later attempt.
+    assert release(store, [claimed[0]]) == [True]
+    [again] = claim(store)
+    assert again.id == job.id and again == store.get(job.id)

@@ -72,6 +72,12 @@ _ID, _PRIORITY, _STATE, _ATTEMPT = 0, 3, 4, 10  # positions in _COLUMNS
 _SLIM_RETURNING = "event_seq, attempt, progress, cancel_requested, output_count, meta"
 # Records of the jobs this store claimed, kept for their ends, at most this many.
 _HELD_MAX = 4096
+# What a claim returns while this store holds records of jobs it submitted: the
+# columns a queued job's first claim leaves that its submitted record cannot tell.
+_SLIM_CLAIM = "id, priority, attempt, cancel_requested, meta, event_seq"
+# Records of queued jobs this store submitted while a worker of it claims, kept for
+# their first claim, at most this many (a backlog's older ones are read back).
+_SUBMITTED_MAX = 1024
 _EVENT_INSERT = (
     "INSERT INTO events (job_id, seq, kind, idx, data, at, attempt) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
@@ -412,6 +418,11 @@ class SQLiteStore(Store):
         # final record is made of its claimed record, the end's decision and the few
         # columns its end returns (`_final_record`), not of its whole row read back.
         self._held: dict[str, JobRecord] = {}
+        # The same for jobs submitted here, until their first claim (`_claimed_records`),
+        # once a worker claims through this store (a process that only submits keeps
+        # none: its jobs are claimed elsewhere).
+        self._submitted: dict[str, JobRecord] = {}
+        self._claiming = False
         self._memory = path == ":memory:"
         self._lock = threading.RLock()
         self._writer = _Write(self)
@@ -689,6 +700,8 @@ class SQLiteStore(Store):
                         raise
                     if self._checkpointer is not None:
                         self._checkpointer.committed()
+                if self._claiming:
+                    self._remember(self._submitted, record, _SUBMITTED_MAX)
                 queued = {record.id: Known(State.QUEUED, record=record)}
                 self._changed(WORK, record.id, known=queued, since=mark)
                 return record, True, superseded
@@ -922,6 +935,18 @@ class SQLiteStore(Store):
             self._local.slot = slot
         slot.idle = True
 
+    def _remember(self, records: dict[str, JobRecord], record: JobRecord, most: int) -> None:
+        """Keep `record` in `records` (`_held`, `_submitted`), the oldest going first
+        beyond `most` (jobs lost to another process, a backlog claimed elsewhere)."""
+        records[record.id] = record
+        if len(records) > most:
+            with self._push_lock:
+                try:
+                    while len(records) > most:
+                        records.pop(next(iter(records)), None)
+                except RuntimeError:  # another thread changed it meanwhile: next time
+                    pass
+
     def live_workers(self, now: float) -> dict[str, list[str]] | None:
         with self._read() as db:
             rows = db.execute("SELECT id, tasks FROM workers WHERE until >= ?", (now,)).fetchall()
@@ -941,6 +966,8 @@ class SQLiteStore(Store):
     ) -> tuple[list[bool], list[JobRecord]]:
         if not tasks:
             max_jobs = 0
+        elif not self._claiming and max_jobs > 0:
+            self._claiming = True
         asked = max_jobs
         pushed: list[JobRecord] = []
         if max_jobs > 0 and self._pushed:
@@ -989,10 +1016,10 @@ class SQLiteStore(Store):
                         )
                 if rows:
                     _insert_events(db, rows)
-                claimed_rows: list[tuple[Any, ...]] = []
+                claimed: list[JobRecord] = []
                 if max_jobs > 0:
                     quiet = worker in self._drained and self._drained_quiet(worker)
-                    claimed_rows = self._claim_any(
+                    claimed = self._claim_any(
                         db, worker, tasks, limits, lease, now, max_jobs, look_first=quiet
                     )
         except BaseException:
@@ -1001,12 +1028,11 @@ class SQLiteStore(Store):
             raise
         if asked > 0:
             if max_jobs > 0:
-                if len(claimed_rows) < max_jobs:
+                if len(claimed) < max_jobs:
                     self._drained[worker] = work_version
                 else:
                     self._drained.pop(worker, None)
-            self._note_claim(worker, tasks, limits, lease, asked, len(pushed) + len(claimed_rows))
-        claimed = [row_record(r) for r in claimed_rows]
+            self._note_claim(worker, tasks, limits, lease, asked, len(pushed) + len(claimed))
         # What waiters of these jobs may take without a read: a claimed job's record,
         # and a finished job's final record (made only if someone asks).
         known = {r.id: Known(State.RUNNING, record=r) for r in claimed}
@@ -1022,14 +1048,7 @@ class SQLiteStore(Store):
         for record in pushed:
             held[record.id] = record
         for record in claimed:
-            held[record.id] = record
-        if len(held) > _HELD_MAX:  # jobs lost to another process, say: the oldest go
-            with self._push_lock:
-                try:
-                    while len(held) > _HELD_MAX:
-                        held.pop(next(iter(held)), None)
-                except RuntimeError:  # another thread changed it meanwhile: next time
-                    pass
+            self._remember(held, record, _HELD_MAX)
         changed = [d.job_id for d in applied]
         if any(d.state is State.QUEUED for d in applied):
             changed.append(WORK)
@@ -1047,8 +1066,8 @@ class SQLiteStore(Store):
         now: float,
         max_jobs: int,
         look_first: bool = False,
-    ) -> list[tuple[Any, ...]]:
-        """Claim up to `max_jobs` ready jobs; their rows, in claim order. `look_first`:
+    ) -> list[JobRecord]:
+        """Claim up to `max_jobs` ready jobs; their records, in claim order. `look_first`:
         the queue is likely empty of them (no work was announced since the worker
         found it so)."""
         if limits:
@@ -1060,13 +1079,16 @@ class SQLiteStore(Store):
             # looks first.
             if look_first and not _any_ready(db, marks, tasks, now):
                 return []
+            slim = bool(self._submitted)
             rows = db.execute(
                 f"UPDATE jobs SET {_CLAIM_SET} WHERE id IN (SELECT id FROM jobs "
                 f"INDEXED BY jobs_queued WHERE state = 'queued' AND run_at <= ? "
-                f"AND task IN ({marks}) "
-                f"ORDER BY priority, id LIMIT ?) RETURNING {_COLUMNS}, event_seq",
+                f"AND task IN ({marks}) ORDER BY priority, id LIMIT ?) "
+                f"RETURNING {_SLIM_CLAIM if slim else _COLUMNS + ', event_seq'}",
                 (now, worker, now + lease, now, *tasks, max_jobs),
             ).fetchall()
+            if slim and rows:
+                return self._claimed_records(db, rows, worker, lease, now)
         if not rows:
             return []
         rows.sort(key=lambda r: (r[_PRIORITY], r[_ID]))
@@ -1077,7 +1099,60 @@ class SQLiteStore(Store):
                 for r in rows
             ],
         )
-        return [r[:-1] for r in rows]
+        return [row_record(r[:-1]) for r in rows]
+
+    def _claimed_records(
+        self,
+        db: sqlite3.Connection,
+        rows: list[tuple[Any, ...]],
+        worker: str,
+        lease: float,
+        now: float,
+    ) -> list[JobRecord]:
+        """The records of jobs a claim returned `_SLIM_CLAIM` of, in claim order: a job
+        submitted here, on its first attempt, is its submitted record as the claim
+        changed it (and as a change of its meta since left it); others are read back."""
+        rows.sort(key=lambda r: (r[1], r[0]))
+        _insert_events(
+            db, [(r[0], r[5], "state", None, _running_json(r[2]), now, r[2]) for r in rows]
+        )
+        submitted = self._submitted
+        records: list[JobRecord | None] = []
+        unknown: list[str] = []
+        for job_id, _, attempt, cancel_requested, meta, _ in rows:
+            record = submitted.pop(job_id, None)
+            if record is None or attempt != 1:
+                unknown.append(job_id)
+                records.append(None)
+                continue
+            values = dict(record.__dict__)
+            values.update(
+                state=State.RUNNING,
+                attempt=1,
+                started_at=now,
+                worker=worker,
+                lease_until=now + lease,
+                output_count=0,
+                progress=EMPTY_PROGRESS,
+                cancel_requested=bool(cancel_requested),
+                meta=loads(meta) or {},
+                position=None,
+                waiting=None,
+            )
+            records.append(JobRecord.from_fields(values))
+        if unknown:
+            read = {
+                row[_ID]: row_record(row)
+                for row in db.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({','.join('?' * len(unknown))})",
+                    unknown,
+                )
+            }
+            return [
+                read[row[0]] if record is None else record
+                for record, row in zip(records, rows, strict=True)
+            ]
+        return [record for record in records if record is not None]
 
     def _claim_limited_in(
         self,
