@@ -1045,9 +1045,7 @@ class SQLiteStore(Store):
         applied = [d for d, ok in zip(decisions, done, strict=True) if ok]
         for d in decisions:  # applied or not, the claim it held is over
             held.pop(d.job_id, None)
-        for record in pushed:
-            held[record.id] = record
-        for record in claimed:
+        for record in [*pushed, *claimed]:
             self._remember(held, record, _HELD_MAX)
         changed = [d.job_id for d in applied]
         if any(d.state is State.QUEUED for d in applied):
@@ -1070,6 +1068,7 @@ class SQLiteStore(Store):
         """Claim up to `max_jobs` ready jobs; their records, in claim order. `look_first`:
         the queue is likely empty of them (no work was announced since the worker
         found it so)."""
+        slim = False
         if limits:
             rows = self._claim_limited_in(db, worker, tasks, limits, lease, now, max_jobs)
         else:
@@ -1087,18 +1086,20 @@ class SQLiteStore(Store):
                 f"RETURNING {_SLIM_CLAIM if slim else _COLUMNS + ', event_seq'}",
                 (now, worker, now + lease, now, *tasks, max_jobs),
             ).fetchall()
-            if slim and rows:
-                return self._claimed_records(db, rows, worker, lease, now)
         if not rows:
             return []
-        rows.sort(key=lambda r: (r[_PRIORITY], r[_ID]))
+        # Both shapes start with the id and end with event_seq.
+        at_priority, at_attempt = (1, 2) if slim else (_PRIORITY, _ATTEMPT)
+        rows.sort(key=lambda r: (r[at_priority], r[_ID]))
         _insert_events(
             db,
             [
-                (r[_ID], r[-1], "state", None, _running_json(r[_ATTEMPT]), now, r[_ATTEMPT])
+                (r[_ID], r[-1], "state", None, _running_json(r[at_attempt]), now, r[at_attempt])
                 for r in rows
             ],
         )
+        if slim:
+            return self._claimed_records(db, rows, worker, lease, now)
         return [row_record(r[:-1]) for r in rows]
 
     def _claimed_records(
@@ -1109,13 +1110,10 @@ class SQLiteStore(Store):
         lease: float,
         now: float,
     ) -> list[JobRecord]:
-        """The records of jobs a claim returned `_SLIM_CLAIM` of, in claim order: a job
-        submitted here, on its first attempt, is its submitted record as the claim
-        changed it (and as a change of its meta since left it); others are read back."""
-        rows.sort(key=lambda r: (r[1], r[0]))
-        _insert_events(
-            db, [(r[0], r[5], "state", None, _running_json(r[2]), now, r[2]) for r in rows]
-        )
+        """The records of jobs a claim returned `_SLIM_CLAIM` of (`rows`, in claim
+        order): a job submitted here, on its first attempt, is its submitted record as
+        the claim changed it (and as a change of its meta since left it); others are
+        read back."""
         submitted = self._submitted
         records: list[JobRecord | None] = []
         unknown: list[str] = []
