@@ -1020,6 +1020,20 @@ def test_the_end_of_a_pushed_job_claims_the_work_announced_since(
         worker.close()
 
 
+def test_calls_one_after_another_go_to_the_session_used_last(pg_store: PostgresStore) -> None:
+    """After a burst of calls at once opened several sessions, one thread's calls one
+    after another all go to one of them (the one returned last), not to each in turn:
+    a stream of submissions keeps one server process busy and warm."""
+    with contextlib.ExitStack() as burst:
+        pids = {burst.enter_context(pg_store._connection()).info.backend_pid for _ in range(3)}
+    assert len(pids) == 3
+    used = set()
+    for _ in range(6):
+        with pg_store._connection() as conn:
+            used.add(conn.info.backend_pid)
+    assert len(used) == 1 and used <= pids
+
+
 def test_statements_run_directly_keep_their_types_and_survive_a_discard(
     postgres_url: str,
 ) -> None:
