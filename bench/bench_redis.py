@@ -33,6 +33,11 @@ stream in (a claim that finds queued jobs is news of work; `Worker.linger`), the
 claim several a call: script calls per job fell from about 1.9 to 1.25-1.3 and the
 workers' CPU per job by about a third, which lifted the rate by about 15% on a 2-core
 machine; what bounds it now is the submissions' own round trip.
+Each round also prints the submissions' own wall times under that load (p50, p99, and
+the part of their mean spent in submissions slower than 0.5 ms) and the scripts that
+held Redis longer than 200 us (from SLOWLOG: how many per 1,000 jobs, and their mean):
+a submission that arrives while Redis runs a worker's batch of claims and ends waits
+for the whole script, so the mean is far above the median.
 `--harness-only` runs these rounds alone.
 
 First, per operation ("what one job costs"): round trips and Redis commands per job
@@ -281,6 +286,15 @@ def submission_alone(url: str, server_pid: int, n: int = 5000) -> None:
         client.close()
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+TAIL = 0.0005  # seconds: a submission slower than this is in the tail
+LONG_SCRIPT = 200  # microseconds: a script longer than this is long (SLOWLOG)
+SLOWLOG_KEEP = 100_000
+
+
 def harness_rounds(url: str, server_pid: int, rounds: int, jobs: int = 2000) -> None:
     """The peer harness's Redis shape, with each side's CPU per job (see the docstring)."""
     argv = [sys.executable, "-m", "tests.integration.redis_worker_app", url, "--workers", "1"]
@@ -289,10 +303,15 @@ def harness_rounds(url: str, server_pid: int, rounds: int, jobs: int = 2000) -> 
     ]
     client: redis.Redis[str] = redis.Redis.from_url(url, decode_responses=True)
     uw = build_app(url, workers=1)
+    client.config_set("slowlog-log-slower-than", str(LONG_SCRIPT))
+    client.config_set("slowlog-max-len", str(SLOWLOG_KEEP))
     print(f"harness shape: 2 worker processes x 1 slot, {jobs:,} jobs a round")
     print(f"{'jobs/s':>7} {'submit/s':>8} {'rt p50':>7} {'client':>7} {'workers':>8} "
-          f"{'redis':>6} {'all':>5} {'scripts':>8} {'publish':>8}  "
-          "(CPU in us per job; calls per job)")  # fmt: skip
+          f"{'redis':>6} {'all':>5} {'scripts':>8} {'publish':>8} {'sub p50':>7} "
+          f"{'sub p99':>7} {'tail':>5} {'long':>5} {'us':>5}")  # fmt: skip
+    print("  (CPU in us per job; calls per job; a submission's wall time in us, and the "
+          f"part of their mean spent in those over {TAIL * 1e6:.0f} us; scripts over "
+          f"{LONG_SCRIPT} us in Redis per 1,000 jobs, and their mean)")  # fmt: skip
     try:
         for proc in workers:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
@@ -304,10 +323,15 @@ def harness_rounds(url: str, server_pid: int, rounds: int, jobs: int = 2000) -> 
                 trips.append(time.perf_counter() - started)
             trips.sort()
             client.config_resetstat()
+            client.slowlog_reset()
             pids = [os.getpid(), *(p.pid for p in workers), server_pid]
             before = [_cpu(pid) for pid in pids]
             started = time.perf_counter()
-            handles = [uw.submit("noop") for _ in range(jobs)]
+            handles, each = [], []
+            for _ in range(jobs):
+                begun = time.perf_counter()
+                handles.append(uw.submit("noop"))
+                each.append(time.perf_counter() - begun)
             submitted = time.perf_counter() - started
             for handle in handles:
                 handle.wait(timeout=30)
@@ -315,11 +339,18 @@ def harness_rounds(url: str, server_pid: int, rounds: int, jobs: int = 2000) -> 
             spent = [(_cpu(pid) - b) / jobs * 1e6 for pid, b in zip(pids, before, strict=True)]
             stats = client.info("commandstats")
             calls = {k: int(v["calls"]) / jobs for k, v in stats.items()}
+            long = [e["duration"] for e in client.slowlog_get(SLOWLOG_KEEP)
+                    if _text(e["command"]).startswith("EVALSHA")]  # fmt: skip
+            each.sort()
             print(f"{jobs / elapsed:>7,.0f} {jobs / submitted:>8,.0f} "
                   f"{trips[len(trips) // 2] * 1000:>6.2f}ms "
                   f"{spent[0]:>7.0f} {spent[1] + spent[2]:>8.0f} {spent[3]:>6.0f} "
                   f"{sum(spent):>5.0f} {calls.get('cmdstat_evalsha', 0):>8.2f} "
-                  f"{calls.get('cmdstat_publish', 0):>8.2f}")  # fmt: skip
+                  f"{calls.get('cmdstat_publish', 0):>8.2f} "
+                  f"{each[jobs // 2] * 1e6:>7.0f} {each[jobs * 99 // 100] * 1e6:>7.0f} "
+                  f"{sum(t for t in each if t > TAIL) / jobs * 1e6:>5.0f} "
+                  f"{len(long) * 1000 / jobs:>5.0f} "
+                  f"{sum(long) / max(1, len(long)):>5.0f}")  # fmt: skip
     finally:
         _stop(workers)
         uw.close()
