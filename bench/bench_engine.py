@@ -3,7 +3,9 @@
 Run by hand: `python bench/bench_engine.py [--jobs 20000] [--only throughput,...]`.
 `--only floor` runs underway against a minimal durable queue of the same shape
 (see `bench_floor`) and against `ThreadPoolExecutor(2)` one by one, interleaved: the
-machine's floor for the embedded rows of the peers table, and their goal's baseline.
+machine's floor for the embedded rows of the peers table, and their goal's baseline,
+with underway's CPU a job end to end beside its two sides' apart (the submissions
+with no worker running, then two slots draining those jobs) and the cores it kept busy.
 `--only latency` also times the round trip with every thread of the process on one
 core, which shows what the hand-offs between threads cost across cores.
 `--only phases` splits an embedded round trip into its parts (submit, start, the
@@ -473,6 +475,8 @@ def bench_floor(n: int, folder: str, rounds: int = 3) -> None:
     commits: list[float] = []
     our_cpu: list[float] = []
     floor_cpu: list[float] = []
+    submit_cpu: list[float] = []
+    drain_cpu: list[float] = []
     for r in range(rounds):
         uw = Underway(f"sqlite:///{folder}/floor-uw-{r}.db", workers=2)
         uw.task(name="noop")(noop)
@@ -484,6 +488,22 @@ def bench_floor(n: int, folder: str, rounds: int = 3) -> None:
             handle.wait(300)
         ours.append(n / (time.perf_counter() - start))
         our_cpu.append((_cpu_seconds() - cpu) / n)
+        uw.close()
+        # The same two sides apart: the submissions with no worker running, then the
+        # two slots draining those jobs; the last is waited for first (it ends about
+        # last), so that, as above, most waits find their job ended.
+        uw = Underway(f"sqlite:///{folder}/floor-parts-{r}.db", workers=2)
+        uw.task(name="noop")(noop)
+        uw.store.count()
+        cpu = _cpu_seconds()
+        handles = [uw.submit("noop") for _ in range(n)]
+        submit_cpu.append((_cpu_seconds() - cpu) / n)
+        cpu = _cpu_seconds()
+        uw.start()
+        handles[-1].wait(300)
+        for handle in handles:
+            handle.wait(300)
+        drain_cpu.append((_cpu_seconds() - cpu) / n)
         uw.close()
         queue = FloorQueue(f"{folder}/floor-q-{r}.db")
         cpu, start = _cpu_seconds(), time.perf_counter()
@@ -498,11 +518,15 @@ def bench_floor(n: int, folder: str, rounds: int = 3) -> None:
     a, b, c = statistics.median(ours), statistics.median(floor), statistics.median(pool)
     commit = statistics.median(commits)
     ca, cb = statistics.median(our_cpu), statistics.median(floor_cpu)
+    cs, cd = statistics.median(submit_cpu), statistics.median(drain_cpu)
     print(
         f"floor: underway {a:,.0f} jobs/s, a minimal durable queue {b:,.0f} jobs/s "
         f"({n:,} no-op jobs one by one, medians of {rounds}); ratio {a / b:.2f}\n"
         f"  CPU per job (all the process's threads): underway {ca * 1e6:.0f} us, the "
         f"minimal durable queue {cb * 1e6:.0f} us; ratio {ca / cb:.2f}\n"
+        f"  underway's two sides apart: submitting alone {cs * 1e6:.0f} us of CPU a job, "
+        f"2 slots draining those jobs {cd * 1e6:.0f} us; {(cs + cd) * 1e6:.0f} us together "
+        f"against {ca * 1e6:.0f} end to end, where the process kept {a * ca:.2f} cores busy\n"
         f"  against ThreadPoolExecutor(2) one by one ({c:,.0f}/s): underway {a / c:.1%}, "
         f"the minimal durable queue {b / c:.1%} (goal of the peers table: 50%)\n"
         f"  a bare one-row commit {commit * 1e6:.1f} us: submissions committed one by one "
