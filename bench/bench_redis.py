@@ -38,6 +38,12 @@ the part of their mean spent in submissions slower than 0.5 ms) and the scripts 
 held Redis longer than 200 us (from SLOWLOG: how many per 1,000 jobs, and their mean):
 a submission that arrives while Redis runs a worker's batch of claims and ends waits
 for the whole script, so the mean is far above the median.
+Under each round, a line splits the submissions' time by process: how long the
+client, each worker and redis-server ran, and how long each waited for a CPU while
+runnable (the scheduler's run-queue wait, from /proc/<pid>/task/*/schedstat), per
+submission while the submissions ran; and Redis's time in the scripts per job, with the
+part of it in the commands they call (`INFO commandstats`): the rest is the scripts'
+own Lua, their arguments and replies, and the calls' way in and out.
 `--harness-only` runs these rounds alone.
 
 First, per operation ("what one job costs"): round trips and Redis commands per job
@@ -245,13 +251,23 @@ def latency(url: str, n: int = 300) -> tuple[float, float]:
     return times[len(times) // 2], times[int(len(times) * 0.95)]
 
 
+def _sched(pid: int) -> tuple[float, float]:
+    """Seconds every thread of a process spent on a CPU, and waiting for one while
+    runnable (the scheduler's run-queue wait): /proc/<pid>/task/*/schedstat."""
+    run = wait = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                fields = f.read().split()
+        except FileNotFoundError:
+            continue  # a thread that ended meanwhile
+        run, wait = run + int(fields[0]), wait + int(fields[1])
+    return run / 1e9, wait / 1e9
+
+
 def _cpu(pid: int) -> float:
     """Seconds on a CPU of every thread of a process (scheduler's nanoseconds)."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-            total += int(f.read().split()[0])
-    return total / 1e9
+    return _sched(pid)[0]
 
 
 def submission_alone(url: str, server_pid: int, n: int = 5000) -> None:
@@ -290,6 +306,21 @@ def _text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
+# Commands that scripts do not call: the scripts themselves and the clients' own
+# housekeeping (a worker's heartbeat HSET is counted as a script's; there are few).
+NOT_IN_SCRIPTS = (
+    "cmdstat_evalsha",
+    "cmdstat_config|",
+    "cmdstat_slowlog|",
+    "cmdstat_client|",
+    "cmdstat_script|",
+    "cmdstat_hello",
+    "cmdstat_ping",
+    "cmdstat_info",
+    "cmdstat_subscribe",
+    "cmdstat_unsubscribe",
+    "cmdstat_select",
+)
 TAIL = 0.0005  # seconds: a submission slower than this is in the tail
 LONG_SCRIPT = 200  # microseconds: a script longer than this is long (SLOWLOG)
 SLOWLOG_KEEP = 100_000
@@ -326,6 +357,7 @@ def harness_rounds(url: str, server_pid: int, rounds: int, jobs: int = 2000) -> 
             client.slowlog_reset()
             pids = [os.getpid(), *(p.pid for p in workers), server_pid]
             before = [_cpu(pid) for pid in pids]
+            sched = [_sched(pid) for pid in pids]
             started = time.perf_counter()
             handles, each = [], []
             for _ in range(jobs):
@@ -333,12 +365,17 @@ def harness_rounds(url: str, server_pid: int, rounds: int, jobs: int = 2000) -> 
                 handles.append(uw.submit("noop"))
                 each.append(time.perf_counter() - begun)
             submitted = time.perf_counter() - started
+            sched = [
+                tuple((now - then) / jobs * 1e6 for now, then in zip(_sched(pid), was, strict=True))
+                for pid, was in zip(pids, sched, strict=True)
+            ]
             for handle in handles:
                 handle.wait(timeout=30)
             elapsed = time.perf_counter() - started
             spent = [(_cpu(pid) - b) / jobs * 1e6 for pid, b in zip(pids, before, strict=True)]
             stats = client.info("commandstats")
             calls = {k: int(v["calls"]) / jobs for k, v in stats.items()}
+            inner = [v for k, v in stats.items() if not k.startswith(NOT_IN_SCRIPTS)]
             long = [e["duration"] for e in client.slowlog_get(SLOWLOG_KEEP)
                     if _text(e["command"]).startswith("EVALSHA")]  # fmt: skip
             each.sort()
@@ -351,6 +388,15 @@ def harness_rounds(url: str, server_pid: int, rounds: int, jobs: int = 2000) -> 
                   f"{sum(t for t in each if t > TAIL) / jobs * 1e6:>5.0f} "
                   f"{len(long) * 1000 / jobs:>5.0f} "
                   f"{sum(long) / max(1, len(long)):>5.0f}")  # fmt: skip
+            print(f"    while submitting, per submission ({submitted / jobs * 1e6:.0f} us): "
+                  + ", ".join(f"{name} ran {run:.0f} and waited for a CPU {wait:.0f}"
+                              for name, (run, wait) in zip(
+                                  ("client", "worker 1", "worker 2", "redis"), sched,
+                                  strict=True))
+                  + "; per job in all, Redis's scripts "
+                  f"{stats.get('cmdstat_evalsha', {}).get('usec', 0) / jobs:.0f} us, of "
+                  f"which the {sum(int(v['calls']) for v in inner) / jobs:.1f} commands "
+                  f"they call {sum(int(v['usec']) for v in inner) / jobs:.0f} us")  # fmt: skip
     finally:
         _stop(workers)
         uw.close()
