@@ -88,6 +88,14 @@ def counters(client: redis.Redis[str]) -> tuple[int, int]:
     return commands, reads
 
 
+# A script call, as the store makes it: a function of its library, or a script.
+SCRIPT_CALLS = ("cmdstat_fcall", "cmdstat_evalsha", "cmdstat_eval")
+
+
+def _script_stat(stats: dict[str, Any], field: str) -> float:
+    return sum(float(stats.get(name, {}).get(field, 0)) for name in SCRIPT_CALLS)
+
+
 def command_stats(client: redis.Redis[str]) -> tuple[int, int, int, int]:
     """(round trips, commands inside scripts, Redis usec, of which usec in those
     commands) so far, not counting INFO. The rest of a script's time is its own: the
@@ -97,7 +105,7 @@ def command_stats(client: redis.Redis[str]) -> tuple[int, int, int, int]:
     for name, value in stats.items():
         if name in ("cmdstat_info", "cmdstat_config|resetstat"):
             continue
-        if name in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_subscribe"):
+        if name in SCRIPT_CALLS or name == "cmdstat_subscribe":
             trips += int(value["calls"])
             usec += int(value["usec"])
         else:
@@ -309,7 +317,8 @@ def _text(value: bytes | str) -> str:
 # Commands that scripts do not call: the scripts themselves and the clients' own
 # housekeeping (a worker's heartbeat HSET is counted as a script's; there are few).
 NOT_IN_SCRIPTS = (
-    "cmdstat_evalsha",
+    *SCRIPT_CALLS,
+    "cmdstat_function|",
     "cmdstat_config|",
     "cmdstat_slowlog|",
     "cmdstat_client|",
@@ -377,12 +386,12 @@ def harness_rounds(url: str, server_pid: int, rounds: int, jobs: int = 2000) -> 
             calls = {k: int(v["calls"]) / jobs for k, v in stats.items()}
             inner = [v for k, v in stats.items() if not k.startswith(NOT_IN_SCRIPTS)]
             long = [e["duration"] for e in client.slowlog_get(SLOWLOG_KEEP)
-                    if _text(e["command"]).startswith("EVALSHA")]  # fmt: skip
+                    if _text(e["command"]).startswith(("FCALL", "EVALSHA"))]  # fmt: skip
             each.sort()
             print(f"{jobs / elapsed:>7,.0f} {jobs / submitted:>8,.0f} "
                   f"{trips[len(trips) // 2] * 1000:>6.2f}ms "
                   f"{spent[0]:>7.0f} {spent[1] + spent[2]:>8.0f} {spent[3]:>6.0f} "
-                  f"{sum(spent):>5.0f} {calls.get('cmdstat_evalsha', 0):>8.2f} "
+                  f"{sum(spent):>5.0f} {_script_stat(stats, 'calls') / jobs:>8.2f} "
                   f"{calls.get('cmdstat_publish', 0):>8.2f} "
                   f"{each[jobs // 2] * 1e6:>7.0f} {each[jobs * 99 // 100] * 1e6:>7.0f} "
                   f"{sum(t for t in each if t > TAIL) / jobs * 1e6:>5.0f} "
@@ -394,7 +403,7 @@ def harness_rounds(url: str, server_pid: int, rounds: int, jobs: int = 2000) -> 
                                   ("client", "worker 1", "worker 2", "redis"), sched,
                                   strict=True))
                   + "; per job in all, Redis's scripts "
-                  f"{stats.get('cmdstat_evalsha', {}).get('usec', 0) / jobs:.0f} us, of "
+                  f"{_script_stat(stats, 'usec') / jobs:.0f} us, of "
                   f"which the {sum(int(v['calls']) for v in inner) / jobs:.1f} commands "
                   f"they call {sum(int(v['usec']) for v in inner) / jobs:.0f} us")  # fmt: skip
     finally:

@@ -138,18 +138,27 @@ def test_calls_raise_store_unavailable_while_redis_is_down_then_resume(
         store.close()
 
 
+@pytest.mark.parametrize("functions", [True, False], ids=["functions", "scripts"])
 def test_script_calls_survive_a_flushed_script_cache_and_a_closed_connection(
-    private_redis: RedisServer,
+    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch, functions: bool
 ) -> None:
-    """Scripts run on connections the store keeps itself: a script Redis forgot is
-    loaded again, a connection the server closed between calls is opened again, and
-    an error reply is raised as redis-py raises it, leaving the connection usable."""
+    """Scripts run on connections the store keeps itself: a library or script Redis
+    forgot is loaded again, a connection the server closed between calls is opened
+    again, and an error reply is raised as redis-py raises it, leaving the connection
+    usable."""
+    monkeypatch.setenv("UNDERWAY_REDIS_FUNCTIONS", "1" if functions else "0")
     store = RedisStore(private_redis.url)
     client = redis.Redis.from_url(private_redis.url, decode_responses=True)
     try:
         first = submit(store)
-        client.script_flush()
-        second = submit(store)  # NOSCRIPT: loaded and run once
+        assert _script_calls(private_redis.url, "fcall" if functions else "evalsha") == 1
+        if functions:
+            client.function_flush()
+        else:
+            client.script_flush()
+        second = submit(store)  # loaded and run once
+        assert _script_calls(private_redis.url, "fcall" if functions else "evalsha") == 2
+        assert _script_calls(private_redis.url, "evalsha" if functions else "fcall") == 0
         assert [store.get(j.id) is not None for j in (first, second)] == [True, True]
         assert store.count(state=State.QUEUED) == 2
         client.client_kill_filter(_type="normal")  # every connection but this one
@@ -207,12 +216,54 @@ class _Changes:
             assert self._cond.wait_for(lambda: self._seen >= count, timeout=10), self._seen
 
 
-def _script_calls(url: str) -> int:
+def _script_calls(url: str, *commands: str) -> int:
+    """The calls of `commands` that Redis ran without an error (both ways of running
+    a script by default)."""
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+        stats = client.info("commandstats")
+        return sum(
+            int(stats.get(f"cmdstat_{c}", {}).get("calls", 0))
+            - int(stats.get(f"cmdstat_{c}", {}).get("failed_calls", 0))
+            for c in commands or ("evalsha", "fcall")
+        )
     finally:
         client.close()
+
+
+def test_one_library_serves_every_store_and_a_user_without_functions_gets_scripts(
+    private_redis: RedisServer,
+) -> None:
+    """Stores load the library once between them and call its functions; a Redis user
+    who may not call or load functions (as on Redis before 7.0, which has none) gets
+    the same store through EVALSHA, and both see the same jobs."""
+    admin = redis.Redis(port=private_redis.port, decode_responses=True)
+    admin.acl_setuser(
+        "limited", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+        commands=["+@all", "-function", "-fcall", "-fcall_ro"],
+    )  # fmt: skip
+    first = RedisStore(private_redis.url)
+    second = RedisStore(private_redis.url)
+    limited = RedisStore(f"redis://limited:pw@127.0.0.1:{private_redis.port}/0")
+    try:
+        ran = [submit(s) for s in (first, second, second)]
+        listed = admin.function_list()
+        libraries = [dict(zip(lib[::2], lib[1::2], strict=True))["library_name"] for lib in listed]
+        assert libraries == [redis_module.scripts.LIBRARY_NAME]
+        assert _script_calls(private_redis.url, "evalsha") == 0
+        assert _script_calls(private_redis.url, "fcall") == 3
+        job = claim_one(limited)
+        assert job.id == ran[0].id
+        assert finish(limited, job)
+        assert _script_calls(private_redis.url, "fcall") == 3  # none of the limited user's
+        assert _script_calls(private_redis.url, "evalsha") >= 2
+        done = first.get(job.id)
+        assert done is not None and done.state is State.SUCCEEDED
+        assert limited.get(ran[1].id) == second.get(ran[1].id)
+    finally:
+        for store in (first, second, limited):
+            store.close()
+        admin.close()
 
 
 def test_a_waiter_elsewhere_is_handed_the_finished_record_without_reading_it(

@@ -1,11 +1,13 @@
 """The Redis store: one Redis server shared by any number of processes and machines.
 
-Every change of a job is one Lua script call (see `redis_scripts`), so claiming is
-atomic and a job costs a handful of round trips: enqueue, claim (batched, with the
-ends of the previous jobs), plus batched progress and output. The store applies
+Every change of a job is one call of a Lua function (see `redis_scripts`: the
+functions of one library, or the same code as scripts where Redis has no functions),
+so claiming is atomic and a job costs a handful of round trips: enqueue, claim
+(batched, with the ends of the previous jobs), plus batched progress and output.
+The store applies
 the lifecycle's decisions (`Decision`) and fences writes; it decides nothing
 itself. Key names live in `redis_keys`. Scripts run on connections the store keeps
-on a free list of its own, used directly (`_evalsha`), not through the client's
+on a free list of its own, used directly (`_call`), not through the client's
 pool and command layers.
 
 Waiting does not poll Redis: a background subscriber thread (`redis_listener`)
@@ -321,20 +323,22 @@ class RedisStore(Store):
         self._lost_at: float | None = None  # when it found that data gone
         with contextlib.suppress(StoreUnavailable):
             self._check_epoch()
-        s = self._redis.register_script
-        self._enqueue = s(scripts.ENQUEUE)
-        self._enqueue_many = s(scripts.ENQUEUE_MANY)
-        self._get = s(scripts.GET)
-        self._apply_and_claim = s(scripts.APPLY_AND_CLAIM)
-        self._renew = s(scripts.RENEW)
-        self._progress = s(scripts.PROGRESS)
-        self._append = s(scripts.APPEND)
-        self._expired = s(scripts.EXPIRED)
-        self._update_meta = s(scripts.UPDATE_META)
-        self._delete = s(scripts.DELETE)
-        self._purge = s(scripts.PURGE)
-        self._events = s(scripts.EVENTS)
-        self._output = s(scripts.OUTPUT)
+        # Scripts run as functions of the store's library (FCALL; Redis 7 and later),
+        # else, where Redis or the user's permissions lack those, as scripts (EVALSHA).
+        self._functions = os.environ.get("UNDERWAY_REDIS_FUNCTIONS", "1") != "0"
+        self._enqueue = scripts.ENQUEUE
+        self._enqueue_many = scripts.ENQUEUE_MANY
+        self._get = scripts.GET
+        self._apply_and_claim = scripts.APPLY_AND_CLAIM
+        self._renew = scripts.RENEW
+        self._progress = scripts.PROGRESS
+        self._append = scripts.APPEND
+        self._expired = scripts.EXPIRED
+        self._update_meta = scripts.UPDATE_META
+        self._delete = scripts.DELETE
+        self._purge = scripts.PURGE
+        self._events = scripts.EVENTS
+        self._output = scripts.OUTPUT
         self.notifier: RedisNotifier = RedisNotifier()
         self._listener = RedisListener(
             self._redis,
@@ -357,9 +361,9 @@ class RedisStore(Store):
                 f"Redis at {safe_url(self.url)} is unavailable: {exc}", retry_after=RETRY_AFTER
             ) from None
 
-    def _run(self, script: Any, now: float, *args: Any) -> Any:
+    def _run(self, script: scripts.Script, now: float, *args: Any) -> Any:
         try:
-            return self._evalsha(script, (self._prefix, repr(now), *args))
+            return self._call(script, (self._prefix, repr(now), *args))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise StoreUnavailable(
                 f"Redis at {safe_url(self.url)} is unavailable: {exc}", retry_after=RETRY_AFTER
@@ -382,16 +386,17 @@ class RedisStore(Store):
             self._connections.add(conn)
         return conn
 
-    def _evalsha(self, script: Any, args: Sequence[Any]) -> Any:
-        """EVALSHA on a connection of the free list; loads the script when Redis lacks
-        it (a restart, SCRIPT FLUSH: it did not run, so running it then is safe)."""
+    def _call(self, script: scripts.Script, args: Sequence[Any]) -> Any:
+        """The script's call on a connection of the free list; loads the library or the
+        script when Redis lacks it (a restart, FUNCTION FLUSH, SCRIPT FLUSH: it did not
+        run, so running it then is safe)."""
         conn = self._acquire()
         try:
-            return self._evalsha_on(conn, script, args)
+            return self._call_on(conn, script, args)
         finally:
             self._free.append(conn)
 
-    def _evalsha_on(self, conn: Any, script: Any, args: Sequence[Any]) -> Any:
+    def _call_on(self, conn: Any, script: scripts.Script, args: Sequence[Any]) -> Any:
         sock = conn._sock
         # Like the client's pool at checkout: a connection with something to read while
         # idle was closed by the server (a restart): connect again. One poll of a plain
@@ -407,31 +412,71 @@ class RedisStore(Store):
             if stale:
                 conn.disconnect()
         try:
+            if self._functions:
+                try:
+                    return self._command(conn, ("FCALL", script.function, 0, *args))
+                except redis.ResponseError as exc:
+                    if not self._load_library(conn, exc):
+                        raise
+                if self._functions:
+                    return self._command(conn, ("FCALL", script.function, 0, *args))
             try:
-                if _pack_hiredis is None:
-                    conn.send_command("EVALSHA", script.sha, 0, *args)
-                    return conn.read_response()
-                # The connection's own socket and reply parser, without the client's
-                # layers around each (a health check, a message naming the host, made
-                # at every call): 8% of a script call's instructions in this process.
-                if conn._sock is None:
-                    conn.connect()
-                conn._sock.sendall(_pack_hiredis(("EVALSHA", script.sha, 0, *args)))
-                reply = conn._parser.read_response()
-                if isinstance(reply, redis.ResponseError):
-                    raise reply
-                return reply
+                return self._command(conn, ("EVALSHA", script.sha, 0, *args))
             except redis.exceptions.NoScriptError:
-                conn.send_command("SCRIPT", "LOAD", script.script)
-                script.sha = conn.read_response()
-                conn.send_command("EVALSHA", script.sha, 0, *args)
-                return conn.read_response()
+                self._command(conn, ("SCRIPT", "LOAD", script.text))
+                return self._command(conn, ("EVALSHA", script.sha, 0, *args))
         except redis.ResponseError:
             raise
         except BaseException:
             # A reply may be left unread (a timeout, an interrupt): start afresh.
             conn.disconnect()
             raise
+
+    def _load_library(self, conn: Any, exc: redis.ResponseError) -> bool:
+        """After a function call's error `exc`: whether the call may be made again,
+        having loaded the library that Redis lacked, or turned to EVALSHA for good,
+        where Redis has no functions or the user may not call or load them. Neither
+        ran the function, so running it then is safe."""
+        message = str(exc)
+        if isinstance(exc, redis.exceptions.NoPermissionError) or "unknown command" in message:
+            self._to_scripts(message)
+            return True
+        if not message.startswith("Function not found"):
+            return False  # the function's own error
+        try:
+            self._command(conn, ("FUNCTION", "LOAD", scripts.LIBRARY))
+        except redis.ResponseError as failed:
+            text = str(failed)
+            if "already exists" in text:
+                return True  # another process loaded it meanwhile
+            if isinstance(failed, redis.exceptions.NoPermissionError) or "unknown" in text:
+                self._to_scripts(text)
+                return True
+            raise
+        log.info("loaded the function library %s into Redis", scripts.LIBRARY_NAME)
+        return True
+
+    def _to_scripts(self, reason: str) -> None:
+        if self._functions:
+            self._functions = False
+            log.info("Redis functions are not available (%s); using scripts", reason)
+
+    @staticmethod
+    def _command(conn: Any, command: tuple[Any, ...]) -> Any:
+        """One command on the connection, and its reply (an error reply raised)."""
+        if _pack_hiredis is None:
+            conn.send_command(*command)
+            return conn.read_response()
+        # The connection's own socket and reply parser, without the client's layers
+        # around each (a health check, a message naming the host, made at every
+        # call): 8% of a script call's instructions in this process.
+        if conn._sock is None:
+            conn.connect()
+        conn._sock.sendall(_pack_hiredis(command))
+        reply = conn._parser.read_response()
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+        return reply
 
     # -- jobs claimed at their submission ----------------------------------------------
     def _on_wake(self, message: str, *, read_by_slot: bool = False) -> None:
@@ -621,7 +666,9 @@ class RedisStore(Store):
         for job_id in job_ids:
             self._held[job_id] = until
 
-    def _run_held(self, job_ids: Collection[str], script: Any, now: float, *args: Any) -> Any:
+    def _run_held(
+        self, job_ids: Collection[str], script: scripts.Script, now: float, *args: Any
+    ) -> Any:
         """Run `script`, retrying while Redis is away and we hold all of `job_ids`."""
         while True:
             try:

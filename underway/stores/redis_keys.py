@@ -126,9 +126,12 @@ class Keys:
         return self.job_channel_prefix + job_id
 
 
-# Lua side of the same layout. Every script receives the prefix as ARGV[1].
-LUA_KEYS = f"""
-local P = ARGV[1]
+# Lua side of the same layout. Every script receives the prefix as ARGV[1]. The key
+# builders and constants are written once, for both ways the scripts run: as a script
+# of its own (EVAL, which defines them at every call: `LUA_KEYS`), and in the function
+# library (defined once when Redis loads it, the constants set for each call's prefix
+# by `set_prefix`: `LUA_KEYS_LIBRARY`).
+_LUA_KEY_FUNCTIONS = f"""
 local function k_job(id) return P .. '{JOB}' .. id end
 local function k_events(id) return P .. '{EVENTS}' .. id end
 local function k_output(id, n) return P .. '{OUTPUT}' .. id .. ':' .. n end
@@ -141,12 +144,30 @@ local function k_running(t) return P .. '{RUNNING}' .. t end
 local function k_idem(key) return P .. '{IDEMPOTENCY}' .. key end
 local function k_sup(key) return P .. '{SUPERSEDE}' .. key end
 local function c_job(id) return P .. '{JOB_CHANNEL}' .. id end
-local K_ALL = P .. '{ALL}'
-local K_DELAYED = P .. '{DELAYED}'
-local K_LEASES = P .. '{LEASES}'
-local K_EXPIRY = P .. '{EXPIRY}'
-local K_FINISHED = P .. '{FINISHED}'
-local K_IDLE = P .. '{IDLE}'
-local C_WAKE = P .. '{WAKE_CHANNEL}'
-local IDLE_TTL = {IDLE_TTL}
 """
+_LUA_KEY_CONSTANTS = {
+    "K_ALL": ALL,
+    "K_DELAYED": DELAYED,
+    "K_LEASES": LEASES,
+    "K_EXPIRY": EXPIRY,
+    "K_FINISHED": FINISHED,
+    "K_IDLE": IDLE,
+    "C_WAKE": WAKE_CHANNEL,
+}
+
+LUA_KEYS = (
+    "\nlocal P = ARGV[1]"
+    + _LUA_KEY_FUNCTIONS
+    + "".join(f"local {name} = P .. '{suffix}'\n" for name, suffix in _LUA_KEY_CONSTANTS.items())
+    + f"local IDLE_TTL = {IDLE_TTL}\n"
+)
+
+LUA_KEYS_LIBRARY = (
+    "\nlocal P = nil\n"
+    + f"local {', '.join(_LUA_KEY_CONSTANTS)}\n"
+    + _LUA_KEY_FUNCTIONS
+    + f"local IDLE_TTL = {IDLE_TTL}\n"
+    + "local function set_prefix(prefix)\n  P = prefix\n"
+    + "".join(f"  {name} = P .. '{suffix}'\n" for name, suffix in _LUA_KEY_CONSTANTS.items())
+    + "end\n"
+)

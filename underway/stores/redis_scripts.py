@@ -1,4 +1,8 @@
-"""The Lua scripts of the Redis store: each change is one atomic script call.
+"""The Lua scripts of the Redis store: each change is one atomic call.
+
+Each script is a function of the library `LIBRARY` (FCALL; its helpers defined once,
+when Redis loads it) and, for a Redis without functions, a script of its own (EVALSHA;
+`Script.text`, with the helpers it uses defined at each call).
 
 Every script gets ARGV[1] = key prefix and ARGV[2] = now (epoch seconds, as the
 caller formatted it, so stored times round-trip exactly). The scripts hold no
@@ -13,13 +17,13 @@ once. `EVENTS` hands them back with the item in place of the empty `data`.
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import dataclass
 
-from .redis_keys import LUA_KEYS
+from .redis_keys import LUA_KEYS, LUA_KEYS_LIBRARY
 
-_HELPERS = (
-    LUA_KEYS
-    + """
+_HELPER_DEFINITIONS = """
 local NOW = ARGV[2]
 local REPLY_MAX = 65536
 
@@ -181,7 +185,7 @@ local function insert(id, task, queue, priority, run_at, owner, now, at, nfields
   make_ready(id, task, queue, priority, run_at, now)
 end
 """
-)
+_HELPERS = LUA_KEYS + _HELPER_DEFINITIONS
 
 
 def _definitions(prelude: str) -> list[tuple[set[str], str]]:
@@ -217,17 +221,40 @@ def _definitions(prelude: str) -> list[tuple[set[str], str]]:
     return found
 
 
-def _script(prelude: str, body: str) -> str:
-    """`prelude + body` without the prelude's definitions that the body does not use,
-    directly or through another definition it uses: Redis runs a script's whole text
-    on every call, and each definition costs time there (about 5 us for all of them)."""
+@dataclass(frozen=True)
+class Script:
+    """One script, runnable both ways: `text` for EVAL (`sha` names it in Redis's
+    script cache), and `body` as the function `function` of the library `LIBRARY`."""
+
+    name: str
+    body: str
+    text: str
+    sha: str
+    writes: bool
+
+    @property
+    def function(self) -> str:
+        return f"{LIBRARY_NAME}_{self.name}"
+
+
+_SCRIPTS: list[Script] = []
+
+
+def _script(name: str, prelude: str, body: str, *, writes: bool = True) -> Script:
+    """The script `body`, for EVAL after the prelude's definitions that it uses,
+    directly or through another definition it uses (Redis runs a script's whole text
+    on every call, and each definition costs time there: about 5 us for all of them),
+    and for the library as it is."""
     needed = set(re.findall(r"\w+", body))
     kept: list[str] = []
     for names, text in reversed(_definitions(prelude)):
         if names & needed:
             kept.append(text)
             needed |= set(re.findall(r"\w+", text))
-    return "".join(reversed(kept)) + body
+    text = "".join(reversed(kept)) + body
+    script = Script(name, body, text, hashlib.sha1(text.encode()).hexdigest(), writes)
+    _SCRIPTS.append(script)
+    return script
 
 
 # ARGV: P, now, id, task, queue, priority, run_at, owner, idem, sup, nfields, nevents,
@@ -235,6 +262,7 @@ def _script(prelude: str, body: str) -> str:
 # -> {0, existing hash} (idempotency key taken) or {1, other active ids under sup}, and
 # when the job was claimed for an idle worker at once: that worker and the lease's end
 ENQUEUE = _script(
+    "enqueue",
     _HELPERS,
     """
 local id, task, queue, priority, run_at = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
@@ -301,6 +329,7 @@ return {1, others}
 # then per job: id, task, queue, priority, run_at, owner, created_at, nfields, then
 # the field pairs. Jobs without idempotency or supersede keys.
 ENQUEUE_MANY = _script(
+    "enqueue_many",
     _HELPERS,
     """
 local count, nevents = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -321,6 +350,7 @@ return count
 
 # ARGV: P, now, id -> {hash, position or false}
 GET = _script(
+    "get",
     LUA_KEYS,
     """
 local rec = redis.call('HGETALL', k_job(ARGV[3]))
@@ -333,6 +363,7 @@ end
 if state == 'queued' then position = redis.call('ZRANK', k_queue(queue), ARGV[3]) end
 return {rec, position}
 """,
+    writes=False,
 )
 
 # One decision (see `underway.records.Decision`) is DECISION_FIELDS arguments, then
@@ -349,6 +380,7 @@ DECISION_FIELDS = 15
 # ("process/thread"), to be woken when work comes.
 # -> {applied flags (1/0), claimed hashes, earliest delayed run_at or ''}
 APPLY_AND_CLAIM = _script(
+    "apply_and_claim",
     _HELPERS,
     """
 local worker, lease_until, max_jobs = ARGV[3], ARGV[4], tonumber(ARGV[5])
@@ -574,6 +606,7 @@ return {applied, out, nxt[2] or ''}
 # ARGV: P, now, worker, lease_until, then (id, attempt) pairs
 # -> {ids still held, those among them with a cancel request}
 RENEW = _script(
+    "renew",
     LUA_KEYS,
     """
 local worker, lease_until = ARGV[3], ARGV[4]
@@ -605,6 +638,7 @@ end
 
 # ARGV: P, now, id, fence worker, fence attempt, progress JSON -> 1, or 0 when not held
 PROGRESS = _script(
+    "progress",
     _HELPERS,
     _FENCED
     + """
@@ -618,6 +652,7 @@ return 1
 # ARGV: P, now, id, fence worker, fence attempt, then (kind, data) pairs
 # -> 1, or 0 when not held
 APPEND = _script(
+    "append",
     _HELPERS,
     _FENCED
     + """
@@ -650,6 +685,7 @@ return 1
 
 # ARGV: P, now, limit -> hashes of running jobs whose lease ran out before now
 EXPIRED = _script(
+    "expired",
     LUA_KEYS,
     """
 local out = {}
@@ -663,10 +699,12 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', '(' .. ARGV[2]
 end
 return out
 """,
+    writes=False,
 )
 
 # ARGV: P, now, id -> 1 when it existed
 DELETE = _script(
+    "delete",
     _HELPERS,
     """
 return erase(ARGV[3])
@@ -675,6 +713,7 @@ return erase(ARGV[3])
 
 # ARGV: P, now, index ('expiry' or 'finished'), bound, batch -> the ids erased
 PURGE = _script(
+    "purge",
     _HELPERS,
     """
 local index = K_EXPIRY
@@ -688,6 +727,7 @@ return ids
 
 # ARGV: P, now, id, after, limit -> the entries; output entries end with their item
 EVENTS = _script(
+    "events",
     LUA_KEYS,
     """
 local id, after, limit = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -718,10 +758,12 @@ for _, o in ipairs(outputs) do
 end
 return entries
 """,
+    writes=False,
 )
 
 # ARGV: P, now, id, attempt ('' = the job's latest), after, limit -> output items
 OUTPUT = _script(
+    "output",
     LUA_KEYS,
     """
 local id, attempt = ARGV[3], ARGV[4]
@@ -732,10 +774,12 @@ if attempt == '' then
 end
 return redis.call('LRANGE', k_output(id, attempt), after, after + limit - 1)
 """,
+    writes=False,
 )
 
 # ARGV: P, now, id, changes JSON -> 1 when the job exists
 UPDATE_META = _script(
+    "update_meta",
     _HELPERS,
     """
 -- The caller merges (Lua's cjson would rewrite the other keys: an empty list as an
@@ -751,3 +795,31 @@ replied(ARGV[3], reply, '')
 return 1
 """,
 )
+
+
+def _library(name: str) -> str:
+    """Every script as a function of one library: the helpers are defined once, when
+    Redis loads it, instead of at every call (an EVAL's text runs whole each time);
+    each call sets the prefix, the time and the arguments they read."""
+    helpers = _HELPER_DEFINITIONS.replace("local NOW = ARGV[2]", "local NOW = nil", 1)
+    parts = [
+        f"#!lua name={name}\n",
+        "local ARGV = nil\n",
+        LUA_KEYS_LIBRARY,
+        helpers,
+        "local function enter(args)\n  ARGV = args\n  NOW = args[2]\n"
+        "  if args[1] ~= P then set_prefix(args[1]) end\nend\n",
+    ]
+    for script in _SCRIPTS:
+        flags = "" if script.writes else ", flags = {'no-writes'}"
+        parts.append(
+            f"redis.register_function{{function_name = '{name}_{script.name}', "
+            f"callback = function(_, args)\nenter(args)\n{script.body}end{flags}}}\n"
+        )
+    return "".join(parts)
+
+
+# Named after its text, so that processes running different versions of these scripts
+# against one Redis each find their own.
+LIBRARY_NAME = "underway_" + hashlib.sha1(_library("").encode()).hexdigest()[:16]
+LIBRARY = _library(LIBRARY_NAME)
