@@ -1,7 +1,7 @@
 """Instructions per job on the embedded SQLite store's hot paths, counted by callgrind.
 
     python bench/bench_instructions.py [--jobs 2000] [--batches 1,16] [--repeat 2]
-        [--redis | --floor]
+        [--redis | --floor | --lua-costs]
 
 Wall-clock figures on a shared 2-core machine move by a third from run to run, which
 hides a change of a few percent. `valgrind --tool=callgrind` counts the instructions a
@@ -43,6 +43,14 @@ process drives it, and what is counted is the server's work per job:
   it; the worker's call writes the end, finds nothing to claim and waits again), the
   path most jobs of the peers harness's Redis rows take; minus the same run with the
   worker and none of these jobs.
+
+With `--lua-costs`, what pieces of the Redis store's Lua cost redis-server, each as
+calls with 32 arguments (or reads of a job hash of 19 fields) minus the same server
+without the calls: a script holding the claim's helpers with an empty body, an empty
+script, and a function of a library holding the same helpers (what the library saves
+a call); `HGETALL` of the hash into Lua, and with `cjson.encode`, `table.concat` or
+`cmsgpack.pack` of it; an `HMGET` of 7 of its fields and a `cjson.encode` of a 13-item
+list.
 
 Needs Debian's `valgrind` (`apt-get install valgrind`). Prints one line per path.
 """
@@ -272,6 +280,106 @@ def redis_main(jobs: int, batches: str, repeat: int) -> None:
         print(f"  {label:<22} " + " / ".join(f"{c:,.0f}" for c in counts))
 
 
+_JOB_HASH = {
+    "id": "01JABCDEFGHJKMNPQRSTVWXYZ0", "task": "noop", "queue": "default", "priority": "0",
+    "state": "succeeded", "params": "{}", "max_attempts": "1",
+    "created_at": "1765061234.123456", "run_at": "1765061234.123456", "keep_for": "86400.0",
+    "attempt": "1", "worker": "w-abcdef", "started_at": "1765061234.123999",
+    "output_count": "0", "out_top": "1", "reply": "p-0123456789", "result": "null",
+    "finished_at": "1765061234.124111", "expires_at": "1765147634.124111",
+}  # fmt: skip
+
+
+def _lua_count(load: Any, call: Any, n: int) -> int:
+    """Instructions of a redis-server under callgrind that ran `load(client)` and then
+    `call(client, loaded)` n times (and its own start and end)."""
+    import redis
+
+    from tests.support.services import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", "redis-server",
+         "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--hz", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    client: redis.Redis[bytes] = redis.Redis(port=port)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("redis-server did not start under valgrind") from None
+                time.sleep(0.1)
+        client.hset("j", mapping=_JOB_HASH)
+        loaded = load(client)
+        for _ in range(n):
+            call(client, loaded)
+        try:
+            client.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass
+        _, err = server.communicate(timeout=120)
+    finally:
+        client.close()
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    found = re.search(r"Collected : (\d+)", err)
+    if found is None:
+        raise RuntimeError(f"no count from callgrind:\n{err[-2000:]}")
+    return int(found.group(1))
+
+
+def lua_costs_main(calls: int) -> None:
+    from underway.stores import redis_scripts
+
+    args = ["underway:v2:", "1.5"] + ["x"] * 30
+    helpers = redis_scripts.APPLY_AND_CLAIM.text.split("local worker, lease_until")[0]
+    library = (
+        "#!lua name=bench\nlocal ARGV\n"
+        + helpers.replace("local P = ARGV[1]", "local P = 'underway:v2:'").replace(
+            "local NOW = ARGV[2]", "local NOW = '1'"
+        )
+        + "\nredis.register_function('f', function(_, a) ARGV = a; NOW = a[2]; return 1 end)\n"
+    )
+
+    def script(text: str) -> tuple[Any, Any]:
+        return (lambda c: c.script_load(text), lambda c, sha: c.evalsha(sha, 0, *args))
+
+    def read(body: str) -> tuple[Any, Any]:
+        return (lambda c: c.script_load(body), lambda c, sha: c.evalsha(sha, 0))
+
+    fields7 = "'started_at', 'run_at', 'cancel_requested', 'output_count', 'out_top', "
+    fields7 += "'progress', 'meta'"
+    pieces: list[tuple[str, tuple[Any, Any]]] = [
+        ("script: the claim's helpers, empty body", script(helpers + "return 1")),
+        ("script: empty", script("return 1")),
+        ("function: the same helpers in its library",
+         (lambda c: c.function_load(library), lambda c, _: c.fcall("f", 0, *args))),
+        ("HGETALL of 19 fields into Lua", read("local r = redis.call('HGETALL', 'j') return 1")),
+        ("  + cjson.encode", read("local r = redis.call('HGETALL', 'j') "
+                                  "local d = cjson.encode(r) return 1")),
+        ("  + table.concat", read("local r = redis.call('HGETALL', 'j') "
+                                  "local d = table.concat(r, ',') return 1")),
+        ("  + cmsgpack.pack", read("local r = redis.call('HGETALL', 'j') "
+                                   "local d = cmsgpack.pack(r) return 1")),
+        ("HMGET of 7 + cjson.encode of 13", read(
+            f"local r = redis.call('HMGET', 'j', {fields7}) local d = cjson.encode("
+            "{'succeeded', '1', 'null', false, '1.5', '2.5', r[1], r[2], r[3], r[4], r[5], "
+            "r[6], r[7]}) return 1")),
+        ("empty read script", read("return 1")),
+    ]  # fmt: skip
+    print(f"redis-server's instructions per call ({calls} calls, minus a server without them)")
+    for label, (load, call) in pieces:
+        each = (_lua_count(load, call, calls) - _lua_count(load, call, 0)) / calls
+        print(f"  {label:<44} {each:>9,.0f}")
+
+
 def floor_main(jobs: int, repeat: int) -> None:
     """The peers harness's embedded end-to-end shape (jobs submitted one by one to 2
     slots, then each waited for), every thread of the process counted, against the
@@ -297,8 +405,14 @@ def main() -> None:
     parser.add_argument(
         "--floor", action="store_true", help="end to end against a minimal durable queue"
     )
+    parser.add_argument(
+        "--lua-costs", action="store_true", help="what pieces of the Redis store's Lua cost"
+    )
     parser.add_argument("--run", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.lua_costs:
+        lua_costs_main(args.jobs)
+        return
     if args.redis:
         redis_main(args.jobs, args.batches, args.repeat)
         return
