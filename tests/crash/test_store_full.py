@@ -1,4 +1,5 @@
-"""Promises under a full disk (SQLite on a small tmpfs filled to the brim):
+"""Promises under a full store (SQLite on a small tmpfs filled to the brim; Redis out
+of memory, or unable to save its snapshot on such a disk):
 
 - a job that finishes while the store cannot be written ends truthfully once space
   is back (succeeded, with its result and all its output), never `failed` with
@@ -17,9 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from tests.crash.small_disk import fill, free, small_disk
 from tests.support.http_server import serve_asgi
+from tests.support.redis_server import RedisServer
+from tests.support.services import missing
 from tests.support.wait import wait_for
 from underway import Job, State, StoreUnavailable, Underway
 from underway.http import asgi
@@ -135,4 +139,180 @@ def test_submitting_to_a_full_store_says_store_unavailable(disk: Path) -> None:
             assert http.post("/v1/tasks/noop/jobs", json={}).status_code == 202
     finally:
         uw.close()
+    assert not problems, "\n".join(problems)
+
+
+# -- Redis: out of memory (`maxmemory`), or unable to save its snapshot (a full disk) --
+class FullRedis:
+    """A private redis-server whose data folder is a small tmpfs, made to refuse writes
+    and to take them again. `memory` sets `maxmemory` below what it holds (with the
+    `noeviction` policy, as a store of jobs needs: evicting would lose them); `disk`
+    fills the tmpfs and has a snapshot fail there, after which Redis refuses writes
+    until a snapshot succeeds (MISCONF)."""
+
+    def __init__(self, how: str, folder: Path) -> None:
+        self.how, self.folder = how, folder
+        try:
+            self.server = RedisServer(folder=folder)
+        except FileNotFoundError:
+            missing("redis-server")
+        self.full = False
+
+    def __enter__(self) -> FullRedis:
+        self.server.start()
+        self.admin = redis.Redis(port=self.server.port, decode_responses=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.full:
+                self.give_room()
+            self.admin.close()
+        finally:
+            self.server.close()
+
+    def _snapshot(self, status: str) -> None:
+        self.admin.bgsave()
+        wait_for(
+            lambda: self.admin.info("persistence")["rdb_last_bgsave_status"] == status,
+            what=f"a snapshot's end ({status})",
+        )
+
+    def make_full(self) -> None:
+        if self.how == "memory":
+            self.admin.config_set("maxmemory-policy", "noeviction")
+            self.admin.config_set("maxmemory", "1")
+        else:
+            self.admin.config_set("save", "3600 1")  # refusing writes needs a save point
+            fill(self.folder)
+            self._snapshot("err")
+        self.full = True
+
+    def give_room(self) -> None:
+        if self.how == "memory":
+            self.admin.config_set("maxmemory", "0")
+        else:
+            free(self.folder)
+            self._snapshot("ok")
+        self.full = False
+
+
+# Redis refuses a function over `maxmemory` before it runs; a script (EVAL) it lets
+# write past `maxmemory`, so only a full disk makes it refuse one.
+FULL_REDIS = [("memory", "1"), ("disk", "1"), ("disk", "0")]
+FULL_REDIS_IDS = ["memory-functions", "disk-functions", "disk-scripts"]
+
+
+@pytest.mark.parametrize(("how", "functions"), FULL_REDIS, ids=FULL_REDIS_IDS)
+def test_submitting_to_a_full_redis_says_store_unavailable(
+    disk: Path, how: str, functions: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis that refuses writes is unavailable for them (503 over HTTP, with
+    Retry-After), never a 500 or a redis-py error; reads still answer."""
+    monkeypatch.setenv("UNDERWAY_REDIS_FUNCTIONS", functions)
+    problems = []
+    with FullRedis(how, disk) as full:
+        uw = Underway(full.server.url)
+
+        @uw.task
+        def noop() -> None:
+            return None
+
+        try:
+            first = uw.submit("noop")
+            with serve_asgi(asgi(uw)) as api, httpx.Client(base_url=api, timeout=10) as http:
+                full.make_full()
+                try:
+                    uw.submit("noop")
+                except StoreUnavailable as exc:
+                    if "refuses writes" not in str(exc):
+                        problems.append(f"StoreUnavailable says {exc}")
+                except Exception as exc:
+                    problems.append(f"submit raised {type(exc).__module__}.{type(exc).__name__}: "
+                                    f"{exc}, not StoreUnavailable")  # fmt: skip
+                else:
+                    problems.append("submit succeeded on a full Redis: the setup is broken")
+                answer = http.post("/v1/tasks/noop/jobs", json={})
+                body = answer.json() if answer.content else {}
+                if (
+                    answer.status_code != 503
+                    or answer.headers.get("content-type") != "application/problem+json"
+                    or body.get("code") != "store-unavailable"
+                    or "retry-after" not in answer.headers
+                ):
+                    kind = answer.headers.get("content-type")
+                    after = answer.headers.get("retry-after")
+                    problems.append(
+                        f"POST answered {answer.status_code} {kind} "
+                        f"code={body.get('code')!r} retry-after={after!r}"
+                    )
+                seen = http.get(f"/v1/jobs/{first.id}")
+                if seen.status_code != 200 or seen.json().get("state") != "queued":
+                    problems.append(f"GET of a queued job answered {seen.status_code}")
+                full.give_room()
+                # Room is back: submitting works again, in-process and over HTTP.
+                uw.submit("noop")
+                assert http.post("/v1/tasks/noop/jobs", json={}).status_code == 202
+        finally:
+            uw.close()
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(("how", "functions"), FULL_REDIS, ids=FULL_REDIS_IDS)
+def test_a_job_that_ends_while_redis_is_full_ends_truthfully(
+    disk: Path, how: str, functions: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job ends (with its output) while Redis refuses writes, for longer than its
+    lease: once Redis takes writes again, the job is succeeded, with all its output,
+    never lost while its worker lives, and it ran once."""
+    monkeypatch.setenv("UNDERWAY_REDIS_FUNCTIONS", functions)
+    started, go, returning = threading.Event(), threading.Event(), threading.Event()
+    runs = []
+    problems = []
+    with FullRedis(how, disk) as full:
+        uw = Underway(full.server.url, lease=LEASE)
+
+        @uw.task(retries=2)
+        def finish_while_full(job: Job) -> dict[str, int]:
+            runs.append(job.attempt)
+            job.emit("before")
+            started.set()
+            if not go.wait(30):
+                raise RuntimeError("the test never let the job go on")
+            job.emit("after")
+            returning.set()
+            return {"answer": 42}
+
+        try:
+            uw.start(1, janitor_interval=0.2)
+            job = uw.submit("finish_while_full")
+            assert started.wait(10), "the job did not start"
+            wait_for(lambda: uw.output(job.id) == ["before"], what="the first item stored")
+            full.make_full()
+            go.set()
+            assert returning.wait(10), "the job did not go on"
+            full_until = time.monotonic() + FULL_FOR
+            while time.monotonic() < full_until:  # a timed outage: pacing reads, no syncing
+                seen = uw.get(job.id)
+                if seen.state is not State.RUNNING:
+                    problems.append(f"while Redis was full the job became {seen.state.value}")
+                    break
+                time.sleep(0.2)
+            full.give_room()
+            final = uw.wait(job.id, timeout=20)
+            if final.state is not State.SUCCEEDED:
+                problems.append(
+                    f"the job ended {final.state.value} "
+                    f"({final.error.type if final.error else 'no error'}: "
+                    f"{final.error.message if final.error else ''}) while its worker was alive"
+                )
+            if final.result != {"answer": 42}:
+                problems.append(f"the job's result is {final.result!r}")
+            if uw.output(job.id) != ["before", "after"]:
+                problems.append(f"the job's output is {uw.output(job.id)!r}")
+            if runs != [1]:
+                problems.append(f"the job ran {len(runs)} times (attempts {runs})")
+        finally:
+            go.set()
+            uw.close()
     assert not problems, "\n".join(problems)

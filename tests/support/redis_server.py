@@ -23,13 +23,19 @@ class RedisServerError(RuntimeError):
 
 
 class RedisServer:
-    def __init__(self, *, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(
+        self, *, port: int | None = None, binary: str | None = None, folder: Path | None = None
+    ) -> None:
         found = binary or shutil.which("redis-server")
         if found is None:
             raise FileNotFoundError("redis-server")
         self.binary = found
         self.port = port or free_port()
-        self._dir = Path(tempfile.mkdtemp(prefix="underway-redis-"))
+        # Its data folder: a temporary one of its own, removed by close(), or `folder`.
+        self._own_dir = folder is None
+        self._dir = (
+            folder if folder is not None else Path(tempfile.mkdtemp(prefix="underway-redis-"))
+        )
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -118,7 +124,8 @@ class RedisServer:
 
     def close(self) -> None:
         self.kill()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._own_dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
         self.start()

@@ -110,6 +110,32 @@ def safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
 
 
+# Error replies of a Redis that cannot take writes for now: out of memory under
+# `maxmemory`, unable to save its snapshot (a full disk: MISCONF), a replica (READONLY,
+# after a failover), busy with a script, or a replica without its primary. The command
+# (or the script, which stops at its first write) changed nothing: callers may retry.
+_REFUSALS = ("OOM", "MISCONF", "READONLY", "BUSY", "MASTERDOWN")
+# redis-py takes the code off the message for some of them, raising a class of its own.
+_REFUSAL_TYPES = tuple(
+    kind
+    for kind in (getattr(redis.exceptions, n, None) for n in ("OutOfMemoryError", "ReadOnlyError"))
+    if isinstance(kind, type)
+)
+
+
+def _code(exc: redis.ResponseError) -> str:
+    """The error reply's code and a space, where redis-py took it off the message."""
+    code = getattr(exc, "status_code", None)
+    return f"{code} " if isinstance(code, str) and not str(exc).startswith(code) else ""
+
+
+def _refused(exc: redis.ResponseError) -> bool:
+    if isinstance(exc, _REFUSAL_TYPES):
+        return True
+    code = getattr(exc, "status_code", None) or str(exc).partition(" ")[0]
+    return code in _REFUSALS
+
+
 def _sleeper_key(thread: str) -> str:
     return f"{WORK}/{thread}"
 
@@ -360,14 +386,17 @@ class RedisStore(Store):
             raise StoreUnavailable(
                 f"Redis at {safe_url(self.url)} is unavailable: {exc}", retry_after=RETRY_AFTER
             ) from None
+        except redis.ResponseError as exc:
+            if not _refused(exc):
+                raise
+            raise StoreUnavailable(
+                f"Redis at {safe_url(self.url)} refuses writes for now: {_code(exc)}{exc}",
+                retry_after=RETRY_AFTER,
+            ) from None
 
     def _run(self, script: scripts.Script, now: float, *args: Any) -> Any:
-        try:
+        with self._guard():
             return self._call(script, (self._prefix, repr(now), *args))
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            raise StoreUnavailable(
-                f"Redis at {safe_url(self.url)} is unavailable: {exc}", retry_after=RETRY_AFTER
-            ) from None
 
     def _acquire(self) -> Any:
         """A connection of the free list (a new one when it is empty)."""
