@@ -231,6 +231,38 @@ def _script_calls(url: str, *commands: str) -> int:
         client.close()
 
 
+def test_a_user_who_may_call_functions_but_not_load_them_gets_scripts_until_loaded(
+    private_redis: RedisServer,
+) -> None:
+    """On a Redis without the library, a user who may not load it runs scripts; once
+    another user loaded it, a store of the first calls its functions."""
+    admin = redis.Redis(port=private_redis.port, decode_responses=True)
+    admin.acl_setuser(
+        "caller", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+        commands=["+@all", "-function"],
+    )  # fmt: skip
+    url = f"redis://caller:pw@127.0.0.1:{private_redis.port}/0"
+    first = RedisStore(url)
+    try:
+        job = submit(first)
+        assert admin.function_list() == []
+        assert _script_calls(private_redis.url, "evalsha") == 1
+    finally:
+        first.close()
+    loader = RedisStore(private_redis.url)
+    second = RedisStore(url)
+    try:
+        assert claim_one(loader).id == job.id  # loads the library
+        assert _script_calls(private_redis.url, "fcall") == 1
+        assert second.get(job.id) is not None
+        assert _script_calls(private_redis.url, "fcall") == 2
+        assert _script_calls(private_redis.url, "evalsha") == 1
+    finally:
+        loader.close()
+        second.close()
+        admin.close()
+
+
 def test_one_library_serves_every_store_and_a_user_without_functions_gets_scripts(
     private_redis: RedisServer,
 ) -> None:
