@@ -148,10 +148,7 @@ def instructions(path: str, jobs: int, batch: int) -> int:
             cwd=ROOT, capture_output=True, text=True, check=True,
             env={**os.environ, "PYTHONHASHSEED": "0"},
         )  # fmt: skip
-    found = re.search(r"Collected : (\d+)", out.stderr)
-    if found is None:
-        raise RuntimeError(f"no count from callgrind:\n{out.stderr[-2000:]}")
-    return int(found.group(1))
+    return _collected(out.stderr)
 
 
 def _drain(uw: Any, batch: int) -> None:
@@ -178,6 +175,29 @@ def _drain(uw: Any, batch: int) -> None:
         previous = list(claimed)
 
 
+def _collected(err: str) -> int:
+    """The instructions callgrind counted, from what it wrote to stderr."""
+    found = re.search(r"Collected : (\d+)", err)
+    if found is None:
+        raise RuntimeError(f"no count from callgrind:\n{err[-2000:]}")
+    return int(found.group(1))
+
+
+def _answering(client: Any, server: subprocess.Popen[str]) -> None:
+    """Wait until redis-server, slow to start under valgrind, answers PING."""
+    import redis
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("redis-server did not start under valgrind") from None
+            time.sleep(0.1)
+
+
 def _drive_redis(url: str, server: subprocess.Popen[str], path: str, jobs: int, batch: int) -> None:
     """The measured run against the server under callgrind, then its shutdown (which
     makes callgrind write its count)."""
@@ -186,15 +206,7 @@ def _drive_redis(url: str, server: subprocess.Popen[str], path: str, jobs: int, 
     from tests.integration.redis_worker_app import build_app
 
     client: redis.Redis[str] = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("redis-server did not start under valgrind") from None
-            time.sleep(0.1)
+    _answering(client, server)
     if path == "round trip":
         _round_trips(url, jobs)
     else:
@@ -254,10 +266,7 @@ def redis_instructions(path: str, jobs: int, batch: int) -> int:
             if server.poll() is None:  # a failure on the way: no count, no server left
                 server.kill()
                 server.wait()
-    found = re.search(r"Collected : (\d+)", err)
-    if found is None:
-        raise RuntimeError(f"no count from callgrind:\n{err[-2000:]}")
-    return int(found.group(1))
+    return _collected(err)
 
 
 def redis_main(jobs: int, batches: str, repeat: int) -> None:
@@ -306,15 +315,7 @@ def _lua_count(load: Any, call: Any, n: int) -> int:
     )  # fmt: skip
     client: redis.Redis[bytes] = redis.Redis(port=port)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("redis-server did not start under valgrind") from None
-                time.sleep(0.1)
+        _answering(client, server)
         client.hset("j", mapping=_JOB_HASH)
         loaded = load(client)
         for _ in range(n):
@@ -329,10 +330,7 @@ def _lua_count(load: Any, call: Any, n: int) -> int:
         if server.poll() is None:
             server.kill()
             server.wait()
-    found = re.search(r"Collected : (\d+)", err)
-    if found is None:
-        raise RuntimeError(f"no count from callgrind:\n{err[-2000:]}")
-    return int(found.group(1))
+    return _collected(err)
 
 
 def lua_costs_main(calls: int) -> None:

@@ -352,19 +352,6 @@ class RedisStore(Store):
         # Scripts run as functions of the store's library (FCALL; Redis 7 and later),
         # else, where Redis or the user's permissions lack those, as scripts (EVALSHA).
         self._functions = os.environ.get("UNDERWAY_REDIS_FUNCTIONS", "1") != "0"
-        self._enqueue = scripts.ENQUEUE
-        self._enqueue_many = scripts.ENQUEUE_MANY
-        self._get = scripts.GET
-        self._apply_and_claim = scripts.APPLY_AND_CLAIM
-        self._renew = scripts.RENEW
-        self._progress = scripts.PROGRESS
-        self._append = scripts.APPEND
-        self._expired = scripts.EXPIRED
-        self._update_meta = scripts.UPDATE_META
-        self._delete = scripts.DELETE
-        self._purge = scripts.PURGE
-        self._events = scripts.EVENTS
-        self._output = scripts.OUTPUT
         self.notifier: RedisNotifier = RedisNotifier()
         self._listener = RedisListener(
             self._redis,
@@ -720,7 +707,7 @@ class RedisStore(Store):
         hears = self._listener.submitted(record.id)
         mark = self.notifier.mark()
         reply = self._run(
-            self._enqueue,
+            scripts.ENQUEUE,
             record.created_at,
             record.id,
             record.task,
@@ -768,14 +755,14 @@ class RedisStore(Store):
                     len(fields),
                     *fields,
                 )
-            self._run(self._enqueue_many, max(r.created_at for r in chunk), *args)
+            self._run(scripts.ENQUEUE_MANY, max(r.created_at for r in chunk), *args)
 
     def get(self, job_id: str) -> JobRecord | None:
         # Woken by a claim or an end, a waiter finds the record the message brought.
         brought = self._listener.take(job_id)
         if brought is not None:
             return _record(loads(brought))
-        reply = self._run(self._get, 0.0, job_id)
+        reply = self._run(scripts.GET, 0.0, job_id)
         if not reply:
             return None
         return _record(reply[0], reply[1])
@@ -924,9 +911,9 @@ class RedisStore(Store):
             if max_jobs <= 0 and held:
                 # Only decisions, some about jobs this instance holds: retried while
                 # Redis is away and the lease lasts (a claim is never sent twice).
-                reply = self._run_held(held, self._apply_and_claim, now, *args)
+                reply = self._run_held(held, scripts.APPLY_AND_CLAIM, now, *args)
             else:
-                reply = self._run(self._apply_and_claim, now, *args)
+                reply = self._run(scripts.APPLY_AND_CLAIM, now, *args)
         finally:
             for d in decisions:
                 if d.moves:
@@ -955,7 +942,7 @@ class RedisStore(Store):
         if not fences:
             return set(), set()
         pairs = [x for job_id, attempt in fences.items() for x in (job_id, str(attempt))]
-        held, cancelled = self._run(self._renew, now, worker, repr(now + lease), *pairs)
+        held, cancelled = self._run(scripts.RENEW, now, worker, repr(now + lease), *pairs)
         still = set(held)
         self._listener.forget(*still)
         self._hold([job_id for job_id in still if job_id in self._held], lease)
@@ -967,7 +954,7 @@ class RedisStore(Store):
     def save_progress(self, job_id: str, fence: Fence, progress: Progress, now: float) -> bool:
         done = self._run_held(
             [job_id],
-            self._progress,
+            scripts.PROGRESS,
             now,
             job_id,
             fence.worker,
@@ -986,7 +973,7 @@ class RedisStore(Store):
             return True
         flat = [x for kind, data in items for x in (kind.value, data)]
         done = self._run_held(
-            [job_id], self._append, now, job_id, fence.worker, str(fence.attempt), *flat
+            [job_id], scripts.APPEND, now, job_id, fence.worker, str(fence.attempt), *flat
         )
         if done:
             self._listener.forget(job_id)
@@ -994,7 +981,7 @@ class RedisStore(Store):
         return bool(done)
 
     def expired(self, now: float, limit: int = 500) -> list[JobRecord]:
-        return [_record(flat) for flat in self._run(self._expired, now, limit)]
+        return [_record(flat) for flat in self._run(scripts.EXPIRED, now, limit)]
 
     # -- callers ---------------------------------------------------------------------
     def update_meta(self, job_id: str, changes: Mapping[str, Any]) -> bool:
@@ -1004,7 +991,7 @@ class RedisStore(Store):
         seen = "\x00"  # no job's meta: the first call only says what the meta is
         merged = ""
         while True:
-            changed = self._run(self._update_meta, 0.0, job_id, seen, merged)
+            changed = self._run(scripts.UPDATE_META, 0.0, job_id, seen, merged)
             if not isinstance(changed, list):
                 break
             seen = changed[0]
@@ -1016,7 +1003,7 @@ class RedisStore(Store):
 
     def delete(self, job_id: str) -> bool:
         self._listener.forget(job_id)
-        gone = self._run(self._delete, 0.0, job_id)
+        gone = self._run(scripts.DELETE, 0.0, job_id)
         self._listener.forget(job_id)  # what came meanwhile came before this write
         if gone:
             self.notifier.notify(job_id)
@@ -1025,7 +1012,7 @@ class RedisStore(Store):
 
     def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         after = max(after, 0)
-        entries = self._run(self._events, 0.0, job_id, after, limit)
+        entries = self._run(scripts.EVENTS, 0.0, job_id, after, limit)
         return [_event(after + n + 1, entry) for n, entry in enumerate(entries)]
 
     def output(
@@ -1034,7 +1021,7 @@ class RedisStore(Store):
         if limit <= 0:
             return []
         which = "" if attempt is None else str(attempt)
-        items = self._run(self._output, 0.0, job_id, which, max(after, 0), limit)
+        items = self._run(scripts.OUTPUT, 0.0, job_id, which, max(after, 0), limit)
         return [loads(item) for item in items]
 
     # -- housekeeping ----------------------------------------------------------------
@@ -1042,7 +1029,7 @@ class RedisStore(Store):
         index, bound = ("expiry", now) if finished_before is None else ("finished", finished_before)
         total = 0
         while True:
-            erased = self._run(self._purge, now, index, repr(bound), BATCH)
+            erased = self._run(scripts.PURGE, now, index, repr(bound), BATCH)
             # Their final records may have come here with their ends: read own writes.
             self._listener.forget(*erased)
             total += len(erased)
