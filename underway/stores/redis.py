@@ -4,11 +4,10 @@ Every change of a job is one call of a Lua function (see `redis_scripts`: the
 functions of one library, or the same code as scripts where Redis has no functions),
 so claiming is atomic and a job costs a handful of round trips: enqueue, claim
 (batched, with the ends of the previous jobs), plus batched progress and output.
-The store applies
-the lifecycle's decisions (`Decision`) and fences writes; it decides nothing
-itself. Key names live in `redis_keys`. Scripts run on connections the store keeps
-on a free list of its own, used directly (`_call`), not through the client's
-pool and command layers.
+The store applies the lifecycle's decisions (`Decision`) and fences writes; it
+decides nothing itself. Key names live in `redis_keys`. Scripts run on connections
+the store keeps on a free list of its own, used directly (`_call`), not through the
+client's pool and command layers.
 
 Waiting does not poll Redis: a background subscriber thread (`redis_listener`)
 turns pub/sub messages into `ChangeFeed` wake-ups. A claim's and an end's message
@@ -23,7 +22,8 @@ claims the job for that worker there and then, and the wake-up carries the job's
 record: the worker's next claim takes it without a round trip. Jobs so claimed for
 a worker that stopped before taking them go back to the queue.
 
-While Redis cannot be reached, every call raises `StoreUnavailable`; the
+While Redis cannot be reached, or refuses writes (out of memory, unable to save its
+snapshot, a replica), every call that needs it raises `StoreUnavailable`; the
 subscriber reconnects by itself. One exception: the writes of a lease holder
 (`append`, `save_progress`, and `apply` without a claim, about jobs this store
 instance claimed) are retried while its lease lasts, since nobody else may take the
