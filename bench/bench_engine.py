@@ -10,6 +10,8 @@ with no worker running, then two slots draining those jobs) and the cores it kep
 core, which shows what the hand-offs between threads cost across cores.
 `--only phases` splits an embedded round trip into its parts (submit, start, the
 end's write, the waiter's wake-up) and prints its CPU against its wall time.
+`--only lock` runs the embedded end-to-end shape with each thread's wait for the
+store's write lock, its time holding it, and the part of that in SQLite's statements.
 `--only tail` times the round trip's tail (p99, p99.9) with the store's checkpoint
 thread and, interleaved, with SQLite's own checkpoints in the committing connection.
 Each figure is printed with a ratio to a baseline measured in the same run.
@@ -534,6 +536,98 @@ def bench_floor(n: int, folder: str, rounds: int = 3) -> None:
     )
 
 
+class _TimedLock:
+    """Stands in for the store's write lock (an RLock): how long each thread waited for
+    it and held it, outermost acquisitions only."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.waited: dict[str, float] = {}
+        self.held: dict[str, float] = {}
+        self.local = threading.local()
+
+    def acquire(self, *args: Any, **kwargs: Any) -> bool:
+        started = time.perf_counter()
+        got: bool = self.inner.acquire(*args, **kwargs)
+        now = time.perf_counter()
+        depth = getattr(self.local, "depth", 0)
+        if depth == 0:
+            name = threading.current_thread().name
+            self.waited[name] = self.waited.get(name, 0.0) + now - started
+            self.local.since = now
+        self.local.depth = depth + 1
+        return got
+
+    def release(self) -> None:
+        self.local.depth -= 1
+        if self.local.depth == 0:
+            name = threading.current_thread().name
+            self.held[name] = self.held.get(name, 0.0) + time.perf_counter() - self.local.since
+        self.inner.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class _TimedDb:
+    """Stands in for the store's write connection: each thread's time in its statements."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self.spent: dict[str, float] = {}
+
+    def _timed(self, call: Any, *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return call(*args)
+        finally:
+            name = threading.current_thread().name
+            self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - started
+
+    def execute(self, *args: Any) -> Any:
+        return self._timed(self._db.execute, *args)
+
+    def executemany(self, *args: Any) -> Any:
+        return self._timed(self._db.executemany, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def bench_lock(folder: str, n: int = 4000) -> None:
+    """The peers table's embedded end-to-end shape (no-op jobs submitted one by one to 2
+    slots, then waited for), with each thread's wait for the store's write lock, its
+    time holding it, and the part of that spent in SQLite's statements: one writer at
+    a time, so the submitting thread waits while a slot writes a batch."""
+    uw = Underway(f"sqlite:///{folder}/lock.db", workers=2)
+    uw.task(name="noop")(noop)
+    store = uw.store
+    assert isinstance(store, SQLiteStore)
+    store.count()
+    lock, db = _TimedLock(store._lock), _TimedDb(store._db)
+    store._lock, store._db = lock, db  # type: ignore[assignment]
+    uw.start()
+    for _ in range(200):
+        uw.submit("noop").wait(10)
+    lock.waited.clear()
+    lock.held.clear()
+    db.spent.clear()
+    started = time.perf_counter()
+    for handle in [uw.submit("noop") for _ in range(n)]:
+        handle.wait(30)
+    elapsed = time.perf_counter() - started
+    uw.close()
+    print(f"the store's write lock, {n:,} no-op jobs end to end at {n / elapsed:,.0f}/s "
+          f"({elapsed / n * 1e6:.0f} us a job), per job:")  # fmt: skip
+    for name in sorted(lock.held, key=lambda k: -lock.held[k]):
+        print(f"  {name:<18} waited {lock.waited[name] / n * 1e6:5.1f} us, held "
+              f"{lock.held[name] / n * 1e6:5.1f} us (in statements "
+              f"{db.spent.get(name, 0.0) / n * 1e6:5.1f} us)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=20_000)
@@ -557,6 +651,8 @@ def main() -> None:
             bench_large_store(folder)
         if "floor" in which:
             bench_floor(min(args.jobs, 2000), folder)
+        if "lock" in which:
+            bench_lock(folder)
 
 
 if __name__ == "__main__":
