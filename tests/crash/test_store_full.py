@@ -1,5 +1,5 @@
 """Promises under a full store (SQLite on a small tmpfs filled to the brim; Redis out
-of memory, or unable to save its snapshot on such a disk):
+of memory, or unable to save its snapshot on such a disk; PostgreSQL read-only):
 
 - a job that finishes while the store cannot be written ends truthfully once space
   is back (succeeded, with its result and all its output), never `failed` with
@@ -22,6 +22,7 @@ import redis
 
 from tests.crash.small_disk import fill, free, small_disk
 from tests.support.http_server import serve_asgi
+from tests.support.postgres_server import PostgresServer
 from tests.support.redis_server import RedisServer
 from tests.support.services import missing
 from tests.support.wait import wait_for
@@ -268,4 +269,73 @@ def test_a_job_that_ends_while_redis_is_full_ends_truthfully(
         problems = ends_truthfully(
             Underway(full.server.url, lease=LEASE), full.make_full, full.give_room
         )
+    assert not problems, "\n".join(problems)
+
+
+# -- PostgreSQL refusing writes: read-only, as a primary demoted after a failover is --
+class ReadOnlyPostgres:
+    """A private PostgreSQL server made to refuse writes (`default_transaction_read_only`
+    for the whole cluster, which its sessions take at their next transaction) and to
+    take them again."""
+
+    def __init__(self) -> None:
+        try:
+            self.server = PostgresServer()
+        except FileNotFoundError as exc:
+            missing(f"PostgreSQL ({exc})")
+        self.full = False
+
+    def __enter__(self) -> ReadOnlyPostgres:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.__exit__(*exc)
+
+    def _read_only(self, on: bool) -> None:
+        import psycopg
+
+        with psycopg.connect(self.server.url, autocommit=True) as admin:
+            admin.execute(
+                f"ALTER SYSTEM SET default_transaction_read_only = {'on' if on else 'off'}"
+            )
+            admin.execute("SELECT pg_reload_conf()")
+        self.full = on
+
+    def make_full(self) -> None:
+        self._read_only(True)
+
+    def give_room(self) -> None:
+        self._read_only(False)
+
+
+def test_submitting_to_a_read_only_postgres_says_store_unavailable() -> None:
+    problems = []
+    with ReadOnlyPostgres() as pg:
+        uw = Underway(pg.server.url)
+
+        @uw.task
+        def noop() -> None:
+            return None
+
+        try:
+            first = uw.submit("noop")
+            with serve_asgi(asgi(uw)) as api, httpx.Client(base_url=api, timeout=10) as http:
+                pg.make_full()
+                wait_for(lambda: _unavailable_to_submit(uw) == [], what="writes refused")
+                problems += _unavailable_over_http(http)
+                seen = http.get(f"/v1/jobs/{first.id}")
+                if seen.status_code != 200 or seen.json().get("state") != "queued":
+                    problems.append(f"GET of a queued job answered {seen.status_code}")
+                pg.give_room()
+                wait_for(lambda: http.post("/v1/tasks/noop/jobs", json={}).status_code == 202,
+                         what="writes taken again")  # fmt: skip
+        finally:
+            uw.close()
+    assert not problems, "\n".join(problems)
+
+
+def test_a_job_that_ends_while_postgres_is_read_only_ends_truthfully() -> None:
+    with ReadOnlyPostgres() as pg:
+        problems = ends_truthfully(Underway(pg.server.url, lease=LEASE), pg.make_full, pg.give_room)
     assert not problems, "\n".join(problems)

@@ -321,7 +321,8 @@ class PostgresStore(Store):
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection; a lost or unreachable server is StoreUnavailable."""
+        """A pooled connection; a lost or unreachable server, or one that refuses
+        writes, is StoreUnavailable."""
         try:
             # Not `pool.connection()`, whose exit also commits: a round of the
             # driver's machinery per call, for connections in autocommit mode. The
@@ -332,6 +333,14 @@ class PostgresStore(Store):
             finally:
                 self._pool.putconn(conn)
             self._healthy = True
+        except psycopg.errors.ReadOnlySqlTransaction as exc:
+            # A server that takes no writes for now (a primary demoted after a failover,
+            # `default_transaction_read_only`): the statement changed nothing.
+            reason = str(exc).strip().splitlines()[0]
+            raise StoreUnavailable(
+                f"PostgreSQL at {safe_url(self.url)} refuses writes for now: {reason}",
+                retry_after=RETRY_AFTER,
+            ) from None
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._healthy = False
             self._drop_lost_connections()  # the others the server lost too
