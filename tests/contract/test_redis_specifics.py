@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -109,6 +110,44 @@ def test_an_unreachable_redis_opens_and_its_calls_say_store_unavailable(
         assert f"127.0.0.1:{url.rsplit(':', 1)[1].split('/')[0]}" in message
         warned = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
         assert warned and all("s3cret" not in m for m in warned)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("policy", "warned"),
+    [
+        ("allkeys-lru", True),
+        ("allkeys-random", True),
+        ("volatile-lru", False),
+        ("noeviction", False),
+    ],
+)
+def test_a_redis_that_may_evict_jobs_is_named_in_a_warning(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture, policy: str, warned: bool
+) -> None:
+    """Under `maxmemory`, an `allkeys-*` policy lets Redis drop any key, jobs among them:
+    the store says so when it connects, once. (Its keys have no expiry, so the
+    `volatile-*` policies leave them alone.)"""
+    admin = redis.Redis(port=private_redis.port)
+    admin.config_set("maxmemory", str(256 << 20))
+    admin.config_set("maxmemory-policy", policy)
+    admin.close()
+    caplog.set_level(logging.WARNING, logger="underway")
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "evicts keys" in r.getMessage()]
+
+    store = RedisStore(private_redis.url)
+    try:
+        if warned:  # said by the subscriber's thread, once it has connected
+            wait_for(lambda: len(said()) == 1, what="the warning")
+        else:
+            store._check_eviction()  # what the subscriber runs when it connects
+        store._check_eviction()  # as after a reconnection: no second warning
+        assert len(said()) == (1 if warned else 0), said()
+        if warned:
+            assert policy in said()[0] and "noeviction" in said()[0]
     finally:
         store.close()
 

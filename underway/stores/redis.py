@@ -345,6 +345,7 @@ class RedisStore(Store):
         except (redis.RedisError, ValueError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigurationError(f"cannot reach Redis at {safe_url(url)}: {reason}") from None
+        self._evicting: str | None = None  # the eviction policy last warned about
         self._epoch: float | None = None  # when the data this process has seen began
         self._lost_at: float | None = None  # when it found that data gone
         with contextlib.suppress(StoreUnavailable):
@@ -1092,6 +1093,27 @@ class RedisStore(Store):
     def _on_connect(self) -> None:
         with contextlib.suppress(StoreUnavailable):
             self._check_epoch()
+            self._check_eviction()
+
+    def _check_eviction(self) -> None:
+        """Warn, once for each policy, when Redis may evict this store's keys: a policy
+        `allkeys-*` under a `maxmemory` lets Redis drop jobs, their events and results
+        to make room, without a word (the store sets no expiry on its keys, so the
+        `volatile-*` policies never pick them)."""
+        with self._guard():
+            memory = self._redis.info("memory")
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
+        if not policy.startswith("allkeys") or not int(memory.get("maxmemory", 0) or 0):
+            return
+        if policy != self._evicting:
+            self._evicting = policy
+            log.warning(
+                "Redis at %s evicts keys when it reaches maxmemory (maxmemory-policy %s): "
+                "jobs, their events and their results can vanish; use noeviction, and "
+                "the store will say when Redis is full instead",
+                safe_url(self.url),
+                policy,
+            )
 
     def lost_data_at(self) -> float | None:
         return self._lost_at
