@@ -152,6 +152,27 @@ def test_a_redis_that_may_evict_jobs_is_named_in_a_warning(
         store.close()
 
 
+def test_a_user_who_may_not_read_info_opens_the_store_all_the_same(
+    private_redis: RedisServer,
+) -> None:
+    admin = redis.Redis(port=private_redis.port, decode_responses=True)
+    admin.acl_setuser(
+        "quiet", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+        commands=["+@all", "-info"],
+    )  # fmt: skip
+    admin.close()
+    store = RedisStore(f"redis://quiet:pw@127.0.0.1:{private_redis.port}/0")
+    try:
+        job = submit(store)
+        wait_for(lambda: store._listener.connected.is_set(), what="the listener's connection")
+        store._check_eviction()
+        assert claim_one(store).id == job.id
+        # Its subscriber stays connected: a job's end reaches a waiter.
+        assert store.get(job.id) is not None
+    finally:
+        store.close()
+
+
 def test_calls_raise_store_unavailable_while_redis_is_down_then_resume(
     private_redis: RedisServer,
 ) -> None:

@@ -1100,8 +1100,11 @@ class RedisStore(Store):
         `allkeys-*` under a `maxmemory` lets Redis drop jobs, their events and results
         to make room, without a word (the store sets no expiry on its keys, so the
         `volatile-*` policies never pick them)."""
-        with self._guard():
-            memory = self._redis.info("memory")
+        try:
+            with self._guard():
+                memory = self._redis.info("memory")
+        except redis.ResponseError:
+            return  # INFO not allowed here (an ACL): nothing to tell
         policy = str(memory.get("maxmemory_policy", "noeviction"))
         if not policy.startswith("allkeys") or not int(memory.get("maxmemory", 0) or 0):
             return
