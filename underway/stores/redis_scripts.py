@@ -221,20 +221,18 @@ def _definitions(prelude: str) -> list[tuple[set[str], str]]:
     return found
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Script:
     """One script, runnable both ways: `text` for EVAL (`sha` names it in Redis's
-    script cache), and `body` as the function `function` of the library `LIBRARY`."""
+    script cache), and `body` as the function `function` of the library `LIBRARY`
+    (named once the library is: see the end of this module)."""
 
     name: str
     body: str
     text: str
     sha: str
     writes: bool
-
-    @property
-    def function(self) -> str:
-        return f"{LIBRARY_NAME}_{self.name}"
+    function: str = ""
 
 
 _SCRIPTS: list[Script] = []
@@ -823,3 +821,5 @@ def _library(name: str) -> str:
 # against one Redis each find their own.
 LIBRARY_NAME = "underway_" + hashlib.sha1(_library("").encode()).hexdigest()[:16]
 LIBRARY = _library(LIBRARY_NAME)
+for _each in _SCRIPTS:
+    _each.function = f"{LIBRARY_NAME}_{_each.name}"
