@@ -143,26 +143,45 @@ def _unavailable_over_http(http: httpx.Client) -> list[str]:
             f"retry-after={after!r}"]  # fmt: skip
 
 
-def test_submitting_to_a_full_store_says_store_unavailable(disk: Path) -> None:
-    uw = Underway(f"sqlite:///{disk / 'jobs.db'}")
+def refuses_submissions(
+    uw: Underway, make_full: Callable[[], object], give_room: Callable[[], object], saying: str = ""
+) -> list[str]:
+    """A store made full with a job queued in it: what is wrong with a submission then
+    (it must be StoreUnavailable, and 503 problem+json over HTTP with Retry-After), with
+    reading the queued job (it must answer), and with submitting once there is room
+    again (it must work). A server may take a moment to refuse (a setting reloaded):
+    the first check is polled."""
 
     @uw.task
     def noop() -> None:
         return None
 
-    problems = []
+    problems: list[str] = []
     try:
-        uw.submit("noop")  # the file exists and works
+        first = uw.submit("noop")  # the store exists and works
         with serve_asgi(asgi(uw)) as api, httpx.Client(base_url=api, timeout=10) as http:
-            fill(disk)
-            problems += _unavailable_to_submit(uw)
+            make_full()
+            deadline = time.monotonic() + 10
+            while (wrong := _unavailable_to_submit(uw, saying)) and time.monotonic() < deadline:
+                time.sleep(0.05)  # polling for the refusal, with a deadline
+            problems += wrong
             problems += _unavailable_over_http(http)
-            free(disk)
-            # Space is back: submitting works again, in-process and over HTTP.
+            seen = http.get(f"/v1/jobs/{first.id}")
+            if seen.status_code != 200 or seen.json().get("state") != "queued":
+                problems.append(f"GET of a queued job answered {seen.status_code}")
+            give_room()
+            # Room is back: submitting works again, in-process and over HTTP.
+            wait_for(lambda: http.post("/v1/tasks/noop/jobs", json={}).status_code == 202,
+                     what="submissions taken again")  # fmt: skip
             uw.submit("noop")
-            assert http.post("/v1/tasks/noop/jobs", json={}).status_code == 202
     finally:
         uw.close()
+    return problems
+
+
+def test_submitting_to_a_full_store_says_store_unavailable(disk: Path) -> None:
+    uw = Underway(f"sqlite:///{disk / 'jobs.db'}")
+    problems = refuses_submissions(uw, partial(fill, disk), partial(free, disk))
     assert not problems, "\n".join(problems)
 
 
@@ -234,29 +253,10 @@ def test_submitting_to_a_full_redis_says_store_unavailable(
     """A Redis that refuses writes is unavailable for them (503 over HTTP, with
     Retry-After), never a 500 or a redis-py error; reads still answer."""
     monkeypatch.setenv("UNDERWAY_REDIS_FUNCTIONS", functions)
-    problems = []
     with FullRedis(how, disk) as full:
-        uw = Underway(full.server.url)
-
-        @uw.task
-        def noop() -> None:
-            return None
-
-        try:
-            first = uw.submit("noop")
-            with serve_asgi(asgi(uw)) as api, httpx.Client(base_url=api, timeout=10) as http:
-                full.make_full()
-                problems += _unavailable_to_submit(uw, saying="refuses writes")
-                problems += _unavailable_over_http(http)
-                seen = http.get(f"/v1/jobs/{first.id}")
-                if seen.status_code != 200 or seen.json().get("state") != "queued":
-                    problems.append(f"GET of a queued job answered {seen.status_code}")
-                full.give_room()
-                # Room is back: submitting works again, in-process and over HTTP.
-                uw.submit("noop")
-                assert http.post("/v1/tasks/noop/jobs", json={}).status_code == 202
-        finally:
-            uw.close()
+        problems = refuses_submissions(
+            Underway(full.server.url), full.make_full, full.give_room, saying="refuses writes"
+        )
     assert not problems, "\n".join(problems)
 
 
@@ -310,28 +310,10 @@ class ReadOnlyPostgres:
 
 
 def test_submitting_to_a_read_only_postgres_says_store_unavailable() -> None:
-    problems = []
     with ReadOnlyPostgres() as pg:
-        uw = Underway(pg.server.url)
-
-        @uw.task
-        def noop() -> None:
-            return None
-
-        try:
-            first = uw.submit("noop")
-            with serve_asgi(asgi(uw)) as api, httpx.Client(base_url=api, timeout=10) as http:
-                pg.make_full()
-                wait_for(lambda: _unavailable_to_submit(uw) == [], what="writes refused")
-                problems += _unavailable_over_http(http)
-                seen = http.get(f"/v1/jobs/{first.id}")
-                if seen.status_code != 200 or seen.json().get("state") != "queued":
-                    problems.append(f"GET of a queued job answered {seen.status_code}")
-                pg.give_room()
-                wait_for(lambda: http.post("/v1/tasks/noop/jobs", json={}).status_code == 202,
-                         what="writes taken again")  # fmt: skip
-        finally:
-            uw.close()
+        problems = refuses_submissions(
+            Underway(pg.server.url), pg.make_full, pg.give_room, saying="refuses writes"
+        )
     assert not problems, "\n".join(problems)
 
 
