@@ -295,11 +295,21 @@ class ReadOnlyPostgres:
     def _read_only(self, on: bool) -> None:
         import psycopg
 
+        value = "on" if on else "off"
         with psycopg.connect(self.server.url, autocommit=True) as admin:
-            admin.execute(
-                f"ALTER SYSTEM SET default_transaction_read_only = {'on' if on else 'off'}"
-            )
+            admin.execute(f"ALTER SYSTEM SET default_transaction_read_only = {value}")
             admin.execute("SELECT pg_reload_conf()")
+
+        # pg_reload_conf() only signals the postmaster, which rereads the file and signals
+        # every session afterwards. A session started once it has done so shows the new
+        # value, and by then every older session has its signal, which it takes before
+        # its next command: the store's pooled connections included.
+        def in_force() -> bool:
+            with psycopg.connect(self.server.url, autocommit=True) as probe:
+                row = probe.execute("SHOW default_transaction_read_only").fetchone()
+            return row is not None and row[0] == value
+
+        wait_for(in_force, what=f"default_transaction_read_only = {value} in force")
         self.full = on
 
     def make_full(self) -> None:
