@@ -1,8 +1,8 @@
-"""underway on Redis beside two minimal Redis queues of the same shape, in one run.
+"""underway on Redis beside three minimal Redis queues of the same shape, in one run.
 
     python bench/bench_redis_floor.py [--rounds 3] [--jobs 2000]
 
-Starts its own redis-server. Each round runs three queues in turn in the peer
+Starts its own redis-server. Each round runs the four queues in turn in the peer
 harness's Redis shape: 2 worker processes of one thread each; 300 round trips one at a
 time (submit, then wait for the result), then `--jobs` no-op jobs submitted one by one
 while the workers run, then each waited for. It prints, per queue, the end-to-end rate,
@@ -24,11 +24,22 @@ minimal queue's figures as a ratio to underway's.
   LPUSH of the message, a worker BRPOPs one message at a time and answers with one
   publish of the result. Nothing says what became of a job before its result comes.
 
-A waiting submitter of either minimal queue hears its results on a channel of its own,
-read by one thread, as underway's does. What the two minimal queues do per job is
-the floor of the harness's Redis rows on this machine: `bare` is what Huey pays,
-`status` what any queue pays that answers "where is job X" from the moment it is
-accepted, as underway does.
+- promises: `status` plus what underway's crash promises need at the least, still one
+  script call a submission and one a worker's batch: a job's attempt is counted by
+  the claim that starts it (so `retries=N` can mean at most N+1 starts), a claimed
+  job holds a lease in an index (so a job whose worker died is found), an end is
+  fenced (written only by the worker and attempt that hold the job), each transition
+  appends an event to the job's log (the change stream), and the job is listed under
+  its state. A worker that finds the queue empty moves the next id into a list of
+  its own (BLMOVE) before it marks it, so a kill between the two loses nothing. No
+  output, progress, priorities, delays, limits, idempotency or hand-over.
+
+A waiting submitter of any minimal queue hears its results on a channel of its own,
+read by one thread, as underway's does. What the minimal queues do per job is the
+floor of the harness's Redis rows on this machine: `bare` is what Huey pays, `status`
+what any queue pays that answers "where is job X" from the moment it is accepted, and
+`promises` what a queue pays that also keeps underway's crash promises (attempts,
+leases, fencing, events): the best that underway's design could do on Redis.
 """
 
 from __future__ import annotations
@@ -97,6 +108,57 @@ end
 return ids
 """
 
+# The promises queue's scripts. ARGV: id, task, params, created_at, reply channel
+P_SUBMIT = """
+local job = 'floor:job:' .. ARGV[1]
+redis.call('HSET', job, 'task', ARGV[2], 'params', ARGV[3], 'state', 'queued',
+           'created_at', ARGV[4], 'reply', ARGV[5])
+redis.call('RPUSH', 'floor:events:' .. ARGV[1], 'queued|' .. ARGV[4])
+redis.call('ZADD', 'floor:state:queued', 0, ARGV[1])
+redis.call('LPUSH', 'floor:queue', ARGV[1])
+"""
+# ARGV: now, worker, lease_until, most to claim, number of ends, then (id, attempt,
+# result) triples, then the ids to mark (taken by BLMOVE into the worker's list)
+# -> {ids claimed, their attempts}
+P_END_AND_CLAIM = """
+local now, worker, lease_until = ARGV[1], ARGV[2], ARGV[3]
+local most, n = tonumber(ARGV[4]), tonumber(ARGV[5])
+local at = 6
+for _ = 1, n do
+  local id, attempt, result = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  at = at + 3
+  local job = 'floor:job:' .. id
+  local f = redis.call('HMGET', job, 'state', 'worker', 'attempt', 'reply')
+  if f[1] == 'running' and f[2] == worker and f[3] == attempt then
+    redis.call('HSET', job, 'state', 'succeeded', 'result', result, 'finished_at', now)
+    redis.call('HDEL', job, 'worker')
+    redis.call('ZREM', 'floor:leases', id)
+    redis.call('ZREM', 'floor:state:running', id)
+    redis.call('ZADD', 'floor:state:succeeded', 0, id)
+    redis.call('RPUSH', 'floor:events:' .. id, 'succeeded|' .. now)
+    redis.call('PUBLISH', f[4], id .. '|' .. result)
+  end
+end
+local ids = {}
+for i = at, #ARGV do ids[#ids + 1] = ARGV[i] end
+if #ids > 0 then redis.call('DEL', 'floor:claiming:' .. worker) end
+if most > 0 then
+  for _, id in ipairs(redis.call('RPOP', 'floor:queue', most) or {}) do ids[#ids + 1] = id end
+end
+local attempts = {}
+for k, id in ipairs(ids) do
+  local job = 'floor:job:' .. id
+  local attempt = redis.call('HINCRBY', job, 'attempt', 1)
+  redis.call('HSET', job, 'state', 'running', 'worker', worker, 'started_at', now)
+  redis.call('ZADD', 'floor:leases', lease_until, id)
+  redis.call('ZREM', 'floor:state:queued', id)
+  redis.call('ZADD', 'floor:state:running', 0, id)
+  redis.call('RPUSH', 'floor:events:' .. id, 'running|' .. now)
+  attempts[k] = attempt
+end
+return {ids, attempts}
+"""
+
 
 class Calls:
     """Commands on one connection, packed by hiredis and read back directly: the way
@@ -105,7 +167,10 @@ class Calls:
     def __init__(self, url: str) -> None:
         self.client: redis.Redis[str] = redis.Redis.from_url(url, decode_responses=True)
         self.conn = self.client.connection_pool.get_connection()
-        self.shas = {text: self.client.script_load(text) for text in (SUBMIT, END_AND_CLAIM)}
+        self.shas = {
+            text: self.client.script_load(text)
+            for text in (SUBMIT, END_AND_CLAIM, P_SUBMIT, P_END_AND_CLAIM)
+        }
 
     def __call__(self, *args: Any) -> Any:
         self.conn.send_packed_command((pack_command(args),), check_health=False)
@@ -137,12 +202,35 @@ def status_worker(url: str, name: str) -> None:
             ended += (job_id, str(noop()))
 
 
+def promises_worker(url: str, name: str) -> None:
+    calls = Calls(url)
+    ended: list[str] = []  # id, attempt, result, ...
+    marks: list[str] = []
+    while True:
+        now = time.time()
+        got = calls.script(P_END_AND_CLAIM, repr(now), name, repr(now + 30), BATCH,
+                           len(ended) // 3, *ended, *marks)  # fmt: skip
+        ended, marks = [], []
+        ids, attempts = got
+        if not ids:
+            # The next id moves into this worker's own list, where a janitor would find
+            # it if this worker died before its mark: then marked with the next call.
+            taken = calls(b"BLMOVE", QUEUE, f"floor:claiming:{name}", "RIGHT", "LEFT", 1)
+            if taken is not None:
+                marks = [taken]
+            continue
+        for job_id, attempt in zip(ids, attempts, strict=True):
+            ended += (job_id, str(attempt), str(noop()))
+
+
 def run_worker(kind: str, url: str) -> None:
     client: redis.Redis[str] = redis.Redis.from_url(url, decode_responses=True)
     client.ping()
     print("ready", flush=True)
     if kind == "bare":
         bare_worker(client)
+    elif kind == "promises":
+        promises_worker(url, f"{os.getpid()}")
     else:
         status_worker(url, f"{os.getpid()}")
 
@@ -185,7 +273,8 @@ class FloorClient:
         if self.kind == "bare":
             self.client.lpush(QUEUE, f"{job_id}|{self.channel}")
         else:
-            self.calls.script(SUBMIT, job_id, "noop", "{}", repr(time.time()), self.channel)
+            text = P_SUBMIT if self.kind == "promises" else SUBMIT
+            self.calls.script(text, job_id, "noop", "{}", repr(time.time()), self.channel)
         return job_id
 
     def wait(self, job_id: str, timeout: float) -> Any:
@@ -263,7 +352,7 @@ def one_round(kind: str, url: str, server_pid: int, jobs: int) -> dict[str, floa
     }
 
 
-KINDS = ("underway", "status", "bare")
+KINDS = ("underway", "promises", "status", "bare")
 
 
 def main() -> None:
