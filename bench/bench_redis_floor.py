@@ -32,14 +32,15 @@ minimal queue's figures as a ratio to underway's.
   appends an event to the job's log (the change stream), and the job is listed under
   its state. A worker that finds the queue empty moves the next id into a list of
   its own (BLMOVE) before it marks it, so a kill between the two loses nothing. No
-  output, progress, priorities, delays, limits, idempotency or hand-over.
+  output, progress, priorities, delays, limits, idempotency or hand-over, and its
+  claim returns ids and attempts, not the jobs' records (a no-op needs no parameters).
 
 A waiting submitter of any minimal queue hears its results on a channel of its own,
 read by one thread, as underway's does. What the minimal queues do per job is the
 floor of the harness's Redis rows on this machine: `bare` is what Huey pays, `status`
 what any queue pays that answers "where is job X" from the moment it is accepted, and
-`promises` what a queue pays that also keeps underway's crash promises (attempts,
-leases, fencing, events): the best that underway's design could do on Redis.
+`promises` about the least a queue pays that also keeps underway's crash promises
+(attempts, leases, fencing, events): a floor for any design that keeps them.
 """
 
 from __future__ import annotations
