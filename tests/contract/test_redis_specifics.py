@@ -15,6 +15,7 @@ from tests.contract.helpers import (
     cancel,
     claim,
     claim_one,
+    ended,
     fence,
     finish,
     log_item,
@@ -856,6 +857,56 @@ def test_the_end_of_a_job_submitted_here_comes_without_a_subscription_or_a_read(
         assert _script_calls(redis_url) == before  # the final record came with the news
         assert ended is not None and ended.state is State.SUCCEEDED
         assert ended.result == {"ok": 1} and ended == worker.get(job.id)
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize("meanwhile", ["nothing", "failed", "meta", "cancel", "progress", "output"])
+def test_the_record_an_end_comes_with_is_the_job_as_stored(
+    redis_store: RedisStore, redis_url: str, meanwhile: str
+) -> None:
+    """The worker that ends a job makes the record its end is announced with, so that
+    Redis need not read and encode it; a job changed since its claim in a way the
+    worker may not know of (elsewhere, or by its own progress or output, written while
+    that record was made) is read by Redis instead. Either way the submitter gets the
+    job as stored."""
+    _settled(redis_store)
+    worker = open_store(redis_url)  # another process runs it
+    assert isinstance(worker, RedisStore)
+    try:
+        job = submit(redis_store)
+        claimed = claim_one(worker)
+        as_claimed = dict(worker._claimed[job.id])
+        now = time.time()
+        if meanwhile == "meta":
+            assert redis_store.update_meta(job.id, {"note": "elsewhere"})
+        elif meanwhile == "cancel":
+            assert cancel(redis_store, job.id) is not None
+        elif meanwhile == "progress":
+            assert worker.save_progress(job.id, fence(claimed), Progress(current=3), now)
+        elif meanwhile == "output":
+            assert worker.append(job.id, fence(claimed), [output_item("a")], now)
+        # As if the record were made while that write was on its way.
+        worker._claimed[job.id] = as_claimed
+        _settled(redis_store)  # what the change said has come
+        waiter = _EndWaiter(redis_store, job.id)
+        state = State.FAILED if meanwhile == "failed" else State.SUCCEEDED
+        decision = ended(claimed, state=state, result={"ok": 1}, now=time.time())
+        reads = _script_calls(redis_url, "hgetall")
+        assert worker.apply([decision], time.time()) == [True]
+        predicted = meanwhile in ("nothing", "failed")
+        assert _script_calls(redis_url, "hgetall") == reads + (0 if predicted else 1)
+        waiter.join()
+        before = _script_calls(redis_url)
+        came = redis_store.get(job.id)
+        assert _script_calls(redis_url) == before  # the record came with the news
+        fresh = open_store(redis_url)
+        try:
+            assert came is not None and came == fresh.get(job.id)
+        finally:
+            fresh.close()
+        assert came.state is state and came.worker is None and came.lease_until is None
+        assert job.id not in worker._claimed  # kept while the job ran here, not after
     finally:
         worker.close()
 

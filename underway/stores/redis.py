@@ -252,8 +252,14 @@ def _opt(value: float | None) -> str:
     return "" if value is None else repr(value)
 
 
-def _decision_args(d: Decision) -> list[Any]:
-    """A decision as the arguments `APPLY_AND_CLAIM` reads (see `DECISION_FIELDS`)."""
+_NO_PREDICTION = ("", "", "", "", "")
+MAX_CLAIMED = 10_000  # jobs whose hash at their claim this instance keeps (`_claimed`)
+
+
+def _decision_args(d: Decision, claimed: Mapping[str, str] | None = None) -> list[Any]:
+    """A decision as the arguments `APPLY_AND_CLAIM` reads (see `DECISION_FIELDS`);
+    with `claimed`, the job's hash as this instance claimed it, the record its end
+    will be announced with (see `_predicted`)."""
     if any(kind is EventKind.OUTPUT for kind, _ in d.events):
         raise ValueError("a decision carries no output: append it under the job's fence")
     args: list[Any] = [
@@ -273,8 +279,53 @@ def _decision_args(d: Decision) -> list[Any]:
         _opt(d.expires_at),
         len(d.events),
     ]
+    args += _NO_PREDICTION if claimed is None else _predicted(claimed, d, args)
     assert len(args) == scripts.DECISION_FIELDS
     return args + _flat_events(d.events)
+
+
+def _predicted(h: Mapping[str, str], d: Decision, args: Sequence[Any]) -> tuple[str, ...]:
+    """The record a job's end will be announced with, made here rather than read back
+    and encoded by Redis (the largest part of an end's work there): the hash `h` the
+    job had at its claim with the decision `d` (as `args`) applied as `APPLY_AND_CLAIM`
+    applies it, and the fields of `h` that may have changed since (a cancel request,
+    the meta, the progress and output its worker wrote), which the script checks
+    before it uses the record. None for a decision that does not end a job this
+    worker holds as claimed."""
+    if d.state in (State.QUEUED, State.RUNNING) or d.fence is None:
+        return _NO_PREDICTION
+    if h.get("worker") != d.fence.worker or h.get("attempt") != str(d.fence.attempt):
+        return _NO_PREDICTION
+    after = dict(h)
+    after["state"] = args[5]
+    for field, value in (("attempt", args[6]), ("cancel_requested", args[7])):
+        if value:
+            after[field] = value
+    for field, value in (
+        ("result", args[9]),
+        ("error", args[10]),
+        ("worker", ""),
+        ("lease_until", ""),
+        ("finished_at", args[12]),
+        ("expires_at", args[13]),
+    ):
+        if value:
+            after[field] = value
+        else:
+            after.pop(field, None)
+    if args[11]:
+        after["started_at"] = args[11]
+    doc = dumps([x for pair in after.items() for x in pair])
+    if len(doc) > scripts.REPLY_MAX:
+        return _NO_PREDICTION  # not sent to the submitter: see `replied`
+    get = h.get
+    return (
+        doc,
+        get("cancel_requested", ""),
+        get("meta", ""),
+        get("progress", ""),
+        get("output_count", ""),
+    )
 
 
 def _event(seq: int, entry: str) -> Event:
@@ -300,6 +351,9 @@ class RedisStore(Store):
         self._process = new_id()  # names this store instance in wake-ups
         self._local = threading.local()  # per thread: the wake-up version seen at claim
         self._held: dict[str, float] = {}  # job id -> monotonic end of the lease we hold
+        # job id -> its hash as this instance claimed it, while it runs here unchanged
+        # by its worker since (no progress, no output): see `_predicted`
+        self._claimed: dict[str, dict[str, str]] = {}
         self._closing = threading.Event()
         # Jobs submissions claimed for this instance's idle workers, not taken yet; the
         # workers that stopped (what comes for them goes back); the idle members each
@@ -508,7 +562,9 @@ class RedisStore(Store):
             return
         thread, _, doc = message.partition("\n")
         if doc:
-            record = _record(loads(doc))
+            flat = loads(doc)
+            record = _record(flat)
+            self._claimed_now(record.id, flat)
             with self._push_lock:
                 stopped = record.worker in self._stopped
                 if not stopped:
@@ -524,6 +580,17 @@ class RedisStore(Store):
             self.notifier.notify(WORK)
         else:
             self.notifier.notify(_sleeper_key(thread), WORK)
+
+    def _claimed_now(self, job_id: str, flat: Sequence[str]) -> None:
+        """Keep the hash of a job claimed for this instance's worker (see `_predicted`),
+        unless its record is too large to be sent with its end anyway."""
+        if sum(len(x) for x in flat) > scripts.REPLY_MAX:
+            return
+        claimed = self._claimed
+        claimed[job_id] = dict(zip(flat[::2], flat[1::2], strict=True))
+        if len(claimed) > MAX_CLAIMED:  # jobs lost to a lease that ran out, say
+            with contextlib.suppress(RuntimeError, StopIteration, KeyError):
+                del claimed[next(iter(claimed))]  # another thread's change meanwhile
 
     def _take_pushed(self, worker: str, max_jobs: int) -> list[JobRecord]:
         """Up to `max_jobs` of the jobs claimed for `worker` at their submission."""
@@ -891,7 +958,8 @@ class RedisStore(Store):
         if not decisions and max_jobs <= 0:
             return [], []
         names = list(tasks)
-        encoded = [x for d in decisions for x in _decision_args(d)]
+        claimed = self._claimed
+        encoded = [x for d in decisions for x in _decision_args(d, claimed.get(d.job_id))]
         pairs = [x for name, cap in limits.items() for x in (name, cap)]
         args = (
             worker,
@@ -919,11 +987,14 @@ class RedisStore(Store):
             for d in decisions:
                 if d.moves:
                     self._held.pop(d.job_id, None)
-        flags, claimed, next_due = reply
+                    claimed.pop(d.job_id, None)
+        flags, hashes, next_due = reply
         done = [bool(flag) for flag in flags]
         if max_jobs > 0:
             self._next_due = float(next_due) if next_due else None
-        records = [_record(flat) for flat in claimed]
+        records = [_record(flat) for flat in hashes]
+        for flat, record in zip(hashes, records, strict=True):
+            self._claimed_now(record.id, flat)
         self._hold([r.id for r in records], lease)
         if records:
             # Jobs were queued while this process's slots were busy (no submission tells
@@ -953,6 +1024,7 @@ class RedisStore(Store):
         return still, set(cancelled)
 
     def save_progress(self, job_id: str, fence: Fence, progress: Progress, now: float) -> bool:
+        self._claimed.pop(job_id, None)  # its end's record is read back, not predicted
         done = self._run_held(
             [job_id],
             scripts.PROGRESS,
@@ -972,6 +1044,7 @@ class RedisStore(Store):
     ) -> bool:
         if not items:
             return True
+        self._claimed.pop(job_id, None)  # its end's record is read back, not predicted
         flat = [x for kind, data in items for x in (kind.value, data)]
         done = self._run_held(
             [job_id], scripts.APPEND, now, job_id, fence.worker, str(fence.attempt), *flat

@@ -23,6 +23,10 @@ from dataclasses import dataclass
 
 from .redis_keys import LUA_KEYS, LUA_KEYS_LIBRARY
 
+# A job's record longer than this is not sent to the process that submitted it (see
+# `replied`): a waiter there reads it.
+REPLY_MAX = 65536
+
 _HELPER_DEFINITIONS = """
 local NOW = ARGV[2]
 local REPLY_MAX = 65536
@@ -53,15 +57,18 @@ local function replied(id, reply, doc)
 end
 
 -- The same, carrying the job's record (a flat field/value list, as HGETALL returns
--- it; read here when `rec` is nil): a waiter woken by it need not read the job back.
--- Nobody subscribed (the usual case for a busy system) and no submitter to tell
--- (`reply`, see `replied`): nothing to read or send.
-local function changed_to(id, rec, reply)
+-- it; read here when `rec` is nil), or `doc`, the record already encoded (by the
+-- worker that ended the job, checked by the caller): a waiter woken by it need not
+-- read the job back. Nobody subscribed (the usual case for a busy system) and no
+-- submitter to tell (`reply`, see `replied`): nothing to read or send.
+local function changed_to(id, rec, reply, doc)
   local channel = c_job(id)
   local watched = redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0
   if not watched and not reply then return end
-  if rec == nil then rec = redis.call('HGETALL', k_job(id)) end
-  local doc = cjson.encode(rec)
+  if doc == nil then
+    if rec == nil then rec = redis.call('HGETALL', k_job(id)) end
+    doc = cjson.encode(rec)
+  end
   if watched then redis.call('PUBLISH', channel, doc) end
   replied(id, reply, doc)
 end
@@ -185,6 +192,7 @@ local function insert(id, task, queue, priority, run_at, owner, now, at, nfields
   make_ready(id, task, queue, priority, run_at, now)
 end
 """
+assert f"\nlocal REPLY_MAX = {REPLY_MAX}\n" in _HELPER_DEFINITIONS
 _HELPERS = LUA_KEYS + _HELPER_DEFINITIONS
 
 
@@ -368,9 +376,12 @@ return {rec, position}
 # its events as (kind, data) pairs:
 #   id, expected states (comma-separated), fence worker, fence attempt ('' = no
 #   fence), lease_before, state, attempt, cancel_requested ('0'/'1'), run_at, result
-#   JSON, error JSON, started_at, finished_at, expires_at, number of events
-# ('' = None throughout).
-DECISION_FIELDS = 15
+#   JSON, error JSON, started_at, finished_at, expires_at, number of events, then the
+#   job's record once the decision is applied (the JSON its end is announced with)
+#   as the deciding worker predicts it, and the job's cancel_requested, meta, progress
+#   and output_count as that prediction found them ('' = None throughout; no
+#   prediction: '' for all five).
+DECISION_FIELDS = 20
 
 # ARGV: P, now, worker, lease_until, max_jobs, claimer, n_tasks, n_decisions, then the
 # task names, then the decisions, then (task, limit) pairs. Decisions are applied
@@ -394,10 +405,11 @@ end
 local function apply(at)
   local id = ARGV[at]
   local nev = tonumber(ARGV[at + 14])
-  local nxt = at + 15 + 2 * nev
+  local nxt = at + 20 + 2 * nev
   local j = k_job(id)
   local f = redis.call('HMGET', j, 'state', 'worker', 'attempt', 'lease_until', 'task',
-                       'queue', 'priority', 'supersede_key', 'reply')
+                       'queue', 'priority', 'supersede_key', 'reply', 'cancel_requested',
+                       'meta', 'progress', 'output_count')
   local from = f[1]
   if not from then return nxt, false end
   local ok = ARGV[at + 1] == from  -- most decisions expect one state
@@ -472,13 +484,21 @@ local function apply(at)
   if nev > 0 then
     local now_attempt = attempt or f[3] or '0'
     local events = {}
-    for i = at + 15, nxt - 1, 2 do
+    for i = at + 20, nxt - 1, 2 do
       events[#events + 1] = entry(ARGV[i], NOW, now_attempt, ARGV[i + 1])
     end
     redis.call('RPUSH', k_events(id), unpack(events))
   end
   if moves and to ~= 'queued' then
-    changed_to(id, nil, f[9])
+    -- The worker's prediction of the record stands if nothing changed the fields that
+    -- may change while a job runs (a cancel request, the meta from anywhere; progress
+    -- and output from its worker) since the worker claimed it.
+    local doc = ARGV[at + 15]
+    for k = 10, 13 do
+      if doc and (f[k] or '') ~= ARGV[at + 6 + k] then doc = nil end
+    end
+    if doc == '' then doc = nil end
+    changed_to(id, nil, f[9], doc)
   else
     changed(id)
     replied(id, f[9], '')
