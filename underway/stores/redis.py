@@ -144,9 +144,14 @@ def _float(value: str | None) -> float | None:
     return None if value is None else float(value)
 
 
+def _fields_of(flat: Sequence[str]) -> dict[str, str]:
+    """A hash as a script returns it (a flat field/value list), as a mapping."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def _record(flat: Sequence[str], position: int | None = None) -> JobRecord:
     """A record from a hash as a script returns it (a flat field/value list)."""
-    return _record_from(dict(zip(flat[::2], flat[1::2], strict=True)), position)
+    return _record_from(_fields_of(flat), position)
 
 
 def _record_from(h: Mapping[str, str], position: int | None = None) -> JobRecord:
@@ -562,9 +567,9 @@ class RedisStore(Store):
             return
         thread, _, doc = message.partition("\n")
         if doc:
-            flat = loads(doc)
-            record = _record(flat)
-            self._claimed_now(record.id, flat)
+            fields = _fields_of(loads(doc))
+            record = _record_from(fields)
+            self._claimed_now(record.id, fields)
             with self._push_lock:
                 stopped = record.worker in self._stopped
                 if not stopped:
@@ -581,13 +586,14 @@ class RedisStore(Store):
         else:
             self.notifier.notify(_sleeper_key(thread), WORK)
 
-    def _claimed_now(self, job_id: str, flat: Sequence[str]) -> None:
+    def _claimed_now(self, job_id: str, fields: dict[str, str]) -> None:
         """Keep the hash of a job claimed for this instance's worker (see `_predicted`),
-        unless its record is too large to be sent with its end anyway."""
-        if sum(len(x) for x in flat) > scripts.REPLY_MAX:
+        unless its parameters alone are too large for its record to be sent with its
+        end anyway."""
+        if len(fields.get("params", "")) > scripts.REPLY_MAX:
             return
         claimed = self._claimed
-        claimed[job_id] = dict(zip(flat[::2], flat[1::2], strict=True))
+        claimed[job_id] = fields
         if len(claimed) > MAX_CLAIMED:  # jobs lost to a lease that ran out, say
             with contextlib.suppress(RuntimeError, StopIteration, KeyError):
                 del claimed[next(iter(claimed))]  # another thread's change meanwhile
@@ -992,9 +998,12 @@ class RedisStore(Store):
         done = [bool(flag) for flag in flags]
         if max_jobs > 0:
             self._next_due = float(next_due) if next_due else None
-        records = [_record(flat) for flat in hashes]
-        for flat, record in zip(hashes, records, strict=True):
-            self._claimed_now(record.id, flat)
+        records = []
+        for flat in hashes:
+            fields = _fields_of(flat)
+            record = _record_from(fields)
+            self._claimed_now(record.id, fields)
+            records.append(record)
         self._hold([r.id for r in records], lease)
         if records:
             # Jobs were queued while this process's slots were busy (no submission tells

@@ -27,10 +27,12 @@ from .redis_keys import LUA_KEYS, LUA_KEYS_LIBRARY
 # `replied`): a waiter there reads it.
 REPLY_MAX = 65536
 
-_HELPER_DEFINITIONS = """
+_HELPER_DEFINITIONS = (
+    f"""
 local NOW = ARGV[2]
-local REPLY_MAX = 65536
-
+local REPLY_MAX = {REPLY_MAX}
+"""
+    + """
 local function entry(kind, at, attempt, data)
   return kind .. '|' .. at .. '|' .. attempt .. '||' .. data
 end
@@ -192,7 +194,7 @@ local function insert(id, task, queue, priority, run_at, owner, now, at, nfields
   make_ready(id, task, queue, priority, run_at, now)
 end
 """
-assert f"\nlocal REPLY_MAX = {REPLY_MAX}\n" in _HELPER_DEFINITIONS
+)
 _HELPERS = LUA_KEYS + _HELPER_DEFINITIONS
 
 
