@@ -1,11 +1,12 @@
 """Engine benchmarks: throughput, progress() cost, latency, and a large store.
 
 Run by hand: `python bench/bench_engine.py [--jobs 20000] [--only throughput,...]`.
-`--only floor` runs underway against a minimal durable queue of the same shape
-(see `bench_floor`) and against `ThreadPoolExecutor(2)` one by one, interleaved: the
-machine's floor for the embedded rows of the peers table, and their goal's baseline,
-with underway's CPU a job end to end beside its two sides' apart (the submissions
-with no worker running, then two slots draining those jobs) and the cores it kept busy.
+`--only floor` runs underway against a minimal durable queue of the same shape, the
+leanest durable queue (see `bench_floor`) and `ThreadPoolExecutor(2)` one by one,
+interleaved: the machine's floor for the embedded rows of the peers table, and their
+goal's baseline, with underway's CPU a job end to end beside its two sides' apart
+(the submissions with no worker running, then two slots draining those jobs) and the
+cores it kept busy.
 `--only latency` also times the round trip with every thread of the process on one
 core, which shows what the hand-offs between threads cost across cores.
 `--only phases` splits an embedded round trip into its parts (submit, start, the
@@ -374,7 +375,7 @@ def machine(folder: str) -> None:
 
 
 class FloorQueue:
-    """The least a durable SQLite job queue in Python does, in underway's shape: one
+    """A minimal durable SQLite job queue in Python, in underway's shape: one
     committed INSERT per submit, 2 worker threads that claim up to 16 queued jobs in
     one transaction and write the ends of the previous batch in it, a waiter per job
     woken by an Event. No events, progress, output, leases, attempts or fencing."""
@@ -448,6 +449,74 @@ class FloorQueue:
         self.db.close()
 
 
+class LeanQueue:
+    """The leanest durable SQLite job queue of `bench_floor`: one committed INSERT per
+    submit (an integer key, three columns, no other index), one worker thread that
+    claims up to 64 queued jobs in one transaction with the ends of the previous batch,
+    and looks again every `poll` seconds when it found none (a submission wakes nobody:
+    no hand-off between threads a job), its results handed to waiters under one
+    Condition. The same one commit a submission as underway, and nothing else: no
+    record, events, leases, attempts, fencing, priorities or prompt start (a job
+    submitted to an idle queue waits up to `poll`)."""
+
+    def __init__(self, path: str, poll: float = 0.001) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self.db.execute("CREATE TABLE q (id INTEGER PRIMARY KEY, state TEXT, result TEXT)")
+        self.lock = threading.Lock()
+        self.ended = threading.Condition(threading.Lock())
+        self.results: dict[int, object] = {}
+        self.poll = poll
+        self.count = 0
+        self.stopping = False
+        self.thread = threading.Thread(target=self._work)
+        self.thread.start()
+
+    def submit(self) -> int:
+        self.count += 1
+        with self.lock:
+            self.db.execute("INSERT INTO q VALUES (?, 'queued', NULL)", (self.count,))
+        return self.count
+
+    def wait(self, job_id: int) -> object:
+        with self.ended:
+            while job_id not in self.results:
+                self.ended.wait()
+            return self.results.pop(job_id)
+
+    def _work(self) -> None:
+        ended: list[tuple[str, int]] = []
+        while not self.stopping:
+            with self.lock:
+                self.db.execute("BEGIN IMMEDIATE")
+                if ended:
+                    self.db.executemany(
+                        "UPDATE q SET state = 'done', result = ? WHERE id = ?", ended
+                    )
+                rows = self.db.execute(
+                    "UPDATE q SET state = 'running' WHERE id IN (SELECT id FROM q "
+                    "WHERE state = 'queued' ORDER BY id LIMIT 64) RETURNING id"
+                ).fetchall()
+                self.db.execute("COMMIT")
+            if ended:
+                with self.ended:
+                    for result, job_id in ended:
+                        self.results[job_id] = json.loads(result)
+                    self.ended.notify_all()
+            ended = []
+            if not rows:
+                time.sleep(self.poll)
+                continue
+            for (job_id,) in rows:
+                ended.append((json.dumps(noop()), job_id))
+
+    def close(self) -> None:
+        self.stopping = True
+        self.thread.join()
+        self.db.close()
+
+
 def _cpu_seconds() -> float:
     """CPU time this process has used so far, user and system, all its threads."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -469,10 +538,13 @@ def bench_floor(n: int, folder: str, rounds: int = 3) -> None:
     """underway (embedded SQLite, 2 slots) against `FloorQueue` and against
     `ThreadPoolExecutor(2)` one by one, interleaved: `n` no-op jobs submitted one by
     one, then waited for in order, as the peers table runs them. The peers table's
-    goal for this row is half the pool's rate; the minimal durable queue shows what
-    a queue that commits each submission can reach on this machine at all."""
+    goal for this row is half the pool's rate. The minimal durable queue shows what
+    a queue of underway's shape (slots woken for work, batched claims) reaches with
+    nothing of its bookkeeping; `LeanQueue`, what a queue that commits each submission
+    and does nothing else (one thread that polls) reaches on this machine."""
     ours: list[float] = []
     floor: list[float] = []
+    lean: list[float] = []
     pool: list[float] = []
     commits: list[float] = []
     our_cpu: list[float] = []
@@ -515,9 +587,17 @@ def bench_floor(n: int, folder: str, rounds: int = 3) -> None:
         floor.append(n / (time.perf_counter() - start))
         floor_cpu.append((_cpu_seconds() - cpu) / n)
         queue.close()
+        leanest = LeanQueue(f"{folder}/floor-lean-{r}.db")
+        start = time.perf_counter()
+        numbers = [leanest.submit() for _ in range(n)]
+        for number in numbers:
+            leanest.wait(number)
+        lean.append(n / (time.perf_counter() - start))
+        leanest.close()
         pool.append(_pool_one_by_one(20 * n))
         commits.append(_commit_seconds(f"{folder}/floor-c-{r}.db", n))
     a, b, c = statistics.median(ours), statistics.median(floor), statistics.median(pool)
+    d = statistics.median(lean)
     commit = statistics.median(commits)
     ca, cb = statistics.median(our_cpu), statistics.median(floor_cpu)
     cs, cd = statistics.median(submit_cpu), statistics.median(drain_cpu)
@@ -530,7 +610,8 @@ def bench_floor(n: int, folder: str, rounds: int = 3) -> None:
         f"2 slots draining those jobs {cd * 1e6:.0f} us; {(cs + cd) * 1e6:.0f} us together "
         f"against {ca * 1e6:.0f} end to end, where the process kept {a * ca:.2f} cores busy\n"
         f"  against ThreadPoolExecutor(2) one by one ({c:,.0f}/s): underway {a / c:.1%}, "
-        f"the minimal durable queue {b / c:.1%} (goal of the peers table: 50%)\n"
+        f"the minimal durable queue {b / c:.1%}, the leanest durable queue {d:,.0f}/s "
+        f"{d / c:.1%} (goal of the peers table: 50%)\n"
         f"  a bare one-row commit {commit * 1e6:.1f} us: submissions committed one by one "
         f"top out at {1 / commit:,.0f}/s ({1 / commit / c:.0%} of the pool) with no other work"
     )
