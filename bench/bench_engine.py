@@ -374,6 +374,22 @@ def machine(folder: str) -> None:
           f"one-row SQLite commit (WAL) {commit_us:.0f} us")  # fmt: skip
 
 
+def _end_and_claim(
+    db: sqlite3.Connection, ended: list[tuple[str, Any]], most: int, returning: str
+) -> list[Any]:
+    """One transaction of a bench queue's worker: the ends of its last batch
+    (`(result, id)` pairs), and up to `most` queued jobs claimed, oldest first."""
+    db.execute("BEGIN IMMEDIATE")
+    if ended:
+        db.executemany("UPDATE q SET state = 'succeeded', result = ? WHERE id = ?", ended)
+    rows = db.execute(
+        "UPDATE q SET state = 'running' WHERE id IN (SELECT id FROM q "
+        f"WHERE state = 'queued' ORDER BY id LIMIT {most}) RETURNING {returning}"
+    ).fetchall()
+    db.execute("COMMIT")
+    return rows
+
+
 class FloorQueue:
     """A minimal durable SQLite job queue in Python, in underway's shape: one
     committed INSERT per submit, 2 worker threads that claim up to 16 queued jobs in
@@ -419,16 +435,7 @@ class FloorQueue:
         ended: list[tuple[str, str]] = []
         while not self.stopping:
             with self.lock:
-                self.db.execute("BEGIN IMMEDIATE")
-                if ended:
-                    self.db.executemany(
-                        "UPDATE q SET state = 'succeeded', result = ? WHERE id = ?", ended
-                    )
-                rows = self.db.execute(
-                    "UPDATE q SET state = 'running' WHERE id IN (SELECT id FROM q "
-                    "WHERE state = 'queued' ORDER BY id LIMIT 16) RETURNING id, params"
-                ).fetchall()
-                self.db.execute("COMMIT")
+                rows = _end_and_claim(self.db, ended, 16, "id, params")
             for result, job_id in ended:
                 event, box = self.done[job_id]
                 box.append(json.loads(result))
@@ -489,16 +496,7 @@ class LeanQueue:
         ended: list[tuple[str, int]] = []
         while not self.stopping:
             with self.lock:
-                self.db.execute("BEGIN IMMEDIATE")
-                if ended:
-                    self.db.executemany(
-                        "UPDATE q SET state = 'done', result = ? WHERE id = ?", ended
-                    )
-                rows = self.db.execute(
-                    "UPDATE q SET state = 'running' WHERE id IN (SELECT id FROM q "
-                    "WHERE state = 'queued' ORDER BY id LIMIT 64) RETURNING id"
-                ).fetchall()
-                self.db.execute("COMMIT")
+                rows = _end_and_claim(self.db, ended, 64, "id")
             if ended:
                 with self.ended:
                     for result, job_id in ended:
