@@ -28,8 +28,8 @@ over the jobs is what one job costs:
 
 With `--floor`, the peers harness's embedded end-to-end shape instead (jobs submitted
 one by one to an embedded worker of 2 slots, then each waited for; every thread
-counted) beside the same shape on `bench_engine.FloorQueue`, the least a durable
-SQLite queue in Python does: what underway's bookkeeping costs over that floor.
+counted) beside the same shape on `bench_engine.FloorQueue`, a minimal durable SQLite
+queue in Python of underway's shape: what underway's bookkeeping costs over it.
 
 With `--redis`, the same for the Redis store's side of it: redis-server itself runs
 under callgrind (started on a free port, its once-a-second housekeeping only), this
@@ -124,8 +124,8 @@ def run_path(path: str, jobs: int, batch: int) -> None:
 
 
 def _floor_queue(jobs: int) -> None:
-    """The end-to-end path on `bench_engine.FloorQueue`, the least a durable SQLite
-    queue in Python does in underway's shape (2 threads claiming up to 16)."""
+    """The end-to-end path on `bench_engine.FloorQueue`, a minimal durable SQLite
+    queue in Python of underway's shape (2 threads claiming up to 16)."""
     sys.path.insert(0, str(ROOT / "bench"))
     from bench_engine import FloorQueue
 
