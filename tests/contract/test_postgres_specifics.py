@@ -28,8 +28,9 @@ from tests.contract.helpers import (
 from tests.support.postgres_server import PostgresServer, drop_schema, fresh_schema, with_schema
 from tests.support.services import free_port, missing
 from tests.support.wait import wait_for
-from underway import lifecycle
+from underway import Underway, lifecycle
 from underway.errors import ConfigurationError, StoreUnavailable
+from underway.feed import WORK
 from underway.records import POSITION_LIMIT, JobRecord, State
 from underway.stores import open_store, postgres
 from underway.stores import postgres_schema as schema
@@ -1253,3 +1254,25 @@ def test_a_page_whose_first_queued_job_was_claimed_meanwhile_places_the_others(
     first = found[jobs[0].id]
     assert isinstance(first, JobRecord) and first.state is State.RUNNING
     assert [found[jobs[1].id], found[jobs[2].id]] == [0, 1]
+
+
+def test_a_bulk_submission_to_an_idle_worker_starts_on_as_many_slots(postgres_url: str) -> None:
+    # As on SQLite (tests/unit/test_engine.py): twenty jobs that can only finish
+    # together, submitted at once while every slot of the worker waits for work and
+    # polls only once a minute. The submission announces its jobs once.
+    uw = Underway(postgres_url)
+    together = threading.Barrier(20)
+
+    @uw.task
+    def meet() -> bool:
+        together.wait(timeout=10)
+        return True
+
+    try:
+        uw.start(24, idle_poll=60)
+        waiting = uw.store.notifier._waiters  # the slots' wake-ups, by key
+        wait_for(lambda: len(waiting.get(WORK, ())) == 24, timeout=10)
+        handles = uw.submit_many("meet", [{} for _ in range(20)])
+        assert all(h.wait(15) for h in handles)
+    finally:
+        uw.close()

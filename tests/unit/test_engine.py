@@ -27,6 +27,7 @@ from underway import (
     ValidationError,
 )
 from underway import worker as worker_module
+from underway.feed import WORK
 from underway.records import JobRecord
 from underway.stores.sqlite import SQLiteStore
 
@@ -785,6 +786,24 @@ def test_ends_are_kept_when_a_batched_write_fails(db_path: Any) -> None:
         wait_for(lambda: worker.running_ids == [], timeout=5)
     finally:
         uw.close()
+
+
+def test_a_bulk_submission_to_an_idle_worker_starts_on_as_many_slots(uw: Underway) -> None:
+    # Twenty jobs that can only finish together, submitted at once while every slot
+    # waits for work and polls only once a minute: the submission announces its jobs
+    # once, so the slot that wakes must pass the word on to as many as it leaves.
+    together = threading.Barrier(20)
+
+    @uw.task
+    def meet() -> bool:
+        together.wait(timeout=10)
+        return True
+
+    uw.start(24, idle_poll=60)
+    waiting = uw.store.notifier._waiters  # the slots' wake-ups, by key
+    wait_for(lambda: len(waiting.get(WORK, ())) == 24, timeout=10)
+    handles = uw.submit_many("meet", [{} for _ in range(20)])
+    assert all(h.wait(15) for h in handles)
 
 
 def test_claimed_jobs_never_wait_behind_a_long_job_while_slots_are_free(uw: Underway) -> None:

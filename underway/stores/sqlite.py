@@ -1052,6 +1052,13 @@ class SQLiteStore(Store):
             changed.append(WORK)
         if changed or claimed:
             self._changed(*changed, *(r.id for r in claimed), known=known, since=mark)
+        if claimed and len(claimed) == max_jobs:
+            # It took all it asked for: more may be queued, and the jobs beyond the
+            # first wait in the worker for a slot. An idle slot of this process for
+            # each (a wake-up finds one waiting): it runs a claimed job that waits, or
+            # claims in its turn, so that queued jobs never wait for a slot's poll while
+            # slots are free (a bulk submission announces its jobs once).
+            self.notifier.notify(*[WORK] * len(claimed))
         return done, pushed + claimed if pushed else claimed
 
     def _claim_any(
