@@ -1,10 +1,11 @@
 """Fixtures of the store contract suite: one `store` per kind, and the servers.
 
 `UNDERWAY_TEST_REDIS_URL` points the Redis runs at a server of your own (its
-database is flushed before each test); otherwise a private `redis-server` is
-started on a free port for the session. Likewise `UNDERWAY_TEST_POSTGRES_URL`
-names a PostgreSQL database of your own (each test gets a schema of its own in it,
-dropped afterwards); otherwise a private cluster is made for the session.
+database is flushed before each test; test processes side by side use the next
+ones); otherwise a private `redis-server` is started on a free port for the session.
+Likewise `UNDERWAY_TEST_POSTGRES_URL` names a PostgreSQL database of your own (each
+test gets a schema of its own in it, dropped afterwards); otherwise a private cluster
+is made for the session.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -53,6 +55,13 @@ def private_redis() -> Iterator[RedisServer]:
 def redis_session_url(request: pytest.FixtureRequest) -> str:
     url = os.environ.get("UNDERWAY_TEST_REDIS_URL")
     if url:
+        # Test processes side by side (pytest-xdist's gw0, gw1, ...) flush databases
+        # of their own: the URL's, and the ones after it.
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        if worker.startswith("gw"):
+            parts = urlsplit(url)
+            first = int(parts.path.strip("/") or 0)
+            url = urlunsplit(parts._replace(path=f"/{first + int(worker[2:])}"))
         return url
     server: RedisServer = request.getfixturevalue("redis_server")
     return server.url
