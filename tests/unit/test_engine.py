@@ -788,17 +788,21 @@ def test_ends_are_kept_when_a_batched_write_fails(db_path: Any) -> None:
         uw.close()
 
 
+def _meeting(uw: Underway, jobs: int, timeout: float) -> None:
+    """Task `meet`: its jobs finish only together, each waiting for `jobs` to start."""
+    together = threading.Barrier(jobs)
+
+    @uw.task
+    def meet() -> bool:
+        together.wait(timeout=timeout)
+        return True
+
+
 def test_a_bulk_submission_to_an_idle_worker_starts_on_as_many_slots(uw: Underway) -> None:
     # Twenty jobs that can only finish together, submitted at once while every slot
     # waits for work and polls only once a minute: the submission announces its jobs
     # once, so the slot that wakes must pass the word on to as many as it leaves.
-    together = threading.Barrier(20)
-
-    @uw.task
-    def meet() -> bool:
-        together.wait(timeout=10)
-        return True
-
+    _meeting(uw, 20, timeout=10)
     uw.start(24, idle_poll=60)
     waiting = uw.store.notifier._waiters  # the slots' wake-ups, by key
     wait_for(lambda: len(waiting.get(WORK, ())) == 24, timeout=10)
@@ -810,12 +814,7 @@ def test_claimed_jobs_never_wait_behind_a_long_job_while_slots_are_free(uw: Unde
     # Twenty jobs that can only finish together: each waits for all the others to
     # start. A slot that claimed several at once runs them one after another, so they
     # finish only if the ones it cannot start yet go to the free slots.
-    together = threading.Barrier(20)
-
-    @uw.task
-    def meet() -> bool:
-        together.wait(timeout=20)
-        return True
+    _meeting(uw, 20, timeout=20)
 
     @uw.task
     def quick() -> None:
