@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from ._util import dumps, rfc3339
@@ -188,28 +189,37 @@ def ended(
     backoff: float = 1.0,
     backoff_max: float = 300.0,
     result_json: str | None = None,
+    progress: str | None = None,
 ) -> Decision:
     """The job's code ended under `fence` with `state` (succeeded, failed, cancelled).
 
     A failure other than a timeout, with attempts left, goes back to the queue after a
-    backoff (at once when the worker stopped during it); everything else is final."""
+    backoff (at once when the worker stopped during it); everything else is final.
+    `progress`: the job's last progress snapshot (JSON), not yet written, written with
+    the end (its `progress` event first)."""
     if retries(record, state, error):
         assert error is not None
         run_at = now
         if error.type != "Shutdown":
             run_at += retry_delay(record.attempt, backoff, backoff_max)
-        return _requeue(record, reason="retry", run_at=run_at, error=error, fence=fence)
-    return _terminal(
-        record,
-        state,
-        result=result,
-        result_json=result_json,
-        error=error,
-        now=now,
-        expect=RUNNING,
-        fence=fence,
-        keep_for=keep_for,
-        started_at=started_at,
+        decision = _requeue(record, reason="retry", run_at=run_at, error=error, fence=fence)
+    else:
+        decision = _terminal(
+            record,
+            state,
+            result=result,
+            result_json=result_json,
+            error=error,
+            now=now,
+            expect=RUNNING,
+            fence=fence,
+            keep_for=keep_for,
+            started_at=started_at,
+        )
+    if progress is None:
+        return decision
+    return replace(
+        decision, progress=progress, events=((EventKind.PROGRESS, progress), *decision.events)
     )
 
 

@@ -243,8 +243,9 @@ class Decision:
     not None; `cancel_requested` when not None; a move out of `running` clears the
     holder and its lease and writes `result`, `error` and `run_at` (queued) or
     `finished_at`, `expires_at` (terminal); `started_at`, when given, replaces the
-    claim time with the moment the code really started. Then `events` are appended
-    in order."""
+    claim time with the moment the code really started; `progress`, when given (the
+    job's last progress snapshot, as JSON), replaces its progress, for stores that
+    say so (`Store.ends_carry_progress`). Then `events` are appended in order."""
 
     job_id: str
     expect: frozenset[State]
@@ -261,6 +262,7 @@ class Decision:
     expires_at: float | None = None
     events: tuple[tuple[EventKind, str], ...] = ()
     result_json: str | None = None  # `result` as JSON, when the lifecycle encoded it
+    progress: str | None = None
 
     def result_text(self) -> str | None:
         """`result` as JSON for the store (None for no result), encoded once."""

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import lifecycle
-from ._util import new_id
+from ._util import dumps, new_id
 from .baton import ClaimBaton
 from .errors import StoreUnavailable, UnderwayError
 from .executors.base import Executor, Outcome, failure
@@ -101,6 +101,7 @@ class Worker:
     ) -> None:
         self.app = app
         self.store = app.store
+        self._carry_progress = self.store.ends_carry_progress
         self.concurrency = concurrency
         self.lease = lease
         self.flush_interval = flush_interval
@@ -518,7 +519,8 @@ class Worker:
                     self._lost(entry)
                     return
             version, current, total, message = entry.job.snapshot()
-            if version != entry.flushed_version:
+            if version != entry.flushed_version and not (entry.ended and self._carry_progress):
+                # (a job's last progress goes with its end where the store writes it so)
                 progress = self._with_eta(entry, current, total, message)
                 if not self.store.save_progress(entry.job.id, entry.fence, progress, now):
                     self._lost(entry)
@@ -713,6 +715,15 @@ class Worker:
 
     def _decide(self, entry: _Running, outcome: Outcome, now: float) -> Decision:
         settings = entry.task.settings
+        progress = None
+        if self._carry_progress and entry.job.snapshot()[0] != entry.flushed_version:
+            # The progress the job reported since the last flush, written with its end
+            # (one write, not two); a flush under way finishes first.
+            with entry.lock:
+                version, current, total, message = entry.job.snapshot()
+                if version != entry.flushed_version:
+                    snapshot = self._with_eta(entry, current, total, message)
+                    progress = dumps(snapshot.to_dict())
         return lifecycle.ended(
             entry.record,
             fence=entry.fence,
@@ -725,6 +736,7 @@ class Worker:
             started_at=entry.started_at,
             backoff=settings.retry_backoff,
             backoff_max=settings.retry_backoff_max,
+            progress=progress,
         )
 
     def _applied(self, entry: _Running, decision: Decision, ok: bool) -> None:

@@ -175,6 +175,40 @@ def test_progress_is_cheap_and_written_a_few_times_a_second(uw: Underway) -> Non
     assert handle.refresh().progress.eta_s is not None or calls >= 10**12
 
 
+def test_a_job_that_reported_progress_ends_in_one_write(uw: Underway) -> None:
+    """Its last progress goes with its end (SQLite): the end's one UPDATE writes it, and
+    its events read progress, then the end, as when it was written just before."""
+
+    @uw.task
+    def count(job: Job, n: int) -> int:
+        for i in range(n):
+            job.progress(i + 1, total=n, message="counting")
+        return n
+
+    uw.start(1, flush_interval=3600.0)  # no flush while it runs: only its end writes
+    assert uw.submit("count", n=1).wait(10) == 1
+    statements: list[str] = []
+    uw.store._db.set_trace_callback(statements.append)  # type: ignore[attr-defined]
+    try:
+        handle = uw.submit("count", n=1000)
+        assert handle.wait(10) == 1000
+    finally:
+        uw.store._db.set_trace_callback(None)  # type: ignore[attr-defined]
+    updates = [s for s in statements if s.startswith("UPDATE jobs SET") and handle.id in s]
+    assert len(updates) == 1 and "progress = " in updates[0]
+    final = handle.refresh()
+    assert (final.progress.current, final.progress.total, final.progress.message) == (
+        1000,
+        1000,
+        "counting",
+    )
+    events = list(uw.events(handle.id))
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e.kind for e in events[-3:]] == [EventKind.PROGRESS, EventKind.STATE, EventKind.DONE]
+    assert events[-3].data["current"] == 1000 and events[-3].attempt == 1
+    assert events[-1].data["result"] == 1000
+
+
 def test_eta_comes_from_the_rate(uw: Underway) -> None:
     step = threading.Event()
     go_on = threading.Event()

@@ -384,6 +384,8 @@ class _Pushed:
 class SQLiteStore(Store):
     """`sqlite:///path/to/file.db` (default `./underway.db`); `memory://` uses `:memory:`."""
 
+    ends_carry_progress = True  # a job's last progress goes in its end's UPDATE
+
     driver_errors = (sqlite3.Error,)
 
     fallback_interval = 1.0  # seconds between looks at data_version beside the channel
@@ -1470,6 +1472,10 @@ def _took(
     if len(row) > 2:
         finals.append((d, row[1:]))
     events = d.events
+    if d.progress is not None and len(events) == 3 and events[0][0] is EventKind.PROGRESS:
+        seq += 1  # the last progress the job reported, then its end in one row
+        rows.append((d.job_id, seq, _VALUES[EventKind.PROGRESS], None, events[0][1], now, attempt))
+        events = events[1:]
     if (
         len(events) == 2
         and events[1][0] is EventKind.DONE
@@ -1530,6 +1536,8 @@ def _statement(d: Decision, now: float, slim: bool = False) -> tuple[str, list[A
             values += [d.finished_at, d.expires_at]
     if d.started_at is not None:
         values.append(d.started_at)
+    if d.progress is not None:
+        values.append(d.progress)
     values.append(d.job_id)
     values += [_VALUES[s] for s in d.expect]
     if d.fence is not None:
@@ -1548,6 +1556,7 @@ def _statement(d: Decision, now: float, slim: bool = False) -> tuple[str, list[A
         d.state in TERMINAL,
         d.moves and d.error is not None,
         slim,
+        d.progress is not None,
     )
     return sql, values
 
@@ -1601,6 +1610,7 @@ def _update_sql(
     terminal: bool,
     sets_error: bool,
     slim: bool = False,
+    sets_progress: bool = False,
 ) -> str:
     """The guarded UPDATE of `_apply_one` for one shape of decision (few shapes exist).
     An error it clears is written as NULL (see `_nulls_written`)."""
@@ -1615,6 +1625,8 @@ def _update_sql(
         sets += ["run_at = ?"] if queued else ["finished_at = ?", "expires_at = ?"]
     if sets_started:
         sets.append("started_at = ?")
+    if sets_progress:
+        sets.append("progress = ?")
     where = [f"id = ? AND state IN ({','.join('?' * n_expect)})"]
     if fenced:
         where.append("worker = ? AND attempt = ?")
