@@ -244,8 +244,8 @@ class Decision:
     holder and its lease and writes `result`, `error` and `run_at` (queued) or
     `finished_at`, `expires_at` (terminal); `started_at`, when given, replaces the
     claim time with the moment the code really started; `progress`, when given (the
-    job's last progress snapshot, as JSON), replaces its progress, for stores that
-    say so (`Store.ends_carry_progress`). Then `events` are appended in order."""
+    job's last progress snapshot, as JSON), replaces its progress. Then `events` are
+    appended in order."""
 
     job_id: str
     expect: frozenset[State]

@@ -101,7 +101,6 @@ class Worker:
     ) -> None:
         self.app = app
         self.store = app.store
-        self._carry_progress = self.store.ends_carry_progress
         self.concurrency = concurrency
         self.lease = lease
         self.flush_interval = flush_interval
@@ -519,8 +518,8 @@ class Worker:
                     self._lost(entry)
                     return
             version, current, total, message = entry.job.snapshot()
-            if version != entry.flushed_version and not (entry.ended and self._carry_progress):
-                # (a job's last progress goes with its end where the store writes it so)
+            if version != entry.flushed_version and not entry.ended:
+                # (once the job ended, its last progress goes with its end: `_decide`)
                 progress = self._with_eta(entry, current, total, message)
                 if not self.store.save_progress(entry.job.id, entry.fence, progress, now):
                     self._lost(entry)
@@ -716,7 +715,7 @@ class Worker:
     def _decide(self, entry: _Running, outcome: Outcome, now: float) -> Decision:
         settings = entry.task.settings
         progress = None
-        if self._carry_progress and entry.job.snapshot()[0] != entry.flushed_version:
+        if entry.job.snapshot()[0] != entry.flushed_version:
             # The progress the job reported since the last flush, written with its end
             # (one write, not two); a flush under way finishes first.
             with entry.lock:

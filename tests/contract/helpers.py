@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from underway import lifecycle
-from underway._util import new_id
-from underway.records import Decision, ErrorInfo, EventKind, Fence, JobRecord, State
+from underway._util import dumps, new_id
+from underway.records import Decision, ErrorInfo, EventKind, Fence, JobRecord, Progress, State
 from underway.stores import Store
 
 WORKER = "worker-a"
@@ -96,9 +96,10 @@ def ended(
     keep_for: float = 3600.0,
     started_at: float | None = None,
     fence_: Fence | None = None,
+    progress: Progress | None = None,
 ) -> Decision:
     """The lifecycle's decision for the end of `claimed`'s code (a failure without
-    an error is a `Boom`)."""
+    an error is a `Boom`), with the job's last `progress` when given."""
     if error is None and state is State.FAILED:
         error = BOOM
     return lifecycle.ended(
@@ -110,6 +111,7 @@ def ended(
         now=time.time() if now is None else now,
         keep_for=keep_for,
         started_at=started_at,
+        progress=None if progress is None else dumps(progress.to_dict()),
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from tests.contract.helpers import (
     BOOM,
     LEASE,
@@ -23,6 +25,7 @@ from tests.contract.helpers import (
     submit,
 )
 from underway import lifecycle
+from underway._util import dumps
 from underway.feed import WORK
 from underway.records import ErrorInfo, EventKind, Fence, Progress, State
 from underway.stores import Store
@@ -67,6 +70,46 @@ def test_progress_output_and_log_keep_one_order(store: Store) -> None:
 # Text a caller or a task may hand over: a NUL, backslashes, and the text `\0` (how
 # PostgreSQL, whose text holds no NUL, keeps a NUL in the names it escapes).
 ODD = ["a\x00b", "\x00", "a\\0b", "\\", "\\\x00", "é \u2603 \n"]
+
+
+@pytest.mark.parametrize("flushed", [False, True], ids=["first-progress", "after-a-flush"])
+def test_an_end_writes_the_last_progress_it_carries(store: Store, flushed: bool) -> None:
+    """A worker's end carries the job's last progress (not written before): the end
+    writes it, its event comes just before the end's, and the record the end is
+    announced with shows it, as a read does."""
+    submit(store)
+    job = claim_one(store)
+    held = fence(job)
+    now = time.time()
+    if flushed:
+        assert store.save_progress(job.id, held, Progress(current=1, total=4), now)
+    last = Progress(current=4, total=4, message="done")
+    decision = lifecycle.ended(
+        job,
+        fence=held,
+        state=State.SUCCEEDED,
+        result=7,
+        now=now,
+        keep_for=60.0,
+        started_at=None,
+        progress=dumps(last.to_dict()),
+    )
+    applied, claimed = store.apply_and_claim(
+        [decision], worker=WORKER, tasks=("t",), limits={}, lease=LEASE, now=now, max_jobs=0
+    )
+    assert (applied, claimed) == ([True], [])
+    _, known = store.notifier.known(job.id)
+    announced = None if known is None else known.full()
+    first, stored = store.get(job.id), store.get(job.id)
+    assert stored is not None and first == stored
+    assert (stored.state, stored.result, stored.progress) == (State.SUCCEEDED, 7, last)
+    assert announced is None or announced == stored
+    events = store.events(job.id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    kinds = [e.kind for e in events]
+    assert kinds[-3:] == [EventKind.PROGRESS, EventKind.STATE, EventKind.DONE]
+    assert events[-3].data == last.to_dict() and events[-3].attempt == 1
+    assert kinds.count(EventKind.PROGRESS) == 1 + flushed
 
 
 def test_text_of_any_characters_reads_back_as_given(store: Store) -> None:

@@ -861,7 +861,10 @@ def test_the_end_of_a_job_submitted_here_comes_without_a_subscription_or_a_read(
         worker.close()
 
 
-@pytest.mark.parametrize("meanwhile", ["nothing", "failed", "meta", "cancel", "progress", "output"])
+@pytest.mark.parametrize(
+    "meanwhile",
+    ["nothing", "failed", "meta", "cancel", "progress", "output", "last progress", "both"],
+)
 def test_the_record_an_end_comes_with_is_the_job_as_stored(
     redis_store: RedisStore, redis_url: str, meanwhile: str
 ) -> None:
@@ -882,7 +885,7 @@ def test_the_record_an_end_comes_with_is_the_job_as_stored(
             assert redis_store.update_meta(job.id, {"note": "elsewhere"})
         elif meanwhile == "cancel":
             assert cancel(redis_store, job.id) is not None
-        elif meanwhile == "progress":
+        elif meanwhile in ("progress", "both"):
             assert worker.save_progress(job.id, fence(claimed), Progress(current=3), now)
         elif meanwhile == "output":
             assert worker.append(job.id, fence(claimed), [output_item("a")], now)
@@ -891,10 +894,13 @@ def test_the_record_an_end_comes_with_is_the_job_as_stored(
         _settled(redis_store)  # what the change said has come
         waiter = _EndWaiter(redis_store, job.id)
         state = State.FAILED if meanwhile == "failed" else State.SUCCEEDED
-        decision = ended(claimed, state=state, result={"ok": 1}, now=time.time())
+        # "last progress": the end carries progress its worker had not written yet;
+        # "both": it does, after its worker wrote some (which the record predates).
+        last = Progress(current=4, total=4) if meanwhile in ("last progress", "both") else None
+        decision = ended(claimed, state=state, result={"ok": 1}, now=time.time(), progress=last)
         reads = _script_calls(redis_url, "hgetall")
         assert worker.apply([decision], time.time()) == [True]
-        predicted = meanwhile in ("nothing", "failed")
+        predicted = meanwhile in ("nothing", "failed", "last progress")
         assert _script_calls(redis_url, "hgetall") == reads + (0 if predicted else 1)
         waiter.join()
         before = _script_calls(redis_url)
@@ -906,6 +912,8 @@ def test_the_record_an_end_comes_with_is_the_job_as_stored(
         finally:
             fresh.close()
         assert came.state is state and came.worker is None and came.lease_until is None
+        if last is not None:
+            assert came.progress == last
         assert job.id not in worker._claimed  # kept while the job ran here, not after
     finally:
         worker.close()

@@ -81,9 +81,6 @@ class Store(ABC):
     # a claim is a local transaction that submissions wait behind (SQLite): a longer one
     # holds them up.
     batch_after_linger: bool = False
-    # Does `apply` write a decision's `progress`? Then a job's last progress snapshot
-    # goes with its end, in the end's one write; else the worker writes it just before.
-    ends_carry_progress: bool = False
 
     # -- submission ------------------------------------------------------------------
     @abstractmethod

@@ -750,6 +750,7 @@ class PostgresStore(Store):
             "finished_at": d.finished_at,
             "expires_at": d.expires_at,
             "started_at": d.started_at,
+            "progress": d.progress,
             "n": len(d.events),
             "kinds": cached_text_array(tuple(k.value for k, _ in d.events)),
             "datas": text_array(data for _, data in d.events),

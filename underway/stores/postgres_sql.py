@@ -538,6 +538,7 @@ class Statements:
                     expires_at = CASE WHEN %(ends)s THEN %(expires_at)s::float8
                                  ELSE expires_at END,
                     started_at = coalesce(%(started_at)s::float8, started_at),
+                    progress = coalesce(%(progress)s::text, progress),
                     event_seq = event_seq + %(n)s::int
                 WHERE id = %(id)s AND state = ANY(%(expect)s::text[])
                     AND (%(fence_worker)s::text IS NULL

@@ -285,6 +285,7 @@ def _decision_args(d: Decision, claimed: Mapping[str, str] | None = None) -> lis
         len(d.events),
     ]
     args += _NO_PREDICTION if claimed is None else _predicted(claimed, d, args)
+    args.append(d.progress or "")
     assert len(args) == scripts.DECISION_FIELDS
     return args + _flat_events(d.events)
 
@@ -320,6 +321,8 @@ def _predicted(h: Mapping[str, str], d: Decision, args: Sequence[Any]) -> tuple[
             after.pop(field, None)
     if args[11]:
         after["started_at"] = args[11]
+    if d.progress is not None:
+        after["progress"] = d.progress
     doc = dumps([x for pair in after.items() for x in pair])
     if len(doc) > scripts.REPLY_MAX:
         return _NO_PREDICTION  # not sent to the submitter: see `replied`

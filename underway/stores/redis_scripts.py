@@ -382,8 +382,8 @@ return {rec, position}
 #   job's record once the decision is applied (the JSON its end is announced with)
 #   as the deciding worker predicts it, and the job's cancel_requested, meta, progress
 #   and output_count as that prediction found them ('' = None throughout; no
-#   prediction: '' for all five).
-DECISION_FIELDS = 20
+#   prediction: '' for all five), then the job's last progress, written with it.
+DECISION_FIELDS = 21
 
 # ARGV: P, now, worker, lease_until, max_jobs, claimer, n_tasks, n_decisions, then the
 # task names, then the decisions, then (task, limit) pairs. Decisions are applied
@@ -407,7 +407,7 @@ end
 local function apply(at)
   local id = ARGV[at]
   local nev = tonumber(ARGV[at + 14])
-  local nxt = at + 20 + 2 * nev
+  local nxt = at + 21 + 2 * nev
   local j = k_job(id)
   local f = redis.call('HMGET', j, 'state', 'worker', 'attempt', 'lease_until', 'task',
                        'queue', 'priority', 'supersede_key', 'reply', 'cancel_requested',
@@ -457,6 +457,7 @@ local function apply(at)
     end
   end
   if started then put('started_at', started) end
+  if ARGV[at + 20] ~= '' then put('progress', ARGV[at + 20]) end
   redis.call('HSET', j, unpack(sets))
   if #dels > 0 then redis.call('HDEL', j, unpack(dels)) end
   local task, queue, priority, sup = f[5], f[6], f[7], f[8]
@@ -486,7 +487,7 @@ local function apply(at)
   if nev > 0 then
     local now_attempt = attempt or f[3] or '0'
     local events = {}
-    for i = at + 20, nxt - 1, 2 do
+    for i = at + 21, nxt - 1, 2 do
       events[#events + 1] = entry(ARGV[i], NOW, now_attempt, ARGV[i + 1])
     end
     redis.call('RPUSH', k_events(id), unpack(events))

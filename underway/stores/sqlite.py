@@ -384,8 +384,6 @@ class _Pushed:
 class SQLiteStore(Store):
     """`sqlite:///path/to/file.db` (default `./underway.db`); `memory://` uses `:memory:`."""
 
-    ends_carry_progress = True  # a job's last progress goes in its end's UPDATE
-
     driver_errors = (sqlite3.Error,)
 
     fallback_interval = 1.0  # seconds between looks at data_version beside the channel
