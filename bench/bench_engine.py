@@ -3,8 +3,9 @@
 Run by hand: `python bench/bench_engine.py [--jobs 20000] [--only throughput,...]`.
 `--only floor` runs underway against a minimal durable queue of the same shape, the
 leanest durable queue, the least queue that keeps underway's promises (see
-`bench_floor`) and `ThreadPoolExecutor(2)` one by one, interleaved: the machine's floor for the embedded rows of the peers table, and their
-goal's baseline, with underway's CPU a job end to end beside its two sides' apart
+`bench_floor`) and `ThreadPoolExecutor(2)` one by one, interleaved: the machine's
+floor for the embedded rows of the peers table, and their goal's baseline, with
+underway's CPU a job end to end beside its two sides' apart
 (the submissions with no worker running, then two slots draining those jobs) and the
 cores it kept busy.
 `--only latency` also times the round trip with every thread of the process on one
