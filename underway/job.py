@@ -27,7 +27,7 @@ class Job:
     """The context a task receives: report progress, emit output, honour cancellation.
 
     `progress()` only writes to memory; the worker flushes the latest snapshot to the
-    store a few times a second. `emit()` and `log()` queue items that the worker writes
+    store a few times a second, and the last one with the job's end. `emit()` and `log()` queue items that the worker writes
     in order, in batches. Every method is safe to call from any thread of the task.
     """
 

@@ -18,7 +18,8 @@ claims, so that the next claim takes several (never when the worker is idle: a j
 submitted then starts and ends at once; nor in a backlog); where a claim is a round
 trip to a shared server (`Store.batch_after_linger`) that claim asks for a whole
 batch. The monitor
-flushes progress snapshots and output a few times a second, renews leases, delivers
+flushes progress snapshots and output a few times a second (a job's last snapshot
+goes with its end, in the same write), renews leases, delivers
 cancel requests, enforces timeouts and grace periods, and runs the janitor.
 """
 
