@@ -27,8 +27,9 @@ class Job:
     """The context a task receives: report progress, emit output, honour cancellation.
 
     `progress()` only writes to memory; the worker flushes the latest snapshot to the
-    store a few times a second, and the last one with the job's end. `emit()` and `log()` queue items that the worker writes
-    in order, in batches. Every method is safe to call from any thread of the task.
+    store a few times a second, and the last one with the job's end. `emit()` and
+    `log()` queue items that the worker writes in order, in batches. Every method is
+    safe to call from any thread of the task.
     """
 
     # Plain attributes, not properties: progress() must cost well under a microsecond.
