@@ -13,11 +13,13 @@ them), and the ends of short jobs wait to be written with the next claim, in one
 transaction or round trip. One job that runs long puts the worker back to claiming
 one job at a time, and an end never waits long (see `_ended_due`). When jobs
 arrive one by one as fast as they run (its last claim took all there were, and news
-of work came since), a slot with ends to write waits `linger` seconds before it
-claims, so that the next claim takes several (never when the worker is idle: a job
-submitted then starts and ends at once; nor in a backlog); where a claim is a round
-trip to a shared server (`Store.batch_after_linger`) that claim asks for a whole
-batch. The monitor
+of work came since), a slot with ends to write waits up to `linger` seconds before
+it claims, so that the next claim takes several (never when the worker is idle: a job
+submitted then starts and ends at once; nor in a backlog). Where every submission is
+news of work in the process (`Store.announces_each_job`: SQLite) it looks a step at a
+time whether jobs still come, and claims at the first step without one (a burst is
+over); elsewhere it waits the whole `linger`. Where a claim is a round trip to a shared
+server (`Store.batch_after_linger`) that claim asks for a whole batch. The monitor
 flushes progress snapshots and output a few times a second (a job's last snapshot
 goes with its end, in the same write), renews leases, delivers
 cancel requests, enforces timeouts and grace periods, and runs the janitor.
@@ -239,7 +241,10 @@ class Worker:
                         # Jobs keep coming in while ends wait, and the last claim took
                         # all there were: let a few more gather, so that one claim takes
                         # them together (in a backlog it claims at once).
-                        time.sleep(self.linger)
+                        if self.store.announces_each_job:
+                            self._gather()
+                        else:
+                            time.sleep(self.linger)
                         if self.store.batch_after_linger:
                             size = self.batch
                     seen = notifier.version(WORK)
@@ -277,6 +282,25 @@ class Worker:
             baton.release(slot)
             self._write_ended()
             self.store.slot_done()
+
+    # A lingering slot looks this often whether jobs still come (see `_gather`).
+    LINGER_STEPS = 6
+
+    def _gather(self) -> None:
+        """Let jobs gather for up to `linger` seconds, while they keep coming: it stops
+        at the first step in which none was announced (the submitter paused or was
+        done, as after a burst of a few jobs), rather than wait the whole while for
+        jobs that do not come. Only where every submission is news of work in this
+        process (`Store.announces_each_job`)."""
+        notifier = self.store.notifier
+        step = self.linger / self.LINGER_STEPS
+        seen = notifier.version(WORK)
+        for _ in range(self.LINGER_STEPS):
+            time.sleep(step)
+            now = notifier.version(WORK)
+            if now == seen:
+                return
+            seen = now
 
     def _outage(self, exc: Exception) -> float:
         """A claim failed (the store is down, loading, or full): log it once, and back

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -643,16 +644,15 @@ def test_a_backlog_is_claimed_without_lingering_while_news_of_work_comes(
     last claim took all there were (jobs arrive one by one). Draining a backlog, it
     claims the next batch at once, even while each job it runs submits another (news
     of work in this process)."""
-    linger = 0.0123  # a length no other wait in the process has
+    linger = 0.0123
     lingered: list[float] = []
-    sleep = worker_module.time.sleep
+    gather = worker_module.Worker._gather
 
-    def counting(seconds: float) -> None:
-        if seconds == linger:
-            lingered.append(seconds)
-        sleep(seconds)
+    def counting(self: worker_module.Worker) -> None:
+        lingered.append(self.linger)
+        gather(self)
 
-    monkeypatch.setattr(worker_module.time, "sleep", counting)
+    monkeypatch.setattr(worker_module.Worker, "_gather", counting)
     uw = Underway(f"sqlite:///{db_path}")
 
     @uw.task
@@ -673,6 +673,37 @@ def test_a_backlog_is_claimed_without_lingering_while_news_of_work_comes(
         assert len(lingered) <= 3
     finally:
         uw.close()
+
+
+def test_a_slot_lingers_while_jobs_keep_coming_and_no_longer(uw: Underway) -> None:
+    """A slot that lets jobs gather (`Worker.linger`) looks, a step at a time, whether
+    more keep coming: it waits the whole linger while they do, and stops at the first
+    step without one (a burst is over), rather than hold the jobs it has the whole
+    while. Here a step is 0.1 s."""
+    worker = uw.start(1, linger=0.6)
+    feed = uw.store.notifier
+
+    def gathering(news_for: float) -> float:
+        stop = threading.Event()
+
+        def announce() -> None:
+            until = time.monotonic() + news_for
+            while time.monotonic() < until and not stop.is_set():
+                feed.notify(WORK)
+                stop.wait(0.02)
+
+        thread = threading.Thread(target=announce)
+        thread.start()
+        started = time.monotonic()
+        worker._gather()
+        took = time.monotonic() - started
+        stop.set()
+        thread.join()
+        return took
+
+    assert gathering(0.0) < 0.3  # nothing came: one step
+    assert gathering(0.25) < 0.55  # a burst of 0.25 s: a step or two past its end
+    assert gathering(5.0) >= 0.55  # jobs keep coming: the whole linger
 
 
 def test_ends_of_short_jobs_are_written_while_a_long_job_runs(uw: Underway) -> None:

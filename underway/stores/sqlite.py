@@ -384,6 +384,8 @@ class _Pushed:
 class SQLiteStore(Store):
     """`sqlite:///path/to/file.db` (default `./underway.db`); `memory://` uses `:memory:`."""
 
+    announces_each_job = True  # a commit's news: in this process, and by datagram
+
     driver_errors = (sqlite3.Error,)
 
     fallback_interval = 1.0  # seconds between looks at data_version beside the channel
