@@ -391,6 +391,15 @@ def _end_and_claim(
     return rows
 
 
+def _bench_db(path: str) -> sqlite3.Connection:
+    """A bench queue's connection: autocommit, shared by threads, WAL with
+    `synchronous = NORMAL` (as underway's store)."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    return db
+
+
 class FloorQueue:
     """A minimal durable SQLite job queue in Python, in underway's shape: one
     committed INSERT per submit, 2 worker threads that claim up to 16 queued jobs in
@@ -398,9 +407,7 @@ class FloorQueue:
     woken by an Event. No events, progress, output, leases, attempts or fencing."""
 
     def __init__(self, path: str) -> None:
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute("PRAGMA synchronous = NORMAL")
+        self.db = _bench_db(path)
         self.db.execute(
             "CREATE TABLE q (id TEXT PRIMARY KEY, task TEXT, params TEXT, state TEXT, "
             "result TEXT, created REAL) WITHOUT ROWID"
@@ -457,7 +464,37 @@ class FloorQueue:
         self.db.close()
 
 
-class LeanQueue:
+class _OneThread:
+    """What the bench queues of one worker thread share: the write lock, the count of
+    submissions (their ids), the thread, and the results, handed to their waiters
+    under one Condition."""
+
+    def __init__(self) -> None:
+        self.ended = threading.Condition(threading.Lock())
+        self.results: dict[int, object] = {}
+        self.lock = threading.Lock()
+        self.count = 0
+        self.stopping = False
+        self.thread = threading.Thread(target=self._work)
+
+    def _work(self) -> None:
+        raise NotImplementedError
+
+    def wait(self, job_id: int) -> object:
+        with self.ended:
+            while job_id not in self.results:
+                self.ended.wait()
+            return self.results.pop(job_id)
+
+    def deliver(self, ended: list[tuple[int, str]]) -> None:
+        """`(id, result as JSON)` pairs: their waiters wake."""
+        with self.ended:
+            for job_id, result in ended:
+                self.results[job_id] = json.loads(result)
+            self.ended.notify_all()
+
+
+class LeanQueue(_OneThread):
     """The leanest durable SQLite job queue of `bench_floor`: one committed INSERT per
     submit (an integer key, three columns, no other index), one worker thread that
     claims up to 64 queued jobs in one transaction with the ends of the previous batch,
@@ -468,17 +505,10 @@ class LeanQueue:
     submitted to an idle queue waits up to `poll`)."""
 
     def __init__(self, path: str, poll: float = 0.001) -> None:
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute("PRAGMA synchronous = NORMAL")
+        self.db = _bench_db(path)
         self.db.execute("CREATE TABLE q (id INTEGER PRIMARY KEY, state TEXT, result TEXT)")
-        self.lock = threading.Lock()
-        self.ended = threading.Condition(threading.Lock())
-        self.results: dict[int, object] = {}
+        super().__init__()
         self.poll = poll
-        self.count = 0
-        self.stopping = False
-        self.thread = threading.Thread(target=self._work)
         self.thread.start()
 
     def submit(self) -> int:
@@ -487,22 +517,13 @@ class LeanQueue:
             self.db.execute("INSERT INTO q VALUES (?, 'queued', NULL)", (self.count,))
         return self.count
 
-    def wait(self, job_id: int) -> object:
-        with self.ended:
-            while job_id not in self.results:
-                self.ended.wait()
-            return self.results.pop(job_id)
-
     def _work(self) -> None:
         ended: list[tuple[str, int]] = []
         while not self.stopping:
             with self.lock:
                 rows = _end_and_claim(self.db, ended, 64, "id")
             if ended:
-                with self.ended:
-                    for result, job_id in ended:
-                        self.results[job_id] = json.loads(result)
-                    self.ended.notify_all()
+                self.deliver([(job_id, result) for result, job_id in ended])
             ended = []
             if not rows:
                 time.sleep(self.poll)
@@ -516,7 +537,7 @@ class LeanQueue:
         self.db.close()
 
 
-class PromisesQueue:
+class PromisesQueue(_OneThread):
     """The least a durable SQLite queue does that keeps underway's promises, in its
     shape: a submission is one committed INSERT (its first event is its row, as
     underway's is), and starts promptly (it wakes the worker when it waits for work);
@@ -532,9 +553,7 @@ class PromisesQueue:
     WORKER = "w1"
 
     def __init__(self, path: str, lease: float = 30.0) -> None:
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute("PRAGMA synchronous = NORMAL")
+        self.db = _bench_db(path)
         self.db.execute(
             "CREATE TABLE q (id INTEGER PRIMARY KEY, task TEXT, params TEXT, state TEXT, "
             "attempt INTEGER, worker TEXT, lease_until REAL, result TEXT, created REAL, "
@@ -546,16 +565,11 @@ class PromisesQueue:
             "CREATE TABLE ev (job INTEGER, seq INTEGER, kind TEXT, data TEXT, at REAL, "
             "PRIMARY KEY (job, seq)) WITHOUT ROWID"
         )
+        super().__init__()
         self.lease = lease
-        self.lock = threading.Lock()
         self.work = threading.Condition(threading.Lock())
         self.idle = False
         self.submitted = 0  # submissions committed
-        self.ended = threading.Condition(threading.Lock())
-        self.results: dict[int, object] = {}
-        self.count = 0
-        self.stopping = False
-        self.thread = threading.Thread(target=self._work)
         self.thread.start()
 
     def submit(self) -> int:
@@ -571,12 +585,6 @@ class PromisesQueue:
             with self.work:
                 self.work.notify()
         return self.count
-
-    def wait(self, job_id: int) -> object:
-        with self.ended:
-            while job_id not in self.results:
-                self.ended.wait()
-            return self.results.pop(job_id)
 
     def _work(self) -> None:
         ended: list[tuple[str, float, int, int]] = []
@@ -612,10 +620,7 @@ class PromisesQueue:
                     )
                 db.execute("COMMIT")
             if ended:
-                with self.ended:
-                    for result, _, job_id, _ in ended:
-                        self.results[job_id] = json.loads(result)
-                    self.ended.notify_all()
+                self.deliver([(job_id, result) for result, _, job_id, _ in ended])
             ended = []
             if not rows:
                 with self.work:
@@ -709,20 +714,14 @@ def bench_floor(n: int, folder: str, rounds: int = 3) -> None:
         floor.append(n / (time.perf_counter() - start))
         floor_cpu.append((_cpu_seconds() - cpu) / n)
         queue.close()
-        leanest = LeanQueue(f"{folder}/floor-lean-{r}.db")
-        start = time.perf_counter()
-        numbers = [leanest.submit() for _ in range(n)]
-        for number in numbers:
-            leanest.wait(number)
-        lean.append(n / (time.perf_counter() - start))
-        leanest.close()
-        keeping = PromisesQueue(f"{folder}/floor-promises-{r}.db")
-        start = time.perf_counter()
-        numbers = [keeping.submit() for _ in range(n)]
-        for number in numbers:
-            keeping.wait(number)
-        promises.append(n / (time.perf_counter() - start))
-        keeping.close()
+        for kind, rates in ((LeanQueue, lean), (PromisesQueue, promises)):
+            one = kind(f"{folder}/floor-{kind.__name__}-{r}.db")
+            start = time.perf_counter()
+            numbers = [one.submit() for _ in range(n)]
+            for number in numbers:
+                one.wait(number)
+            rates.append(n / (time.perf_counter() - start))
+            one.close()
         pool.append(_pool_one_by_one(20 * n))
         commits.append(_commit_seconds(f"{folder}/floor-c-{r}.db", n))
     a, b, c = statistics.median(ours), statistics.median(floor), statistics.median(pool)
