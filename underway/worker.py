@@ -99,7 +99,7 @@ class Worker:
         idle_poll: float = 0.5,
         janitor_interval: float = 5.0,
         batch: int = 16,
-        linger: float | None = None,
+        linger: float = 0.003,
         name: str | None = None,
     ) -> None:
         self.app = app
@@ -122,7 +122,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._baton = ClaimBaton()
         self.batch = max(1, batch)
-        self.linger = self.store.linger if linger is None else linger
+        self.linger = linger
         self._claim_size = 1  # grows while jobs are short and the queue deep
         # The wake-up version (of WORK) before the last claim that found fewer jobs
         # than it asked for: while it stands, no job was announced since the queue

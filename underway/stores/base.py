@@ -81,8 +81,6 @@ class Store(ABC):
     # a claim is a local transaction that submissions wait behind (SQLite): a longer one
     # holds them up.
     batch_after_linger: bool = False
-    # How long a worker slot lets jobs gather, unless told (`Worker.linger`).
-    linger: float = 0.003
     # Does every submission reach this process as news of work (`WORK`), even while
     # its slots are busy? Then a slot letting jobs gather stops as soon as they stop
     # coming (`Worker._gather`); else it waits the whole `Worker.linger`.

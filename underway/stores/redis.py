@@ -349,9 +349,6 @@ class RedisStore(Store):
     """`redis://[:password@]host:port/db`, `rediss://…` (TLS) or `unix:///path?db=N`."""
 
     batch_after_linger = True  # a claim is a script call: Redis's time, which all share
-    # Longer than elsewhere: in the peer harness's Redis shape, 10 ms against 3 took
-    # the worker script calls from 0.33-0.43 a job to 0.15-0.21, and CPU a job by 8%.
-    linger = 0.010
 
     def __init__(self, url: str, *, prefix: str = "underway") -> None:
         self.url = url
