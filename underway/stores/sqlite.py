@@ -384,8 +384,6 @@ class _Pushed:
 class SQLiteStore(Store):
     """`sqlite:///path/to/file.db` (default `./underway.db`); `memory://` uses `:memory:`."""
 
-    announces_each_job = True  # a commit's news: in this process, and by datagram
-
     driver_errors = (sqlite3.Error,)
 
     fallback_interval = 1.0  # seconds between looks at data_version beside the channel
@@ -453,6 +451,9 @@ class SQLiteStore(Store):
         elif self._wake is None:
             self.fallback_interval = self.poll_without_channel
         self.poll_interval = self.fallback_interval if not self._memory else 1.0
+        # Every commit is news in this process, and in the others through the wake
+        # channel (without it they poll: a worker then lingers the whole while).
+        self.announces_each_job = self._memory or self._wake is not None
         self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
         self._watcher: threading.Thread | None = None
         if not self._memory:
