@@ -416,7 +416,7 @@ class SQLiteStore(Store):
         self._drained: dict[str, int] = {}
         # The records of jobs claimed here, by id, until their end is written: a job's
         # final record is made of its claimed record, the end's decision and the few
-        # columns its end returns (`_final_record`), not of its whole row read back.
+        # columns its end returns (`_FinalRecord`), not of its whole row read back.
         self._held: dict[str, JobRecord] = {}
         # The same for jobs submitted here, until their first claim (`_claimed_records`),
         # once a worker claims through this store (a process that only submits keeps
@@ -1040,8 +1040,9 @@ class SQLiteStore(Store):
         # and a finished job's final record (made only if someone asks).
         known = {r.id: Known(State.RUNNING, record=r) for r in claimed}
         for d, extra in finals:
+            load: Callable[[], JobRecord]
             if d.job_id in slim:
-                load = functools.partial(_final_record, slim[d.job_id], d, extra)
+                load = _FinalRecord(slim[d.job_id], d, extra)
             else:
                 load = functools.partial(row_record, extra[1:])
             known[d.job_id] = Known(d.state, load=load)
@@ -1489,32 +1490,52 @@ def _took(
         rows.append((d.job_id, seq, _VALUES[kind], None, data, now, attempt))
 
 
-def _final_record(held: JobRecord, d: Decision, extra: tuple[Any, ...]) -> JobRecord:
-    """The record of a job ended by `d`, as the row its end left would read: `held`
-    (its record as claimed, in the attempt `d` ended) with what `d` wrote and the
-    columns of `_SLIM_RETURNING` after event_seq (`extra`), which others (a cancel
-    request, a change of meta) or the job's own flushes may have changed since."""
-    attempt, progress, cancel_requested, output_count, meta = extra
-    values = dict(held.__dict__)
-    values.update(
-        state=d.state,
-        result=loads(d.result_text()),
-        error=d.error,
-        finished_at=d.finished_at,
-        expires_at=d.expires_at,
-        worker=None,
-        lease_until=None,
-        attempt=attempt,
-        progress=EMPTY_PROGRESS if progress is None else Progress.from_dict(loads(progress)),
-        cancel_requested=bool(cancel_requested),
-        output_count=output_count,
-        meta=loads(meta) or {},
-        position=None,
-        waiting=None,
-    )
-    if d.started_at is not None:
-        values["started_at"] = d.started_at
-    return JobRecord.from_fields(values)
+class _FinalRecord:
+    """The record of a job ended by a decision, made when first asked for (a waiter's
+    `Known.load`), as the row its end left would read: the job's record as claimed,
+    in the attempt the decision ended, with what the decision wrote and the columns of
+    `_SLIM_RETURNING` after event_seq (`extra`), which others (a cancel request, a
+    change of meta) or the job's own flushes may have changed since.
+
+    It keeps what it needs of the decision, not the decision: the change feed holds
+    it for thousands of ended jobs, and every object held that long is one more for
+    each of the garbage collector's passes to look at."""
+
+    __slots__ = ("_held", "_state", "_result", "_error", "_started", "_finished", "_expires",
+                 "_extra")  # fmt: skip
+
+    def __init__(self, held: JobRecord, d: Decision, extra: tuple[Any, ...]) -> None:
+        self._held = held
+        self._state = d.state
+        self._result = d.result_text()
+        self._error = d.error
+        self._started = d.started_at
+        self._finished = d.finished_at
+        self._expires = d.expires_at
+        self._extra = extra
+
+    def __call__(self) -> JobRecord:
+        attempt, progress, cancel_requested, output_count, meta = self._extra
+        values = dict(self._held.__dict__)
+        values.update(
+            state=self._state,
+            result=loads(self._result),
+            error=self._error,
+            finished_at=self._finished,
+            expires_at=self._expires,
+            worker=None,
+            lease_until=None,
+            attempt=attempt,
+            progress=EMPTY_PROGRESS if progress is None else Progress.from_dict(loads(progress)),
+            cancel_requested=bool(cancel_requested),
+            output_count=output_count,
+            meta=loads(meta) or {},
+            position=None,
+            waiting=None,
+        )
+        if self._started is not None:
+            values["started_at"] = self._started
+        return JobRecord.from_fields(values)
 
 
 def _statement(d: Decision, now: float, slim: bool = False) -> tuple[str, list[Any]]:
