@@ -1505,7 +1505,7 @@ class _FinalRecord:
                  "_extra")  # fmt: skip
 
     def __init__(self, held: JobRecord, d: Decision, extra: tuple[Any, ...]) -> None:
-        self._held = held
+        self._held = held.__dict__  # not the record: one object fewer to hold
         self._state = d.state
         self._result = d.result_text()
         self._error = d.error
@@ -1516,7 +1516,7 @@ class _FinalRecord:
 
     def __call__(self) -> JobRecord:
         attempt, progress, cancel_requested, output_count, meta = self._extra
-        values = dict(self._held.__dict__)
+        values = dict(self._held)
         values.update(
             state=self._state,
             result=loads(self._result),
