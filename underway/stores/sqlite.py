@@ -336,7 +336,7 @@ class _Write:
         store = self.store
         store._lock.acquire()
         try:
-            store._db.execute("BEGIN IMMEDIATE")
+            store._plain.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
             store._lock.release()
             if isinstance(exc, sqlite3.OperationalError):
@@ -351,7 +351,7 @@ class _Write:
         db = store._db
         try:
             if kind is None:
-                db.execute("COMMIT")
+                store._plain.execute("COMMIT")
                 if store._checkpointer is not None:
                     store._checkpointer.committed()
             elif db.in_transaction:
@@ -432,6 +432,11 @@ class SQLiteStore(Store):
         # wake-up socket (see sqlite_wake.SETTLE); from then on, idle waiters stay idle.
         self.settled = threading.Event()
         self._db = self._connect()
+        # The write connection's statements that return no rows (a transaction's
+        # BEGIN and COMMIT, a plain submission) go through this one cursor, under the
+        # write lock: `Connection.execute` makes a cursor each time, and registers a
+        # weak reference to it, two more objects a statement for the garbage collector.
+        self._plain = self._db.cursor()
         # The log's checkpoints run on a thread of their own (see sqlite_checkpoint).
         self._checkpointer: Checkpointer | None = None
         if not self._memory:
@@ -697,7 +702,7 @@ class SQLiteStore(Store):
                 mark = self.notifier.mark()
                 with self._lock:
                     try:
-                        self._db.execute(sql, values)
+                        self._plain.execute(sql, values)
                     except sqlite3.OperationalError as exc:
                         self._raise_unavailable(exc)
                         raise
