@@ -6,8 +6,8 @@ leanest durable queue, the least queue that keeps underway's promises (see
 `bench_floor`) and `ThreadPoolExecutor(2)` one by one, interleaved: the machine's
 floor for the embedded rows of the peers table, and their goal's baseline, with
 underway's CPU a job end to end beside its two sides' apart
-(the submissions with no worker running, then two slots draining those jobs) and the
-cores it kept busy.
+(the submissions with no worker running, then two slots draining those jobs), the
+cores it kept busy and the garbage collector's time in its collections.
 `--only latency` also times the round trip with every thread of the process on one
 core, which shows what the hand-offs between threads cost across cores.
 `--only phases` splits an embedded round trip into its parts (submit, start, the
@@ -647,6 +647,31 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class _Collections:
+    """The garbage collector's work while it is installed: wall seconds in its
+    collections (the thread that collects holds the GIL meanwhile, so every other
+    thread waits too) and how many of each generation."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.counts = [0, 0, 0]
+        self._started = 0.0
+
+    def __enter__(self) -> _Collections:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.counts[info["generation"]] += 1
+
+
 def _pool_one_by_one(n: int) -> float:
     """`ThreadPoolExecutor(2)`, a no-op submitted and its result awaited one at a time
     (jobs/s): the peer harness's baseline for the embedded row (its `floor.py`)."""
@@ -678,17 +703,22 @@ def bench_floor(n: int, folder: str, rounds: int = 3) -> None:
     floor_cpu: list[float] = []
     submit_cpu: list[float] = []
     drain_cpu: list[float] = []
+    collected: list[float] = []
+    generations = [0, 0, 0]
     for r in range(rounds):
         uw = Underway(f"sqlite:///{folder}/floor-uw-{r}.db", workers=2)
         uw.task(name="noop")(noop)
         uw.store.count()
         uw.start()
-        cpu, start = _cpu_seconds(), time.perf_counter()
-        handles = [uw.submit("noop") for _ in range(n)]
-        for handle in handles:
-            handle.wait(300)
-        ours.append(n / (time.perf_counter() - start))
-        our_cpu.append((_cpu_seconds() - cpu) / n)
+        with _Collections() as collections:
+            cpu, start = _cpu_seconds(), time.perf_counter()
+            handles = [uw.submit("noop") for _ in range(n)]
+            for handle in handles:
+                handle.wait(300)
+            ours.append(n / (time.perf_counter() - start))
+            our_cpu.append((_cpu_seconds() - cpu) / n)
+        collected.append(collections.seconds / n)
+        generations = [a + b for a, b in zip(generations, collections.counts, strict=True)]
         uw.close()
         # The same two sides apart: the submissions with no worker running, then the
         # two slots draining those jobs; the last is waited for first (it ends about
@@ -736,7 +766,10 @@ def bench_floor(n: int, folder: str, rounds: int = 3) -> None:
         f"minimal durable queue {cb * 1e6:.0f} us; ratio {ca / cb:.2f}\n"
         f"  underway's two sides apart: submitting alone {cs * 1e6:.0f} us of CPU a job, "
         f"2 slots draining those jobs {cd * 1e6:.0f} us; {(cs + cd) * 1e6:.0f} us together "
-        f"against {ca * 1e6:.0f} end to end, where the process kept {a * ca:.2f} cores busy\n"
+        f"against {ca * 1e6:.0f} end to end, where the process kept {a * ca:.2f} cores busy; "
+        f"the garbage collector {statistics.median(collected) * 1e6:.1f} us a job end to "
+        f"end (collections of generations 0/1/2 in the {rounds} rounds: "
+        f"{'/'.join(map(str, generations))})\n"
         f"  against ThreadPoolExecutor(2) one by one ({c:,.0f}/s): underway {a / c:.1%}, "
         f"the minimal durable queue {b / c:.1%}, the leanest durable queue {d:,.0f}/s "
         f"{d / c:.1%}, the least queue that keeps underway's promises {e:,.0f}/s {e / c:.1%} "
