@@ -423,6 +423,28 @@ def test_the_final_record_a_waiter_takes_without_a_read_is_the_row_the_end_left(
     assert final is not None and final.meta == {"a": 1, "b": 2} and final.output_count == 1
 
 
+def test_making_the_final_record_leaves_the_record_seen_while_the_job_ran_as_it_was(
+    store: SQLiteStore,
+) -> None:
+    """The final record is made from the claimed record's fields, kept without the
+    record: whoever holds the record they saw while the job ran (a watcher, the
+    worker) keeps that snapshot, and every waiter gets the same final record."""
+    job = submit(store)
+    claimed = claim_one(store)
+    _, known = store.notifier.known(job.id)
+    assert known is not None and known.record is not None
+    seen = known.record  # what a watcher took while it ran
+    as_seen = dict(seen.__dict__)
+    assert finish(store, claimed, state=State.SUCCEEDED, result={"n": 1}) is not None
+    _, known = store.notifier.known(job.id)
+    assert known is not None
+    first, second = known.full(), known.full()
+    assert first is not None and first.state is State.SUCCEEDED and first.result == {"n": 1}
+    assert first == second == store.get(job.id)
+    assert seen.__dict__ == as_seen and seen.state is State.RUNNING and seen.result is None
+    assert claimed.state is State.RUNNING and claimed.worker is not None
+
+
 def test_the_final_record_of_a_job_cancelled_while_it_ran_is_the_row_the_end_left(
     store: SQLiteStore,
 ) -> None:
