@@ -355,7 +355,7 @@ class Worker:
             self._done(item.entry)
         for record in records:
             lifecycle.log_claimed(record, self.id)
-        if len(records) == max_jobs and self._claim_size == max_jobs:
+        if max_jobs > 0 and len(records) == max_jobs:
             self._claim_size = min(max_jobs * 2, self.batch)  # a backlog: take more next time
         elif max_jobs > 0 and len(records) < max_jobs:
             self._claim_size = max(1, len(records))  # no backlog: as many as came

@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -606,17 +606,19 @@ def test_long_jobs_run_side_by_side_on_the_slots(uw: Underway) -> None:
 
 
 class CountingStore(SQLiteStore):
-    """A SQLite store that counts the worker's claim calls."""
+    """A SQLite store that counts the worker's store calls: each one's ends written,
+    jobs asked for and jobs claimed."""
 
-    calls = 0
+    calls: ClassVar[list[tuple[int, int, int]]] = []
 
-    def finish_and_claim(self, finishes: Any, **options: Any) -> list[JobRecord]:
-        type(self).calls += 1
-        return super().finish_and_claim(finishes, **options)
+    def apply_and_claim(self, decisions: Any, **options: Any) -> tuple[list[bool], list[JobRecord]]:
+        done, records = super().apply_and_claim(decisions, **options)
+        type(self).calls.append((len(decisions), options.get("max_jobs", 1), len(records)))
+        return done, records
 
 
 def test_a_backlog_of_short_jobs_is_taken_in_batches_and_each_runs_once(db_path: Any) -> None:
-    CountingStore.calls = 0
+    CountingStore.calls = []
     uw = Underway(CountingStore(str(db_path)))
     runs: list[int] = []
 
@@ -632,7 +634,51 @@ def test_a_backlog_of_short_jobs_is_taken_in_batches_and_each_runs_once(db_path:
         assert sorted(runs) == list(range(400))
         assert all(uw.get(h.id).attempt == 1 for h in handles)
         # One store call records a batch of ends and claims the next batch.
-        assert CountingStore.calls < 400 / 4
+        assert 0 < len(CountingStore.calls) < 400 / 4
+    finally:
+        uw.close()
+
+
+class LingeringStore(CountingStore):
+    """As a store whose claim is a round trip to a shared server (Redis): after a
+    slot lets jobs gather, its claim asks for a whole batch."""
+
+    batch_after_linger = True
+
+
+def test_the_ends_of_a_batch_taken_after_lingering_are_written_together(
+    db_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot whose last claim came up short lets jobs gather, then claims a whole batch
+    (`Store.batch_after_linger`). The ends of that batch wait to be written with the
+    next claim, in one store call, as a backlog's do, not one call per job."""
+    monkeypatch.setattr(worker_module.Worker, "SHORT_JOB", 5.0)  # no end is due by age
+    LingeringStore.calls = []
+    uw = Underway(LingeringStore(str(db_path)))
+    leaves = 16
+
+    @uw.task
+    def first() -> int:
+        uw.submit("second")  # the next claim, of 2, finds this one only: it comes up short
+        return 0
+
+    @uw.task
+    def second() -> int:
+        uw.submit_many("leaf", [{"n": n} for n in range(leaves)])  # news of work meanwhile
+        return 0
+
+    @uw.task
+    def leaf(n: int) -> int:
+        return n
+
+    uw.start(1, linger=0.01)
+    try:
+        uw.submit("first")
+        wait_for(lambda: uw.store.count(state=State.SUCCEEDED) == 2 + leaves, timeout=30)
+        wait_for(lambda: sum(ends for ends, _, _ in LingeringStore.calls) == 2 + leaves)
+        batch = next(i for i, call in enumerate(LingeringStore.calls) if call[2] == leaves)
+        # The batch's ends: all with the next call, none written alone before it.
+        assert LingeringStore.calls[batch + 1][0] == leaves, LingeringStore.calls
     finally:
         uw.close()
 
