@@ -1,7 +1,7 @@
 """No-op jobs end to end on Redis, with 1, 2 and 4 worker processes.
 
     python bench/bench_redis.py [--jobs 20000] [--procs 1,2,4] [--slots 1] [--chunk 100]
-        [--rounds 6] [--harness-only]
+        [--rounds 6] [--harness-only] [--alone]
 
 Starts its own redis-server on a free port. For each worker count: the worker
 processes (`tests.integration.redis_worker_app`) start idle, this process submits
@@ -57,6 +57,7 @@ their arguments and replies).
 Then one-by-one submissions with no worker running, beside bare LPUSHes of a
 200-byte value (about what Huey's enqueue sends), with the wall time and each side's
 CPU per call: a process that submits jobs one by one gets them in no faster.
+`--alone` runs this part alone, `--rounds` times.
 """
 
 from __future__ import annotations
@@ -485,8 +486,17 @@ def main() -> None:
     parser.add_argument(
         "--harness-only", action="store_true", help="only the rounds in the harness's shape"
     )
+    parser.add_argument(
+        "--alone",
+        action="store_true",
+        help="only the submissions with no worker running, beside bare LPUSHes, --rounds times",
+    )
     args = parser.parse_args()
     with RedisServer() as server:
+        if args.alone:
+            for _ in range(args.rounds):
+                submission_alone(server.url, server.pid)
+            return
         if args.harness_only:
             harness_rounds(server.url, server.pid, args.rounds)
             return
