@@ -325,6 +325,35 @@ def test_apply_and_claim_reports_each_decision_and_applies_only_those_that_hold(
     assert store.apply([], now) == []
 
 
+def test_two_decisions_on_one_job_in_one_call_apply_in_turn(store: Store) -> None:
+    """The second decision finds the job where the first left it, and the job is
+    listed, counted and claimable as the last one left it (a store that writes the
+    indexes of a batch's jobs together must still write them in turn for one job)."""
+    job = submit(store)
+    other = submit(store)
+    held = claim(store, max_jobs=2)
+    now = time.time()
+    back = lifecycle.released(held[0], fence=fence(held[0]), now=now)
+    as_queued = held[0].evolve(state=State.QUEUED, worker=None, lease_until=None, attempt=0)
+    gone = lifecycle.cancel(as_queued, now=now)
+    assert gone is not None
+    done, got = store.apply_and_claim(
+        [ended(held[1], now=now), back, gone], worker=WORKER, tasks=["t"], limits={},
+        lease=LEASE, now=now, max_jobs=5,
+    )  # fmt: skip
+    assert (done, got) == ([True, True, True], [])
+    cancelled = store.get(job.id)
+    assert cancelled is not None and cancelled.state is State.CANCELLED
+    assert [r.id for r in store.list_jobs(state=State.QUEUED).jobs] == []
+    assert [r.id for r in store.list_jobs(state=State.RUNNING).jobs] == []
+    assert [r.id for r in store.list_jobs(state=State.CANCELLED).jobs] == [job.id]
+    assert [r.id for r in store.list_jobs(state=State.SUCCEEDED).jobs] == [other.id]
+    assert store.count(state=State.QUEUED) == 0 and store.count(state=State.RUNNING) == 0
+    assert store.running_of("t") == 0
+    assert claim(store, max_jobs=5) == []
+    assert store.expired(now + 10 * LEASE) == []
+
+
 def test_apply_and_claim_frees_room_under_a_concurrency_limit(store: Store) -> None:
     submit(store, "limited")
     second = submit(store, "limited")
