@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 import types
 from pathlib import Path
 from typing import Any
@@ -67,10 +66,12 @@ def _unquote(text: bytes) -> bytes:
     return bytes(out)
 
 
+_END = b"bench_redis_scripts: the end of the run"
+
 # Commands of the run not replayed: they read, wait, or manage the connection.
 _NOT_REPLAYED = {
     b"MONITOR", b"SUBSCRIBE", b"PSUBSCRIBE", b"UNSUBSCRIBE", b"PUNSUBSCRIBE", b"PING",
-    b"INFO", b"CLIENT", b"HELLO", b"FUNCTION", b"SCRIPT", b"SELECT", b"CONFIG", b"GET",
+    b"INFO", b"CLIENT", b"HELLO", b"ECHO", b"FUNCTION", b"SCRIPT", b"SELECT", b"CONFIG", b"GET",
     b"HGETALL", b"HMGET", b"EXISTS", b"ZRANGE", b"ZCARD", b"TIME",
 }  # fmt: skip
 
@@ -94,6 +95,8 @@ def record(url: str, jobs: int) -> list[list[bytes]]:
             if b" lua] " in line[:60]:
                 continue
             args = [_unquote(m) for m in _QUOTED.findall(line)]
+            if args[:2] == [b"ECHO", _END]:
+                return
             if args and args[0].upper() not in _NOT_REPLAYED:
                 calls.append(args)
 
@@ -117,10 +120,11 @@ def record(url: str, jobs: int) -> list[list[bytes]]:
         for proc in workers:
             proc.wait(timeout=30)
         uw.close()
-        time.sleep(0.2)  # MONITOR's last lines
+        with redis.Redis.from_url(url) as client:
+            client.echo(_END)  # the run's last line on MONITOR
+        reader.join(timeout=30)
         done.set()
         monitor.disconnect()
-        reader.join(timeout=5)
     return calls
 
 
