@@ -29,7 +29,9 @@ over the jobs is what one job costs:
 With `--floor`, the peers harness's embedded end-to-end shape instead (jobs submitted
 one by one to an embedded worker of 2 slots, then each waited for; every thread
 counted) beside the same shape on `bench_engine.FloorQueue`, a minimal durable SQLite
-queue in Python of underway's shape: what underway's bookkeeping costs over it.
+queue in Python of underway's shape: what underway's bookkeeping costs over it. Each
+count is also split by the library that ran the instructions (the interpreter,
+libsqlite3, libc, ...), from callgrind's own file: what is Python's, what SQLite's.
 
 With `--redis`, the same for the Redis store's side of it: redis-server itself runs
 under callgrind (started on a free port, its once-a-second housekeeping only), this
@@ -140,6 +142,11 @@ def _floor_queue(jobs: int) -> None:
 
 def instructions(path: str, jobs: int, batch: int) -> int:
     """Instructions the child process executed for `path` with `jobs` jobs."""
+    return sum(instructions_by_object(path, jobs, batch).values())
+
+
+def instructions_by_object(path: str, jobs: int, batch: int) -> dict[str, int]:
+    """`instructions`, split by the file (the interpreter, a library) that ran them."""
     with tempfile.TemporaryDirectory() as folder:
         out = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={folder}/out",
@@ -148,7 +155,47 @@ def instructions(path: str, jobs: int, batch: int) -> int:
             cwd=ROOT, capture_output=True, text=True, check=True,
             env={**os.environ, "PYTHONHASHSEED": "0"},
         )  # fmt: skip
-    return _collected(out.stderr)
+        split = _by_object(Path(folder) / "out")
+    total = _collected(out.stderr)
+    if sum(split.values()) != total:
+        raise RuntimeError(f"callgrind's file holds {sum(split.values())}, it said {total}")
+    return split
+
+
+def _by_object(path: Path) -> dict[str, int]:
+    """Self cost (instructions) by object file, from a callgrind output file: each
+    cost line counts for the object of the function it is under (`ob=`); the lines
+    after a `calls=` line are the call's inclusive cost, counted in the callee."""
+    names: dict[str, str] = {}
+    totals: dict[str, int] = {}
+    current = "?"
+    after_call = False
+    with path.open(errors="replace") as lines:
+        for line in lines:
+            if line.startswith(("ob=", "cob=")):
+                found = re.match(r"c?ob=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+                if found is None:
+                    continue
+                if found.group(2):
+                    names[found.group(1)] = found.group(2)
+                if line.startswith("ob="):
+                    current = names.get(found.group(1), "?")
+            elif line.startswith("calls="):
+                after_call = True
+            elif line[:1].isdigit() or line[:1] in "+-*":
+                if after_call:
+                    after_call = False
+                    continue
+                fields = line.split()
+                if len(fields) > 1:
+                    totals[current] = totals.get(current, 0) + int(fields[1])
+    return totals
+
+
+def _short(name: str) -> str:
+    """A library's name without its folder and version: libsqlite3, libpython3.11."""
+    base = os.path.basename(name)
+    return re.sub(r"(\.cpython-[^.]+)?\.so(\.[\d.]+)?$", "", base) or name
 
 
 def _drain(uw: Any, batch: int) -> None:
@@ -384,14 +431,21 @@ def floor_main(jobs: int, repeat: int) -> None:
     same shape on `bench_engine.FloorQueue`."""
     print(f"instructions per job end to end ({jobs} jobs, minus the same run with none)")
     for _ in range(repeat):
-        ours, floor = (
-            (instructions(p, jobs, 1) - instructions(p, 0, 1)) / jobs
-            for p in ("end to end", "end to end, floor")
-        )
+        split: dict[str, dict[str, float]] = {}
+        for p in ("end to end", "end to end, floor"):
+            full, empty = instructions_by_object(p, jobs, 1), instructions_by_object(p, 0, 1)
+            split[p] = {
+                _short(o): (full.get(o, 0) - empty.get(o, 0)) / jobs for o in full.keys() | empty
+            }
+        ours, floor = (sum(split[p].values()) for p in split)
         print(
             f"  underway {ours:,.0f}, a minimal durable queue {floor:,.0f}; "
             f"ratio {ours / floor:.2f}"
         )
+        for p, label in (("end to end", "underway"), ("end to end, floor", "minimal")):
+            parts = sorted(split[p].items(), key=lambda kv: -kv[1])
+            shown = ", ".join(f"{name} {count:,.0f}" for name, count in parts if count >= 1000)
+            print(f"    {label}: {shown}")
 
 
 def main() -> None:
