@@ -305,10 +305,56 @@ class UnderwayClient:
         self.uw.close()
 
 
+class UnderwayCallsClient(UnderwayClient):
+    """underway with its submissions' script calls made before the clock starts (the
+    record, the arguments, the listener's note of the job, as `RedisStore.enqueue` makes
+    them): each submission is then the script call alone, on the store's connection.
+    What underway's submissions would do with no Python of their own."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.store: Any = self.uw.store
+        self.store.ping()
+        self.conn = self.store._acquire()
+        self.pending: list[tuple[str, tuple[Any, ...]]] = []
+
+    def prepare(self, count: int) -> None:
+        from underway import lifecycle
+        from underway.app import _new_record
+        from underway.stores import redis as rs
+        from underway.stores import redis_scripts as scripts
+
+        store, task, events = self.store, self.uw.get_task("noop"), lifecycle.submitted()
+        assert store._functions, "a Redis with functions (7.0 or later)"
+        for _ in range(count):
+            record = _new_record(task, {}, now=time.time(), owner=None, priority=None,
+                                 delay=None, meta={})  # fmt: skip
+            fields = [*rs._fields(record), "reply", store._process]
+            store._listener.submitted(record.id)
+            command = ("FCALL", scripts.ENQUEUE.function, 0, store._prefix,
+                       repr(record.created_at), record.id, record.task, record.queue,
+                       record.priority, repr(record.run_at), "", "", "", len(fields),
+                       len(events), *fields, *rs._flat_events(events))  # fmt: skip
+            self.pending.append((record.id, command))
+        self.pending.reverse()
+
+    def submit(self) -> Any:
+        job_id, command = self.pending.pop()
+        self.store._command(self.conn, command)
+        return job_id
+
+    def wait(self, handle: Any, timeout: float) -> Any:
+        return self.uw.wait(handle, timeout=timeout)
+
+    def close(self) -> None:
+        self.store._free.append(self.conn)
+        super().close()
+
+
 # -- the measurement --------------------------------------------------------------------
 def one_round(kind: str, url: str, server_pid: int, jobs: int) -> dict[str, float]:
     """One queue in the harness's shape: its figures, and its CPU per job by side."""
-    if kind == "underway":
+    if kind.startswith("underway"):
         argv = [sys.executable, "-m", "tests.integration.redis_worker_app", url,
                 "--workers", "1"]  # fmt: skip
     else:
@@ -320,7 +366,13 @@ def one_round(kind: str, url: str, server_pid: int, jobs: int) -> dict[str, floa
     try:
         for proc in workers:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        queue = UnderwayClient(url) if kind == "underway" else FloorClient(kind, url)
+        if kind == "underway":
+            queue = UnderwayClient(url)
+        elif kind == "underway-calls":
+            queue = UnderwayCallsClient(url)
+            queue.prepare(300 + jobs)
+        else:
+            queue = FloorClient(kind, url)
         trips = []
         for _ in range(300):
             started = time.perf_counter()
@@ -353,30 +405,35 @@ def one_round(kind: str, url: str, server_pid: int, jobs: int) -> dict[str, floa
     }
 
 
-KINDS = ("underway", "promises", "status", "bare")
+KINDS = ("underway", "underway-calls", "promises", "status", "bare")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--kinds", default=",".join(KINDS), help="the queues to run, in turn")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         run_worker(*args.worker)
         return
-    results: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
+    kinds = args.kinds.split(",")
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        parser.error(f"unknown queues: {', '.join(sorted(unknown))} (known: {', '.join(KINDS)})")
+    results: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     with RedisServer() as server:
         print(f"harness shape: 2 worker processes x 1 thread, {args.jobs:,} jobs a round, "
               f"{args.rounds} rounds, the queues interleaved")  # fmt: skip
-        head = f"{'queue':<9} {'jobs/s':>7} {'submit/s':>8} {'rt p50':>8} "
+        head = f"{'queue':<14} {'jobs/s':>7} {'submit/s':>8} {'rt p50':>8} "
         print(head + f"{'client':>7} {'workers':>8} {'redis':>6} {'all':>5}  (CPU us per job)")
         for _ in range(args.rounds):
-            for kind in KINDS:
+            for kind in kinds:
                 redis.Redis.from_url(server.url).flushdb()
                 r = one_round(kind, server.url, server.pid, args.jobs)
                 results[kind].append(r)
-                print(f"{kind:<9} {r['jobs/s']:>7,.0f} {r['submit/s']:>8,.0f} "
+                print(f"{kind:<14} {r['jobs/s']:>7,.0f} {r['submit/s']:>8,.0f} "
                       f"{r['rt']:>6.2f}ms {r['client']:>7.0f} {r['workers']:>8.0f} "
                       f"{r['redis']:>6.0f} {r['client'] + r['workers'] + r['redis']:>5.0f}",
                       flush=True)  # fmt: skip
@@ -384,14 +441,14 @@ def main() -> None:
         kind: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
         for kind, rows in results.items()
     }
-    ours = median["underway"]
+    ours = median.get("underway")
     print("medians, and underway's ratio to each minimal queue (jobs/s and submit/s: "
           "above 1 is faster; round trip: below 1 is faster)")  # fmt: skip
-    for kind in KINDS:
+    for kind in kinds:
         m = median[kind]
-        line = (f"{kind:<9} {m['jobs/s']:>7,.0f} jobs/s {m['submit/s']:>7,.0f} submit/s "
+        line = (f"{kind:<14} {m['jobs/s']:>7,.0f} jobs/s {m['submit/s']:>7,.0f} submit/s "
                 f"rt {m['rt']:.2f} ms")  # fmt: skip
-        if kind != "underway":
+        if ours is not None and kind != "underway":
             ratio = ours["submit/s"] / m["submit/s"]
             line += (f"  underway/{kind}: {ours['jobs/s'] / m['jobs/s']:.2f}, "
                      f"{ratio:.2f}, {ours['rt'] / m['rt']:.2f}")  # fmt: skip

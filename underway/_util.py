@@ -12,10 +12,14 @@ from typing import Any
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 digits
-_SHIFTS = range(120, -1, -10)
 _id_lock = threading.Lock()
 _last_ms = 0
 _last_rand = 0
+# The digits of the last id's millisecond and of its random part's upper 40 bits, which
+# the ids made in one millisecond share (their random parts count up from the first).
+_ms_digits = ""
+_high = -1
+_high_digits = ""
 
 
 _pool = b""
@@ -38,19 +42,27 @@ def new_id() -> str:
     Within one millisecond the random part is incremented, so ids made by one process
     sort in creation order.
     """
-    global _last_ms, _last_rand
+    global _last_ms, _last_rand, _ms_digits, _high, _high_digits
+    pairs = _PAIRS
     with _id_lock:
         ms = time.time_ns() // 1_000_000
         if ms <= _last_ms:
-            ms = _last_ms
             _last_rand += 1
         else:
+            _last_ms = ms
             _last_rand = int.from_bytes(_random_bytes(10), "big") >> 1
-        _last_ms = ms
-        value = (ms << 80) | (_last_rand & ((1 << 80) - 1))
-    # 26 base-32 digits, two at a time (130 bits; the top two are zero).
-    pairs = _PAIRS
-    return "".join([pairs[(value >> shift) & 1023] for shift in _SHIFTS])
+            # 10 digits: the millisecond's 48 bits under two zero bits.
+            _ms_digits = "".join([pairs[(ms >> shift) & 1023] for shift in (40, 30, 20, 10, 0)])
+        rand = _last_rand & 0xFFFFFFFFFFFFFFFFFFFF
+        high = rand >> 40
+        if high != _high:
+            _high = high
+            _high_digits = "".join([pairs[(high >> shift) & 1023] for shift in (30, 20, 10, 0)])
+        head = _ms_digits + _high_digits
+    low = rand & 0xFFFFFFFFFF
+    return (
+        head + pairs[low >> 30] + pairs[(low >> 20) & 1023] + pairs[(low >> 10) & 1023]
+    ) + pairs[low & 1023]
 
 
 def id_time(job_id: str) -> float | None:

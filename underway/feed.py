@@ -46,7 +46,7 @@ class Signal:
         return self._lock.acquire(timeout=max(0.0, timeout))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen class's __init__ costs 3x, on every job
 class Known:
     """What a store learned of a job with a change it announces (its own write, or a
     notification that carried it): the job's state, and its whole record when the

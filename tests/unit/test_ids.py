@@ -5,7 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from itertools import pairwise
+from types import SimpleNamespace
 
+import pytest
+
+from underway import _util
 from underway._util import id_time, new_id
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -57,3 +61,19 @@ def test_ids_made_by_many_threads_at_once_are_unique() -> None:
     assert len(set(every)) == len(every) == 20_000
     for out in made:  # each thread's own ids in the order it made them
         assert out == sorted(out)
+
+
+def test_ids_count_up_across_the_digits_kept_from_the_id_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The digits of the millisecond and of the random part's upper 40 bits are kept from
+    # one id to the next: counting up across a carry into those bits must change them.
+    for name in ("_last_ms", "_last_rand", "_ms_digits", "_high", "_high_digits"):
+        monkeypatch.setattr(_util, name, getattr(_util, name))
+    monkeypatch.setattr(_util, "_last_ms", 0)
+    ms = 1_800_000_000_123
+    monkeypatch.setattr(_util, "time", SimpleNamespace(time_ns=lambda: ms * 1_000_000))
+    start = (7 << 40) - 3  # three ids below a carry into the upper 40 bits
+    monkeypatch.setattr(_util, "_random_bytes", lambda n: (start << 1).to_bytes(n, "big"))
+    ids = [new_id() for _ in range(6)]
+    assert [decode(job_id) for job_id in ids] == [(ms << 80) | (start + i) for i in range(6)]

@@ -211,19 +211,28 @@ def _claimed(record: JobRecord, worker: str, lease_until: str) -> JobRecord:
     )
 
 
-def _fields(record: JobRecord) -> list[str]:
+def _times(record: JobRecord) -> tuple[str, str]:
+    """A new job's creation time and due time, as its hash holds them."""
+    created = repr(record.created_at)
+    return created, created if record.run_at == record.created_at else repr(record.run_at)
+
+
+def _fields(record: JobRecord, times: tuple[str, str] | None = None) -> list[str]:
     """The hash of a new queued job, as field/value pairs. Fields at their defaults
-    (attempt 0, no output, no cancel request, absent = None) are left out."""
+    (attempt 0, no output, no cancel request, absent = None) are left out. `times`:
+    `_times(record)`, where the caller has them."""
+    created, run_at = _times(record) if times is None else times
+    params = record.params
     flat = [
         "id", record.id,
         "task", record.task,
         "queue", record.queue,
         "priority", str(record.priority),
         "state", "queued",
-        "params", dumps(record.params),
+        "params", dumps(params) if params else "{}",
         "max_attempts", str(record.max_attempts),
-        "created_at", repr(record.created_at),
-        "run_at", repr(record.run_at),
+        "created_at", created,
+        "run_at", run_at,
         "keep_for", repr(record.keep_for),
     ]  # fmt: skip
     if record.timeout is not None:
@@ -240,7 +249,8 @@ def _fields(record: JobRecord) -> list[str]:
 
 
 def _flat_events(events: Sequence[tuple[EventKind, str]]) -> list[str]:
-    return [x for kind, data in events for x in (EventKind(kind).value, data)]
+    # An EventKind is a str (its value, for the client's encoder as for Lua).
+    return [x for event in events for x in event]
 
 
 _expected: dict[frozenset[State], str] = {}  # a decision's `expect`, as the script reads it
@@ -432,21 +442,39 @@ class RedisStore(Store):
     def _guard(self) -> Iterator[None]:
         try:
             yield
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            raise StoreUnavailable(
-                f"Redis at {safe_url(self.url)} is unavailable: {exc}", retry_after=RETRY_AFTER
-            ) from None
-        except redis.ResponseError as exc:
-            if not _refused(exc):
+        except (redis.ConnectionError, redis.TimeoutError, OSError, redis.ResponseError) as exc:
+            failure = self._unavailable(exc)
+            if failure is exc:
                 raise
-            raise StoreUnavailable(
+            raise failure from None
+
+    def _unavailable(self, exc: Exception) -> Exception:
+        """What a call that failed with `exc` raises: StoreUnavailable where Redis is
+        away or refuses writes for now, else `exc` itself."""
+        if isinstance(exc, redis.ResponseError):
+            if not _refused(exc):
+                return exc
+            return StoreUnavailable(
                 f"Redis at {safe_url(self.url)} refuses writes for now: {_code(exc)}{exc}",
                 retry_after=RETRY_AFTER,
-            ) from None
+            )
+        return StoreUnavailable(
+            f"Redis at {safe_url(self.url)} is unavailable: {exc}", retry_after=RETRY_AFTER
+        )
 
     def _run(self, script: scripts.Script, now: float, *args: Any) -> Any:
-        with self._guard():
-            return self._call(script, (self._prefix, repr(now), *args))
+        return self._run_args(script, (self._prefix, repr(now), *args))
+
+    def _run_args(self, script: scripts.Script, args: tuple[Any, ...]) -> Any:
+        """`_run` with the script's whole argument list (the key prefix, the time, the
+        rest), as a submission builds it. Not `_guard`: a call on every job's path."""
+        try:
+            return self._call(script, args)
+        except (redis.ConnectionError, redis.TimeoutError, OSError, redis.ResponseError) as exc:
+            failure = self._unavailable(exc)
+            if failure is exc:
+                raise
+            raise failure from None
 
     def _acquire(self) -> Any:
         """A connection of the free list (a new one when it is empty)."""
@@ -780,24 +808,30 @@ class RedisStore(Store):
     ) -> tuple[JobRecord, bool, list[str]]:
         # The job's end (or deletion) is sent to this instance's channel too (`reply`):
         # a thread of this process that waits for it need not follow it on its own.
-        fields = [*_fields(record), "reply", self._process]
+        created, run_at = times = _times(record)
+        fields = _fields(record, times)
         hears = self._listener.submitted(record.id)
         mark = self.notifier.mark()
-        reply = self._run(
+        reply = self._run_args(
             scripts.ENQUEUE,
-            record.created_at,
-            record.id,
-            record.task,
-            record.queue,
-            record.priority,
-            repr(record.run_at),
-            record.owner or "",
-            record.idempotency_key or "",
-            record.supersede_key or "",
-            len(fields),
-            len(events),
-            *fields,
-            *_flat_events(events),
+            (
+                self._prefix,
+                created,
+                record.id,
+                record.task,
+                record.queue,
+                record.priority,
+                run_at,
+                record.owner or "",
+                record.idempotency_key or "",
+                record.supersede_key or "",
+                len(fields) + 2,
+                len(events),
+                *fields,
+                "reply",
+                self._process,
+                *_flat_events(events),
+            ),
         )
         if reply[0] == 0:
             return _record(reply[1]), False, []
