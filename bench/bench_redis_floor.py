@@ -1,16 +1,21 @@
 """underway on Redis beside three minimal Redis queues of the same shape, in one run.
 
-    python bench/bench_redis_floor.py [--rounds 3] [--jobs 2000]
+    python bench/bench_redis_floor.py [--rounds 3] [--jobs 2000] [--kinds underway,bare]
 
-Starts its own redis-server. Each round runs the four queues in turn in the peer
-harness's Redis shape: 2 worker processes of one thread each; 300 round trips one at a
-time (submit, then wait for the result), then `--jobs` no-op jobs submitted one by one
-while the workers run, then each waited for. It prints, per queue, the end-to-end rate,
-the submissions' own rate (the harness's enqueue row), the round trip p50, and the CPU
-per job of each side (this process, the workers, redis-server; from /proc), with each
-minimal queue's figures as a ratio to underway's.
+Starts its own redis-server. Each round runs the queues in turn (`--kinds`, all five
+by default) in the peer harness's Redis shape: 2 worker processes of one thread each;
+300 round trips one at a time (submit, then wait for the result), then `--jobs` no-op
+jobs submitted one by one while the workers run, then each waited for. It prints, per
+queue, the end-to-end rate, the submissions' own rate (the harness's enqueue row), the
+round trip p50, and the CPU per job of each side (this process, the workers,
+redis-server; from /proc), with each other queue's figures as a ratio to underway's.
 
 - underway: its Redis store (`tests.integration.redis_worker_app`, one slot).
+- underway-calls: the same store, workers and scripts, with each submission's script
+  call made ready before the clock starts (its record, its arguments, the listener's
+  note of it, as `RedisStore.enqueue` makes them): a submission is then the script call
+  alone. What underway's submissions would do with no Python of their own around the
+  call; its `submit/s` is the most that leaner client code could give them here.
 - status: the least a Redis queue does that can say at any time what became of each
   job it accepted, with nothing else: a submission writes the job's hash (task,
   parameters, state, time, where to reply) and pushes its id in one script call; a
