@@ -27,7 +27,6 @@ from .feed import ChangeFeed
 from .handle import JobHandle
 from .job import MAX_OUTPUT_BYTES
 from .records import (
-    EMPTY_PROGRESS,
     TERMINAL,
     Event,
     EventKind,
@@ -655,39 +654,21 @@ def _new_record(
     supersede_key: str | None = None,
 ) -> JobRecord:
     """A new queued job of `task` with checked `params`, from the task's settings."""
-    settings = task.settings
-    return JobRecord.from_fields(
-        {
-            "id": new_id(),
-            "task": task.name,
-            "params": params,
-            "state": State.QUEUED,
-            "progress": EMPTY_PROGRESS,
-            "result": None,
-            "error": None,
-            "cancel_requested": False,
-            "attempt": 0,
-            "max_attempts": settings.retries + 1,
-            "created_at": now,
-            "started_at": None,
-            "finished_at": None,
-            "expires_at": None,
-            "output_count": 0,
-            "position": None,
-            "owner": owner,
-            "queue": settings.queue,
-            "priority": settings.priority if priority is None else priority,
-            "run_at": now + (delay or 0.0),
-            "timeout": settings.timeout,
-            "keep_for": settings.keep_for,
-            "idempotency_key": idempotency_key,
-            "supersede_key": supersede_key,
-            "worker": None,
-            "lease_until": None,
-            "meta": meta,
-            "waiting": None,
-        }
-    )
+    values = task.new_record_fields()
+    values["id"] = new_id()
+    values["params"] = params
+    values["created_at"] = now
+    values["run_at"] = now + delay if delay else now
+    values["meta"] = meta
+    if owner is not None:
+        values["owner"] = owner
+    if priority is not None:
+        values["priority"] = priority
+    if idempotency_key is not None:
+        values["idempotency_key"] = idempotency_key
+    if supersede_key is not None:
+        values["supersede_key"] = supersede_key
+    return JobRecord.from_fields(values)
 
 
 def _params_hash(task: str, params: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ import pydantic
 from ._util import parse_duration
 from .errors import ValidationError
 from .job import Job
+from .records import EMPTY_PROGRESS, State
 
 if TYPE_CHECKING:
     from .handle import JobHandle
@@ -62,6 +63,47 @@ class Task:
         self.__name__ = getattr(func, "__name__", name)
         self.__qualname__ = getattr(func, "__qualname__", name)
         self.__module__ = getattr(func, "__module__", __name__)
+        self._record_base: tuple[TaskSettings, dict[str, Any]] | None = None
+
+    def new_record_fields(self) -> dict[str, Any]:
+        """The fields of a new queued job of this task, as its settings give them (a new
+        dict each call): a submission sets its own (id, parameters, times, owner, meta,
+        keys) on a copy, rather than build every field on every submission."""
+        base = self._record_base
+        settings = self.settings
+        if base is None or base[0] is not settings:
+            fields = {
+                "id": "",
+                "task": self.name,
+                "params": {},
+                "state": State.QUEUED,
+                "progress": EMPTY_PROGRESS,
+                "result": None,
+                "error": None,
+                "cancel_requested": False,
+                "attempt": 0,
+                "max_attempts": settings.retries + 1,
+                "created_at": 0.0,
+                "started_at": None,
+                "finished_at": None,
+                "expires_at": None,
+                "output_count": 0,
+                "position": None,
+                "owner": None,
+                "queue": settings.queue,
+                "priority": settings.priority,
+                "run_at": 0.0,
+                "timeout": settings.timeout,
+                "keep_for": settings.keep_for,
+                "idempotency_key": None,
+                "supersede_key": None,
+                "worker": None,
+                "lease_until": None,
+                "meta": {},
+                "waiting": None,
+            }
+            base = self._record_base = (settings, fields)
+        return base[1].copy()
 
     # -- parameters --------------------------------------------------------------------
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -211,6 +211,21 @@ def _claimed(record: JobRecord, worker: str, lease_until: str) -> JobRecord:
     )
 
 
+_setting_texts: dict[float, str] = {}  # a task setting's seconds, as a hash holds them
+
+
+def _setting_text(value: float) -> str:
+    """`repr(value)` for a task's keep_for or timeout (a few values, on every job)."""
+    if type(value) is not float:  # an int would share a float's entry (1 == 1.0)
+        return repr(value)
+    text = _setting_texts.get(value)
+    if text is None:
+        text = repr(value)
+        if len(_setting_texts) < 256:
+            _setting_texts[value] = text
+    return text
+
+
 def _times(record: JobRecord) -> tuple[str, str]:
     """A new job's creation time and due time, as its hash holds them."""
     created = repr(record.created_at)
@@ -233,10 +248,10 @@ def _fields(record: JobRecord, times: tuple[str, str] | None = None) -> list[str
         "max_attempts", str(record.max_attempts),
         "created_at", created,
         "run_at", run_at,
-        "keep_for", repr(record.keep_for),
+        "keep_for", _setting_text(record.keep_for),
     ]  # fmt: skip
     if record.timeout is not None:
-        flat += ("timeout", repr(record.timeout))
+        flat += ("timeout", _setting_text(record.timeout))
     if record.owner is not None:
         flat += ("owner", record.owner)
     if record.idempotency_key is not None:
