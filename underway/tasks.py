@@ -68,14 +68,16 @@ class Task:
     def new_record_fields(self) -> dict[str, Any]:
         """The fields of a new queued job of this task, as its settings give them (a new
         dict each call): a submission sets its own (id, parameters, times, owner, meta,
-        keys) on a copy, rather than build every field on every submission."""
+        keys) on a copy, rather than build every field on every submission. The id,
+        the parameters, the meta and the times are left for it to set (None here: no
+        mutable value is shared between the copies)."""
         base = self._record_base
         settings = self.settings
         if base is None or base[0] is not settings:
             fields = {
-                "id": "",
+                "id": None,
                 "task": self.name,
-                "params": {},
+                "params": None,
                 "state": State.QUEUED,
                 "progress": EMPTY_PROGRESS,
                 "result": None,
@@ -83,7 +85,7 @@ class Task:
                 "cancel_requested": False,
                 "attempt": 0,
                 "max_attempts": settings.retries + 1,
-                "created_at": 0.0,
+                "created_at": None,
                 "started_at": None,
                 "finished_at": None,
                 "expires_at": None,
@@ -92,14 +94,14 @@ class Task:
                 "owner": None,
                 "queue": settings.queue,
                 "priority": settings.priority,
-                "run_at": 0.0,
+                "run_at": None,
                 "timeout": settings.timeout,
                 "keep_for": settings.keep_for,
                 "idempotency_key": None,
                 "supersede_key": None,
                 "worker": None,
                 "lease_until": None,
-                "meta": {},
+                "meta": None,
                 "waiting": None,
             }
             base = self._record_base = (settings, fields)

@@ -123,6 +123,10 @@ _REFUSAL_TYPES = tuple(
 )
 
 
+# What a call raises that `RedisStore._unavailable` may turn into StoreUnavailable.
+_CALL_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError, redis.ResponseError)
+
+
 def _code(exc: redis.ResponseError) -> str:
     """The error reply's code and a space, where redis-py took it off the message."""
     code = getattr(exc, "status_code", None)
@@ -457,7 +461,7 @@ class RedisStore(Store):
     def _guard(self) -> Iterator[None]:
         try:
             yield
-        except (redis.ConnectionError, redis.TimeoutError, OSError, redis.ResponseError) as exc:
+        except _CALL_ERRORS as exc:
             failure = self._unavailable(exc)
             if failure is exc:
                 raise
@@ -485,7 +489,7 @@ class RedisStore(Store):
         rest), as a submission builds it. Not `_guard`: a call on every job's path."""
         try:
             return self._call(script, args)
-        except (redis.ConnectionError, redis.TimeoutError, OSError, redis.ResponseError) as exc:
+        except _CALL_ERRORS as exc:
             failure = self._unavailable(exc)
             if failure is exc:
                 raise
@@ -869,15 +873,16 @@ class RedisStore(Store):
             chunk = records[start : start + self.MANY_CHUNK]
             args: list[Any] = [len(chunk), len(events), *_flat_events(events)]
             for record in chunk:
-                fields = _fields(record)
+                created, run_at = times = _times(record)
+                fields = _fields(record, times)
                 args += (
                     record.id,
                     record.task,
                     record.queue,
                     record.priority,
-                    repr(record.run_at),
+                    run_at,
                     record.owner or "",
-                    repr(record.created_at),
+                    created,
                     len(fields),
                     *fields,
                 )
