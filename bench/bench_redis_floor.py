@@ -321,7 +321,7 @@ class UnderwayCallsClient(UnderwayClient):
         self.store: Any = self.uw.store
         self.store.ping()
         self.conn = self.store._acquire()
-        self.pending: list[tuple[str, tuple[Any, ...]]] = []
+        self.pending: list[tuple[str, bytes]] = []
 
     def prepare(self, count: int) -> None:
         from underway import lifecycle
@@ -331,21 +331,18 @@ class UnderwayCallsClient(UnderwayClient):
 
         store, task, events = self.store, self.uw.get_task("noop"), lifecycle.submitted()
         assert store._functions, "a Redis with functions (7.0 or later)"
+        head = rs._head("FCALL", scripts.ENQUEUE.function)
         for _ in range(count):
             record = _new_record(task, {}, now=time.time(), owner=None, priority=None,
                                  delay=None, meta={})  # fmt: skip
-            fields = [*rs._fields(record), "reply", store._process]
             store._listener.submitted(record.id)
-            command = ("FCALL", scripts.ENQUEUE.function, 0, store._prefix,
-                       repr(record.created_at), record.id, record.task, record.queue,
-                       record.priority, repr(record.run_at), "", "", "", len(fields),
-                       len(events), *fields, *rs._flat_events(events))  # fmt: skip
-            self.pending.append((record.id, command))
+            args = store._submission(record, events)
+            self.pending.append((record.id, b"*%d\r\n%b%b" % (args.count + 3, head, args.data)))
         self.pending.reverse()
 
     def submit(self) -> Any:
         job_id, command = self.pending.pop()
-        self.store._command(self.conn, command)
+        self.store._send(self.conn, command)
         return job_id
 
     def wait(self, handle: Any, timeout: float) -> Any:

@@ -16,10 +16,12 @@ from tests.contract.helpers import (
     claim,
     claim_one,
     ended,
+    enqueue,
     fence,
     finish,
     log_item,
     output_item,
+    record,
     recover,
     release,
     submit,
@@ -232,6 +234,54 @@ def test_script_calls_survive_a_flushed_script_cache_and_a_closed_connection(
         assert got is not None and got.state is State.RUNNING
     finally:
         client.close()
+        store.close()
+
+
+@pytest.mark.parametrize("packer", ["hiredis", "redis-py"])
+def test_a_submission_is_stored_as_given_whatever_packs_its_call(
+    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch, packer: str
+) -> None:
+    """A submission's call is packed partly once per task and settings: each job is
+    stored with its own fields and its task's settings as they were at its submission,
+    by a client with hiredis or without (redis-py's own packing and parsing)."""
+    if packer == "redis-py":
+        monkeypatch.setattr(redis_module, "_pack_hiredis", None)
+    store = RedisStore(private_redis.url)
+    try:
+        now = time.time()
+        plain = submit(store, params={}, priority=0)
+        # Each differs from `plain` in one setting alone.
+        high = submit(store, params={}, priority=-1)
+        kept = submit(store, params={}, priority=0, keep_for=5.0)
+        timed = submit(store, params={}, priority=0, timeout=9.0)
+        retried = submit(store, params={}, priority=0, max_attempts=3)
+        full = submit(
+            store,
+            params={"text": "héllo", "n": [1, 2]},
+            owner="ann",
+            idempotency_key="ann\x00k",
+            supersede_key="ann\x00s",
+            meta={"note": "ünïcode"},
+            priority=-3,
+            max_attempts=4,
+            keep_for=60,
+            timeout=2.5,
+            run_at=now + 600,
+            created_at=now,
+        )
+        # The same task again with other settings and priority, then as the first.
+        other = submit(store, params={}, priority=7, max_attempts=2, keep_for=60.0)
+        again = submit(store, params={}, priority=0)
+        for job in (plain, high, kept, timed, retried, full, other, again):
+            got = store.get(job.id)
+            assert got is not None
+            assert {**got.__dict__, "position": None} == {**job.__dict__, "position": None}
+        assert store.count(state=State.QUEUED) == 8
+        order = [high, plain, kept, timed, retried, again, other]
+        assert [j.id for j in claim(store, max_jobs=8)] == [j.id for j in order]
+        stored, created, _ = enqueue(store, record(idempotency_key="ann\x00k", owner="ann"))
+        assert not created and stored.id == full.id  # the key, found
+    finally:
         store.close()
 
 

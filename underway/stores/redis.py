@@ -272,6 +272,38 @@ def _flat_events(events: Sequence[tuple[EventKind, str]]) -> list[str]:
     return [x for event in events for x in event]
 
 
+def _bulk(text: str) -> bytes:
+    """One argument of a command, as Redis's protocol sends it."""
+    data = text.encode()
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+_EMPTY = _bulk("")
+_EMPTY_PARAMS = _bulk("{}")
+_NO_OPTIONS = _bulk("0")
+
+
+class Packed:
+    """A script call's arguments (`count` of them) already in Redis's protocol: what a
+    submission sends, most of it packed once for all the jobs of its task."""
+
+    __slots__ = ("count", "data")
+
+    def __init__(self, count: int, data: bytes) -> None:
+        self.count = count
+        self.data = data
+
+
+_heads: dict[tuple[str, str], bytes] = {}  # a script call's command, name and no keys
+
+
+def _head(command: str, name: str) -> bytes:
+    found = _heads.get((command, name))
+    if found is None:
+        found = _heads[(command, name)] = _bulk(command) + _bulk(name) + _bulk("0")
+    return found
+
+
 _expected: dict[frozenset[State], str] = {}  # a decision's `expect`, as the script reads it
 
 
@@ -386,6 +418,8 @@ class RedisStore(Store):
         self.poll_interval = 2.0  # a safety net only: waiters are woken by pub/sub
         self._next_due: float | None = None  # earliest run_at among delayed jobs
         self._process = new_id()  # names this store instance in wake-ups
+        self._prefix_arg = _bulk(self._prefix)
+        self._tails: dict[tuple[Any, ...], Packed] = {}  # see `_submission`
         self._local = threading.local()  # per thread: the wake-up version seen at claim
         self._held: dict[str, float] = {}  # job id -> monotonic end of the lease we hold
         # job id -> its hash as this instance claimed it, while it runs here unchanged
@@ -484,7 +518,7 @@ class RedisStore(Store):
     def _run(self, script: scripts.Script, now: float, *args: Any) -> Any:
         return self._run_args(script, (self._prefix, repr(now), *args))
 
-    def _run_args(self, script: scripts.Script, args: tuple[Any, ...]) -> Any:
+    def _run_args(self, script: scripts.Script, args: tuple[Any, ...] | Packed) -> Any:
         """`_run` with the script's whole argument list (the key prefix, the time, the
         rest), as a submission builds it. Not `_guard`: a call on every job's path."""
         try:
@@ -512,7 +546,7 @@ class RedisStore(Store):
             self._connections.add(conn)
         return conn
 
-    def _call(self, script: scripts.Script, args: Sequence[Any]) -> Any:
+    def _call(self, script: scripts.Script, args: Sequence[Any] | Packed) -> Any:
         """The script's call on a connection of the free list; loads the library or the
         script when Redis lacks it (a restart, FUNCTION FLUSH, SCRIPT FLUSH: it did not
         run, so running it then is safe)."""
@@ -522,7 +556,7 @@ class RedisStore(Store):
         finally:
             self._free.append(conn)
 
-    def _call_on(self, conn: Any, script: scripts.Script, args: Sequence[Any]) -> Any:
+    def _call_on(self, conn: Any, script: scripts.Script, args: Sequence[Any] | Packed) -> Any:
         sock = conn._sock
         # Like the client's pool at checkout: a connection with something to read while
         # idle was closed by the server (a restart): connect again. One poll of a plain
@@ -540,17 +574,17 @@ class RedisStore(Store):
         try:
             if self._functions:
                 try:
-                    return self._command(conn, ("FCALL", script.function, 0, *args))
+                    return self._script_call(conn, "FCALL", script.function, args)
                 except redis.ResponseError as exc:
                     if not self._load_library(conn, exc):
                         raise
                 if self._functions:
-                    return self._command(conn, ("FCALL", script.function, 0, *args))
+                    return self._script_call(conn, "FCALL", script.function, args)
             try:
-                return self._command(conn, ("EVALSHA", script.sha, 0, *args))
+                return self._script_call(conn, "EVALSHA", script.sha, args)
             except redis.exceptions.NoScriptError:
                 self._command(conn, ("SCRIPT", "LOAD", script.text))
-                return self._command(conn, ("EVALSHA", script.sha, 0, *args))
+                return self._script_call(conn, "EVALSHA", script.sha, args)
         except redis.ResponseError:
             raise
         except BaseException:
@@ -588,17 +622,34 @@ class RedisStore(Store):
             log.info("Redis functions are not available (%s); using scripts", reason)
 
     @staticmethod
+    def _script_call(conn: Any, command: str, name: str, args: Sequence[Any] | Packed) -> Any:
+        """`command` (FCALL or EVALSHA) of the script `name` with no keys and `args`."""
+        if not isinstance(args, Packed):
+            return RedisStore._command(conn, (command, name, 0, *args))
+        return RedisStore._send(
+            conn, b"*%d\r\n%b%b" % (args.count + 3, _head(command, name), args.data)
+        )
+
+    @staticmethod
     def _command(conn: Any, command: tuple[Any, ...]) -> Any:
         """One command on the connection, and its reply (an error reply raised)."""
         if _pack_hiredis is None:
             conn.send_command(*command)
+            return conn.read_response()
+        return RedisStore._send(conn, _pack_hiredis(command))
+
+    @staticmethod
+    def _send(conn: Any, data: bytes) -> Any:
+        """A command already packed, and its reply (an error reply raised)."""
+        if _pack_hiredis is None:
+            conn.send_packed_command([data])
             return conn.read_response()
         # The connection's own socket and reply parser, without the client's layers
         # around each (a health check, a message naming the host, made at every
         # call): 8% of a script call's instructions in this process.
         if conn._sock is None:
             conn.connect()
-        conn._sock.sendall(_pack_hiredis(command))
+        conn._sock.sendall(data)
         reply = conn._parser.read_response()
         if isinstance(reply, redis.ResponseError):
             raise reply
@@ -827,31 +878,9 @@ class RedisStore(Store):
     ) -> tuple[JobRecord, bool, list[str]]:
         # The job's end (or deletion) is sent to this instance's channel too (`reply`):
         # a thread of this process that waits for it need not follow it on its own.
-        created, run_at = times = _times(record)
-        fields = _fields(record, times)
         hears = self._listener.submitted(record.id)
         mark = self.notifier.mark()
-        reply = self._run_args(
-            scripts.ENQUEUE,
-            (
-                self._prefix,
-                created,
-                record.id,
-                record.task,
-                record.queue,
-                record.priority,
-                run_at,
-                record.owner or "",
-                record.idempotency_key or "",
-                record.supersede_key or "",
-                len(fields) + 2,
-                len(events),
-                *fields,
-                "reply",
-                self._process,
-                *_flat_events(events),
-            ),
-        )
+        reply = self._run_args(scripts.ENQUEUE, self._submission(record, events))
         if reply[0] == 0:
             return _record(reply[1]), False, []
         # A waiter for the job's end need not read the job before it waits: its end
@@ -865,6 +894,66 @@ class RedisStore(Store):
             known = Known(State.QUEUED, record=record, until=until)
         self.notifier.notify(record.id, known={record.id: known}, since=mark)
         return record, True, list(reply[1])
+
+    def _submission(self, record: JobRecord, events: Sequence[tuple[EventKind, str]]) -> Packed:
+        """`ENQUEUE`'s arguments for `record`: what is the job's own packed here, the rest
+        (its task's settings, where to reply, its events) once for all jobs like it."""
+        key = (record.task, record.queue, record.priority, record.max_attempts,
+               record.keep_for, record.timeout, events)  # fmt: skip
+        tail = self._tails.get(key)
+        if tail is None:
+            tail = self._tail(record, events)
+            if len(self._tails) >= 1024:
+                self._tails.clear()
+            self._tails[key] = tail
+        created, run_at = _times(record)
+        params, owner, idem, sup = (
+            record.params,
+            record.owner,
+            record.idempotency_key,
+            record.supersede_key,
+        )
+        parts = [
+            self._prefix_arg,
+            _bulk(created),
+            _bulk(record.id),
+            _EMPTY if run_at is created else _bulk(run_at),
+            _bulk(dumps(params)) if params else _EMPTY_PARAMS,
+            _EMPTY if owner is None else _bulk(owner),
+            _EMPTY if idem is None else _bulk(idem),
+            _EMPTY if sup is None else _bulk(sup),
+        ]
+        if owner is None and idem is None and sup is None and not record.meta:
+            parts += (_NO_OPTIONS, tail.data)
+            return Packed(9 + tail.count, b"".join(parts))
+        options: list[str] = []
+        if owner is not None:
+            options += ("owner", owner)
+        if idem is not None:
+            options += ("idempotency_key", idem)
+        if sup is not None:
+            options += ("supersede_key", sup)
+        if record.meta:
+            options += ("meta", dumps(record.meta))
+        parts.append(_bulk(str(len(options) // 2)))
+        parts += map(_bulk, options)
+        parts.append(tail.data)
+        return Packed(9 + len(options) + tail.count, b"".join(parts))
+
+    def _tail(self, record: JobRecord, events: Sequence[tuple[EventKind, str]]) -> Packed:
+        """The part of `ENQUEUE`'s arguments that every job like `record` shares."""
+        settings = [
+            "max_attempts",
+            str(record.max_attempts),
+            "keep_for",
+            _setting_text(record.keep_for),
+        ]
+        if record.timeout is not None:
+            settings += ("timeout", _setting_text(record.timeout))
+        settings += ("reply", self._process)
+        args = [record.task, record.queue, str(record.priority), str(len(settings) // 2),
+                *settings, str(len(events)), *_flat_events(events)]  # fmt: skip
+        return Packed(len(args), b"".join(map(_bulk, args)))
 
     def enqueue_many(
         self, records: Sequence[JobRecord], events: Sequence[tuple[EventKind, str]]

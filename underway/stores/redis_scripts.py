@@ -166,11 +166,11 @@ local function erase(id)
   return 1
 end
 
--- Store a new job from `nfields` hash field pairs at ARGV[at], with `nevents`
+-- Store a new job from `fields`, its hash's field/value pairs, with `nevents`
 -- (kind, data) pairs at ARGV[ev] as its first events, stamped `now`: queued, or
 -- running when `claimed` (its whole record, claimed at submission for an idle worker,
 -- whose lease ends at `lease_until`), with the event a claim writes.
-local function insert(id, task, queue, priority, run_at, owner, now, at, nfields, ev, nevents,
+local function insert(id, task, queue, priority, run_at, owner, now, fields, ev, nevents,
                       claimed, lease_until)
   local events = {}
   for i = ev, ev + 2 * nevents - 1, 2 do
@@ -188,7 +188,7 @@ local function insert(id, task, queue, priority, run_at, owner, now, at, nfields
     redis.call('SADD', k_running(task), id)
     return
   end
-  redis.call('HSET', k_job(id), unpack(ARGV, at, at + nfields - 1))
+  redis.call('HSET', k_job(id), unpack(fields))
   if #events > 0 then redis.call('RPUSH', k_events(id), unpack(events)) end
   redis.call('ZADD', k_state('queued'), '0', id)
   make_ready(id, task, queue, priority, run_at, now)
@@ -265,17 +265,30 @@ def _script(name: str, prelude: str, body: str, *, writes: bool = True) -> Scrip
     return script
 
 
-# ARGV: P, now, id, task, queue, priority, run_at, owner, idem, sup, nfields, nevents,
-# then nfields hash field pairs (flattened), then nevents (kind, data) pairs.
+# ARGV: P, now (the job's creation), id, run_at ('' when it is `now`), params (JSON),
+# owner (for its index: '' for none), idem, sup, nopt, then nopt field/value pairs of
+# the job's own optional fields; then task, queue, priority, nset, then nset field/value
+# pairs every job of its task from this submitter gets (its settings, where to reply);
+# then nevents and nevents (kind, data) pairs. The parts from `task` on are the same for
+# every job of a task and priority: the client packs them once (`RedisStore.enqueue`).
 # -> {0, existing hash} (idempotency key taken) or {1, other active ids under sup}, and
 # when the job was claimed for an idle worker at once: that worker and the lease's end
 ENQUEUE = _script(
     "enqueue",
     _HELPERS,
     """
-local id, task, queue, priority, run_at = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local owner, idem, sup = ARGV[8], ARGV[9], ARGV[10]
-local nfields, nevents = tonumber(ARGV[11]), tonumber(ARGV[12])
+local id, run_at, params = ARGV[3], ARGV[4], ARGV[5]
+if run_at == '' then run_at = NOW end
+local owner, idem, sup = ARGV[6], ARGV[7], ARGV[8]
+local at = 10 + 2 * tonumber(ARGV[9])
+local task, queue, priority = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+local ev = at + 4 + 2 * tonumber(ARGV[at + 3])
+local nevents = tonumber(ARGV[ev])
+local fields = {'id', id, 'task', task, 'queue', queue, 'priority', priority, 'state', 'queued',
+                'params', params, 'created_at', NOW, 'run_at', run_at}
+for i = 10, at - 1 do fields[#fields + 1] = ARGV[i] end
+for i = at + 4, ev - 1 do fields[#fields + 1] = ARGV[i] end
+ev = ev + 1
 if idem ~= '' then
   local existing = redis.call('GET', k_idem(idem))
   if existing then
@@ -313,7 +326,7 @@ local function offer(m)
   for _, name in ipairs(m[5]) do
     if name == task then
       lease_until = string.format('%.6f', tonumber(NOW) + m[4])
-      local rec = {unpack(ARGV, 13, 12 + nfields)}
+      local rec = {unpack(fields)}
       for _, v in ipairs({'state', 'running', 'attempt', '1', 'worker', m[3], 'lease_until',
                           lease_until, 'started_at', NOW, 'output_count', '0', 'out_top', '1'}) do
         rec[#rec + 1] = v
@@ -325,8 +338,7 @@ local function offer(m)
 end
 local m, rec = wake(offer)
 claimed = rec
-insert(id, task, queue, priority, run_at, owner, NOW, 13, nfields, 13 + nfields, nevents,
-       claimed, lease_until)
+insert(id, task, queue, priority, run_at, owner, NOW, fields, ev, nevents, claimed, lease_until)
 if idem ~= '' then redis.call('SET', k_idem(idem), id) end
 if claimed then return {1, others, m[3], lease_until} end
 return {1, others}
@@ -346,7 +358,7 @@ local at = ev + 2 * nevents
 for _ = 1, count do
   local nfields = tonumber(ARGV[at + 7])
   insert(ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5],
-         ARGV[at + 6], at + 8, nfields, ev, nevents)
+         ARGV[at + 6], {unpack(ARGV, at + 8, at + 7 + nfields)}, ev, nevents)
   at = at + 8 + nfields
 end
 for _ = 1, count do
