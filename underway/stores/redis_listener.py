@@ -170,8 +170,10 @@ class RedisListener:
         self._waiters: dict[str, int] = {}  # job id -> threads/listeners waiting on it
         self._left: dict[str, float] = {}  # job id -> when its last waiter left
         # job id -> (monotonic time it stops standing for a read, the record's JSON)
-        # from the latest message
-        self._records: dict[str, tuple[float, str]] = {}
+        # from the latest message, oldest first. Ordered so that dropping the oldest
+        # costs the same however many came and went before it (a plain dict walks past
+        # the slots of the entries taken out ahead of it, until it is rebuilt).
+        self._records: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._record_chars = 0  # their records' length in all
         self._next_drop = 0.0
         # Jobs this instance submitted, each with the `_heard` count when it was: while
@@ -446,7 +448,8 @@ class RedisListener:
                 self._records[job_id] = (time.monotonic() + fresh, doc)
                 self._record_chars += len(doc)
                 while len(self._records) > MAX_RECORDS or self._record_chars > MAX_RECORD_BYTES:
-                    self._unkeep(next(iter(self._records)))
+                    _, (_, dropped) = self._records.popitem(last=False)
+                    self._record_chars -= len(dropped)
             else:
                 self._unkeep(job_id)
         self._notifier.notify(job_id)
