@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -281,6 +283,31 @@ def test_a_submission_is_stored_as_given_whatever_packs_its_call(
         assert [j.id for j in claim(store, max_jobs=8)] == [j.id for j in order]
         stored, created, _ = enqueue(store, record(idempotency_key="ann\x00k", owner="ann"))
         assert not created and stored.id == full.id  # the key, found
+    finally:
+        store.close()
+
+
+def test_a_redis_that_stops_answering_fails_a_call_within_its_timeout(
+    private_redis: RedisServer,
+) -> None:
+    """A script call waits for its reply for as long as the connection's timeout (kept
+    by the kernel on the store's own connections), then fails as StoreUnavailable
+    rather than hang; once Redis answers again, calls go through."""
+    store = RedisStore(private_redis.url)
+    store._redis.connection_pool.connection_kwargs["socket_timeout"] = 0.5
+    try:
+        first = submit(store)
+        os.kill(private_redis.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                submit(store)
+            took = time.monotonic() - started
+        finally:
+            os.kill(private_redis.pid, signal.SIGCONT)
+        assert 0.4 < took < 5.0, took
+        assert store.get(first.id) is not None
+        assert submit(store).id != first.id
     finally:
         store.close()
 
