@@ -312,6 +312,30 @@ def test_a_redis_that_stops_answering_fails_a_call_within_its_timeout(
         store.close()
 
 
+def test_a_forked_child_opens_connections_of_its_own(redis_store: RedisStore) -> None:
+    """A process forked from one that used the store (a pre-forking server's workers)
+    makes its calls on connections of its own: one shared with its parent would mix
+    their replies."""
+    job = submit(redis_store)
+    parents = list(redis_store._free)
+    assert parents
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 when all is as it should be
+        code = 1
+        try:
+            none_shared = redis_store._free == []
+            got = redis_store._run(redis_module.scripts.GET, time.time(), job.id)
+            own = all(conn not in parents for conn in redis_store._free)
+            code = 0 if none_shared and got and own else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert redis_store._free == parents
+    got = redis_store.get(job.id)
+    assert got is not None and got.id == job.id
+
+
 def test_password_and_database_number_in_the_url(private_redis: RedisServer) -> None:
     admin = redis.Redis(port=private_redis.port)
     admin.config_set("requirepass", "s3cret-pw")

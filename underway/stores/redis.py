@@ -274,6 +274,18 @@ def _flat_events(events: Sequence[tuple[EventKind, str]]) -> list[str]:
     return [x for event in events for x in event]
 
 
+_stores: weakref.WeakSet[RedisStore] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """In a forked child: its stores keep none of the parent's connections free for
+    use (a child must not share the parent's sockets; it opens its own)."""
+    for store in list(_stores):
+        store._free = []
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
 _TIMEVAL = struct.Struct("@ll")  # the kernel's `struct timeval`: seconds, microseconds
 
 
@@ -465,7 +477,7 @@ class RedisStore(Store):
         # the client's pool and command layers cost about as much CPU as the call itself.
         # (list.pop and list.append are atomic: a call takes one, then puts it back.)
         self._free: list[Any] = []
-        self._free_pid = os.getpid()
+        _stores.add(self)  # (see `_after_fork`)
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()  # for close()
         self._connections_lock = threading.Lock()
         try:
@@ -554,9 +566,6 @@ class RedisStore(Store):
 
     def _acquire(self) -> Any:
         """A connection of the free list (a new one when it is empty)."""
-        pid = os.getpid()
-        if pid != self._free_pid:  # a forked child must not share the parent's sockets
-            self._free, self._free_pid = [], pid
         try:
             return self._free.pop()
         except IndexError:
