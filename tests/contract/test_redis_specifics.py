@@ -274,13 +274,15 @@ def test_a_submission_is_stored_as_given_whatever_packs_its_call(
         # The same task again with other settings and priority, then as the first.
         other = submit(store, params={}, priority=7, max_attempts=2, keep_for=60.0)
         again = submit(store, params={}, priority=0)
-        for job in (plain, high, kept, timed, retried, full, other, again):
+        # The events as any sequence, not only the lifecycle's tuple.
+        listed, _, _ = store.enqueue(record(params={}, priority=9), list(lifecycle.submitted()))
+        for job in (plain, high, kept, timed, retried, full, other, again, listed):
             got = store.get(job.id)
             assert got is not None
             assert {**got.__dict__, "position": None} == {**job.__dict__, "position": None}
-        assert store.count(state=State.QUEUED) == 8
-        order = [high, plain, kept, timed, retried, again, other]
-        assert [j.id for j in claim(store, max_jobs=8)] == [j.id for j in order]
+        assert store.count(state=State.QUEUED) == 9
+        order = [high, plain, kept, timed, retried, again, other, listed]
+        assert [j.id for j in claim(store, max_jobs=9)] == [j.id for j in order]
         stored, created, _ = enqueue(store, record(idempotency_key="ann\x00k", owner="ann"))
         assert not created and stored.id == full.id  # the key, found
     finally:

@@ -931,6 +931,8 @@ class RedisStore(Store):
     def _submission(self, record: JobRecord, events: Sequence[tuple[EventKind, str]]) -> Packed:
         """`ENQUEUE`'s arguments for `record`: what is the job's own packed here, the rest
         (its task's settings, where to reply, its events) once for all jobs like it."""
+        if type(events) is not tuple:
+            events = tuple(events)  # (a key of the cache below)
         key = (record.task, record.queue, record.priority, record.max_attempts,
                record.keep_for, record.timeout, events)  # fmt: skip
         tail = self._tails.get(key)
