@@ -217,32 +217,17 @@ def _claimed(record: JobRecord, worker: str, lease_until: str) -> JobRecord:
     )
 
 
-_setting_texts: dict[float, str] = {}  # a task setting's seconds, as a hash holds them
-
-
-def _setting_text(value: float) -> str:
-    """`repr(value)` for a task's keep_for or timeout (a few values, on every job)."""
-    if type(value) is not float:  # an int would share a float's entry (1 == 1.0)
-        return repr(value)
-    text = _setting_texts.get(value)
-    if text is None:
-        text = repr(value)
-        if len(_setting_texts) < 256:
-            _setting_texts[value] = text
-    return text
-
-
 def _times(record: JobRecord) -> tuple[str, str]:
     """A new job's creation time and due time, as its hash holds them."""
     created = repr(record.created_at)
     return created, created if record.run_at == record.created_at else repr(record.run_at)
 
 
-def _fields(record: JobRecord, times: tuple[str, str] | None = None) -> list[str]:
-    """The hash of a new queued job, as field/value pairs. Fields at their defaults
-    (attempt 0, no output, no cancel request, absent = None) are left out. `times`:
-    `_times(record)`, where the caller has them."""
-    created, run_at = _times(record) if times is None else times
+def _fields(record: JobRecord, times: tuple[str, str]) -> list[str]:
+    """The hash of a new queued job, as field/value pairs, its `times` as `_times` gives
+    them. Fields at their defaults (attempt 0, no output, no cancel request, absent =
+    None) are left out."""
+    created, run_at = times
     params = record.params
     flat = [
         "id", record.id,
@@ -254,10 +239,17 @@ def _fields(record: JobRecord, times: tuple[str, str] | None = None) -> list[str
         "max_attempts", str(record.max_attempts),
         "created_at", created,
         "run_at", run_at,
-        "keep_for", _setting_text(record.keep_for),
+        "keep_for", repr(record.keep_for),
     ]  # fmt: skip
     if record.timeout is not None:
-        flat += ("timeout", _setting_text(record.timeout))
+        flat += ("timeout", repr(record.timeout))
+    return flat + _own_fields(record)
+
+
+def _own_fields(record: JobRecord) -> list[str]:
+    """The optional fields a new job has of its own (owner, keys, meta) that are set,
+    as field/value pairs."""
+    flat: list[str] = []
     if record.owner is not None:
         flat += ("owner", record.owner)
     if record.idempotency_key is not None:
@@ -961,15 +953,7 @@ class RedisStore(Store):
         if owner is None and idem is None and sup is None and not record.meta:
             parts += (_NO_OPTIONS, tail.data)
             return Packed(9 + tail.count, b"".join(parts))
-        options: list[str] = []
-        if owner is not None:
-            options += ("owner", owner)
-        if idem is not None:
-            options += ("idempotency_key", idem)
-        if sup is not None:
-            options += ("supersede_key", sup)
-        if record.meta:
-            options += ("meta", dumps(record.meta))
+        options = _own_fields(record)
         parts.append(_bulk(str(len(options) // 2)))
         parts += map(_bulk, options)
         parts.append(tail.data)
@@ -981,10 +965,10 @@ class RedisStore(Store):
             "max_attempts",
             str(record.max_attempts),
             "keep_for",
-            _setting_text(record.keep_for),
+            repr(record.keep_for),
         ]
         if record.timeout is not None:
-            settings += ("timeout", _setting_text(record.timeout))
+            settings += ("timeout", repr(record.timeout))
         settings += ("reply", self._process)
         args = [record.task, record.queue, str(record.priority), str(len(settings) // 2),
                 *settings, str(len(events)), *_flat_events(events)]  # fmt: skip

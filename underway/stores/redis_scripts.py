@@ -270,7 +270,7 @@ def _script(name: str, prelude: str, body: str, *, writes: bool = True) -> Scrip
 # the job's own optional fields; then task, queue, priority, nset, then nset field/value
 # pairs every job of its task from this submitter gets (its settings, where to reply);
 # then nevents and nevents (kind, data) pairs. The parts from `task` on are the same for
-# every job of a task and priority: the client packs them once (`RedisStore.enqueue`).
+# every job of a task and priority: the client packs them once (`RedisStore._submission`).
 # -> {0, existing hash} (idempotency key taken) or {1, other active ids under sup}, and
 # when the job was claimed for an idle worker at once: that worker and the lease's end
 ENQUEUE = _script(
