@@ -2,7 +2,7 @@
 
     python bench/bench_redis_floor.py [--rounds 3] [--jobs 2000] [--kinds underway,bare]
 
-Starts its own redis-server. Each round runs the queues in turn (`--kinds`, all five
+Starts its own redis-server. Each round runs the queues in turn (`--kinds`, all six
 by default) in the peer harness's Redis shape: 2 worker processes of one thread each;
 300 round trips one at a time (submit, then wait for the result), then `--jobs` no-op
 jobs submitted one by one while the workers run, then each waited for. It prints, per
@@ -11,6 +11,12 @@ round trip p50, and the CPU per job of each side (this process, the workers,
 redis-server; from /proc), with each other queue's figures as a ratio to underway's.
 
 - underway: its Redis store (`tests.integration.redis_worker_app`, one slot).
+- underway-store: the same, with each submission's record made before the clock starts
+  (its parameters checked, its id and times, as `Underway.enqueue` makes them): a
+  submission is then the store's part alone (`RedisStore.enqueue`: the listener's note,
+  the call's arguments, the call, the news for this process's waiters). With the two
+  kinds below, it splits the Python around a submission's call into the app's part and
+  the store's, as they cost under the harness's load.
 - underway-calls: the same store, workers and scripts, with each submission's script
   call made ready before the clock starts (its record, its arguments, the listener's
   note of it, as `RedisStore.enqueue` makes them): a submission is then the script call
@@ -310,6 +316,36 @@ class UnderwayClient:
         self.uw.close()
 
 
+class UnderwayStoreClient(UnderwayClient):
+    """underway with its submissions' records made before the clock starts, as
+    `Underway.enqueue` makes them: each submission is then `RedisStore.enqueue` alone."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.store: Any = self.uw.store
+        self.store.ping()
+        self.pending: list[Any] = []
+
+    def prepare(self, count: int) -> None:
+        from underway import lifecycle
+        from underway.app import _new_record
+
+        task, self.events = self.uw.get_task("noop"), lifecycle.submitted()
+        for _ in range(count):
+            record = _new_record(task, task.check({}), now=time.time(), owner=None,
+                                 priority=None, delay=None, meta={})  # fmt: skip
+            self.pending.append(record)
+        self.pending.reverse()
+
+    def submit(self) -> Any:
+        record = self.pending.pop()
+        self.store.enqueue(record, self.events)
+        return record.id
+
+    def wait(self, handle: Any, timeout: float) -> Any:
+        return self.uw.wait(handle, timeout=timeout)
+
+
 class UnderwayCallsClient(UnderwayClient):
     """underway with its submissions' script calls made before the clock starts (the
     record, the arguments, the listener's note of the job, as `RedisStore.enqueue` makes
@@ -370,6 +406,9 @@ def one_round(kind: str, url: str, server_pid: int, jobs: int) -> dict[str, floa
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         if kind == "underway":
             queue = UnderwayClient(url)
+        elif kind == "underway-store":
+            queue = UnderwayStoreClient(url)
+            queue.prepare(300 + jobs)
         elif kind == "underway-calls":
             queue = UnderwayCallsClient(url)
             queue.prepare(300 + jobs)
@@ -407,7 +446,7 @@ def one_round(kind: str, url: str, server_pid: int, jobs: int) -> dict[str, floa
     }
 
 
-KINDS = ("underway", "underway-calls", "promises", "status", "bare")
+KINDS = ("underway", "underway-store", "underway-calls", "promises", "status", "bare")
 
 
 def main() -> None:
