@@ -346,7 +346,7 @@ class UnderwayStoreClient(UnderwayClient):
         return self.uw.wait(handle, timeout=timeout)
 
 
-class UnderwayCallsClient(UnderwayClient):
+class UnderwayCallsClient(UnderwayStoreClient):
     """underway with its submissions' script calls made before the clock starts (the
     record, the arguments, the listener's note of the job, as `RedisStore.enqueue` makes
     them): each submission is then the script call alone, on the store's connection.
@@ -354,35 +354,27 @@ class UnderwayCallsClient(UnderwayClient):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        self.store: Any = self.uw.store
-        self.store.ping()
         self.conn = self.store._acquire()
-        self.pending: list[tuple[str, bytes]] = []
+        self.calls: list[tuple[str, bytes]] = []
 
     def prepare(self, count: int) -> None:
-        from underway import lifecycle
-        from underway.app import _new_record
         from underway.stores import redis as rs
         from underway.stores import redis_scripts as scripts
 
-        store, task, events = self.store, self.uw.get_task("noop"), lifecycle.submitted()
+        super().prepare(count)
+        store = self.store
         assert store._functions, "a Redis with functions (7.0 or later)"
         head = rs._head("FCALL", scripts.ENQUEUE.function)
-        for _ in range(count):
-            record = _new_record(task, {}, now=time.time(), owner=None, priority=None,
-                                 delay=None, meta={})  # fmt: skip
+        for record in self.pending:  # (taken from the end, as the records would be)
             store._listener.submitted(record.id)
-            args = store._submission(record, events)
-            self.pending.append((record.id, b"*%d\r\n%b%b" % (args.count + 3, head, args.data)))
-        self.pending.reverse()
+            args = store._submission(record, self.events)
+            self.calls.append((record.id, b"*%d\r\n%b%b" % (args.count + 3, head, args.data)))
+        self.pending = []
 
     def submit(self) -> Any:
-        job_id, command = self.pending.pop()
+        job_id, command = self.calls.pop()
         self.store._send(self.conn, command)
         return job_id
-
-    def wait(self, handle: Any, timeout: float) -> Any:
-        return self.uw.wait(handle, timeout=timeout)
 
     def close(self) -> None:
         self.store._free.append(self.conn)
