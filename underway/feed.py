@@ -101,6 +101,9 @@ class ChangeFeed:
         self._known: OrderedDict[str, Known] = OrderedDict()
         self._counter = 0
         self._floor = 0
+        # How many announcements of work (WORK) this feed has made: a slot that
+        # lingers reads from it how fast jobs come (see `Worker._gather`).
+        self.work_announced = 0
 
     def version(self, key: str) -> int:
         return self._versions.get(key, self._floor)
@@ -155,6 +158,7 @@ class ChangeFeed:
                     hints.pop(key, None)
                 versions[key] = counter
                 if key == WORK:
+                    self.work_announced += 1
                     # One new job needs one idle slot: waking them all would have
                     # every idle thread race for it (a herd, with many slots).
                     waiters = waiting.get(key)

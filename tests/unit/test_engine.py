@@ -694,9 +694,9 @@ def test_a_backlog_is_claimed_without_lingering_while_news_of_work_comes(
     lingered: list[float] = []
     gather = worker_module.Worker._gather
 
-    def counting(self: worker_module.Worker) -> None:
+    def counting(self: worker_module.Worker) -> bool:
         lingered.append(self.linger)
-        gather(self)
+        return gather(self)
 
     monkeypatch.setattr(worker_module.Worker, "_gather", counting)
     uw = Underway(f"sqlite:///{db_path}")
@@ -750,6 +750,77 @@ def test_a_slot_lingers_while_jobs_keep_coming_and_no_longer(uw: Underway) -> No
     assert gathering(0.0) < 0.3  # nothing came: one step
     assert gathering(0.25) < 0.55  # a burst of 0.25 s: a step or two past its end
     assert gathering(5.0) >= 0.55  # jobs keep coming: the whole linger
+
+
+def test_a_slot_lingers_on_through_a_burst_and_no_longer(
+    uw: Underway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs that still come after `linger`, and as fast as a loop submitting them one
+    by one sends them (`Worker.BURST_RATE`), are a burst: the slot waits on while they
+    come that fast, up to `BURST_LINGER`, and stops a step after they stop. A steady
+    stream slower than that is held no longer than `linger`. Here the linger is 0.06 s
+    (steps of 0.01 s), a burst's 1 s (steps of 0.05 s), and a burst 2,000 jobs a second
+    against a stream of 400."""
+    monkeypatch.setattr(worker_module.Worker, "BURST_RATE", 1_000)
+    monkeypatch.setattr(worker_module.Worker, "BURST_LINGER", 1.0)
+    monkeypatch.setattr(worker_module.Worker, "BURST_STEP", 0.05)
+    worker = uw.start(1, linger=0.06)
+    feed = uw.store.notifier
+
+    def gathering(news_for: float, per_tick: int, tick: float) -> tuple[bool, float]:
+        stop = threading.Event()
+
+        def announce() -> None:
+            until = time.monotonic() + news_for
+            while time.monotonic() < until and not stop.is_set():
+                feed.notify(*[WORK] * per_tick)
+                stop.wait(tick)
+
+        thread = threading.Thread(target=announce)
+        thread.start()
+        started = time.monotonic()
+        burst = worker._gather()
+        took = time.monotonic() - started
+        stop.set()
+        thread.join()
+        return burst, took
+
+    burst, took = gathering(5.0, 1, 0.0025)  # a steady 400 jobs a second
+    assert not burst and took < 0.5, took  # the linger, not the burst's
+    burst, took = gathering(5.0, 10, 0.005)  # a burst that lasts
+    assert burst and 0.9 <= took < 2.0, took  # BURST_LINGER, and no longer
+    burst, took = gathering(0.4, 10, 0.005)  # a burst that stops after 0.4 s
+    assert burst and 0.35 <= took < 0.75, took  # a step or two past its end
+
+
+def test_a_burst_of_submissions_is_claimed_in_bigger_batches_and_each_runs_once(
+    db_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs submitted one by one in a loop, while the slots run: after lingering through
+    the burst, a slot claims up to `BURST_BATCHES` batches at a time while its backlog
+    lasts (the submitting thread ran on its own meanwhile), and every job runs once.
+    The burst's rate is set low here, so that a loaded machine's loop makes one."""
+    monkeypatch.setattr(worker_module.Worker, "BURST_RATE", 500)
+    CountingStore.calls = []
+    uw = Underway(CountingStore(str(db_path)))
+    runs: list[int] = []
+
+    @uw.task
+    def quick(n: int) -> int:
+        runs.append(n)
+        return n
+
+    worker = uw.start(2)
+    try:
+        handles = [uw.submit("quick", n=n) for n in range(3_000)]
+        assert [h.wait(60) for h in handles] == list(range(3_000))
+        assert sorted(runs) == list(range(3_000))
+        assert all(uw.get(h.id).attempt == 1 for h in handles)
+        most = max(claimed for _, _, claimed in CountingStore.calls)
+        assert most > worker.batch, CountingStore.calls
+        assert max(asked for _, asked, _ in CountingStore.calls) <= worker.batch * 4
+    finally:
+        uw.close()
 
 
 def test_ends_of_short_jobs_are_written_while_a_long_job_runs(uw: Underway) -> None:
