@@ -248,6 +248,8 @@ class Worker:
                         # all there were: let a few more gather, so that one claim takes
                         # them together (in a backlog it claims at once).
                         if self.store.announces_each_job:
+                            # The other slots sleep meanwhile: it claims next.
+                            baton.idle(slot)
                             if self._gather():
                                 self._claim_cap = self.batch * self.BURST_BATCHES
                                 size = self._claim_cap
