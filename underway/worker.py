@@ -322,6 +322,8 @@ class Worker:
             if now == seen:
                 return False
             seen = now
+        if self.batch == 1:
+            return False  # batching is off: no claim would take the burst together
         burst = False
         deadline = since + self.BURST_LINGER
         while True:

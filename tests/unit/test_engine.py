@@ -760,7 +760,7 @@ def test_a_slot_lingers_on_through_a_burst_and_no_longer(
     come that fast, up to `BURST_LINGER`, and stops a step after they stop. A steady
     stream slower than that is held no longer than `linger`. Here the linger is 0.06 s
     (steps of 0.01 s), a burst's 1 s (steps of 0.05 s), and a burst 2,000 jobs a second
-    against a stream of 400."""
+    against a stream of 400. With batching off, no burst is waited for."""
     monkeypatch.setattr(worker_module.Worker, "BURST_RATE", 1_000)
     monkeypatch.setattr(worker_module.Worker, "BURST_LINGER", 1.0)
     monkeypatch.setattr(worker_module.Worker, "BURST_STEP", 0.05)
@@ -791,6 +791,9 @@ def test_a_slot_lingers_on_through_a_burst_and_no_longer(
     assert burst and 0.9 <= took < 2.0, took  # BURST_LINGER, and no longer
     burst, took = gathering(0.4, 10, 0.005)  # a burst that stops after 0.4 s
     assert burst and 0.35 <= took < 0.75, took  # a step or two past its end
+    worker.batch = 1  # batching off (`uw.start(batch=1)`): no claim takes a burst
+    burst, took = gathering(5.0, 10, 0.005)
+    assert not burst and took < 0.5, took
 
 
 def test_a_burst_of_submissions_is_claimed_in_bigger_batches_and_each_runs_once(
