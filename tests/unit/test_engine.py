@@ -617,7 +617,9 @@ class CountingStore(SQLiteStore):
         return done, records
 
 
-def test_a_backlog_of_short_jobs_is_taken_in_batches_and_each_runs_once(db_path: Any) -> None:
+def _counting_app(db_path: Any) -> tuple[Underway, list[int]]:
+    """An app on a `CountingStore` (its calls reset) with a task `quick(n)` that notes
+    each run of it."""
     CountingStore.calls = []
     uw = Underway(CountingStore(str(db_path)))
     runs: list[int] = []
@@ -627,6 +629,11 @@ def test_a_backlog_of_short_jobs_is_taken_in_batches_and_each_runs_once(db_path:
         runs.append(n)
         return n
 
+    return uw, runs
+
+
+def test_a_backlog_of_short_jobs_is_taken_in_batches_and_each_runs_once(db_path: Any) -> None:
+    uw, runs = _counting_app(db_path)
     handles = [uw.submit("quick", n=n) for n in range(400)]
     uw.start(2)
     try:
@@ -804,15 +811,7 @@ def test_a_burst_of_submissions_is_claimed_in_bigger_batches_and_each_runs_once(
     lasts (the submitting thread ran on its own meanwhile), and every job runs once.
     The burst's rate is set low here, so that a loaded machine's loop makes one."""
     monkeypatch.setattr(worker_module.Worker, "BURST_RATE", 500)
-    CountingStore.calls = []
-    uw = Underway(CountingStore(str(db_path)))
-    runs: list[int] = []
-
-    @uw.task
-    def quick(n: int) -> int:
-        runs.append(n)
-        return n
-
+    uw, runs = _counting_app(db_path)
     worker = uw.start(2)
     try:
         handles = [uw.submit("quick", n=n) for n in range(3_000)]
