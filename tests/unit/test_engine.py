@@ -728,35 +728,40 @@ def test_a_backlog_is_claimed_without_lingering_while_news_of_work_comes(
         uw.close()
 
 
+def _gathering(
+    worker: worker_module.Worker, news_for: float, per_tick: int, tick: float
+) -> tuple[bool, float]:
+    """`worker._gather()` while another thread announces `per_tick` jobs every `tick`
+    seconds for `news_for` seconds: whether it saw a burst, and how long it took."""
+    feed = worker.store.notifier
+    stop = threading.Event()
+
+    def announce() -> None:
+        until = time.monotonic() + news_for
+        while time.monotonic() < until and not stop.is_set():
+            feed.notify(*[WORK] * per_tick)
+            stop.wait(tick)
+
+    thread = threading.Thread(target=announce)
+    thread.start()
+    started = time.monotonic()
+    burst = worker._gather()
+    took = time.monotonic() - started
+    stop.set()
+    thread.join()
+    return burst, took
+
+
 def test_a_slot_lingers_while_jobs_keep_coming_and_no_longer(uw: Underway) -> None:
     """A slot that lets jobs gather (`Worker.linger`) looks, a step at a time, whether
     more keep coming: it waits the whole linger while they do, and stops at the first
     step without one (a burst is over), rather than hold the jobs it has the whole
     while. Here a step is 0.1 s."""
     worker = uw.start(1, linger=0.6)
-    feed = uw.store.notifier
-
-    def gathering(news_for: float) -> float:
-        stop = threading.Event()
-
-        def announce() -> None:
-            until = time.monotonic() + news_for
-            while time.monotonic() < until and not stop.is_set():
-                feed.notify(WORK)
-                stop.wait(0.02)
-
-        thread = threading.Thread(target=announce)
-        thread.start()
-        started = time.monotonic()
-        worker._gather()
-        took = time.monotonic() - started
-        stop.set()
-        thread.join()
-        return took
-
-    assert gathering(0.0) < 0.3  # nothing came: one step
-    assert gathering(0.25) < 0.55  # a burst of 0.25 s: a step or two past its end
-    assert gathering(5.0) >= 0.55  # jobs keep coming: the whole linger
+    assert _gathering(worker, 0.0, 1, 0.02)[1] < 0.3  # nothing came: one step
+    # A burst of 0.25 s: a step or two past its end.
+    assert _gathering(worker, 0.25, 1, 0.02)[1] < 0.55
+    assert _gathering(worker, 5.0, 1, 0.02)[1] >= 0.55  # jobs keep coming: the whole linger
 
 
 def test_a_slot_lingers_on_through_a_burst_and_no_longer(
@@ -772,34 +777,14 @@ def test_a_slot_lingers_on_through_a_burst_and_no_longer(
     monkeypatch.setattr(worker_module.Worker, "BURST_LINGER", 1.0)
     monkeypatch.setattr(worker_module.Worker, "BURST_STEP", 0.05)
     worker = uw.start(1, linger=0.06)
-    feed = uw.store.notifier
-
-    def gathering(news_for: float, per_tick: int, tick: float) -> tuple[bool, float]:
-        stop = threading.Event()
-
-        def announce() -> None:
-            until = time.monotonic() + news_for
-            while time.monotonic() < until and not stop.is_set():
-                feed.notify(*[WORK] * per_tick)
-                stop.wait(tick)
-
-        thread = threading.Thread(target=announce)
-        thread.start()
-        started = time.monotonic()
-        burst = worker._gather()
-        took = time.monotonic() - started
-        stop.set()
-        thread.join()
-        return burst, took
-
-    burst, took = gathering(5.0, 1, 0.0025)  # a steady 400 jobs a second
+    burst, took = _gathering(worker, 5.0, 1, 0.0025)  # a steady 400 jobs a second
     assert not burst and took < 0.5, took  # the linger, not the burst's
-    burst, took = gathering(5.0, 10, 0.005)  # a burst that lasts
+    burst, took = _gathering(worker, 5.0, 10, 0.005)  # a burst that lasts
     assert burst and 0.9 <= took < 2.0, took  # BURST_LINGER, and no longer
-    burst, took = gathering(0.4, 10, 0.005)  # a burst that stops after 0.4 s
+    burst, took = _gathering(worker, 0.4, 10, 0.005)  # a burst that stops after 0.4 s
     assert burst and 0.35 <= took < 0.75, took  # a step or two past its end
     worker.batch = 1  # batching off (`uw.start(batch=1)`): no claim takes a burst
-    burst, took = gathering(5.0, 10, 0.005)
+    burst, took = _gathering(worker, 5.0, 10, 0.005)
     assert not burst and took < 0.5, took
 
 
