@@ -1,6 +1,7 @@
 """underway on Redis beside three minimal Redis queues of the same shape, in one run.
 
     python bench/bench_redis_floor.py [--rounds 3] [--jobs 2000] [--kinds underway,bare]
+        [--stopped]
 
 Starts its own redis-server. Each round runs the queues in turn (`--kinds`, all six
 by default) in the peer harness's Redis shape: 2 worker processes of one thread each;
@@ -46,6 +47,12 @@ redis-server; from /proc), with each other queue's figures as a ratio to underwa
   output, progress, priorities, delays, limits, idempotency or hand-over, and its
   claim returns ids and attempts, not the jobs' records (a no-op needs no parameters).
 
+`--stopped` also times, in each round, the same submissions with that queue's two
+workers stopped (SIGSTOP) until they are all in, then let go (SIGCONT) to run them:
+what each queue's submissions allow alone here, where the harness's enqueue row times
+them beside workers that take both cores' time (its `stopped/s` column; the ratio
+line then compares these too).
+
 A waiting submitter of any minimal queue hears its results on a channel of its own,
 read by one thread, as underway's does. What the minimal queues do per job is the
 floor of the harness's Redis rows on this machine: `bare` is what Huey pays, `status`
@@ -59,6 +66,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -382,8 +390,11 @@ class UnderwayCallsClient(UnderwayStoreClient):
 
 
 # -- the measurement --------------------------------------------------------------------
-def one_round(kind: str, url: str, server_pid: int, jobs: int) -> dict[str, float]:
-    """One queue in the harness's shape: its figures, and its CPU per job by side."""
+def one_round(
+    kind: str, url: str, server_pid: int, jobs: int, stopped: bool = False
+) -> dict[str, float]:
+    """One queue in the harness's shape: its figures, and its CPU per job by side; with
+    `stopped`, then the submissions' rate with the workers stopped meanwhile."""
     if kind.startswith("underway"):
         argv = [sys.executable, "-m", "tests.integration.redis_worker_app", url,
                 "--workers", "1"]  # fmt: skip
@@ -400,10 +411,10 @@ def one_round(kind: str, url: str, server_pid: int, jobs: int) -> dict[str, floa
             queue = UnderwayClient(url)
         elif kind == "underway-store":
             queue = UnderwayStoreClient(url)
-            queue.prepare(300 + jobs)
+            queue.prepare(300 + jobs * (2 if stopped else 1))
         elif kind == "underway-calls":
             queue = UnderwayCallsClient(url)
-            queue.prepare(300 + jobs)
+            queue.prepare(300 + jobs * (2 if stopped else 1))
         else:
             queue = FloorClient(kind, url)
         trips = []
@@ -420,6 +431,7 @@ def one_round(kind: str, url: str, server_pid: int, jobs: int) -> dict[str, floa
             queue.wait(handle, 30)
         elapsed = time.perf_counter() - started
         spent = [(_cpu(pid) - b) / jobs * 1e6 for pid, b in zip(pids, before, strict=True)]
+        alone = _submitted_alone(queue, workers, jobs) if stopped else 0.0
     finally:
         if queue is not None:
             queue.close()
@@ -435,7 +447,25 @@ def one_round(kind: str, url: str, server_pid: int, jobs: int) -> dict[str, floa
         "client": spent[0],
         "workers": spent[1] + spent[2],
         "redis": spent[3],
+        "stopped/s": alone,
     }
+
+
+def _submitted_alone(queue: Any, workers: list[subprocess.Popen[str]], jobs: int) -> float:
+    """`jobs` submissions' rate with the workers stopped until all are in; each job is
+    then waited for, the workers let go."""
+    for proc in workers:
+        os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        started = time.perf_counter()
+        handles = [queue.submit() for _ in range(jobs)]
+        rate = jobs / (time.perf_counter() - started)
+    finally:
+        for proc in workers:
+            os.kill(proc.pid, signal.SIGCONT)
+    for handle in handles:
+        queue.wait(handle, 30)
+    return rate
 
 
 KINDS = ("underway", "underway-store", "underway-calls", "promises", "status", "bare")
@@ -446,6 +476,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--kinds", default=",".join(KINDS), help="the queues to run, in turn")
+    parser.add_argument(
+        "--stopped", action="store_true", help="also time submissions with the workers stopped"
+    )
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -460,31 +493,38 @@ def main() -> None:
         print(f"harness shape: 2 worker processes x 1 thread, {args.jobs:,} jobs a round, "
               f"{args.rounds} rounds, the queues interleaved")  # fmt: skip
         head = f"{'queue':<14} {'jobs/s':>7} {'submit/s':>8} {'rt p50':>8} "
-        print(head + f"{'client':>7} {'workers':>8} {'redis':>6} {'all':>5}  (CPU us per job)")
+        head += f"{'client':>7} {'workers':>8} {'redis':>6} {'all':>5}"
+        print(head + (f" {'stopped/s':>9}" if args.stopped else "") + "  (CPU us per job)")
         for _ in range(args.rounds):
             for kind in kinds:
                 redis.Redis.from_url(server.url).flushdb()
-                r = one_round(kind, server.url, server.pid, args.jobs)
+                r = one_round(kind, server.url, server.pid, args.jobs, args.stopped)
                 results[kind].append(r)
                 print(f"{kind:<14} {r['jobs/s']:>7,.0f} {r['submit/s']:>8,.0f} "
                       f"{r['rt']:>6.2f}ms {r['client']:>7.0f} {r['workers']:>8.0f} "
-                      f"{r['redis']:>6.0f} {r['client'] + r['workers'] + r['redis']:>5.0f}",
+                      f"{r['redis']:>6.0f} {r['client'] + r['workers'] + r['redis']:>5.0f}"
+                      + (f" {r['stopped/s']:>9,.0f}" if args.stopped else ""),
                       flush=True)  # fmt: skip
     median = {
         kind: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
         for kind, rows in results.items()
     }
     ours = median.get("underway")
-    print("medians, and underway's ratio to each minimal queue (jobs/s and submit/s: "
-          "above 1 is faster; round trip: below 1 is faster)")  # fmt: skip
+    print("medians, and underway's ratio to each minimal queue (jobs/s, submit/s, round "
+          "trip" + (", stopped/s" if args.stopped else "") + "; round trip: below 1 is "
+          "faster, the others above 1)")  # fmt: skip
     for kind in kinds:
         m = median[kind]
         line = (f"{kind:<14} {m['jobs/s']:>7,.0f} jobs/s {m['submit/s']:>7,.0f} submit/s "
                 f"rt {m['rt']:.2f} ms")  # fmt: skip
+        if args.stopped:
+            line += f" {m['stopped/s']:>7,.0f} stopped/s"
         if ours is not None and kind != "underway":
             ratio = ours["submit/s"] / m["submit/s"]
             line += (f"  underway/{kind}: {ours['jobs/s'] / m['jobs/s']:.2f}, "
                      f"{ratio:.2f}, {ours['rt'] / m['rt']:.2f}")  # fmt: skip
+            if args.stopped:
+                line += f", {ours['stopped/s'] / m['stopped/s']:.2f}"
         print(line)
 
 
