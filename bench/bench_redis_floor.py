@@ -9,7 +9,8 @@ by default) in the peer harness's Redis shape: 2 worker processes of one thread 
 jobs submitted one by one while the workers run, then each waited for. It prints, per
 queue, the end-to-end rate, the submissions' own rate (the harness's enqueue row), the
 round trip p50, and the CPU per job of each side (this process, the workers,
-redis-server; from /proc), with each other queue's figures as a ratio to underway's.
+redis-server; from /proc; and in brackets the submitting thread's own while it
+submitted), with each other queue's figures as a ratio to underway's.
 
 - underway: its Redis store (`tests.integration.redis_worker_app`, one slot).
 - underway-store: the same, with each submission's record made before the clock starts
@@ -424,9 +425,10 @@ def one_round(
             trips.append(time.perf_counter() - started)
         pids = [os.getpid(), *(p.pid for p in workers), server_pid]
         before = [_cpu(pid) for pid in pids]
-        started = time.perf_counter()
+        started, thread_started = time.perf_counter(), time.thread_time()
         handles = [queue.submit() for _ in range(jobs)]
         submitted = time.perf_counter() - started
+        submitting = time.thread_time() - thread_started
         for handle in handles:
             queue.wait(handle, 30)
         elapsed = time.perf_counter() - started
@@ -445,6 +447,7 @@ def one_round(
         "submit/s": jobs / submitted,
         "rt": statistics.median(trips) * 1e3,
         "client": spent[0],
+        "submitting": submitting / jobs * 1e6,
         "workers": spent[1] + spent[2],
         "redis": spent[3],
         "stopped/s": alone,
@@ -493,7 +496,7 @@ def main() -> None:
         print(f"harness shape: 2 worker processes x 1 thread, {args.jobs:,} jobs a round, "
               f"{args.rounds} rounds, the queues interleaved")  # fmt: skip
         head = f"{'queue':<14} {'jobs/s':>7} {'submit/s':>8} {'rt p50':>8} "
-        head += f"{'client':>7} {'workers':>8} {'redis':>6} {'all':>5}"
+        head += f"{'client':>7} {'(subm)':>6} {'workers':>8} {'redis':>6} {'all':>5}"
         print(head + (f" {'stopped/s':>9}" if args.stopped else "") + "  (CPU us per job)")
         for _ in range(args.rounds):
             for kind in kinds:
@@ -501,8 +504,9 @@ def main() -> None:
                 r = one_round(kind, server.url, server.pid, args.jobs, args.stopped)
                 results[kind].append(r)
                 print(f"{kind:<14} {r['jobs/s']:>7,.0f} {r['submit/s']:>8,.0f} "
-                      f"{r['rt']:>6.2f}ms {r['client']:>7.0f} {r['workers']:>8.0f} "
-                      f"{r['redis']:>6.0f} {r['client'] + r['workers'] + r['redis']:>5.0f}"
+                      f"{r['rt']:>6.2f}ms {r['client']:>7.0f} {r['submitting']:>6.0f} "
+                      f"{r['workers']:>8.0f} {r['redis']:>6.0f} "
+                      f"{r['client'] + r['workers'] + r['redis']:>5.0f}"
                       + (f" {r['stopped/s']:>9,.0f}" if args.stopped else ""),
                       flush=True)  # fmt: skip
     median = {
