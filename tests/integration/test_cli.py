@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -469,6 +470,48 @@ def test_follow_says_when_no_worker_takes_the_job(tmp_path: Path, store: str) ->
     assert time.monotonic() - started < 6
     assert f"from store {store}" in follower.out and "underway worker" in follower.out
     assert follower.stop(signal.SIGINT) == 130
+
+
+def test_a_ctrl_c_right_after_the_drain_notice_still_says_what_it_abandons(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The second Ctrl-C comes at the first moment it can: as soon as the notice that
+    # invites it is written. It must be caught where it says what it leaves behind
+    # (the subprocess test below hits that moment only now and then).
+    import click
+
+    from underway.cli.server import stop_workers
+
+    uw = Underway(f"sqlite:///{tmp_path / 'jobs.db'}", workers=1)
+    release = threading.Event()
+
+    @uw.task
+    def hold() -> None:
+        release.wait(30)
+
+    said: list[str] = []
+
+    def echo(message: Any = None, **_: Any) -> None:
+        said.append(str(message))
+        if str(message).startswith("underway: stopping;"):
+            raise KeyboardInterrupt  # Ctrl-C again, the moment the notice is out
+
+    try:
+        worker = uw.start()
+        job_id = uw.submit("hold").id
+        wait_for(lambda: worker.running_ids == [job_id], what="the job to run")
+        monkeypatch.setattr(click, "echo", echo)
+        with pytest.raises(KeyboardInterrupt):
+            stop_workers(uw, worker, drain=60)
+        assert said[0].startswith("underway: stopping; running jobs (1) get 60s")
+        abandoned = (
+            f"underway: interrupted again; abandoning 1 running job ({job_id}): they stay "
+            "'running' until their lease expires"
+        )
+        assert any(message.startswith(abandoned) for message in said[1:]), said
+    finally:
+        release.set()
+        uw.close()
 
 
 def test_a_second_ctrl_c_says_what_it_abandons(tmp_path: Path, store: str) -> None:

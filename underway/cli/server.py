@@ -212,18 +212,20 @@ def plural(count: int, noun: str) -> str:
 def stop_workers(uw: Underway, worker: Worker | None, drain: float) -> None:
     """Stop the workers, draining running jobs; a second Ctrl-C (or SIGTERM) stops
     waiting and says which jobs it leaves behind."""
-    if worker is not None and worker.running_ids:
-        click.echo(
-            f"underway: stopping; running jobs ({len(worker.running_ids)}) get {drain:g}s to "
-            "finish, then go back to the queue while attempts remain, else they fail with "
-            "Shutdown (Ctrl-C again to stop at once)",
-            err=True,
-        )
     previous = {
         signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
         signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_terminated),
     }
     try:
+        # Told only once a second Ctrl-C is caught here: one that comes as soon as the
+        # notice is out still says what it leaves behind.
+        if worker is not None and worker.running_ids:
+            click.echo(
+                f"underway: stopping; running jobs ({len(worker.running_ids)}) get {drain:g}s "
+                "to finish, then go back to the queue while attempts remain, else they fail "
+                "with Shutdown (Ctrl-C again to stop at once)",
+                err=True,
+            )
         uw.stop(drain=drain)
     except (KeyboardInterrupt, _Terminated):
         left = worker.running_ids if worker is not None else []
