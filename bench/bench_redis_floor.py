@@ -410,12 +410,9 @@ def one_round(
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         if kind == "underway":
             queue = UnderwayClient(url)
-        elif kind == "underway-store":
-            queue = UnderwayStoreClient(url)
-            queue.prepare(300 + jobs * (2 if stopped else 1))
-        elif kind == "underway-calls":
-            queue = UnderwayCallsClient(url)
-            queue.prepare(300 + jobs * (2 if stopped else 1))
+        elif kind in ("underway-store", "underway-calls"):
+            queue = (UnderwayStoreClient if kind == "underway-store" else UnderwayCallsClient)(url)
+            queue.prepare(300 + jobs * (2 if stopped else 1))  # each submission's, made first
         else:
             queue = FloorClient(kind, url)
         trips = []

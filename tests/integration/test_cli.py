@@ -16,12 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import click
 import httpx
 import pytest
 
 from tests.support.services import free_port
 from tests.support.wait import wait_for
 from underway import State, Underway
+from underway.cli.server import stop_workers
 from underway.stores.sqlite_wake import wake_folder
 
 APP = "underway.demo:uw"
@@ -478,10 +480,6 @@ def test_a_ctrl_c_right_after_the_drain_notice_still_says_what_it_abandons(
     # The second Ctrl-C comes at the first moment it can: as soon as the notice that
     # invites it is written. It must be caught where it says what it leaves behind
     # (the subprocess test below hits that moment only now and then).
-    import click
-
-    from underway.cli.server import stop_workers
-
     uw = Underway(f"sqlite:///{tmp_path / 'jobs.db'}", workers=1)
     release = threading.Event()
 
